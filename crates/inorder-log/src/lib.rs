@@ -1,0 +1,65 @@
+//! `inorder-log`: the durable, segmented, per-topic log under inorder.
+//!
+//! One [`Log`] per topic, in its own directory. Records are opaque bytes framed with their
+//! length, a CRC32C and their position; positions are 1, 2, 3, … with no gaps and are never
+//! reused. Appends are durable before they return under the `always` and `group` fsync
+//! policies ([`FsyncPolicy`]); group commit lets concurrent appenders share one `fdatasync`.
+//! Readers start anywhere (a sparse index avoids scanning); tailing readers wait for new records
+//! without polling. Named cursors record consumers' progress durably, and purge deletes whole
+//! segments that every cursor has passed. Opening a log recovers from a crash: a torn tail is cut
+//! and reported, corruption anywhere it cannot be a torn write is an error naming file and
+//! offset.
+//!
+//! The crate needs no async runtime: the writer is a thread, async methods only wait on
+//! runtime-agnostic channels, and every async method has a `*_blocking` twin.
+//!
+//! ```
+//! # fn main() -> Result<(), inorder_log::Error> {
+//! use inorder_log::{Log, LogOptions, Name, ReadLimits};
+//!
+//! let dir = tempfile::tempdir().expect("temp dir");
+//! let log = Log::open(dir.path(), LogOptions::default())?;
+//! let positions = log.append_blocking(["user.created", "user.paid"])?;
+//! assert_eq!(positions, 1..=2);
+//!
+//! let records = log.read(1, ReadLimits::default())?;
+//! assert_eq!(records[1].payload, "user.paid");
+//!
+//! let billing = Name::new("cursor", "billing")?;
+//! log.ack(&billing, 1)?; // billing resumes at 2 after a restart
+//! # Ok(()) }
+//! ```
+//!
+//! The on-disk format and the durability argument are in `FORMAT.md` next to this crate.
+
+#![warn(missing_docs)]
+
+mod blocking;
+mod cursor;
+mod error;
+mod index;
+pub mod limits;
+mod log;
+mod name;
+mod options;
+mod reader;
+pub mod record;
+mod recovery;
+mod segment;
+mod stats;
+mod tail;
+mod verify;
+pub mod vfs;
+mod writer;
+
+pub use crate::{
+    error::{CorruptReason, Error, Result},
+    log::Log,
+    name::{NAME_BYTES_MAX, Name},
+    options::{FsyncPolicy, LogOptions},
+    reader::{ReadLimits, Reader, Record},
+    recovery::{RecoveryReport, TornReason, Truncation},
+    stats::LogStats,
+    tail::TailReader,
+    writer::PurgeReport,
+};

@@ -1,0 +1,97 @@
+//! Every limit of the log, named, with its unit last, in one place.
+//!
+//! A limit that is not here does not exist: every buffer, batch and queue of the crate is sized
+//! by one of these constants or by a field of [`LogOptions`](crate::LogOptions) whose default
+//! and bounds are defined here. Relations between limits are checked at compile time.
+
+use std::time::Duration;
+
+/// Bytes of a record header: `crc32c u32 | payload length u32 | position u64`.
+pub const RECORD_HEADER_BYTES: u64 = 16;
+
+/// Bytes of a segment file header (magic, version, base position, checksum).
+pub const SEGMENT_HEADER_BYTES: u64 = 32;
+
+/// Largest payload the on-disk format accepts. A header claiming more is treated as corrupt
+/// before anything is allocated; [`LogOptions::record_payload_bytes_max`] may only lower it.
+///
+/// [`LogOptions::record_payload_bytes_max`]: crate::LogOptions::record_payload_bytes_max
+pub const RECORD_PAYLOAD_BYTES_LIMIT: u32 = 16 * 1024 * 1024;
+
+/// Default largest payload of one record.
+pub const RECORD_PAYLOAD_BYTES_MAX_DEFAULT: u32 = 4 * 1024 * 1024;
+
+/// Smallest segment size accepted by [`LogOptions`](crate::LogOptions) (tests use tiny segments).
+pub const SEGMENT_BYTES_MIN: u64 = 4096;
+
+/// Largest segment size: sparse index offsets and file offsets stay far below `u32::MAX`.
+pub const SEGMENT_BYTES_MAX: u64 = 1024 * 1024 * 1024;
+
+/// Default segment size.
+pub const SEGMENT_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
+
+/// Most records in one `append` call.
+pub const APPEND_RECORDS_MAX: usize = 16 * 1024;
+
+/// Most payload bytes in one `append` call.
+pub const APPEND_BYTES_MAX: usize = 32 * 1024 * 1024;
+
+/// Payload bytes that may be queued for the writer at once, across every appender. Appenders
+/// beyond it wait (async) for earlier appends to finish: this bounds the writer's queue in bytes,
+/// while [`WRITER_QUEUE_DEPTH`] bounds it in commands.
+pub const APPEND_INFLIGHT_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// Commands that may wait in the writer's channel.
+pub const WRITER_QUEUE_DEPTH: usize = 4096;
+
+/// Bytes written by one group commit (one `write` + one `fdatasync`) before the writer stops
+/// gathering more appends. A single append larger than this is still written whole.
+pub const GROUP_COMMIT_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+/// Append commands gathered into one group commit.
+pub const GROUP_COMMIT_COMMANDS_MAX: usize = 4096;
+
+/// A sparse index entry is kept at least every this many bytes of a segment.
+pub const INDEX_INTERVAL_BYTES: u64 = 4096;
+
+/// Bytes a reader fetches from a segment file per read call.
+pub const READ_CHUNK_BYTES: usize = 256 * 1024;
+
+/// Default most records returned by one read.
+pub const READ_RECORDS_MAX_DEFAULT: usize = 4096;
+
+/// Default most payload bytes returned by one read (a single larger record is still returned).
+pub const READ_BYTES_MAX_DEFAULT: usize = 4 * 1024 * 1024;
+
+/// Default time without appends after which the writer releases its buffers and file handles.
+pub const IDLE_AFTER_DEFAULT: Duration = Duration::from_secs(30);
+
+/// Stack size of the writer thread: it only encodes and issues syscalls.
+pub const WRITER_STACK_BYTES: usize = 256 * 1024;
+
+const _: () = assert!(RECORD_PAYLOAD_BYTES_MAX_DEFAULT <= RECORD_PAYLOAD_BYTES_LIMIT);
+const _: () = assert!(SEGMENT_BYTES_MIN < SEGMENT_BYTES_DEFAULT);
+const _: () = assert!(SEGMENT_BYTES_DEFAULT <= SEGMENT_BYTES_MAX);
+const _: () = assert!(SEGMENT_BYTES_MAX <= u32::MAX as u64);
+const _: () = assert!(
+    RECORD_PAYLOAD_BYTES_MAX_DEFAULT as u64 + RECORD_HEADER_BYTES + SEGMENT_HEADER_BYTES
+        <= SEGMENT_BYTES_DEFAULT
+);
+const _: () = assert!((RECORD_PAYLOAD_BYTES_LIMIT as usize) <= APPEND_BYTES_MAX);
+const _: () = assert!(APPEND_BYTES_MAX <= APPEND_INFLIGHT_BYTES_MAX);
+const _: () = assert!(READ_CHUNK_BYTES as u64 > RECORD_HEADER_BYTES);
+const _: () = assert!(
+    usize::BITS == 64,
+    "inorder-log supports 64-bit targets only"
+);
+
+/// Converts an on-disk `u64` to a `usize` (lossless: the crate requires a 64-bit target).
+#[allow(clippy::cast_possible_truncation)]
+pub(crate) const fn usize_from(n: u64) -> usize {
+    n as usize
+}
+
+/// Converts a `usize` length to the `u64` used on disk (lossless on 64-bit targets).
+pub(crate) const fn u64_from(n: usize) -> u64 {
+    n as u64
+}

@@ -1,0 +1,478 @@
+//! [`Log`]: one topic's durable log — the public face of the crate.
+//!
+//! A `Log` owns a directory: segment files, their sparse indexes, a `cursors/` directory and a
+//! `LOCK` file that keeps a second `Log` (in any process) out. Opening runs recovery
+//! ([`crate::recovery`]); appends go to the writer thread ([`crate::writer`]); reads go straight
+//! to the segment files and never see past the committed (durable) position.
+//!
+//! **Invariants.** Positions are 1, 2, 3, … with no gaps; only the writer assigns them. A
+//! position becomes visible to readers, cursors and `last_position` only once the fsync policy
+//! made it durable. A cursor never points past the committed position.
+
+use std::{
+    ops::RangeInclusive,
+    path::{Path, PathBuf},
+    sync::{
+        Arc, RwLock, RwLockReadGuard, RwLockWriteGuard,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread::JoinHandle,
+};
+
+use bytes::Bytes;
+use tokio::sync::{Semaphore, oneshot, watch};
+
+use crate::{
+    blocking::block_on,
+    cursor::CursorStore,
+    error::{Error, Result},
+    limits::{APPEND_BYTES_MAX, APPEND_INFLIGHT_BYTES_MAX, APPEND_RECORDS_MAX, WRITER_QUEUE_DEPTH},
+    name::Name,
+    options::LogOptions,
+    reader::{ReadLimits, Reader, Record},
+    recovery::{self, RecoveryReport},
+    segment::SegmentMap,
+    stats::{LogStats, Stats},
+    tail::TailReader,
+    vfs::{StdVfs, Vfs, VfsLock},
+    writer::{Command, PendingAppend, PurgeReport, Writer},
+};
+
+/// Bytes per permit of the in-flight byte budget.
+const PERMIT_BYTES: usize = 1024;
+
+/// State shared by the writer, readers and the `Log` handles.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) dir: PathBuf,
+    pub(crate) vfs: Arc<dyn Vfs>,
+    pub(crate) options: LogOptions,
+    segments: RwLock<SegmentMap>,
+    /// Last durable position (0 while the log has never held a record).
+    committed: AtomicU64,
+    /// Wakes tailing readers when `committed` grows or the log closes.
+    tail: watch::Sender<u64>,
+    closed: AtomicBool,
+    pub(crate) cursors: CursorStore,
+    pub(crate) stats: Stats,
+}
+
+impl Shared {
+    pub(crate) fn read_segments(&self) -> RwLockReadGuard<'_, SegmentMap> {
+        self.segments
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn write_segments(&self) -> RwLockWriteGuard<'_, SegmentMap> {
+        self.segments
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn committed(&self) -> u64 {
+        self.committed.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn publish_committed(&self, committed: u64) {
+        assert!(
+            committed >= self.committed(),
+            "committed position moved backwards"
+        );
+        self.committed.store(committed, Ordering::Release);
+        self.tail.send_replace(committed);
+    }
+
+    pub(crate) fn first_position(&self) -> u64 {
+        self.read_segments().keys().next().copied().unwrap_or(1)
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
+        self.tail.subscribe()
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.tail.send_modify(|_| {});
+    }
+}
+
+/// A durable, ordered, checksummed log of records for one topic.
+///
+/// Cheap to clone; clones share the writer. The last clone to drop stops the writer (nothing
+/// is lost: every acknowledged append was already written) and releases the directory lock.
+#[derive(Debug, Clone)]
+pub struct Log {
+    inner: Arc<LogInner>,
+}
+
+#[derive(Debug)]
+struct LogInner {
+    shared: Arc<Shared>,
+    commands: Option<flume::Sender<Command>>,
+    writer: Option<JoinHandle<()>>,
+    inflight: Arc<Semaphore>,
+    report: RecoveryReport,
+    _lock: Box<dyn VfsLock>,
+}
+
+impl Drop for LogInner {
+    fn drop(&mut self) {
+        self.commands.take();
+        if let Some(writer) = self.writer.take()
+            && writer.join().is_err()
+        {
+            tracing::error!(dir = %self.shared.dir.display(), "log writer panicked");
+        }
+        self.shared.close();
+    }
+}
+
+impl Log {
+    /// Opens (or creates) the log in `dir` on the real file system, running recovery.
+    ///
+    /// # Errors
+    /// [`Error::InvalidOptions`], [`Error::Locked`] if the directory is open elsewhere,
+    /// [`Error::Corrupt`] if recovery finds damage it must not cut, [`Error::Io`].
+    pub fn open(dir: impl AsRef<Path>, options: LogOptions) -> Result<Self> {
+        Self::open_with_vfs(Arc::new(StdVfs), dir, options)
+    }
+
+    /// Opens the log of `topic` under `root` (in `root/<topic>`).
+    ///
+    /// # Errors
+    /// As [`Log::open`].
+    pub fn open_topic(root: impl AsRef<Path>, topic: &Name, options: LogOptions) -> Result<Self> {
+        Self::open(root.as_ref().join(topic.as_str()), options)
+    }
+
+    /// Opens (or creates) the log in `dir` on the given file system.
+    ///
+    /// # Errors
+    /// As [`Log::open`].
+    pub fn open_with_vfs(
+        vfs: Arc<dyn Vfs>,
+        dir: impl AsRef<Path>,
+        options: LogOptions,
+    ) -> Result<Self> {
+        options.validate()?;
+        let dir = dir.as_ref().to_path_buf();
+        vfs.create_dir_all(&dir)
+            .map_err(|e| Error::io("create log directory", &dir, e))?;
+        let lock_path = dir.join("LOCK");
+        let lock = vfs.lock_exclusive(&lock_path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::WouldBlock => Error::Locked { dir: dir.clone() },
+            _ => Error::io("lock log directory", &lock_path, e),
+        })?;
+        let recovered = recovery::recover(vfs.as_ref(), &dir, &options)?;
+        let cursors = CursorStore::open(Arc::clone(&vfs), dir.join("cursors"))?;
+        let committed = recovered.next_position - 1;
+        clamp_cursors(&cursors, committed)?;
+        let active = Arc::clone(recovered.segments.values().next_back().expect("a segment"));
+        let shared = Arc::new(Shared {
+            dir: dir.clone(),
+            vfs,
+            options,
+            segments: RwLock::new(recovered.segments),
+            committed: AtomicU64::new(committed),
+            tail: watch::Sender::new(committed),
+            closed: AtomicBool::new(false),
+            cursors,
+            stats: Stats::default(),
+        });
+        let (commands, receiver) = flume::bounded(WRITER_QUEUE_DEPTH);
+        let writer = Writer::new(Arc::clone(&shared), active, recovered.next_position);
+        let idle_after = options.idle_after;
+        let writer = std::thread::Builder::new()
+            .name("inorder-log-writer".into())
+            .stack_size(crate::limits::WRITER_STACK_BYTES)
+            .spawn(move || writer.run(&receiver, idle_after))
+            .map_err(|e| Error::io("spawn writer thread", &dir, e))?;
+        tracing::debug!(dir = %dir.display(), report = ?recovered.report, "log opened");
+        Ok(Self {
+            inner: Arc::new(LogInner {
+                shared,
+                commands: Some(commands),
+                writer: Some(writer),
+                inflight: Arc::new(Semaphore::new(APPEND_INFLIGHT_BYTES_MAX / PERMIT_BYTES)),
+                report: recovered.report,
+                _lock: lock,
+            }),
+        })
+    }
+
+    /// The log's directory.
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        &self.inner.shared.dir
+    }
+
+    /// The options the log was opened with.
+    #[must_use]
+    pub fn options(&self) -> &LogOptions {
+        &self.inner.shared.options
+    }
+
+    /// What recovery found and did when this log was opened.
+    #[must_use]
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.inner.report
+    }
+
+    /// Appends a batch of records and returns their positions, `first..=last`, once durable
+    /// under the fsync policy. The batch is all-or-nothing from the caller's view: on success
+    /// every record is committed; on failure none is acknowledged.
+    ///
+    /// Waits (asynchronously) while the writer's queue is full. Needs no particular runtime.
+    ///
+    /// # Errors
+    /// [`Error::InvalidBatch`] (nothing written), [`Error::Latched`], [`Error::Closed`].
+    pub async fn append<I, B>(&self, records: I) -> Result<RangeInclusive<u64>>
+    where
+        I: IntoIterator<Item = B>,
+        B: Into<Bytes>,
+    {
+        let records: Vec<Bytes> = records.into_iter().map(Into::into).collect();
+        let payload_bytes = self.check_batch(&records)?;
+        let permits = u32::try_from(payload_bytes.div_ceil(PERMIT_BYTES).max(1))
+            .map_err(|_| Error::batch("batch too large"))?;
+        let permit = Arc::clone(&self.inner.inflight)
+            .acquire_many_owned(permits)
+            .await
+            .map_err(|_| Error::Closed)?;
+        let (reply, response) = oneshot::channel();
+        let command = Command::Append(PendingAppend {
+            records,
+            payload_bytes,
+            reply,
+            _permit: permit,
+        });
+        self.send(command).await?;
+        response.await.map_err(|_| Error::Closed)?
+    }
+
+    /// [`Log::append`] for synchronous code. Do not call from inside an async runtime.
+    ///
+    /// # Errors
+    /// As [`Log::append`].
+    pub fn append_blocking<I, B>(&self, records: I) -> Result<RangeInclusive<u64>>
+    where
+        I: IntoIterator<Item = B>,
+        B: Into<Bytes>,
+    {
+        block_on(self.append(records))
+    }
+
+    fn check_batch(&self, records: &[Bytes]) -> Result<usize> {
+        if records.is_empty() {
+            return Err(Error::batch("a batch needs at least one record"));
+        }
+        if records.len() > APPEND_RECORDS_MAX {
+            return Err(Error::batch(format!(
+                "{} records in one batch; at most {APPEND_RECORDS_MAX}",
+                records.len()
+            )));
+        }
+        let max = self.inner.shared.options.record_payload_bytes_max;
+        if let Some((i, record)) = records
+            .iter()
+            .enumerate()
+            .find(|(_, r)| u64::try_from(r.len()).is_ok_and(|n| n > u64::from(max)))
+        {
+            return Err(Error::batch(format!(
+                "record {i} has {} bytes; at most {max}",
+                record.len()
+            )));
+        }
+        let total: usize = records.iter().map(Bytes::len).sum();
+        if total > APPEND_BYTES_MAX {
+            return Err(Error::batch(format!(
+                "{total} bytes in one batch; at most {APPEND_BYTES_MAX}"
+            )));
+        }
+        Ok(total)
+    }
+
+    async fn send(&self, command: Command) -> Result<()> {
+        let commands = self.inner.commands.as_ref().ok_or(Error::Closed)?;
+        commands
+            .send_async(command)
+            .await
+            .map_err(|_| Error::Closed)
+    }
+
+    /// Makes every record written so far durable (an explicit fsync; useful under `never`).
+    ///
+    /// # Errors
+    /// [`Error::Latched`], [`Error::Closed`].
+    pub async fn sync(&self) -> Result<()> {
+        let (reply, response) = oneshot::channel();
+        self.send(Command::Sync { reply }).await?;
+        response.await.map_err(|_| Error::Closed)?
+    }
+
+    /// [`Log::sync`] for synchronous code.
+    ///
+    /// # Errors
+    /// As [`Log::sync`].
+    pub fn sync_blocking(&self) -> Result<()> {
+        block_on(self.sync())
+    }
+
+    /// Deletes whole segments whose records all lie strictly below
+    /// `min(before, slowest cursor's ack + 1)`: nothing a cursor has not acknowledged is ever
+    /// removed. If that covers the whole active segment, it is sealed first and an empty
+    /// segment carries the next position, so positions are never reused.
+    ///
+    /// # Errors
+    /// [`Error::Latched`], [`Error::Closed`], [`Error::Io`].
+    pub async fn purge(&self, before: u64) -> Result<PurgeReport> {
+        let (reply, response) = oneshot::channel();
+        self.send(Command::Purge { before, reply }).await?;
+        response.await.map_err(|_| Error::Closed)?
+    }
+
+    /// [`Log::purge`] for synchronous code.
+    ///
+    /// # Errors
+    /// As [`Log::purge`].
+    pub fn purge_blocking(&self, before: u64) -> Result<PurgeReport> {
+        block_on(self.purge(before))
+    }
+
+    /// The first position still in the log (or the next one, if the log holds nothing).
+    #[must_use]
+    pub fn first_position(&self) -> u64 {
+        self.inner.shared.first_position()
+    }
+
+    /// The last durable position; 0 if nothing was ever appended.
+    #[must_use]
+    pub fn last_position(&self) -> u64 {
+        self.inner.shared.committed()
+    }
+
+    /// A watch of the last durable position: `changed().await` wakes on every commit.
+    #[must_use]
+    pub fn watch_last_position(&self) -> watch::Receiver<u64> {
+        self.inner.shared.subscribe()
+    }
+
+    /// Reads up to `limits` records starting at `from` (empty when `from` is past the end).
+    ///
+    /// # Errors
+    /// [`Error::Purged`], [`Error::Corrupt`] (naming file and offset), [`Error::Io`].
+    pub fn read(&self, from: u64, limits: ReadLimits) -> Result<Vec<Record>> {
+        self.reader(from).read(limits)
+    }
+
+    /// A reader positioned at `from` that keeps its place between reads.
+    #[must_use]
+    pub fn reader(&self, from: u64) -> Reader {
+        Reader::new(Arc::clone(&self.inner.shared), from)
+    }
+
+    /// A reader positioned at `from` whose reads wait for new records instead of returning
+    /// empty. While it waits it holds no buffer and no file handle.
+    #[must_use]
+    pub fn tail(&self, from: u64) -> TailReader {
+        TailReader::new(self.reader(from), self.inner.shared.subscribe())
+    }
+
+    /// The acknowledged position of cursor `name`.
+    #[must_use]
+    pub fn cursor(&self, name: &Name) -> Option<u64> {
+        self.inner.shared.cursors.get(name)
+    }
+
+    /// Every cursor with its acknowledged position.
+    #[must_use]
+    pub fn cursors(&self) -> Vec<(Name, u64)> {
+        self.inner.shared.cursors.list()
+    }
+
+    /// Durably records that cursor `name` handled everything up to `position` (it resumes at
+    /// `position + 1`), creating the cursor if needed. Blocking (two fsyncs).
+    ///
+    /// # Errors
+    /// [`Error::CursorRegression`] if that would move it backwards; [`Error::AckBeyondEnd`] past
+    /// the last durable position; [`Error::Io`]. Nothing changes on error.
+    pub fn ack(&self, name: &Name, position: u64) -> Result<()> {
+        let last = self.last_position();
+        if position > last {
+            return Err(Error::AckBeyondEnd {
+                cursor: name.to_string(),
+                requested: position,
+                last,
+            });
+        }
+        self.inner.shared.cursors.ack(name, position)
+    }
+
+    /// Moves cursor `name` to `position` in either direction, on purpose (replay, skip).
+    ///
+    /// # Errors
+    /// [`Error::AckBeyondEnd`]; [`Error::Purged`] if `position + 1` was purged; [`Error::Io`].
+    pub fn reset_cursor(&self, name: &Name, position: u64) -> Result<()> {
+        let last = self.last_position();
+        if position > last {
+            return Err(Error::AckBeyondEnd {
+                cursor: name.to_string(),
+                requested: position,
+                last,
+            });
+        }
+        let first_available = self.first_position();
+        if position + 1 < first_available {
+            return Err(Error::Purged {
+                requested: position + 1,
+                first_available,
+            });
+        }
+        self.inner.shared.cursors.reset(name, position)
+    }
+
+    /// Removes cursor `name`; `false` if it did not exist.
+    ///
+    /// # Errors
+    /// [`Error::Io`].
+    pub fn remove_cursor(&self, name: &Name) -> Result<bool> {
+        self.inner.shared.cursors.remove(name)
+    }
+
+    /// Counters and extent of the log.
+    #[must_use]
+    pub fn stats(&self) -> LogStats {
+        let shared = &self.inner.shared;
+        shared.stats.snapshot(
+            shared.first_position(),
+            shared.committed(),
+            shared.read_segments().len(),
+        )
+    }
+
+    /// Reads every segment and checks every record (checksums, positions, segment continuity).
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] naming the first bad file and offset; [`Error::Io`].
+    pub fn verify(&self) -> Result<u64> {
+        crate::verify::verify(&self.inner.shared)
+    }
+}
+
+/// A cursor can point past the end only if records it acknowledged were lost (`never` policy
+/// and a power loss). Moving it back to the end makes the consumer see the records that will
+/// take those positions, instead of silently skipping them.
+fn clamp_cursors(cursors: &CursorStore, committed: u64) -> Result<()> {
+    for (name, ack) in cursors.list() {
+        if ack > committed {
+            tracing::warn!(cursor = %name, ack, committed, "cursor past the end after recovery");
+            cursors.reset(&name, committed)?;
+        }
+    }
+    Ok(())
+}
