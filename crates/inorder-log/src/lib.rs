@@ -35,8 +35,10 @@
 #![warn(missing_docs)]
 
 mod blocking;
+mod checksum;
 mod cursor;
 mod error;
+mod group_commit;
 mod index;
 pub mod limits;
 mod log;

@@ -51,6 +51,9 @@ pub const GROUP_COMMIT_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// Append commands gathered into one group commit.
 pub const GROUP_COMMIT_COMMANDS_MAX: usize = 4096;
 
+/// Written-but-unsynced groups that may wait for the syncer (`fsync = group`).
+pub const SYNC_QUEUE_DEPTH: usize = 1024;
+
 /// A sparse index entry is kept at least every this many bytes of a segment.
 pub const INDEX_INTERVAL_BYTES: u64 = 4096;
 

@@ -13,7 +13,7 @@ use std::{
     ops::RangeInclusive,
     path::{Path, PathBuf},
     sync::{
-        Arc, RwLock, RwLockReadGuard, RwLockWriteGuard,
+        Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::JoinHandle,
@@ -26,16 +26,17 @@ use crate::{
     blocking::block_on,
     cursor::CursorStore,
     error::{Error, Result},
+    group_commit,
     limits::{APPEND_BYTES_MAX, APPEND_INFLIGHT_BYTES_MAX, APPEND_RECORDS_MAX, WRITER_QUEUE_DEPTH},
     name::Name,
-    options::LogOptions,
+    options::{FsyncPolicy, LogOptions},
     reader::{ReadLimits, Reader, Record},
     recovery::{self, RecoveryReport},
     segment::SegmentMap,
     stats::{LogStats, Stats},
     tail::TailReader,
     vfs::{StdVfs, Vfs, VfsLock},
-    writer::{Command, PendingAppend, PurgeReport, Writer},
+    writer::{Command, PendingAppend, PurgeReport, SyncerLink, Writer},
 };
 
 /// Bytes per permit of the in-flight byte budget.
@@ -55,9 +56,26 @@ pub(crate) struct Shared {
     closed: AtomicBool,
     pub(crate) cursors: CursorStore,
     pub(crate) stats: Stats,
+    /// Set by the first failed write or fsync; the log writes nothing after it.
+    latch: OnceLock<Arc<std::io::Error>>,
 }
 
 impl Shared {
+    /// The error that latched the log, if any.
+    pub(crate) fn latched(&self) -> Option<Arc<std::io::Error>> {
+        self.latch.get().cloned()
+    }
+
+    /// Latches the log after an I/O error; returns the error that holds the latch (the first).
+    pub(crate) fn latch(&self, source: std::io::Error) -> Arc<std::io::Error> {
+        let first = self.latch.get_or_init(|| {
+            tracing::error!(dir = %self.dir.display(), error = %source, "log latched");
+            Arc::new(source)
+        });
+        self.stats.set_latched();
+        Arc::clone(first)
+    }
+
     pub(crate) fn read_segments(&self) -> RwLockReadGuard<'_, SegmentMap> {
         self.segments
             .read()
@@ -74,13 +92,18 @@ impl Shared {
         self.committed.load(Ordering::Acquire)
     }
 
+    /// Publishes a new committed position (after the fsync that made it durable). The
+    /// position only grows: a smaller value (a syncer finishing after a later fsync already
+    /// published more) changes nothing.
     pub(crate) fn publish_committed(&self, committed: u64) {
-        assert!(
-            committed >= self.committed(),
-            "committed position moved backwards"
-        );
-        self.committed.store(committed, Ordering::Release);
-        self.tail.send_replace(committed);
+        let previous = self.committed.fetch_max(committed, Ordering::AcqRel);
+        if committed > previous {
+            self.tail.send_if_modified(|shown| {
+                let grew = committed > *shown;
+                *shown = (*shown).max(committed);
+                grew
+            });
+        }
     }
 
     pub(crate) fn first_position(&self) -> u64 {
@@ -183,9 +206,17 @@ impl Log {
             closed: AtomicBool::new(false),
             cursors,
             stats: Stats::default(),
+            latch: OnceLock::new(),
         });
+        let syncer = match options.fsync {
+            FsyncPolicy::Group => {
+                let (requests, threads) = group_commit::spawn(&shared)?;
+                Some(SyncerLink { requests, threads })
+            }
+            FsyncPolicy::Always | FsyncPolicy::Never => None,
+        };
         let (commands, receiver) = flume::bounded(WRITER_QUEUE_DEPTH);
-        let writer = Writer::new(Arc::clone(&shared), active, recovered.next_position);
+        let writer = Writer::new(Arc::clone(&shared), active, recovered.next_position, syncer);
         let idle_after = options.idle_after;
         let writer = std::thread::Builder::new()
             .name("inorder-log-writer".into())

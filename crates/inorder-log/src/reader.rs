@@ -15,11 +15,11 @@ use bytes::{Bytes, BytesMut};
 use crate::{
     error::{CorruptReason, Error, Result},
     limits::{
-        READ_BYTES_MAX_DEFAULT, READ_CHUNK_BYTES, READ_RECORDS_MAX_DEFAULT, SEGMENT_HEADER_BYTES,
-        u64_from, usize_from,
+        READ_BYTES_MAX_DEFAULT, READ_CHUNK_BYTES, READ_RECORDS_MAX_DEFAULT, RECORD_HEADER_BYTES,
+        SEGMENT_HEADER_BYTES, u64_from, usize_from,
     },
     log::Shared,
-    record::{HEADER, RecordHeader},
+    record::{CHECKSUM_OFFSET, HEADER, RecordHeader},
     segment::Segment,
     vfs::VfsFile,
 };
@@ -70,6 +70,64 @@ pub struct Reader {
     at: Option<Place>,
 }
 
+/// Records gathered by one read, with its limits.
+struct Batch {
+    records: Vec<Record>,
+    bytes: usize,
+    limits: ReadLimits,
+    committed: u64,
+}
+
+impl Batch {
+    /// Records the batch can still take.
+    fn room(&self) -> usize {
+        self.limits.records_max.saturating_sub(self.records.len())
+    }
+
+    fn is_full(&self) -> bool {
+        self.records.len() >= self.limits.records_max
+            || (!self.records.is_empty() && self.bytes >= self.limits.bytes_max)
+    }
+}
+
+/// Earlier read chunks a reader keeps for reuse.
+const READER_SPARE_CHUNKS: usize = 4;
+
+/// Most records framed per pass over a chunk.
+const FRAMES_PER_TAKE_MAX: usize = 4096;
+
+/// Extra records framed beyond the batch's room, for records an index walk skips.
+const FRAMES_SKIP_ALLOWANCE: usize = 64;
+
+/// One record located in a chunk: `chunk[start..end]`, with its parsed header.
+struct Frame {
+    start: usize,
+    end: usize,
+    header: RecordHeader,
+}
+
+/// How many leading frames have matching checksums (verified three at a time).
+fn verified_prefix(chunk: &[u8], frames: &[Frame]) -> usize {
+    let covered = |f: &Frame| &chunk[f.start + CHECKSUM_OFFSET..f.end];
+    for (group_index, group) in frames.chunks(3).enumerate() {
+        let slices = match group {
+            [a, b, c] => [covered(a), covered(b), covered(c)],
+            [a, b] => [covered(a), covered(b), &[]],
+            [a] => [covered(a), &[], &[]],
+            _ => unreachable!("chunks(3) yields one to three frames"),
+        };
+        let crcs = crate::checksum::crc32c_3(slices);
+        if let Some(bad) = group
+            .iter()
+            .zip(crcs)
+            .position(|(f, crc)| f.header.crc != crc)
+        {
+            return group_index * 3 + bad;
+        }
+    }
+    frames.len()
+}
+
 /// Where in which segment the reader is, with its read-ahead chunk.
 #[derive(Debug)]
 struct Place {
@@ -82,6 +140,8 @@ struct Place {
     via_index: bool,
     chunk: Bytes,
     chunk_start: u64,
+    /// Earlier chunks, reused once no record refers to them.
+    spare: Vec<Bytes>,
 }
 
 impl Reader {
@@ -121,18 +181,21 @@ impl Reader {
     /// After an error the reader stays at the failed position.
     pub fn read(&mut self, limits: ReadLimits) -> Result<Vec<Record>> {
         let committed = self.shared.committed();
-        let mut records = Vec::new();
-        let mut bytes = 0usize;
-        while self.next <= committed
-            && records.len() < limits.records_max
-            && (records.is_empty() || bytes < limits.bytes_max)
-        {
+        let wanted = usize_from(committed.saturating_sub(self.next) + 1);
+        let mut batch = Batch {
+            records: Vec::with_capacity(wanted.min(limits.records_max)),
+            bytes: 0,
+            limits,
+            committed,
+        };
+        while self.next <= committed && !batch.is_full() {
             let needs_segment = match &self.at {
                 None => true,
                 Some(at) => at.segment.is_sealed() && self.next >= at.segment.end(),
             };
             if needs_segment {
-                self.at = Some(self.locate()?);
+                let spare = self.at.take().map(Place::into_spare).unwrap_or_default();
+                self.at = Some(self.locate(spare)?);
             }
             let at = self.at.as_mut().expect("located above");
             let limit = at.segment.committed_bytes();
@@ -143,31 +206,12 @@ impl Reader {
                 }
                 break;
             }
-            let (position, payload, record_bytes) = at.record(limit)?;
-            if position != at.expect {
-                if at.via_index {
-                    // A stale or damaged index entry: read the segment from its start instead.
-                    at.via_index = false;
-                    at.offset = SEGMENT_HEADER_BYTES;
-                    at.expect = at.segment.base;
-                    continue;
-                }
-                return Err(at.corrupt(CorruptReason::PositionOutOfSequence));
-            }
-            at.via_index = false;
-            at.offset += record_bytes;
-            at.expect += 1;
-            if position < self.next {
-                continue; // walking forward from the index entry
-            }
-            bytes += payload.len();
-            records.push(Record { position, payload });
-            self.next += 1;
+            at.take(&mut self.next, limit, &mut batch)?;
         }
-        Ok(records)
+        Ok(batch.records)
     }
 
-    fn locate(&self) -> Result<Place> {
+    fn locate(&self, spare: Vec<Bytes>) -> Result<Place> {
         let segment = {
             let segments = self.shared.read_segments();
             let first_available = segments.keys().next().copied().unwrap_or(1);
@@ -194,11 +238,19 @@ impl Reader {
             via_index: offset != SEGMENT_HEADER_BYTES,
             chunk: Bytes::new(),
             chunk_start: 0,
+            spare,
         })
     }
 }
 
 impl Place {
+    /// The chunks worth keeping when the reader moves to another segment.
+    fn into_spare(mut self) -> Vec<Bytes> {
+        self.spare.push(self.chunk);
+        self.spare.truncate(READER_SPARE_CHUNKS);
+        self.spare
+    }
+
     fn corrupt(&self, reason: CorruptReason) -> Error {
         Error::Corrupt {
             file: self.segment.path.clone(),
@@ -207,41 +259,130 @@ impl Place {
         }
     }
 
-    /// The record at `offset`: its position, payload and size, with length and checksum checked.
-    fn record(&mut self, limit: u64) -> Result<(u64, Bytes, u64)> {
-        let head = self.bytes(self.offset, HEADER, limit)?;
-        let header =
-            RecordHeader::parse(&head).ok_or_else(|| self.corrupt(CorruptReason::Truncated))?;
-        let record_bytes = header.record_bytes();
-        if !header.length_in_bounds() || self.offset + record_bytes > limit {
-            return Err(self.corrupt(CorruptReason::BadLength));
+    /// Takes the whole records the chunk holds from `offset` on (reading a new chunk first if
+    /// it does not hold the next one), checking length, checksum and position of each.
+    ///
+    /// Three passes over the chunk: frame the records (lengths), verify their checksums three at
+    /// a time ([`crate::checksum`]), then check positions and hand them out in order. A bad record
+    /// ends the pass before it: the good ones are returned, and the next call fails at the bad
+    /// one, so the reader stops exactly at the failed position.
+    fn take(&mut self, next: &mut u64, limit: u64, batch: &mut Batch) -> Result<()> {
+        let head = self.fill(HEADER, limit)?;
+        let first_bytes = RecordHeader::parse(&self.chunk[head..]).map_or(0, |h| h.record_bytes());
+        if first_bytes > RECORD_HEADER_BYTES
+            && self.offset + first_bytes <= limit
+            && head + usize_from(first_bytes) > self.chunk.len()
+        {
+            self.fill(usize_from(first_bytes), limit)?;
         }
-        let record = self.bytes(self.offset, usize_from(record_bytes), limit)?;
-        let payload = record.slice(HEADER..);
-        if !header.checksum_matches(&payload) {
-            return Err(self.corrupt(CorruptReason::ChecksumMismatch));
+        let chunk = self.chunk.clone();
+        let (frames, mut failure) = self.frame(&chunk, limit, batch.room());
+        let valid = verified_prefix(&chunk, &frames);
+        if valid < frames.len() {
+            failure = Some(CorruptReason::ChecksumMismatch);
         }
-        Ok((header.position, payload, record_bytes))
+        let mut taken = 0;
+        for frame in &frames[..valid] {
+            if *next > batch.committed || batch.is_full() {
+                return Ok(());
+            }
+            if frame.header.position != self.expect {
+                if self.via_index {
+                    // A stale or damaged index entry: read the segment from its start instead.
+                    self.via_index = false;
+                    self.offset = SEGMENT_HEADER_BYTES;
+                    self.expect = self.segment.base;
+                    return Ok(());
+                }
+                return Err(self.corrupt(CorruptReason::PositionOutOfSequence));
+            }
+            self.via_index = false;
+            self.offset += frame.header.record_bytes();
+            self.expect += 1;
+            taken += 1;
+            if frame.header.position >= *next {
+                batch.bytes += frame.end - frame.start - HEADER;
+                batch.records.push(Record {
+                    position: frame.header.position,
+                    payload: chunk.slice(frame.start + HEADER..frame.end),
+                });
+                *next += 1;
+            }
+        }
+        match failure {
+            Some(reason) if taken == 0 => Err(self.corrupt(reason)),
+            _ => Ok(()),
+        }
     }
 
-    /// `len` bytes at `offset` (within `limit`), from the chunk or a fresh read.
-    fn bytes(&mut self, offset: u64, len: usize, limit: u64) -> Result<Bytes> {
-        let chunk_end = self.chunk_start + u64_from(self.chunk.len());
-        if offset < self.chunk_start || offset + u64_from(len) > chunk_end {
-            let want = usize_from(limit - offset).min(len.max(READ_CHUNK_BYTES));
-            let mut buf = BytesMut::zeroed(want);
-            let got = self
-                .file
-                .read_full_at(&mut buf, offset)
-                .map_err(|e| Error::io("read segment", &self.segment.path, e))?;
-            if got < len {
-                return Err(self.corrupt(CorruptReason::Truncated));
+    /// The whole records the chunk holds from `offset` (at most `room` plus what an index walk
+    /// may skip), and the reason framing stopped early, if a record is malformed.
+    fn frame(&self, chunk: &Bytes, limit: u64, room: usize) -> (Vec<Frame>, Option<CorruptReason>) {
+        let frames_max = room
+            .saturating_add(FRAMES_SKIP_ALLOWANCE)
+            .min(FRAMES_PER_TAKE_MAX);
+        let mut frames = Vec::with_capacity(frames_max.min(256));
+        let mut start = usize_from(self.offset - self.chunk_start);
+        let mut offset = self.offset;
+        while frames.len() < frames_max && offset < limit {
+            let Some(header) = RecordHeader::parse(&chunk[start..]) else {
+                let cut_short = frames.is_empty() && start == 0;
+                return (frames, cut_short.then_some(CorruptReason::Truncated));
+            };
+            let record_bytes = header.record_bytes();
+            if !header.length_in_bounds() || offset + record_bytes > limit {
+                return (frames, Some(CorruptReason::BadLength));
             }
-            buf.truncate(got);
-            self.chunk = buf.freeze();
-            self.chunk_start = offset;
+            let end = start + usize_from(record_bytes);
+            if end > chunk.len() {
+                break; // the record continues in the next chunk
+            }
+            frames.push(Frame { start, end, header });
+            start = end;
+            offset += record_bytes;
         }
-        let from = usize_from(offset - self.chunk_start);
-        Ok(self.chunk.slice(from..from + len))
+        (frames, None)
+    }
+
+    /// Makes the chunk hold `len` bytes at `offset` (within `limit`); returns where they start
+    /// in the chunk. Reuses the chunk's memory when no record still refers to it.
+    fn fill(&mut self, len: usize, limit: u64) -> Result<usize> {
+        let chunk_end = self.chunk_start + u64_from(self.chunk.len());
+        if self.offset >= self.chunk_start && self.offset + u64_from(len) <= chunk_end {
+            return Ok(usize_from(self.offset - self.chunk_start));
+        }
+        let want = usize_from(limit - self.offset).min(len.max(READ_CHUNK_BYTES));
+        let retired = std::mem::take(&mut self.chunk);
+        if !retired.is_empty() {
+            self.spare.push(retired);
+        }
+        // Reuse a chunk no record refers to any more (no allocation, no zeroing); keep at most
+        // READER_SPARE_CHUNKS that records still hold.
+        let reusable = self.spare.iter().position(Bytes::is_unique);
+        let mut buf = match reusable.map(|i| self.spare.swap_remove(i).try_into_mut()) {
+            Some(Ok(mut reused)) => {
+                if reused.len() >= want {
+                    reused.truncate(want);
+                } else {
+                    reused.resize(want, 0);
+                }
+                reused
+            }
+            Some(Err(_)) | None => BytesMut::zeroed(want),
+        };
+        if self.spare.len() > READER_SPARE_CHUNKS {
+            self.spare.remove(0);
+        }
+        let got = self
+            .file
+            .read_full_at(&mut buf, self.offset)
+            .map_err(|e| Error::io("read segment", &self.segment.path, e))?;
+        if got < len {
+            return Err(self.corrupt(CorruptReason::Truncated));
+        }
+        buf.truncate(got);
+        self.chunk = buf.freeze();
+        self.chunk_start = self.offset;
+        Ok(0)
     }
 }

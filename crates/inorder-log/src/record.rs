@@ -54,21 +54,20 @@ impl RecordHeader {
         RECORD_HEADER_BYTES + u64::from(self.payload_len)
     }
 
-    /// Whether the stored checksum matches this header and `payload`.
+    /// Whether the stored checksum matches `record`, the whole frame (header and payload)
+    /// this header was parsed from.
     #[must_use]
-    pub fn checksum_matches(&self, payload: &[u8]) -> bool {
-        u64_from(payload.len()) == u64::from(self.payload_len)
-            && checksum(self.payload_len, self.position, payload) == self.crc
+    pub fn checksum_matches(&self, record: &[u8]) -> bool {
+        u64_from(record.len()) == self.record_bytes()
+            && crc32c::crc32c(&record[CHECKSUM_BYTES..]) == self.crc
     }
 }
 
-/// The checksum of a record with this length, position and payload.
-fn checksum(payload_len: u32, position: u64, payload: &[u8]) -> u32 {
-    let mut covered = [0u8; HEADER - 4];
-    covered[..4].copy_from_slice(&payload_len.to_le_bytes());
-    covered[4..].copy_from_slice(&position.to_le_bytes());
-    crc32c::crc32c_append(crc32c::crc32c(&covered), payload)
-}
+/// The checksum field's size: it covers everything after itself.
+const CHECKSUM_BYTES: usize = 4;
+
+/// Where the bytes covered by the checksum start within a record.
+pub(crate) const CHECKSUM_OFFSET: usize = CHECKSUM_BYTES;
 
 /// Appends the frame of one record to `buf`.
 ///
@@ -81,10 +80,13 @@ pub fn encode_record(buf: &mut Vec<u8>, position: u64, payload: &[u8]) {
         .filter(|len| *len <= RECORD_PAYLOAD_BYTES_LIMIT)
         .expect("payload size is validated before encoding");
     buf.reserve(HEADER + payload.len());
-    buf.extend_from_slice(&checksum(payload_len, position, payload).to_le_bytes());
+    let start = buf.len();
+    buf.extend_from_slice(&[0; CHECKSUM_BYTES]);
     buf.extend_from_slice(&payload_len.to_le_bytes());
     buf.extend_from_slice(&position.to_le_bytes());
     buf.extend_from_slice(payload);
+    let crc = crc32c::crc32c(&buf[start + CHECKSUM_BYTES..]);
+    buf[start..start + CHECKSUM_BYTES].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// Why bytes are not a valid record.
@@ -122,15 +124,15 @@ pub fn decode_record(bytes: &[u8]) -> Result<DecodedRecord<'_>, DecodeError> {
         return Err(DecodeError::BadLength);
     }
     let record_bytes = usize_from(header.record_bytes());
-    let payload = bytes
-        .get(HEADER..record_bytes)
+    let record = bytes
+        .get(..record_bytes)
         .ok_or(DecodeError::IncompletePayload)?;
-    if !header.checksum_matches(payload) {
+    if !header.checksum_matches(record) {
         return Err(DecodeError::ChecksumMismatch);
     }
     Ok(DecodedRecord {
         position: header.position,
-        payload,
+        payload: &record[HEADER..],
         record_bytes,
     })
 }

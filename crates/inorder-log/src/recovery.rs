@@ -263,7 +263,7 @@ fn observe(
         return Ok((facts, record_bytes));
     }
     let record = window.bytes(offset, usize_from(record_bytes))?;
-    facts.checksum_ok = header.checksum_matches(&record[HEADER..]);
+    facts.checksum_ok = header.checksum_matches(record);
     facts.position_expected = facts.checksum_ok && header.position == expected;
     Ok((facts, record_bytes))
 }

@@ -189,16 +189,17 @@ impl Segment {
         self.end() == self.base
     }
 
-    /// Publishes newly durable records (writer only). Positions and bytes only grow.
+    /// Publishes newly durable records. Extents only grow: publishing an older extent (a
+    /// request a syncer finishes after the writer sealed the segment, or after the other syncer
+    /// published more) changes nothing.
     pub(crate) fn publish(&self, end: u64, committed_bytes: u64) {
-        assert!(end >= self.end(), "segment end moved backwards");
         assert!(
-            committed_bytes >= self.committed_bytes(),
-            "segment bytes moved backwards"
+            end >= self.base && committed_bytes >= SEGMENT_HEADER_BYTES,
+            "extent in segment"
         );
         self.committed_bytes
-            .store(committed_bytes, Ordering::Release);
-        self.end.store(end, Ordering::Release);
+            .fetch_max(committed_bytes, Ordering::AcqRel);
+        self.end.fetch_max(end, Ordering::AcqRel);
     }
 
     /// Marks the segment sealed (writer only, after its final fsync).

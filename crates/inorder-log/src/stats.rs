@@ -17,7 +17,7 @@ pub struct LogStats {
     pub appends: u64,
     /// Records committed since open.
     pub records: u64,
-    /// Group commits (one write each) since open.
+    /// Groups written (one write call each) since open.
     pub group_commits: u64,
     /// `fdatasync` calls on segments since open.
     pub data_syncs: u64,

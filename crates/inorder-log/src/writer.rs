@@ -1,29 +1,34 @@
 //! The writer: one thread per open log that owns the active segment and performs every write.
 //!
 //! Appenders send [`Command`]s over a bounded channel and wait on a one-shot reply. The writer
-//! takes the first command, then every append already queued behind it (up to
-//! [`GROUP_COMMIT_BYTES_MAX`] / [`GROUP_COMMIT_COMMANDS_MAX`]), encodes them into one buffer,
-//! writes it with one call and — unless the policy is `never` — makes it durable with one
-//! `fdatasync`. Only then does it publish the new committed position (readers see nothing
-//! earlier) and reply to each appender with its positions. That is group commit: appenders that
-//! arrive while an fsync runs share the next one. Under `always` each append gets its own
-//! write and fsync.
+//! takes the first command and every append already queued behind it (up to
+//! [`GROUP_COMMIT_BYTES_MAX`] / [`GROUP_COMMIT_COMMANDS_MAX`]), assigns their positions, encodes
+//! them into one buffer and writes it with one call. Then, by policy:
 //!
-//! After a failed write or fsync the writer *latches*: it keeps replying
-//! [`Error::Latched`] and writes nothing more until the log is reopened. The page cache may no
-//! longer match the disk after a failed fsync, so going on could acknowledge lost records.
+//! - `group`: hands the written extent to the syncer ([`crate::group_commit`]), which replies
+//!   after the fsync that covers it, and goes on with the next group meanwhile;
+//! - `always`: one append per group, fsynced here before replying;
+//! - `never`: publishes and replies at once (page cache only).
+//!
+//! Nothing is visible to readers before it is durable under the policy: the committed position
+//! is published after the fsync, by whichever thread ran it.
+//!
+//! After a failed write or fsync the log *latches* ([`Shared::latch`]): every later command
+//! gets [`Error::Latched`] until the log is reopened. The page cache may no longer match the
+//! disk after a failed fsync, so writing on could acknowledge records that are lost.
 //!
 //! After [`LogOptions::idle_after`](crate::LogOptions::idle_after) without commands the writer
 //! hibernates: it closes its file, frees its buffer and asks every segment to drop its cached
 //! read handle and sealed index. The next command reopens what it needs.
 
-use std::{io, ops::RangeInclusive, sync::Arc, time::Duration};
+use std::{ops::RangeInclusive, sync::Arc, thread::JoinHandle, time::Duration};
 
 use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 use crate::{
     error::{Error, Result},
+    group_commit::{AppendReply, SyncRequest},
     index::{SparseIndex, write_index_file},
     limits::{
         GROUP_COMMIT_BYTES_MAX, GROUP_COMMIT_COMMANDS_MAX, INDEX_INTERVAL_BYTES,
@@ -54,8 +59,8 @@ pub(crate) enum Command {
 pub(crate) struct PendingAppend {
     pub records: Vec<Bytes>,
     pub payload_bytes: usize,
-    pub reply: oneshot::Sender<Result<RangeInclusive<u64>>>,
-    /// Held until the append is done: bounds the bytes queued for the writer.
+    pub reply: AppendReply,
+    /// Held until the records are written: bounds the payload bytes queued for the writer.
     pub _permit: OwnedSemaphorePermit,
 }
 
@@ -66,6 +71,12 @@ pub struct PurgeReport {
     pub segments_removed: usize,
     /// The first position still in the log afterwards.
     pub first_position: u64,
+}
+
+/// The syncer's side of the writer, under `fsync = group`.
+pub(crate) struct SyncerLink {
+    pub requests: flume::Sender<SyncRequest>,
+    pub threads: Vec<JoinHandle<()>>,
 }
 
 pub(crate) struct Writer {
@@ -79,11 +90,16 @@ pub(crate) struct Writer {
     last_indexed_offset: Option<u64>,
     buf: Vec<u8>,
     index_entries: Vec<(u64, u64)>,
-    failed: Option<Arc<io::Error>>,
+    syncer: Option<SyncerLink>,
 }
 
 impl Writer {
-    pub(crate) fn new(shared: Arc<Shared>, active: Arc<Segment>, next_position: u64) -> Self {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        active: Arc<Segment>,
+        next_position: u64,
+        syncer: Option<SyncerLink>,
+    ) -> Self {
         let write_offset = active.committed_bytes();
         let last_indexed_offset = active
             .index_snapshot()
@@ -98,11 +114,11 @@ impl Writer {
             last_indexed_offset,
             buf: Vec::new(),
             index_entries: Vec::new(),
-            failed: None,
+            syncer,
         }
     }
 
-    /// Serves commands until every sender is gone.
+    /// Serves commands until every sender is gone, then stops the syncer.
     pub(crate) fn run(mut self, commands: &flume::Receiver<Command>, idle_after: Duration) {
         let commands_max = match self.shared.options.fsync {
             FsyncPolicy::Always => 1,
@@ -126,8 +142,8 @@ impl Writer {
             };
             match command {
                 Command::Append(first) => {
-                    let mut bytes = first.payload_bytes;
                     let mut group = vec![first];
+                    let mut bytes = group[0].payload_bytes;
                     while group.len() < commands_max && bytes < GROUP_COMMIT_BYTES_MAX {
                         match commands.try_recv() {
                             Ok(Command::Append(next)) => {
@@ -144,72 +160,88 @@ impl Writer {
                     self.commit(group);
                 }
                 Command::Sync { reply } => {
-                    let result = self.guarded(Self::sync);
-                    let _ = reply.send(result);
+                    let _ = reply.send(self.guarded(Self::sync));
                 }
                 Command::Purge { before, reply } => {
-                    let result = self.guarded(|writer| writer.purge(before));
-                    let _ = reply.send(result);
+                    let _ = reply.send(self.guarded(|writer| writer.purge(before)));
+                }
+            }
+        }
+        if let Some(syncer) = self.syncer.take() {
+            drop(syncer.requests);
+            for thread in syncer.threads {
+                if thread.join().is_err() {
+                    tracing::error!(dir = %self.shared.dir.display(), "log syncer panicked");
                 }
             }
         }
     }
 
-    /// Runs `op` unless latched; latches if it fails with an I/O error.
+    /// Runs `op` unless latched; latches the log if it fails with an I/O error.
     fn guarded<T>(&mut self, op: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
-        if let Some(source) = &self.failed {
-            return Err(Error::Latched {
-                source: Arc::clone(source),
-            });
+        if let Some(source) = self.shared.latched() {
+            return Err(Error::Latched { source });
         }
         op(self).map_err(|error| match error {
             Error::Io { op, path, source } => {
-                let source = Arc::new(io::Error::new(
+                let source = self.shared.latch(std::io::Error::new(
                     source.kind(),
                     format!("{op} on {}: {source}", path.display()),
                 ));
-                self.latch(Arc::clone(&source));
                 Error::Latched { source }
             }
             other => other,
         })
     }
 
-    fn latch(&mut self, source: Arc<io::Error>) {
-        tracing::error!(dir = %self.shared.dir.display(), error = %source, "log writer latched");
-        self.shared.stats.set_latched();
-        self.failed = Some(source);
-    }
-
-    /// Writes a group of appends and replies to each.
+    /// Writes a group of appends, then replies (or hands the replies to the syncer).
     fn commit(&mut self, group: Vec<PendingAppend>) {
         let records: usize = group.iter().map(|append| append.records.len()).sum();
-        let result = self.guarded(|writer| writer.write_group(&group));
-        match result {
-            Ok(ranges) => {
-                self.shared.stats.add_group(group.len(), records);
-                for (append, range) in group.into_iter().zip(ranges) {
-                    let _ = append.reply.send(Ok(range));
-                }
-            }
-            Err(error) => {
-                let source = match &error {
-                    Error::Latched { source } => Arc::clone(source),
-                    other => Arc::new(io::Error::other(other.to_string())),
+        let written = self.guarded(|writer| writer.write_group(&group));
+        let ranges = match written {
+            Ok(ranges) => ranges,
+            Err(error) => return reply_all(group.into_iter().map(|a| a.reply), &error),
+        };
+        self.shared.stats.add_group(group.len(), records);
+        // The payloads are written: dropping the appends frees them and their byte permits.
+        let replies: Vec<_> = group.into_iter().map(|a| a.reply).zip(ranges).collect();
+        match (self.shared.options.fsync, &self.syncer) {
+            (FsyncPolicy::Group, Some(syncer)) => {
+                let request = SyncRequest {
+                    file: Arc::clone(self.file.as_ref().expect("written through an open file")),
+                    segment: Arc::clone(&self.active),
+                    end: self.next_position,
+                    committed_bytes: self.write_offset,
+                    replies,
                 };
-                for append in group {
-                    let _ = append.reply.send(Err(Error::Latched {
-                        source: Arc::clone(&source),
-                    }));
+                if let Err(flume::SendError(request)) = syncer.requests.send(request) {
+                    reply_all(
+                        request.replies.into_iter().map(|(reply, _)| reply),
+                        &Error::Closed,
+                    );
                 }
             }
+            (FsyncPolicy::Never, _) => self.publish_and_reply(replies),
+            (FsyncPolicy::Always | FsyncPolicy::Group, _) => match self.guarded(Self::sync) {
+                Ok(()) => self.publish_and_reply(replies),
+                Err(error) => reply_all(replies.into_iter().map(|(reply, _)| reply), &error),
+            },
         }
     }
 
+    fn publish_and_reply(&self, replies: Vec<(AppendReply, RangeInclusive<u64>)>) {
+        self.active.publish(self.next_position, self.write_offset);
+        self.shared.publish_committed(self.next_position - 1);
+        for (reply, positions) in replies {
+            let _ = reply.send(Ok(positions));
+        }
+    }
+
+    /// Assigns positions and writes the group (rolling segments as needed); no fsync.
     fn write_group(&mut self, group: &[PendingAppend]) -> Result<Vec<RangeInclusive<u64>>> {
         self.writable_file()?;
         let segment_bytes = self.shared.options.segment_bytes;
-        let committed_before = self.next_position - 1;
+        let first_of_group = self.next_position;
         let mut ranges = Vec::with_capacity(group.len());
         for append in group {
             let first = self.next_position;
@@ -234,23 +266,15 @@ impl Writer {
             ranges.push(first..=self.next_position - 1);
         }
         self.flush_buffer()?;
-        if self.shared.options.fsync != FsyncPolicy::Never {
-            self.sync()?;
-        }
-        // Publish: segment extent first, then the log's committed position (readers check the
-        // committed position first, so they never look past durable bytes).
-        self.active.publish(self.next_position, self.write_offset);
-        let committed = self.next_position - 1;
         let appended: u64 = group
             .iter()
             .map(|append| u64_from(append.records.len()))
             .sum();
         assert_eq!(
-            committed,
-            committed_before + appended,
-            "positions must stay contiguous"
+            self.next_position,
+            first_of_group + appended,
+            "positions stay contiguous"
         );
-        self.shared.publish_committed(committed);
         Ok(ranges)
     }
 
@@ -284,6 +308,7 @@ impl Writer {
         Ok(())
     }
 
+    /// Makes everything written to the active segment durable.
     fn sync(&mut self) -> Result<()> {
         let file = self.writable_file()?;
         file.sync_data()
@@ -328,7 +353,7 @@ impl Writer {
             Some(ack) => before.min(ack.saturating_add(1)),
             None => before,
         };
-        if !self.active.is_empty() && self.active.end() <= bound {
+        if self.next_position > self.active.base && self.next_position <= bound {
             self.roll()?;
         }
         let victims: Vec<Arc<Segment>> = self
@@ -364,5 +389,21 @@ impl Writer {
         }
         self.shared.stats.add_hibernation();
         tracing::debug!(dir = %self.shared.dir.display(), "log writer idle: released files");
+    }
+}
+
+/// Replies with `error` (as a latched or closed error) to every waiting appender.
+fn reply_all(replies: impl Iterator<Item = AppendReply>, error: &Error) {
+    for reply in replies {
+        let error = match error {
+            Error::Latched { source } => Error::Latched {
+                source: Arc::clone(source),
+            },
+            Error::Closed => Error::Closed,
+            other => Error::Latched {
+                source: Arc::new(std::io::Error::other(other.to_string())),
+            },
+        };
+        let _ = reply.send(Err(error));
     }
 }

@@ -21,6 +21,7 @@ use std::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicUsize, Ordering},
     },
+    time::Duration,
 };
 
 use super::{OpenMode, Vfs, VfsFile, VfsLock};
@@ -58,6 +59,7 @@ struct State {
     faults: HashMap<FaultOp, usize>,
     locks: BTreeSet<PathBuf>,
     data_syncs: usize,
+    sync_delay: Duration,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -105,6 +107,11 @@ impl SimVfs {
     /// Makes the `skip + 1`-th next call of `op` fail once.
     pub fn inject(&self, op: FaultOp, skip: usize) {
         self.lock().faults.insert(op, skip);
+    }
+
+    /// Makes every `sync_data` take this long (a slow disk), without blocking other calls.
+    pub fn set_sync_delay(&self, delay: Duration) {
+        self.lock().sync_delay = delay;
     }
 
     /// How many `sync_data` calls succeeded so far.
@@ -286,6 +293,10 @@ impl VfsFile for SimFile {
     }
 
     fn sync_data(&self) -> io::Result<()> {
+        let delay = self.vfs.lock().sync_delay;
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
         let mut state = self.vfs.lock();
         state.trip(FaultOp::SyncData)?;
         let inode = state.inode(self.inode);

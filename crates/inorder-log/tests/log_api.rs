@@ -1,0 +1,354 @@
+//! The log's contract as seen by a user: positions, reads, tails, bad input, locking, idling,
+//! group commit and the latch after an I/O error.
+
+#![allow(clippy::unwrap_used)] // tests state expectations with unwrap
+
+mod common;
+
+use std::{path::Path, sync::Arc, time::Duration};
+
+use common::{DIR, check_contents, cursor, open_sim, payload, read_all, small_options};
+use inorder_log::{
+    Error, FsyncPolicy, Log, LogOptions, ReadLimits,
+    limits::APPEND_RECORDS_MAX,
+    vfs::sim::{FaultOp, SimVfs},
+};
+
+#[test]
+fn positions_start_at_one_and_continue_across_reopen() {
+    let vfs = SimVfs::new();
+    let mut expected = Vec::new();
+    for round in 0..3 {
+        let log = open_sim(&vfs, small_options(FsyncPolicy::Group));
+        let batch: Vec<_> = (0..5)
+            .map(|i| payload("round", round * 5 + i, 40))
+            .collect();
+        let range = log.append_blocking(batch.clone()).unwrap();
+        let first = u64::try_from(round * 5 + 1).unwrap();
+        assert_eq!(range, first..=first + 4);
+        expected.extend(batch);
+        check_contents(&log, 1, &expected);
+    }
+}
+
+#[test]
+fn records_span_segments_and_read_back_from_any_position() {
+    let vfs = SimVfs::new();
+    let log = open_sim(&vfs, small_options(FsyncPolicy::Group));
+    let records: Vec<_> = (0..300).map(|i| payload("r", i, i % 200)).collect();
+    for chunk in records.chunks(7) {
+        log.append_blocking(chunk.to_vec()).unwrap();
+    }
+    assert!(log.stats().segments > 5, "small segments must have rolled");
+    for from in [1u64, 2, 57, 150, 299, 300] {
+        check_contents(&log, from, &records[usize::try_from(from - 1).unwrap()..]);
+    }
+    assert!(log.read(301, ReadLimits::default()).unwrap().is_empty());
+    drop(log);
+    let log = open_sim(&vfs, small_options(FsyncPolicy::Group));
+    check_contents(&log, 1, &records);
+}
+
+#[test]
+fn a_read_respects_its_limits_but_always_makes_progress() {
+    let vfs = SimVfs::new();
+    let log = open_sim(&vfs, small_options(FsyncPolicy::Never));
+    log.append_blocking((0..10).map(|i| payload("x", i, 500)))
+        .unwrap();
+    assert_eq!(log.read(1, ReadLimits::records(3)).unwrap().len(), 3);
+    let one = log
+        .read(
+            1,
+            ReadLimits {
+                records_max: 100,
+                bytes_max: 1,
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        one.len(),
+        1,
+        "a record larger than bytes_max is still returned alone"
+    );
+}
+
+#[test]
+fn seeking_uses_the_sparse_index_instead_of_scanning_the_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = LogOptions {
+        segment_bytes: 64 * 1024,
+        record_payload_bytes_max: 1024,
+        ..LogOptions::default()
+    };
+    let log = Log::open(dir.path(), options).unwrap();
+    let records: Vec<_> = (0..2000).map(|i| payload("p", i, 100)).collect();
+    log.append_blocking(records.clone()).unwrap();
+    drop(log);
+    // Damage the first record of sealed segment 1. A reader that scanned the segment from its
+    // start would trip over it; one that seeks through the index never reads those bytes.
+    let path = common::segment_path(dir.path(), 1);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[32 + 20] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    let log = Log::open(dir.path(), options).unwrap();
+    check_contents(&log, 400, &records[399..]);
+    let err = log.read(1, ReadLimits::default()).unwrap_err();
+    let Error::Corrupt { file, offset, .. } = err else {
+        panic!("expected corruption: {err}")
+    };
+    assert_eq!((file, offset), (path, 32));
+}
+
+#[tokio::test]
+async fn a_tail_reader_wakes_on_commit_without_polling() {
+    let vfs = SimVfs::new();
+    let log = open_sim(&vfs, small_options(FsyncPolicy::Group));
+    let mut tail = log.tail(1);
+    let waiter = tokio::spawn(async move { tail.next(ReadLimits::default()).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!waiter.is_finished(), "nothing to read yet");
+    assert_eq!(vfs.open_handles(), 0, "a waiting tail holds no file handle");
+    log.append(["first"]).await.unwrap();
+    let records = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(records.unwrap()[0].payload, "first");
+}
+
+#[tokio::test]
+async fn a_waiting_tail_learns_that_the_log_closed() {
+    let vfs = SimVfs::new();
+    let log = open_sim(&vfs, small_options(FsyncPolicy::Group));
+    let mut tail = log.tail(1);
+    let waiter = tokio::spawn(async move { tail.next(ReadLimits::default()).await });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    drop(log);
+    let result = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(result, Err(Error::Closed)), "{result:?}");
+}
+
+#[test]
+fn bad_batches_are_refused_and_change_nothing() {
+    let vfs = SimVfs::new();
+    let log = open_sim(&vfs, small_options(FsyncPolicy::Group));
+    log.append_blocking(["kept"]).unwrap();
+    let empty: Vec<Vec<u8>> = Vec::new();
+    let too_big = vec![vec![0u8; 1025]];
+    let too_many = vec![vec![1u8]; APPEND_RECORDS_MAX + 1];
+    for bad in [empty, too_big, too_many] {
+        let err = log.append_blocking(bad).unwrap_err();
+        assert!(matches!(err, Error::InvalidBatch { .. }), "{err}");
+    }
+    check_contents(&log, 1, &[b"kept".to_vec()]);
+    assert_eq!(
+        log.append_blocking(["next"]).unwrap(),
+        2..=2,
+        "no position was consumed"
+    );
+}
+
+#[test]
+fn a_second_open_of_the_same_directory_is_refused() {
+    let vfs = SimVfs::new();
+    let log = open_sim(&vfs, small_options(FsyncPolicy::Group));
+    let err = Log::open_with_vfs(
+        Arc::new(vfs.clone()),
+        DIR,
+        small_options(FsyncPolicy::Group),
+    )
+    .unwrap_err();
+    assert!(matches!(err, Error::Locked { .. }), "{err}");
+    drop(log);
+    open_sim(&vfs, small_options(FsyncPolicy::Group));
+}
+
+#[test]
+fn the_real_file_lock_keeps_a_second_log_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), LogOptions::default()).unwrap();
+    let err = Log::open(dir.path(), LogOptions::default()).unwrap_err();
+    assert!(matches!(err, Error::Locked { .. }), "{err}");
+    drop(log);
+    Log::open(dir.path(), LogOptions::default()).unwrap();
+}
+
+#[test]
+fn invalid_options_are_refused_before_touching_the_disk() {
+    let vfs = SimVfs::new();
+    let options = LogOptions {
+        segment_bytes: 100,
+        ..LogOptions::default()
+    };
+    let err = Log::open_with_vfs(Arc::new(vfs.clone()), DIR, options).unwrap_err();
+    assert!(matches!(err, Error::InvalidOptions { .. }), "{err}");
+    assert!(vfs.files().is_empty());
+}
+
+#[test]
+fn an_idle_log_releases_its_files_and_reopens_them_on_demand() {
+    let vfs = SimVfs::new();
+    let options = LogOptions {
+        idle_after: Duration::from_millis(30),
+        ..small_options(FsyncPolicy::Group)
+    };
+    let log = open_sim(&vfs, options);
+    log.append_blocking((0..50).map(|i| payload("idle", i, 200)))
+        .unwrap();
+    let _ = read_all(&log, 1); // opens read handles on several segments
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while log.stats().hibernations == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        log.stats().hibernations >= 1,
+        "the writer must notice it is idle"
+    );
+    assert_eq!(vfs.open_handles(), 0, "no file stays open while idle");
+    log.append_blocking(["awake"]).unwrap();
+    assert_eq!(read_all(&log, 51)[0].payload, "awake");
+}
+
+#[test]
+fn group_commit_shares_one_fsync_among_concurrent_appenders() {
+    let vfs = SimVfs::new();
+    // A slow disk: appenders that arrive during one fsync must all ride on the next one.
+    vfs.set_sync_delay(Duration::from_millis(20));
+    let log = open_sim(
+        &vfs,
+        LogOptions {
+            segment_bytes: 1 << 20,
+            ..small_options(FsyncPolicy::Group)
+        },
+    );
+    std::thread::scope(|scope| {
+        for t in 0..8 {
+            let log = log.clone();
+            scope.spawn(move || {
+                for i in 0..10 {
+                    log.append_blocking([payload("t", t * 1000 + i, 30)])
+                        .unwrap();
+                }
+            });
+        }
+    });
+    let stats = log.stats();
+    assert_eq!((stats.appends, stats.records), (80, 80));
+    assert!(
+        stats.data_syncs <= 40,
+        "80 appends from 8 threads took {} fsyncs: they were not shared",
+        stats.data_syncs
+    );
+    // Every append was durable when it returned: a power loss keeps all 80.
+    drop(log);
+    let after = vfs.crash_power(99);
+    assert_eq!(
+        open_sim(&after, small_options(FsyncPolicy::Group)).last_position(),
+        80
+    );
+}
+
+#[test]
+fn always_gives_every_append_its_own_fsync() {
+    let vfs = SimVfs::new();
+    let log = open_sim(
+        &vfs,
+        LogOptions {
+            segment_bytes: 1 << 20,
+            ..small_options(FsyncPolicy::Always)
+        },
+    );
+    let before = vfs.data_syncs();
+    std::thread::scope(|scope| {
+        for t in 0..4 {
+            let log = log.clone();
+            scope.spawn(move || {
+                for i in 0..10 {
+                    log.append_blocking([payload("a", t * 100 + i, 10)])
+                        .unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(vfs.data_syncs() - before, 40);
+    assert_eq!(log.stats().group_commits, 40);
+}
+
+#[test]
+fn after_a_failed_fsync_the_log_stops_writing_until_reopened() {
+    let vfs = SimVfs::new();
+    let log = open_sim(&vfs, small_options(FsyncPolicy::Group));
+    log.append_blocking(["before"]).unwrap();
+    vfs.inject(FaultOp::SyncData, 0);
+    let err = log.append_blocking(["lost"]).unwrap_err();
+    assert!(matches!(err, Error::Latched { .. }), "{err}");
+    let err = log.append_blocking(["refused"]).unwrap_err();
+    assert!(
+        matches!(err, Error::Latched { .. }),
+        "later appends are refused too: {err}"
+    );
+    assert!(log.stats().latched);
+    assert_eq!(
+        log.last_position(),
+        1,
+        "the failed append never became visible"
+    );
+    drop(log);
+    // Reopening recovers from what is on disk; the unacknowledged record may or may not be there.
+    let log = open_sim(&vfs, small_options(FsyncPolicy::Group));
+    let next = log.append_blocking(["after"]).unwrap();
+    assert!(*next.start() == 2 || *next.start() == 3);
+    assert_eq!(read_all(&log, 1)[0].payload, "before");
+}
+
+#[test]
+fn a_failed_write_latches_too() {
+    let vfs = SimVfs::new();
+    let log = open_sim(&vfs, small_options(FsyncPolicy::Never));
+    vfs.inject(FaultOp::Write, 0);
+    assert!(matches!(
+        log.append_blocking(["x"]),
+        Err(Error::Latched { .. })
+    ));
+    assert!(matches!(log.sync_blocking(), Err(Error::Latched { .. })));
+    assert!(matches!(log.purge_blocking(10), Err(Error::Latched { .. })));
+}
+
+#[test]
+fn acks_are_bounded_by_the_durable_end() {
+    let vfs = SimVfs::new();
+    let log = open_sim(&vfs, small_options(FsyncPolicy::Group));
+    log.append_blocking(["a", "b", "c"]).unwrap();
+    let err = log.ack(&cursor("c"), 4).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::AckBeyondEnd {
+                requested: 4,
+                last: 3,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    log.ack(&cursor("c"), 3).unwrap();
+    assert_eq!(log.cursor(&cursor("c")), Some(3));
+    drop(log);
+    assert_eq!(
+        open_sim(&vfs, small_options(FsyncPolicy::Group)).cursor(&cursor("c")),
+        Some(3)
+    );
+}
+
+#[test]
+fn topic_logs_live_in_a_directory_named_by_a_validated_name() {
+    let root = tempfile::tempdir().unwrap();
+    let topic = inorder_log::Name::new("topic", "user_purchase").unwrap();
+    let log = Log::open_topic(root.path(), &topic, LogOptions::default()).unwrap();
+    log.append_blocking(["x"]).unwrap();
+    assert!(Path::new(&root.path().join("user_purchase")).is_dir());
+    assert!(inorder_log::Name::new("topic", "../escape").is_err());
+}
