@@ -1,0 +1,650 @@
+//! The engine: topics, subscriptions and their streams, publishing, and operator actions.
+//!
+//! ```no_run
+//! # async fn demo() -> inorder::Result<()> {
+//! use inorder::{Engine, EngineConfig, Event, Ordering, SubscriptionConfig, TopicConfig, handler_fn};
+//!
+//! let config = EngineConfig::new("./data")
+//!     .topic(TopicConfig::new("user_purchase").actions(["user.created", "user.purchased", "user.paid"]))
+//!     .subscription(SubscriptionConfig::new("purchases", ["user_purchase"]).ordering(Ordering::Actions));
+//! let engine = Engine::builder(config)
+//!     .handler("purchases", handler_fn(|event, _| async move {
+//!         println!("{} {}", event.key, event.action);
+//!         Ok(serde_json::Value::Null)
+//!     }))
+//!     .start()
+//!     .await?;
+//! engine.publish(Event::builder("user_purchase", "u-1", "user.paid").build()?).await?;
+//! # Ok(()) }
+//! ```
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use inorder_log::{LogOptions, Name};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::{
+    checkpoint::{self, CommitRequest},
+    codec,
+    config::{EngineConfig, TopicConfig},
+    dedupe::Claim,
+    error::{Error, Result},
+    event::Event,
+    handler::{Handler, SharedHandler},
+    limits::{PUBLISH_BATCH_EVENTS_MAX, STREAM_READ_RECORDS_MAX, WAIT_MAX},
+    runtime::{SubscriptionRuntime, TopicRuntime},
+    state::{ParkedEvent, StreamId},
+    storage::{FileStorage, StateOp, Storage},
+    stream::{self, Outcome, StreamHandle, StreamMsg},
+    waiters::Waiters,
+};
+
+/// Builds an [`Engine`]: configuration, one handler per subscription, optional storage.
+#[must_use]
+pub struct EngineBuilder {
+    config: EngineConfig,
+    handlers: HashMap<String, SharedHandler>,
+    storage: Option<Arc<dyn Storage>>,
+}
+
+impl EngineBuilder {
+    /// Registers the handler of `subscription`.
+    pub fn handler(mut self, subscription: &str, handler: impl Handler) -> Self {
+        self.handlers
+            .insert(subscription.to_owned(), Arc::new(handler));
+        self
+    }
+
+    /// Registers a shared handler.
+    pub fn shared_handler(mut self, subscription: &str, handler: Arc<dyn Handler>) -> Self {
+        self.handlers.insert(subscription.to_owned(), handler);
+        self
+    }
+
+    /// Uses `storage` instead of the embedded file storage under `data_dir`.
+    pub fn storage(mut self, storage: Arc<dyn Storage>) -> Self {
+        self.storage = Some(storage);
+        self
+    }
+
+    /// Validates the configuration, opens the storage, and starts every stream.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] (including a subscription without a handler or a handler for no
+    /// subscription), storage errors.
+    pub async fn start(self) -> Result<Engine> {
+        let config = self.config;
+        config.validate()?;
+        let mut handlers = self.handlers;
+        let mut subscriptions = BTreeMap::new();
+        for subscription in &config.subscriptions {
+            let handler = handlers.remove(&subscription.name).ok_or_else(|| {
+                Error::config(format!("subscription {} has no handler", subscription.name))
+            })?;
+            let runtime = SubscriptionRuntime::new(subscription.clone(), handler)?;
+            subscriptions.insert(runtime.name.clone(), Arc::new(runtime));
+        }
+        if let Some(orphan) = handlers.keys().next() {
+            return Err(Error::config(format!(
+                "a handler is registered for unknown subscription {orphan}"
+            )));
+        }
+        let storage = match self.storage {
+            Some(storage) => storage,
+            None => {
+                let dir = config.data_dir.clone();
+                let log_options = LogOptions {
+                    fsync: config.fsync,
+                    segment_bytes: config.segment_bytes,
+                    ..LogOptions::default()
+                };
+                let opened =
+                    tokio::task::spawn_blocking(move || FileStorage::open(&dir, log_options))
+                        .await
+                        .map_err(|e| Error::state(format!("opening storage: {e}")))??;
+                Arc::new(opened) as Arc<dyn Storage>
+            }
+        };
+        let (checkpointer, checkpointer_task) = checkpoint::spawn(Arc::clone(&storage));
+        let (shutdown, _) = watch::channel(false);
+        let engine = Engine {
+            inner: Arc::new(EngineInner {
+                config,
+                storage,
+                topics: RwLock::new(HashMap::new()),
+                creating: tokio::sync::Mutex::new(()),
+                subscriptions,
+                streams: RwLock::new(BTreeMap::new()),
+                checkpointer,
+                checkpointer_task: std::sync::Mutex::new(Some(checkpointer_task)),
+                waiters: Arc::new(Waiters::default()),
+                shutdown,
+            }),
+        };
+        engine.open_topics().await?;
+        Ok(engine)
+    }
+}
+
+/// The running engine. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    pub(crate) inner: Arc<EngineInner>,
+}
+
+pub(crate) struct EngineInner {
+    pub(crate) config: EngineConfig,
+    pub(crate) storage: Arc<dyn Storage>,
+    pub(crate) topics: RwLock<HashMap<Name, Arc<TopicRuntime>>>,
+    creating: tokio::sync::Mutex<()>,
+    pub(crate) subscriptions: BTreeMap<Name, Arc<SubscriptionRuntime>>,
+    pub(crate) streams: RwLock<BTreeMap<StreamId, StreamHandle>>,
+    checkpointer: mpsc::Sender<CommitRequest>,
+    checkpointer_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    pub(crate) waiters: Arc<Waiters>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Engine {
+    /// Starts building an engine from `config`.
+    pub fn builder(config: EngineConfig) -> EngineBuilder {
+        EngineBuilder {
+            config,
+            handlers: HashMap::new(),
+            storage: None,
+        }
+    }
+
+    /// The storage the engine runs on.
+    #[must_use]
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.inner.storage
+    }
+
+    /// The configuration the engine was started with.
+    #[must_use]
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    /// Opens configured and existing topics and starts their streams.
+    async fn open_topics(&self) -> Result<()> {
+        let inner = &self.inner;
+        let mut wanted: BTreeMap<Name, TopicConfig> = BTreeMap::new();
+        for topic in &inner.config.topics {
+            wanted.insert(Name::new("topic", &topic.name)?, topic.clone());
+        }
+        if inner.config.auto_create_topics {
+            for topic in inner.storage.topics().await? {
+                wanted
+                    .entry(topic.clone())
+                    .or_insert_with(|| TopicConfig::new(topic.as_str()));
+            }
+            for subscription in inner.subscriptions.values() {
+                for topic in &subscription.topics {
+                    wanted
+                        .entry(topic.clone())
+                        .or_insert_with(|| TopicConfig::new(topic.as_str()));
+                }
+            }
+        }
+        for (name, config) in wanted {
+            self.register_topic(name, config).await?;
+        }
+        Ok(())
+    }
+
+    /// Creates (if needed) and registers a topic, rebuilds its id index, starts its streams.
+    async fn register_topic(&self, name: Name, config: TopicConfig) -> Result<Arc<TopicRuntime>> {
+        let inner = &self.inner;
+        inner.storage.create_topic(&name).await?;
+        let topic = Arc::new(TopicRuntime::new(name.clone(), config));
+        self.index_unindexed_ids(&topic).await?;
+        inner
+            .topics
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.clone(), Arc::clone(&topic));
+        for subscription in inner.subscriptions.values().filter(|s| s.consumes(&name)) {
+            let handle = stream::start(
+                Arc::clone(subscription),
+                Arc::clone(&topic),
+                Arc::clone(&inner.storage),
+                inner.checkpointer.clone(),
+                Arc::clone(&inner.waiters),
+                inner.shutdown.subscribe(),
+            )
+            .await?;
+            let id = StreamId {
+                subscription: subscription.name.clone(),
+                topic: name.clone(),
+            };
+            inner
+                .streams
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id, handle);
+        }
+        Ok(topic)
+    }
+
+    /// Indexes the ids of events appended after the index's last mark (a crash can leave some).
+    async fn index_unindexed_ids(&self, topic: &TopicRuntime) -> Result<()> {
+        let storage = &self.inner.storage;
+        let indexed = storage.ids_indexed_to(&topic.name).await?;
+        let (_, last) = storage.positions(&topic.name).await?;
+        let mut reader = storage.reader(&topic.name, indexed + 1).await?;
+        while reader.next_position() <= last {
+            let records = reader.read(STREAM_READ_RECORDS_MAX).await?;
+            if records.is_empty() {
+                break;
+            }
+            let mut ops = Vec::with_capacity(records.len() + 1);
+            for record in records.iter().filter(|r| r.position <= last) {
+                let event = codec::decode(&topic.name, record.position, &record.payload).map_err(
+                    |reason| Error::Decode {
+                        topic: topic.name.to_string(),
+                        position: record.position,
+                        reason,
+                    },
+                )?;
+                ops.push(StateOp::EventId {
+                    topic: topic.name.clone(),
+                    id: event.id,
+                    position: record.position,
+                });
+            }
+            let to = records.last().map_or(indexed, |r| r.position.min(last));
+            ops.push(StateOp::IdsIndexedTo {
+                topic: topic.name.clone(),
+                position: to,
+            });
+            storage.commit(ops, false).await?;
+        }
+        topic.dedupe.set_indexed(last);
+        Ok(())
+    }
+
+    /// The runtime of `topic`, creating the topic if auto-creation is on.
+    pub(crate) async fn topic(&self, name: &Name) -> Result<Arc<TopicRuntime>> {
+        if let Some(topic) = self
+            .inner
+            .topics
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+        {
+            return Ok(Arc::clone(topic));
+        }
+        if !self.inner.config.auto_create_topics {
+            return Err(Error::UnknownTopic {
+                topic: name.to_string(),
+            });
+        }
+        let _creating = self.inner.creating.lock().await;
+        if let Some(topic) = self
+            .inner
+            .topics
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+        {
+            return Ok(Arc::clone(topic));
+        }
+        tracing::info!(topic = %name, "creating topic on first publish");
+        self.register_topic(name.clone(), TopicConfig::new(name.as_str()))
+            .await
+    }
+
+    /// A registered topic, without creating it.
+    pub(crate) fn existing_topic(&self, name: &str) -> Result<Arc<TopicRuntime>> {
+        let unknown = || Error::UnknownTopic {
+            topic: name.to_owned(),
+        };
+        let name = Name::new("topic", name).map_err(|_| unknown())?;
+        self.inner
+            .topics
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&name)
+            .cloned()
+            .ok_or_else(unknown)
+    }
+
+    /// Appends an event; returns its position once durable. An id the topic already holds
+    /// returns the earlier position without appending.
+    ///
+    /// # Errors
+    /// Input errors ([`Error::UnknownTopic`], [`Error::UnknownAction`], [`Error::InvalidEvent`])
+    /// change nothing; [`Error::Log`] if the log failed.
+    pub async fn publish(&self, event: Event) -> Result<u64> {
+        let positions = self.publish_batch(vec![event]).await?;
+        Ok(positions[0])
+    }
+
+    /// Appends events of one topic, all or nothing; returns their positions in order.
+    ///
+    /// # Errors
+    /// As [`Engine::publish`], and [`Error::InvalidBatch`] for an empty or mixed batch.
+    pub async fn publish_batch(&self, events: Vec<Event>) -> Result<Vec<u64>> {
+        let topic = self.check_batch(&events).await?;
+        let storage = &self.inner.storage;
+        let mut positions = vec![0u64; events.len()];
+        let mut mine = Vec::new();
+        let mut theirs = Vec::new();
+        for (i, event) in events.iter().enumerate() {
+            match topic.dedupe.claim(&event.id) {
+                Claim::Mine(guard) => mine.push((i, guard)),
+                Claim::Theirs(position) => theirs.push((i, position)),
+            }
+        }
+        for (i, mut position) in theirs {
+            let found = position.wait_for(Option::is_some).await.map(|p| *p);
+            positions[i] = found.ok().flatten().ok_or_else(|| {
+                Error::state("a concurrent publish of the same event id failed; publish again")
+            })?;
+        }
+        let ids: Vec<String> = mine.iter().map(|(i, _)| events[*i].id.clone()).collect();
+        let known = if ids.is_empty() {
+            Vec::new()
+        } else {
+            storage.event_positions(&topic.name, ids).await?
+        };
+        let mut append = Vec::new();
+        for ((i, guard), known) in mine.into_iter().zip(known) {
+            match known {
+                Some(position) => {
+                    positions[i] = position;
+                    guard.resolve(position);
+                }
+                None => append.push((i, guard)),
+            }
+        }
+        if append.is_empty() {
+            return Ok(positions);
+        }
+        let payloads = append
+            .iter()
+            .map(|(i, _)| codec::encode(&events[*i]))
+            .collect();
+        let started = std::time::Instant::now();
+        let range = storage.append(&topic.name, payloads).await?;
+        metrics::histogram!("inorder_publish_seconds").record(started.elapsed().as_secs_f64());
+        metrics::counter!("inorder_published_total", "topic" => topic.name.to_string())
+            .increment(append.len() as u64);
+        let mut ops = Vec::with_capacity(append.len() + 1);
+        for ((i, guard), position) in append.iter().zip(range.clone()) {
+            positions[*i] = position;
+            guard.resolve(position);
+            ops.push(StateOp::EventId {
+                topic: topic.name.clone(),
+                id: events[*i].id.clone(),
+                position,
+            });
+        }
+        match storage.commit(ops, false).await {
+            Ok(()) => {
+                if let Some(position) = topic.dedupe.indexed(range) {
+                    let mark = vec![StateOp::IdsIndexedTo {
+                        topic: topic.name.clone(),
+                        position,
+                    }];
+                    if let Err(error) = storage.commit(mark, false).await {
+                        tracing::warn!(%error, "could not record the id index mark");
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, topic = %topic.name, "could not index event ids"),
+        }
+        Ok(positions)
+    }
+
+    async fn check_batch(&self, events: &[Event]) -> Result<Arc<TopicRuntime>> {
+        let Some(first) = events.first() else {
+            return Err(Error::InvalidBatch {
+                reason: "a batch needs at least one event".into(),
+            });
+        };
+        if events.len() > PUBLISH_BATCH_EVENTS_MAX {
+            return Err(Error::InvalidBatch {
+                reason: format!(
+                    "{} events; at most {PUBLISH_BATCH_EVENTS_MAX}",
+                    events.len()
+                ),
+            });
+        }
+        let mut ids = HashSet::with_capacity(events.len());
+        for event in events {
+            if event.topic != first.topic {
+                return Err(Error::InvalidBatch {
+                    reason: "all events of a batch must share a topic".into(),
+                });
+            }
+            if !ids.insert(event.id.as_str()) {
+                return Err(Error::InvalidBatch {
+                    reason: format!("event id {:?} appears twice", event.id),
+                });
+            }
+            event.validate()?;
+        }
+        let topic = self.topic(&first.topic).await?;
+        for event in events {
+            topic.check_action(&event.action)?;
+        }
+        Ok(topic)
+    }
+
+    /// Publishes `event` and waits for the outcome of its handler — for that very event —
+    /// in the topic's only subscription.
+    ///
+    /// # Errors
+    /// [`Error::AmbiguousWait`] if the topic has not exactly one subscription,
+    /// [`Error::Timeout`], and the errors of [`Engine::publish`].
+    pub async fn publish_and_wait(&self, event: Event, timeout: Duration) -> Result<Outcome> {
+        let topic = event.topic.clone();
+        let consumers: Vec<_> = self
+            .inner
+            .subscriptions
+            .values()
+            .filter(|s| s.consumes(&topic))
+            .map(|s| s.name.clone())
+            .collect();
+        match consumers.as_slice() {
+            [only] => {
+                self.publish_and_wait_on(event, only.as_str(), timeout)
+                    .await
+            }
+            _ => Err(Error::AmbiguousWait {
+                topic: topic.to_string(),
+                count: consumers.len(),
+            }),
+        }
+    }
+
+    /// Publishes `event` and waits for its outcome in `subscription`.
+    ///
+    /// # Errors
+    /// As [`Engine::publish_and_wait`]; [`Error::UnknownSubscription`].
+    pub async fn publish_and_wait_on(
+        &self,
+        event: Event,
+        subscription: &str,
+        timeout: Duration,
+    ) -> Result<Outcome> {
+        let runtime = self.subscription(subscription)?;
+        let timeout = timeout.min(WAIT_MAX);
+        let mut registration = self
+            .inner
+            .waiters
+            .register(&runtime.name, &event.id)
+            .ok_or_else(|| Error::InvalidBatch {
+                reason: format!("someone already waits for event {:?}", event.id),
+            })?;
+        let topic = event.topic.clone();
+        let position = self.publish(event).await?;
+        let id = StreamId {
+            subscription: runtime.name.clone(),
+            topic,
+        };
+        if self.processed_by_stream(&id, position) {
+            // Outcomes are delivered before the watermark is published: if it is processed and
+            // nothing was delivered, it was handled before this wait (a deduplicated publish).
+            return Ok(registration
+                .delivered()
+                .unwrap_or(Outcome::Deduplicated { position }));
+        }
+        match tokio::time::timeout(timeout, registration.outcome()).await {
+            Ok(Some(outcome)) => Ok(outcome),
+            Ok(None) => Err(Error::Stopped),
+            Err(_) => Err(Error::Timeout { waited: timeout }),
+        }
+    }
+
+    pub(crate) fn subscription(&self, name: &str) -> Result<Arc<SubscriptionRuntime>> {
+        let unknown = || Error::UnknownSubscription {
+            subscription: name.to_owned(),
+        };
+        let name = Name::new("subscription", name).map_err(|_| unknown())?;
+        self.inner
+            .subscriptions
+            .get(&name)
+            .cloned()
+            .ok_or_else(unknown)
+    }
+
+    /// Parked events of a subscription, ordered by topic and position, after `after`.
+    ///
+    /// # Errors
+    /// [`Error::UnknownSubscription`], storage errors.
+    pub async fn parked(
+        &self,
+        subscription: &str,
+        after: Option<(Name, u64)>,
+        max: usize,
+    ) -> Result<Vec<ParkedEvent>> {
+        let runtime = self.subscription(subscription)?;
+        self.inner
+            .storage
+            .parked(
+                &runtime.name,
+                after,
+                max.min(crate::limits::PARKED_LIST_MAX),
+            )
+            .await
+    }
+
+    /// Hands a parked event to its handler again (through its key's ordering).
+    ///
+    /// # Errors
+    /// [`Error::UnknownSubscription`], [`Error::UnknownTopic`], [`Error::UnknownParked`].
+    pub async fn retry_parked(&self, subscription: &str, topic: &str, position: u64) -> Result<()> {
+        self.operate(subscription, topic, |reply| StreamMsg::Retry {
+            position,
+            reply,
+        })
+        .await
+    }
+
+    /// Drops a parked event; if it blocked its key, the key moves on.
+    ///
+    /// # Errors
+    /// As [`Engine::retry_parked`].
+    pub async fn discard_parked(
+        &self,
+        subscription: &str,
+        topic: &str,
+        position: u64,
+    ) -> Result<()> {
+        self.operate(subscription, topic, |reply| StreamMsg::Discard {
+            position,
+            reply,
+        })
+        .await
+    }
+
+    async fn operate(
+        &self,
+        subscription: &str,
+        topic: &str,
+        message: impl FnOnce(oneshot::Sender<Result<()>>) -> StreamMsg,
+    ) -> Result<()> {
+        let id = StreamId {
+            subscription: self.subscription(subscription)?.name.clone(),
+            topic: self.existing_topic(topic)?.name.clone(),
+        };
+        let inbox = self
+            .inner
+            .streams
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .map(|s| s.inbox.clone())
+            .ok_or_else(|| Error::UnknownTopic {
+                topic: topic.to_owned(),
+            })?;
+        let (reply, response) = oneshot::channel();
+        inbox
+            .send(message(reply))
+            .await
+            .map_err(|_| Error::Stopped)?;
+        response.await.map_err(|_| Error::Stopped)?
+    }
+
+    /// Reads up to `max` events of `topic` from position `from`.
+    ///
+    /// # Errors
+    /// [`Error::UnknownTopic`], log errors.
+    pub async fn read(&self, topic: &str, from: u64, max: usize) -> Result<Vec<Event>> {
+        let topic = self.existing_topic(topic)?;
+        let mut reader = self.inner.storage.reader(&topic.name, from).await?;
+        let records = reader.read(max.min(STREAM_READ_RECORDS_MAX)).await?;
+        records
+            .iter()
+            .map(|r| {
+                codec::decode(&topic.name, r.position, &r.payload).map_err(|reason| Error::Decode {
+                    topic: topic.name.to_string(),
+                    position: r.position,
+                    reason,
+                })
+            })
+            .collect()
+    }
+
+    /// Stops every stream and the checkpointer. In-flight handler calls are abandoned; their
+    /// events are handed to the handler again after the next start (at-least-once).
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.send_replace(true);
+        let tasks: Vec<_> = {
+            let mut streams = self
+                .inner
+                .streams
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
+            std::mem::take(&mut *streams)
+                .into_values()
+                .map(|s| s.task)
+                .collect()
+        };
+        for task in tasks {
+            let _ = task.await;
+        }
+        for subscription in self.inner.subscriptions.values() {
+            subscription.in_flight.close();
+        }
+        let checkpointer = self
+            .inner
+            .checkpointer_task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(checkpointer) = checkpointer {
+            checkpointer.abort();
+            let _ = checkpointer.await;
+        }
+        self.inner.storage.close().await;
+    }
+}

@@ -1,0 +1,132 @@
+//! Handlers: the user code a subscription calls for each event.
+//!
+//! A handler returns a [`Reply`] (any JSON; `Null` if there is nothing to say) on success. An
+//! error is retried with backoff unless it is [`HandlerError::permanent`], in which case the
+//! event is parked at once. A panic in a handler is caught and counted as a (retryable)
+//! failure: it never takes a worker or the engine down.
+
+use std::{future::Future, marker::PhantomData, pin::Pin, sync::Arc};
+
+use crate::event::Event;
+
+/// What a successful handler returns (delivered to `publish_and_wait` callers).
+pub type Reply = serde_json::Value;
+
+/// Why a handler call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct HandlerError {
+    message: String,
+    retryable: bool,
+}
+
+impl HandlerError {
+    /// A failure worth retrying (network, timeouts, contention).
+    pub fn retry(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            retryable: true,
+        }
+    }
+
+    /// A failure no retry will fix (validation, a bug): the event is parked at once.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            retryable: false,
+        }
+    }
+
+    /// The message.
+    #[must_use]
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Whether the engine retries the event.
+    #[must_use]
+    pub fn is_retryable(&self) -> bool {
+        self.retryable
+    }
+}
+
+impl From<String> for HandlerError {
+    fn from(message: String) -> Self {
+        Self::retry(message)
+    }
+}
+
+impl From<&str> for HandlerError {
+    fn from(message: &str) -> Self {
+        Self::retry(message)
+    }
+}
+
+/// What a handler knows about the call beyond the event.
+#[derive(Debug, Clone)]
+pub struct HandlerContext {
+    /// The subscription calling.
+    pub subscription: inorder_log::Name,
+    /// 1 for the first call of this event, 2 for the first retry, …
+    pub attempt: u32,
+}
+
+/// The user code of a subscription.
+#[async_trait::async_trait]
+pub trait Handler: Send + Sync + 'static {
+    /// Handles one event. Called for one key at a time, in the subscription's order.
+    async fn handle(&self, event: &Event, context: &HandlerContext) -> Result<Reply, HandlerError>;
+}
+
+/// A handler made from an async closure; see [`handler_fn`].
+pub struct FnHandler<F, Fut> {
+    function: F,
+    _future: PhantomData<fn() -> Fut>,
+}
+
+/// Wraps `function(event, context)` as a [`Handler`].
+pub fn handler_fn<F, Fut>(function: F) -> FnHandler<F, Fut>
+where
+    F: Fn(Event, HandlerContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Reply, HandlerError>> + Send + 'static,
+{
+    FnHandler {
+        function,
+        _future: PhantomData,
+    }
+}
+
+#[async_trait::async_trait]
+impl<F, Fut> Handler for FnHandler<F, Fut>
+where
+    F: Fn(Event, HandlerContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Reply, HandlerError>> + Send + 'static,
+{
+    async fn handle(&self, event: &Event, context: &HandlerContext) -> Result<Reply, HandlerError> {
+        (self.function)(event.clone(), context.clone()).await
+    }
+}
+
+/// A shared handler.
+pub(crate) type SharedHandler = Arc<dyn Handler>;
+
+/// Calls the handler, turning a panic into a retryable failure.
+pub(crate) async fn call(
+    handler: &SharedHandler,
+    event: &Event,
+    context: &HandlerContext,
+) -> Result<Reply, HandlerError> {
+    use futures_util::FutureExt;
+    let call: Pin<Box<dyn Future<Output = _> + Send + '_>> = handler.handle(event, context);
+    match std::panic::AssertUnwindSafe(call).catch_unwind().await {
+        Ok(result) => result,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "handler panicked".to_owned());
+            Err(HandlerError::retry(format!("handler panicked: {message}")))
+        }
+    }
+}

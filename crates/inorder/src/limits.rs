@@ -1,0 +1,63 @@
+//! Every limit of the engine, named, with its unit last, in one place.
+
+use std::time::Duration;
+
+/// Longest event id, in bytes.
+pub const EVENT_ID_BYTES_MAX: usize = 256;
+/// Longest event key, in bytes.
+pub const EVENT_KEY_BYTES_MAX: usize = 512;
+/// Longest action (event type), in bytes.
+pub const EVENT_ACTION_BYTES_MAX: usize = 256;
+/// Longest other text attribute (source, subject, ids, extension strings), in bytes.
+pub const EVENT_TEXT_BYTES_MAX: usize = 2048;
+/// Most extension attributes on one event.
+pub const EVENT_EXTENSIONS_MAX: usize = 64;
+/// Longest extension attribute name (CloudEvents recommends 20).
+pub const EXTENSION_NAME_BYTES_MAX: usize = 64;
+/// Most early events one key may hold under `sequence` ordering (waiting for a gap).
+pub const SEQUENCE_BUFFER_EVENTS_MAX: usize = 1024;
+/// Most events in one `publish_batch`.
+pub const PUBLISH_BATCH_EVENTS_MAX: usize = 1000;
+/// Most actions a topic may declare (the per-key reorder buffer holds at most one event per
+/// action, so this also bounds it).
+pub const TOPIC_ACTIONS_MAX: usize = 64;
+
+/// Events a stream (one subscription on one topic) may have read but not finished: in worker
+/// queues, reorder buffers, handlers and commits. The stream stops reading at this limit.
+pub const STREAM_PENDING_EVENTS_MAX: usize = 16 * 1024;
+/// Records a stream reads from the log at once.
+pub const STREAM_READ_RECORDS_MAX: usize = 1024;
+/// Messages waiting for a stream task (completions, idle workers, operator commands).
+pub const STREAM_INBOX_DEPTH: usize = 4096;
+/// Events waiting in one key worker's queue.
+pub const WORKER_QUEUE_DEPTH: usize = 64;
+
+/// Default limit of keys whose handler runs at once, per subscription.
+pub const KEYS_IN_FLIGHT_DEFAULT: usize = 256;
+/// Largest configurable keys-in-flight limit.
+pub const KEYS_IN_FLIGHT_MAX: usize = 65_536;
+
+/// Commit requests waiting for the checkpointer.
+pub const CHECKPOINT_QUEUE_DEPTH: usize = 4096;
+/// State operations written by one checkpoint (one fsync).
+pub const CHECKPOINT_OPS_MAX: usize = 64 * 1024;
+
+/// Default retry policy: first delay.
+pub const RETRY_INITIAL_DEFAULT: Duration = Duration::from_millis(100);
+/// Default retry policy: delay multiplier.
+pub const RETRY_FACTOR_DEFAULT: f64 = 2.0;
+/// Default retry policy: longest delay.
+pub const RETRY_MAX_DELAY_DEFAULT: Duration = Duration::from_secs(30);
+/// Default retry policy: attempts before parking (the first call included).
+pub const RETRY_MAX_ATTEMPTS_DEFAULT: u32 = 5;
+
+/// Longest time `publish_and_wait` and `wait_processed` may be asked to wait.
+pub const WAIT_MAX: Duration = Duration::from_secs(300);
+
+/// Parked events returned by one listing.
+pub const PARKED_LIST_MAX: usize = 1000;
+
+const _: () = assert!(WORKER_QUEUE_DEPTH <= STREAM_PENDING_EVENTS_MAX);
+const _: () = assert!(STREAM_READ_RECORDS_MAX <= STREAM_PENDING_EVENTS_MAX);
+const _: () = assert!(KEYS_IN_FLIGHT_DEFAULT <= KEYS_IN_FLIGHT_MAX);
+const _: () = assert!(TOPIC_ACTIONS_MAX <= 64, "actions progress is a 64-bit mask");

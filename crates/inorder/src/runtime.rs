@@ -1,0 +1,179 @@
+//! The live counterparts of configured topics and subscriptions, shared by streams and workers.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering as AtomicOrdering},
+    },
+};
+
+use inorder_log::Name;
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::{
+    codec,
+    config::{Ordering, SubscriptionConfig, TopicConfig, TopicPattern},
+    dedupe::Dedupe,
+    error::{Error, Result},
+    event::Event,
+    handler::SharedHandler,
+    sequencer::Contract,
+    state::StreamId,
+    storage::Storage,
+    stream::StreamMsg,
+};
+
+/// A topic as the engine runs it.
+pub(crate) struct TopicRuntime {
+    pub name: Name,
+    pub config: TopicConfig,
+    /// Action name → index in `config.actions`.
+    pub action_index: Arc<HashMap<String, u32>>,
+    pub dedupe: Dedupe,
+}
+
+impl TopicRuntime {
+    pub(crate) fn new(name: Name, config: TopicConfig) -> Self {
+        let action_index = config
+            .actions
+            .iter()
+            .enumerate()
+            .map(|(i, action)| {
+                (
+                    action.clone(),
+                    u32::try_from(i).expect("at most 64 actions"),
+                )
+            })
+            .collect();
+        Self {
+            name,
+            config,
+            action_index: Arc::new(action_index),
+            dedupe: Dedupe::default(),
+        }
+    }
+
+    /// Refuses an action the topic does not list (nothing is appended).
+    pub(crate) fn check_action(&self, action: &str) -> Result<()> {
+        if self.config.actions.is_empty() || self.action_index.contains_key(action) {
+            return Ok(());
+        }
+        Err(Error::UnknownAction {
+            topic: self.name.to_string(),
+            action: action.to_owned(),
+            allowed: self.config.actions.clone(),
+        })
+    }
+
+    /// The per-key ordering contract a subscription with `ordering` applies to this topic.
+    pub(crate) fn contract(&self, ordering: Ordering) -> Option<Contract> {
+        match ordering {
+            Ordering::Actions if !self.config.actions.is_empty() => Some(Contract::Actions {
+                index: Arc::clone(&self.action_index),
+                count: u32::try_from(self.config.actions.len()).expect("at most 64 actions"),
+                repeat: self.config.repeat,
+            }),
+            Ordering::Sequence => Some(Contract::Sequence),
+            Ordering::Actions | Ordering::Fifo | Ordering::None => None,
+        }
+    }
+}
+
+/// Counters of a subscription (relaxed atomics: statistics).
+#[derive(Debug, Default)]
+pub(crate) struct SubscriptionStats {
+    pub handled: AtomicU64,
+    pub failed_attempts: AtomicU64,
+    pub parked: AtomicU64,
+}
+
+impl SubscriptionStats {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, AtomicOrdering::Relaxed);
+    }
+}
+
+/// A subscription as the engine runs it.
+pub(crate) struct SubscriptionRuntime {
+    pub name: Name,
+    pub config: SubscriptionConfig,
+    pub handler: SharedHandler,
+    pub topics: Vec<Name>,
+    pub patterns: Vec<TopicPattern>,
+    /// Permits for handler calls: the keys-in-flight limit.
+    pub in_flight: Arc<Semaphore>,
+    pub stats: SubscriptionStats,
+}
+
+impl SubscriptionRuntime {
+    pub(crate) fn new(config: SubscriptionConfig, handler: SharedHandler) -> Result<Self> {
+        let name = Name::new("subscription", &config.name)?;
+        let topics = config
+            .topics
+            .iter()
+            .map(|t| Name::new("topic", t))
+            .collect::<Result<_, _>>()?;
+        let patterns = config
+            .topic_patterns
+            .iter()
+            .map(|p| TopicPattern::new(p))
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            name,
+            in_flight: Arc::new(Semaphore::new(config.max_keys_in_flight)),
+            config,
+            handler,
+            topics,
+            patterns,
+            stats: SubscriptionStats::default(),
+        })
+    }
+
+    /// Whether the subscription consumes `topic` (exact name or whole-name pattern).
+    pub(crate) fn consumes(&self, topic: &Name) -> bool {
+        self.topics.contains(topic) || self.patterns.iter().any(|p| p.matches(topic.as_str()))
+    }
+}
+
+/// What a stream's workers and tasks share.
+pub(crate) struct StreamContext {
+    pub id: StreamId,
+    pub subscription: Arc<SubscriptionRuntime>,
+    pub topic: Arc<TopicRuntime>,
+    pub storage: Arc<dyn Storage>,
+    /// The stream's inbox (completions, idle workers).
+    pub inbox: mpsc::Sender<StreamMsg>,
+}
+
+impl StreamContext {
+    /// Reads the event at `position` of the stream's topic.
+    pub(crate) async fn read_event(&self, position: u64) -> Result<Event> {
+        read_event(self.storage.as_ref(), &self.topic.name, position).await
+    }
+}
+
+/// Reads the event at `position` of `topic`.
+pub(crate) async fn read_event(
+    storage: &dyn Storage,
+    topic: &Name,
+    position: u64,
+) -> Result<Event> {
+    let mut reader = storage.reader(topic, position).await?;
+    let record = reader
+        .read(1)
+        .await?
+        .into_iter()
+        .next()
+        .filter(|r| r.position == position)
+        .ok_or_else(|| Error::Decode {
+            topic: topic.to_string(),
+            position,
+            reason: "no such event",
+        })?;
+    codec::decode(topic, position, &record.payload).map_err(|reason| Error::Decode {
+        topic: topic.to_string(),
+        position,
+        reason,
+    })
+}

@@ -1,0 +1,134 @@
+//! The storage seam: everything the engine keeps durably goes through [`Storage`].
+//!
+//! Two halves. The *event log*: per-topic, append-only, positions 1, 2, 3, … assigned by the
+//! storage, durable when `append` returns, tailed through a watch of the last position. The
+//! *state*: stream progress, key state, parked events and the event-id index, changed only by
+//! [`Storage::commit`] of a batch of [`StateOp`]s (atomic; durable when `durable` is set).
+//!
+//! The engine never knows which backend it runs on. [`FileStorage`] (the embedded default) keeps
+//! each topic in an `inorder-log` and the state in a fjall LSM tree; the Postgres backend
+//! implements the same trait with tables.
+
+mod file;
+
+use std::ops::RangeInclusive;
+
+use bytes::Bytes;
+use inorder_log::Name;
+use tokio::sync::watch;
+
+pub use self::file::FileStorage;
+use crate::{
+    error::Result,
+    state::{KeyState, ParkedEvent, StreamId, StreamState},
+};
+
+/// A record as stored: the encoded event and its position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRecord {
+    /// Position in the topic.
+    pub position: u64,
+    /// The encoded event.
+    pub payload: Bytes,
+}
+
+/// One change to the durable state.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StateOp {
+    /// Replace a stream's progress.
+    Stream {
+        /// The stream.
+        stream: StreamId,
+        /// Its new state.
+        state: StreamState,
+    },
+    /// Replace (or, with `merge`, combine into) a key's state.
+    Key {
+        /// The stream.
+        stream: StreamId,
+        /// The key.
+        key: String,
+        /// Its new state.
+        state: KeyState,
+        /// Combine with the stored state ([`KeyState::merge`]) instead of replacing it.
+        merge: bool,
+    },
+    /// Record a parked event.
+    Park(ParkedEvent),
+    /// Remove a parked event (retried or discarded).
+    Unpark {
+        /// The stream.
+        stream: StreamId,
+        /// The event's position.
+        position: u64,
+    },
+    /// Index an event id (deduplication of producer retries).
+    EventId {
+        /// The topic.
+        topic: Name,
+        /// The event's id.
+        id: String,
+        /// Its position.
+        position: u64,
+    },
+    /// Every event id up to this position of the topic is indexed.
+    IdsIndexedTo {
+        /// The topic.
+        topic: Name,
+        /// The position.
+        position: u64,
+    },
+}
+
+/// Reads a topic forward from a position.
+#[async_trait::async_trait]
+pub trait TopicReader: Send {
+    /// Up to `max` records from the reader's position on (empty when there is none yet).
+    async fn read(&mut self, max: usize) -> Result<Vec<StoredRecord>>;
+    /// The position the next read starts at.
+    fn next_position(&self) -> u64;
+}
+
+/// The durable store behind the engine.
+#[async_trait::async_trait]
+pub trait Storage: Send + Sync + 'static {
+    /// The backend's name, for logs and `GET /v1/topics`.
+    fn backend(&self) -> &'static str;
+
+    /// Every topic that exists.
+    async fn topics(&self) -> Result<Vec<Name>>;
+    /// Creates a topic if it does not exist (idempotent, durable).
+    async fn create_topic(&self, topic: &Name) -> Result<()>;
+    /// Appends encoded events; returns their positions once durable. All or nothing.
+    async fn append(&self, topic: &Name, payloads: Vec<Bytes>) -> Result<RangeInclusive<u64>>;
+    /// A reader of `topic` starting at `from`.
+    async fn reader(&self, topic: &Name, from: u64) -> Result<Box<dyn TopicReader>>;
+    /// The first position still stored and the last durable one (0 if none).
+    async fn positions(&self, topic: &Name) -> Result<(u64, u64)>;
+    /// A watch of the last durable position, changed on every append.
+    async fn watch(&self, topic: &Name) -> Result<watch::Receiver<u64>>;
+
+    /// Applies a batch of state changes atomically; durable on return when `durable`.
+    async fn commit(&self, ops: Vec<StateOp>, durable: bool) -> Result<()>;
+    /// A stream's progress, if it ever committed any.
+    async fn stream_state(&self, stream: &StreamId) -> Result<Option<StreamState>>;
+    /// A key's state on a stream, if any.
+    async fn key_state(&self, stream: &StreamId, key: &str) -> Result<Option<KeyState>>;
+    /// Parked events of a subscription, ordered by topic then position, starting after `after`.
+    async fn parked(
+        &self,
+        subscription: &Name,
+        after: Option<(Name, u64)>,
+        max: usize,
+    ) -> Result<Vec<ParkedEvent>>;
+    /// One parked event.
+    async fn parked_event(&self, stream: &StreamId, position: u64) -> Result<Option<ParkedEvent>>;
+    /// The positions of the events with these ids in the topic, where indexed.
+    async fn event_positions(&self, topic: &Name, ids: Vec<String>) -> Result<Vec<Option<u64>>>;
+    /// Up to which position event ids of the topic are indexed.
+    async fn ids_indexed_to(&self, topic: &Name) -> Result<u64>;
+
+    /// Releases files, locks and connections (after the engine stopped). Later calls fail with
+    /// [`Error::Stopped`](crate::Error::Stopped).
+    async fn close(&self) {}
+}
