@@ -41,17 +41,11 @@ type Result<T> = std::result::Result<T, Box<dyn Error>>;
 fn main() -> Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
     // Contenders run in alternating slices so that drift in the disk's speed hits all alike.
-    let (rounds, slice) = if quick {
-        (8, Duration::from_millis(375))
-    } else {
-        (20, Duration::from_millis(500))
-    };
+    let (rounds, slice) =
+        if quick { (8, Duration::from_millis(375)) } else { (20, Duration::from_millis(500)) };
     let root = std::env::var_os("INORDER_BENCH_DIR").map_or_else(std::env::temp_dir, Into::into);
     let dir = tempfile::tempdir_in(&root)?;
-    println!(
-        "# log_bench: dir={} rounds={rounds} slice={slice:?}",
-        dir.path().display()
-    );
+    println!("# log_bench: dir={} rounds={rounds} slice={slice:?}", dir.path().display());
 
     let mut ours = Group64::open(&dir.path().join("group64"))?;
     let mut raw = RawFdatasync::open(&dir.path().join("raw-group"))?;
@@ -64,10 +58,7 @@ fn main() -> Result<()> {
         raw_rate.add(raw.run(batch, slice)?);
         peer_rate.add(peer.run(batch, slice)?);
     }
-    println!(
-        "# group commit put {:.1} records behind each fdatasync",
-        ours.records_per_sync()
-    );
+    println!("# group commit put {:.1} records behind each fdatasync", ours.records_per_sync());
     report(
         "log.append.group64",
         "events/s",
@@ -83,10 +74,7 @@ fn main() -> Result<()> {
         peer_rate.per_second(),
     );
 
-    let log = Log::open(
-        dir.path().join("always1"),
-        LogOptions::with_fsync(FsyncPolicy::Always),
-    )?;
+    let log = Log::open(dir.path().join("always1"), LogOptions::with_fsync(FsyncPolicy::Always))?;
     let mut raw = RawFdatasync::open(&dir.path().join("raw-single"))?;
     let (mut ours_rate, mut raw_rate) = (Rate::default(), Rate::default());
     for _ in 0..rounds {
@@ -147,15 +135,8 @@ struct Group64 {
 impl Group64 {
     fn open(dir: &Path) -> Result<Self> {
         let log = Log::open(dir, LogOptions::with_fsync(FsyncPolicy::Group))?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?;
-        Ok(Self {
-            log,
-            runtime,
-            records: 0,
-            syncs: 0,
-        })
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        Ok(Self { log, runtime, records: 0, syncs: 0 })
     }
 
     fn records_per_sync(&self) -> f64 {
@@ -179,17 +160,11 @@ impl Group64 {
                 }));
             }
             tokio::time::sleep(Duration::from_millis(50)).await; // all appenders running
-            let (start, from, before) = (
-                Instant::now(),
-                appended.load(Ordering::Relaxed),
-                log.stats(),
-            );
+            let (start, from, before) =
+                (Instant::now(), appended.load(Ordering::Relaxed), log.stats());
             tokio::time::sleep(slice).await;
-            let (elapsed, to, after) = (
-                start.elapsed(),
-                appended.load(Ordering::Relaxed),
-                log.stats(),
-            );
+            let (elapsed, to, after) =
+                (start.elapsed(), appended.load(Ordering::Relaxed), log.stats());
             stop.store(true, Ordering::Relaxed);
             for task in tasks {
                 task.await.expect("appender task");
@@ -221,13 +196,7 @@ struct RawFdatasync {
 
 impl RawFdatasync {
     fn open(path: &Path) -> Result<Self> {
-        Ok(Self {
-            file: OpenOptions::new()
-                .create(true)
-                .write(true)
-                .truncate(true)
-                .open(path)?,
-        })
+        Ok(Self { file: OpenOptions::new().create(true).write(true).truncate(true).open(path)? })
     }
 
     fn run(&mut self, batch: usize, slice: Duration) -> Result<(u64, Duration)> {
@@ -254,11 +223,7 @@ impl PeerFjall {
     fn open(dir: &Path) -> Result<Self> {
         let db = fjall::Database::builder(dir).open()?;
         let events = db.keyspace("events", fjall::KeyspaceCreateOptions::default)?;
-        Ok(Self {
-            db,
-            events,
-            next: 0,
-        })
+        Ok(Self { db, events, next: 0 })
     }
 
     fn run(&mut self, batch: usize, slice: Duration) -> Result<(u64, Duration)> {
@@ -266,10 +231,7 @@ impl PeerFjall {
         let start = Instant::now();
         let first = self.next;
         while start.elapsed() < slice {
-            let mut write = self
-                .db
-                .batch()
-                .durability(Some(fjall::PersistMode::SyncData));
+            let mut write = self.db.batch().durability(Some(fjall::PersistMode::SyncData));
             for _ in 0..batch {
                 self.next += 1;
                 write.insert(&self.events, self.next.to_be_bytes(), value.as_slice());
@@ -302,10 +264,7 @@ fn read_seq(dir: &Path) -> Result<(f64, f64)> {
             records += batch.len() as u64;
             bytes += batch.iter().map(|r| r.payload.len()).sum::<usize>();
         }
-        assert_eq!(
-            (records, bytes),
-            (READ_RECORDS, READ_RECORDS as usize * RECORD_PAYLOAD_BYTES)
-        );
+        assert_eq!((records, bytes), (READ_RECORDS, READ_RECORDS as usize * RECORD_PAYLOAD_BYTES));
         Ok(records as f64 / start.elapsed().as_secs_f64())
     };
     let read_raw = || -> Result<f64> {

@@ -28,19 +28,14 @@ mod x86 {
 
     #[target_feature(enable = "sse4.2")]
     pub(super) fn crc32c_3([a, b, c]: [&[u8]; 3]) -> [u32; 3] {
-        let (mut ca, mut cb, mut cc) = (
-            u64::from(u32::MAX),
-            u64::from(u32::MAX),
-            u64::from(u32::MAX),
-        );
+        let (mut ca, mut cb, mut cc) =
+            (u64::from(u32::MAX), u64::from(u32::MAX), u64::from(u32::MAX));
         let words = a.len().min(b.len()).min(c.len()) / 8;
         let (a_words, a_rest) = a.split_at(words * 8);
         let (b_words, b_rest) = b.split_at(words * 8);
         let (c_words, c_rest) = c.split_at(words * 8);
-        let zipped = a_words
-            .chunks_exact(8)
-            .zip(b_words.chunks_exact(8))
-            .zip(c_words.chunks_exact(8));
+        let zipped =
+            a_words.chunks_exact(8).zip(b_words.chunks_exact(8)).zip(c_words.chunks_exact(8));
         for ((wa, wb), wc) in zipped {
             ca = _mm_crc32_u64(ca, word(wa));
             cb = _mm_crc32_u64(cb, word(wb));
@@ -86,9 +81,6 @@ mod tests {
     #[test]
     fn known_vector() {
         // RFC 3720 (iSCSI) test vector: 32 bytes of zeros.
-        assert_eq!(
-            super::crc32c_3([&[0u8; 32], b"", b"123456789"]),
-            [0x8A91_36AA, 0, 0xE306_9283]
-        );
+        assert_eq!(super::crc32c_3([&[0u8; 32], b"", b"123456789"]), [0x8A91_36AA, 0, 0xE306_9283]);
     }
 }

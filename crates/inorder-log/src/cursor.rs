@@ -45,11 +45,8 @@ enum Direction {
 impl CursorStore {
     /// Loads every cursor under `dir` (created if missing), removing leftover temporary files.
     pub(crate) fn open(vfs: Arc<dyn Vfs>, dir: PathBuf) -> Result<Self> {
-        vfs.create_dir_all(&dir)
-            .map_err(|e| Error::io("create cursor directory", &dir, e))?;
-        let names = vfs
-            .read_dir(&dir)
-            .map_err(|e| Error::io("list cursors", &dir, e))?;
+        vfs.create_dir_all(&dir).map_err(|e| Error::io("create cursor directory", &dir, e))?;
+        let names = vfs.read_dir(&dir).map_err(|e| Error::io("list cursors", &dir, e))?;
         let mut acks = BTreeMap::new();
         for file_name in names {
             let path = dir.join(&file_name);
@@ -60,17 +57,11 @@ impl CursorStore {
                 acks.insert(name, read_cursor_file(vfs.as_ref(), &path)?);
             }
         }
-        Ok(Self {
-            vfs,
-            dir,
-            acks: Mutex::new(acks),
-        })
+        Ok(Self { vfs, dir, acks: Mutex::new(acks) })
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<Name, u64>> {
-        self.acks
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.acks.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The acknowledged position of a cursor.
@@ -80,10 +71,7 @@ impl CursorStore {
 
     /// Every cursor with its acknowledged position.
     pub(crate) fn list(&self) -> Vec<(Name, u64)> {
-        self.lock()
-            .iter()
-            .map(|(name, ack)| (name.clone(), *ack))
-            .collect()
+        self.lock().iter().map(|(name, ack)| (name.clone(), *ack)).collect()
     }
 
     /// The lowest acknowledged position over all cursors.
@@ -142,12 +130,9 @@ impl CursorStore {
             .map_err(|e| Error::io("create cursor file", &tmp, e))?;
         file.write_all_at(&encode_cursor(ack), 0)
             .map_err(|e| Error::io("write cursor file", &tmp, e))?;
-        file.sync_data()
-            .map_err(|e| Error::io("fsync cursor file", &tmp, e))?;
+        file.sync_data().map_err(|e| Error::io("fsync cursor file", &tmp, e))?;
         drop(file);
-        self.vfs
-            .rename(&tmp, &path)
-            .map_err(|e| Error::io("rename cursor file", &path, e))?;
+        self.vfs.rename(&tmp, &path).map_err(|e| Error::io("rename cursor file", &path, e))?;
         self.vfs
             .sync_dir(&self.dir)
             .map_err(|e| Error::io("fsync cursor directory", &self.dir, e))?;
@@ -179,13 +164,11 @@ fn decode_cursor(bytes: &[u8]) -> Option<u64> {
 }
 
 fn read_cursor_file(vfs: &dyn Vfs, path: &Path) -> Result<u64> {
-    let file = vfs
-        .open(path, OpenMode::Read)
-        .map_err(|e| Error::io("open cursor file", path, e))?;
+    let file =
+        vfs.open(path, OpenMode::Read).map_err(|e| Error::io("open cursor file", path, e))?;
     let mut bytes = [0u8; CURSOR_FILE_BYTES + 1];
-    let got = file
-        .read_full_at(&mut bytes, 0)
-        .map_err(|e| Error::io("read cursor file", path, e))?;
+    let got =
+        file.read_full_at(&mut bytes, 0).map_err(|e| Error::io("read cursor file", path, e))?;
     decode_cursor(&bytes[..got]).ok_or_else(|| Error::Corrupt {
         file: path.to_path_buf(),
         offset: 0,
@@ -222,14 +205,7 @@ mod tests {
         let cursors = store(&vfs);
         cursors.ack(&name("c"), 10).unwrap();
         let err = cursors.ack(&name("c"), 9).unwrap_err();
-        assert!(matches!(
-            err,
-            Error::CursorRegression {
-                current: 10,
-                requested: 9,
-                ..
-            }
-        ));
+        assert!(matches!(err, Error::CursorRegression { current: 10, requested: 9, .. }));
         assert_eq!(store(&vfs.crash_process()).get(&name("c")), Some(10));
         cursors.reset(&name("c"), 3).unwrap();
         assert_eq!(store(&vfs.crash_process()).get(&name("c")), Some(3));

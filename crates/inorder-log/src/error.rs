@@ -146,22 +146,14 @@ pub enum CorruptReason {
 
 impl Error {
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
-        Self::Io {
-            op,
-            path: path.into(),
-            source,
-        }
+        Self::Io { op, path: path.into(), source }
     }
 
     pub(crate) fn batch(reason: impl Into<String>) -> Self {
-        Self::InvalidBatch {
-            reason: reason.into(),
-        }
+        Self::InvalidBatch { reason: reason.into() }
     }
 
     pub(crate) fn options(reason: impl Into<String>) -> Self {
-        Self::InvalidOptions {
-            reason: reason.into(),
-        }
+        Self::InvalidOptions { reason: reason.into() }
     }
 }

@@ -70,10 +70,8 @@ pub(crate) fn spawn(
             .map_err(|e| Error::io("spawn group commit thread", &shared.dir, e))
     };
     let replier_shared = Arc::clone(shared);
-    let replier = spawn_named(
-        "inorder-log-reply",
-        Box::new(move || reply(&replier_shared, &to_reply)),
-    )?;
+    let replier =
+        spawn_named("inorder-log-reply", Box::new(move || reply(&replier_shared, &to_reply)))?;
     let syncer_shared = Arc::clone(shared);
     let syncer = spawn_named(
         "inorder-log-sync",
@@ -113,9 +111,7 @@ fn reply(shared: &Shared, synced: &flume::Receiver<Synced>) {
         match outcome {
             Ok(()) => {
                 for request in &batch {
-                    request
-                        .segment
-                        .publish(request.end, request.committed_bytes);
+                    request.segment.publish(request.end, request.committed_bytes);
                 }
                 let newest = batch.last().expect("a batch holds its first request");
                 shared.publish_committed(newest.end - 1);
@@ -128,9 +124,7 @@ fn reply(shared: &Shared, synced: &flume::Receiver<Synced>) {
             Err(source) => {
                 for request in batch {
                     for (reply, _) in request.replies {
-                        let _ = reply.send(Err(Error::Latched {
-                            source: Arc::clone(&source),
-                        }));
+                        let _ = reply.send(Err(Error::Latched { source: Arc::clone(&source) }));
                     }
                 }
             }

@@ -34,20 +34,14 @@ pub(crate) struct SparseIndex {
 
 impl SparseIndex {
     pub(crate) fn new(base: u64) -> Self {
-        Self {
-            base,
-            entries: Vec::new(),
-        }
+        Self { base, entries: Vec::new() }
     }
 
     /// Appends entries; they must continue the existing ones in ascending order.
     pub(crate) fn extend(&mut self, entries: &[(u64, u64)]) {
         for &(position, offset) in entries {
             if let Some(&(last_position, last_offset)) = self.entries.last() {
-                assert!(
-                    position > last_position && offset > last_offset,
-                    "index must ascend"
-                );
+                assert!(position > last_position && offset > last_offset, "index must ascend");
             }
             self.entries.push((position, offset));
         }
@@ -151,11 +145,9 @@ pub(crate) fn write_index_file(
 ) -> Result<()> {
     let tmp = segment.index_path.with_extension("idx.tmp");
     let _ = vfs.remove_file(&tmp);
-    let file = vfs
-        .open(&tmp, OpenMode::CreateNew)
-        .map_err(|e| Error::io("create index", &tmp, e))?;
-    file.write_all_at(&index.encode(), 0)
-        .map_err(|e| Error::io("write index", &tmp, e))?;
+    let file =
+        vfs.open(&tmp, OpenMode::CreateNew).map_err(|e| Error::io("create index", &tmp, e))?;
+    file.write_all_at(&index.encode(), 0).map_err(|e| Error::io("write index", &tmp, e))?;
     drop(file);
     vfs.rename(&tmp, &segment.index_path)
         .map_err(|e| Error::io("rename index", &segment.index_path, e))

@@ -83,10 +83,7 @@ const _: () = assert!(
 const _: () = assert!((RECORD_PAYLOAD_BYTES_LIMIT as usize) <= APPEND_BYTES_MAX);
 const _: () = assert!(APPEND_BYTES_MAX <= APPEND_INFLIGHT_BYTES_MAX);
 const _: () = assert!(READ_CHUNK_BYTES as u64 > RECORD_HEADER_BYTES);
-const _: () = assert!(
-    usize::BITS == 64,
-    "inorder-log supports 64-bit targets only"
-);
+const _: () = assert!(usize::BITS == 64, "inorder-log supports 64-bit targets only");
 
 /// Converts an on-disk `u64` to a `usize` (lossless: the crate requires a 64-bit target).
 #[allow(clippy::cast_possible_truncation)]

@@ -77,15 +77,11 @@ impl Shared {
     }
 
     pub(crate) fn read_segments(&self) -> RwLockReadGuard<'_, SegmentMap> {
-        self.segments
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.segments.read().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub(crate) fn write_segments(&self) -> RwLockWriteGuard<'_, SegmentMap> {
-        self.segments
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.segments.write().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub(crate) fn committed(&self) -> u64 {
@@ -184,8 +180,7 @@ impl Log {
     ) -> Result<Self> {
         options.validate()?;
         let dir = dir.as_ref().to_path_buf();
-        vfs.create_dir_all(&dir)
-            .map_err(|e| Error::io("create log directory", &dir, e))?;
+        vfs.create_dir_all(&dir).map_err(|e| Error::io("create log directory", &dir, e))?;
         let lock_path = dir.join("LOCK");
         let lock = vfs.lock_exclusive(&lock_path).map_err(|e| match e.kind() {
             std::io::ErrorKind::WouldBlock => Error::Locked { dir: dir.clone() },
@@ -276,12 +271,8 @@ impl Log {
             .await
             .map_err(|_| Error::Closed)?;
         let (reply, response) = oneshot::channel();
-        let command = Command::Append(PendingAppend {
-            records,
-            payload_bytes,
-            reply,
-            _permit: permit,
-        });
+        let command =
+            Command::Append(PendingAppend { records, payload_bytes, reply, _permit: permit });
         self.send(command).await?;
         response.await.map_err(|_| Error::Closed)?
     }
@@ -330,10 +321,7 @@ impl Log {
 
     async fn send(&self, command: Command) -> Result<()> {
         let commands = self.inner.commands.as_ref().ok_or(Error::Closed)?;
-        commands
-            .send_async(command)
-            .await
-            .map_err(|_| Error::Closed)
+        commands.send_async(command).await.map_err(|_| Error::Closed)
     }
 
     /// Makes every record written so far durable (an explicit fsync; useful under `never`).
@@ -459,10 +447,7 @@ impl Log {
         }
         let first_available = self.first_position();
         if position + 1 < first_available {
-            return Err(Error::Purged {
-                requested: position + 1,
-                first_available,
-            });
+            return Err(Error::Purged { requested: position + 1, first_available });
         }
         self.inner.shared.cursors.reset(name, position)
     }

@@ -4,16 +4,16 @@
 //! to a directory stays inside that directory: bytes from `[A-Za-z0-9._-]`, 1 to
 //! [`NAME_BYTES_MAX`] long, never `.` and never containing `..`.
 
-use std::{fmt, str::FromStr};
+use std::{fmt, str::FromStr, sync::Arc};
 
 use crate::error::Error;
 
 /// Longest accepted name, in bytes.
 pub const NAME_BYTES_MAX: usize = 200;
 
-/// A validated topic or cursor name, safe to use as a file name.
+/// A validated topic or cursor name, safe to use as a file name. Cloning is cheap (shared).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Name(Box<str>);
+pub struct Name(Arc<str>);
 
 impl Name {
     /// Validates `name` as a name of `kind` (used in the error message: `topic`, `cursor`, …).
@@ -22,21 +22,14 @@ impl Name {
     /// [`Error::InvalidName`] if the name is empty, longer than [`NAME_BYTES_MAX`], holds a byte
     /// outside `[A-Za-z0-9._-]`, is `.`, or contains `..`.
     pub fn new(kind: &'static str, name: &str) -> Result<Self, Error> {
-        let refuse = |reason| Error::InvalidName {
-            kind,
-            name: display_prefix(name),
-            reason,
-        };
+        let refuse = |reason| Error::InvalidName { kind, name: display_prefix(name), reason };
         if name.is_empty() {
             return Err(refuse("must not be empty"));
         }
         if name.len() > NAME_BYTES_MAX {
             return Err(refuse("longer than 200 bytes"));
         }
-        if !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        {
+        if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
             return Err(refuse("only A-Z, a-z, 0-9, '.', '_' and '-' are allowed"));
         }
         if name == "." || name.contains("..") {
@@ -92,14 +85,7 @@ mod tests {
 
     #[test]
     fn accepts_safe_names() {
-        for name in [
-            "a",
-            "user_purchase",
-            "user.created",
-            "A-Z.0-9_",
-            ".hidden",
-            "a.b.c",
-        ] {
+        for name in ["a", "user_purchase", "user.created", "A-Z.0-9_", ".hidden", "a.b.c"] {
             check(name, true);
         }
         check(&"x".repeat(NAME_BYTES_MAX), true);
@@ -120,9 +106,7 @@ mod tests {
     fn error_names_the_kind_and_truncates_long_names() {
         let long = "é".repeat(100);
         let err = Name::new("cursor", &long).unwrap_err();
-        let Error::InvalidName { kind, name, .. } = err else {
-            panic!("wrong error {err:?}")
-        };
+        let Error::InvalidName { kind, name, .. } = err else { panic!("wrong error {err:?}") };
         assert_eq!(kind, "cursor");
         assert!(name.len() <= 64);
     }

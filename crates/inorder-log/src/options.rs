@@ -96,10 +96,7 @@ impl LogOptions {
     /// Default options with another fsync policy.
     #[must_use]
     pub fn with_fsync(fsync: FsyncPolicy) -> Self {
-        Self {
-            fsync,
-            ..Self::default()
-        }
+        Self { fsync, ..Self::default() }
     }
 
     /// Checks the bounds and relations of the options.
@@ -151,10 +148,7 @@ mod tests {
             record_payload_bytes_max: 8192,
             ..LogOptions::default()
         };
-        assert!(matches!(
-            options.validate(),
-            Err(Error::InvalidOptions { .. })
-        ));
+        assert!(matches!(options.validate(), Err(Error::InvalidOptions { .. })));
     }
 
     #[test]

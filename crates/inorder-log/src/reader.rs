@@ -44,10 +44,7 @@ pub struct ReadLimits {
 
 impl Default for ReadLimits {
     fn default() -> Self {
-        Self {
-            records_max: READ_RECORDS_MAX_DEFAULT,
-            bytes_max: READ_BYTES_MAX_DEFAULT,
-        }
+        Self { records_max: READ_RECORDS_MAX_DEFAULT, bytes_max: READ_BYTES_MAX_DEFAULT }
     }
 }
 
@@ -55,10 +52,7 @@ impl ReadLimits {
     /// At most `records_max` records (default byte limit).
     #[must_use]
     pub fn records(records_max: usize) -> Self {
-        Self {
-            records_max,
-            ..Self::default()
-        }
+        Self { records_max, ..Self::default() }
     }
 }
 
@@ -117,11 +111,7 @@ fn verified_prefix(chunk: &[u8], frames: &[Frame]) -> usize {
             _ => unreachable!("chunks(3) yields one to three frames"),
         };
         let crcs = crate::checksum::crc32c_3(slices);
-        if let Some(bad) = group
-            .iter()
-            .zip(crcs)
-            .position(|(f, crc)| f.header.crc != crc)
-        {
+        if let Some(bad) = group.iter().zip(crcs).position(|(f, crc)| f.header.crc != crc) {
             return group_index * 3 + bad;
         }
     }
@@ -146,11 +136,7 @@ struct Place {
 
 impl Reader {
     pub(crate) fn new(shared: Arc<Shared>, from: u64) -> Self {
-        Self {
-            shared,
-            next: from.max(1),
-            at: None,
-        }
+        Self { shared, next: from.max(1), at: None }
     }
 
     /// The position the next read starts at.
@@ -216,15 +202,9 @@ impl Reader {
             let segments = self.shared.read_segments();
             let first_available = segments.keys().next().copied().unwrap_or(1);
             if self.next < first_available {
-                return Err(Error::Purged {
-                    requested: self.next,
-                    first_available,
-                });
+                return Err(Error::Purged { requested: self.next, first_available });
             }
-            let (_, segment) = segments
-                .range(..=self.next)
-                .next_back()
-                .expect("first <= next");
+            let (_, segment) = segments.range(..=self.next).next_back().expect("first <= next");
             Arc::clone(segment)
         };
         let vfs = self.shared.vfs.as_ref();
@@ -252,11 +232,7 @@ impl Place {
     }
 
     fn corrupt(&self, reason: CorruptReason) -> Error {
-        Error::Corrupt {
-            file: self.segment.path.clone(),
-            offset: self.offset,
-            reason,
-        }
+        Error::Corrupt { file: self.segment.path.clone(), offset: self.offset, reason }
     }
 
     /// Takes the whole records the chunk holds from `offset` on (reading a new chunk first if
@@ -318,9 +294,7 @@ impl Place {
     /// The whole records the chunk holds from `offset` (at most `room` plus what an index walk
     /// may skip), and the reason framing stopped early, if a record is malformed.
     fn frame(&self, chunk: &Bytes, limit: u64, room: usize) -> (Vec<Frame>, Option<CorruptReason>) {
-        let frames_max = room
-            .saturating_add(FRAMES_SKIP_ALLOWANCE)
-            .min(FRAMES_PER_TAKE_MAX);
+        let frames_max = room.saturating_add(FRAMES_SKIP_ALLOWANCE).min(FRAMES_PER_TAKE_MAX);
         let mut frames = Vec::with_capacity(frames_max.min(256));
         let mut start = usize_from(self.offset - self.chunk_start);
         let mut offset = self.offset;

@@ -124,17 +124,11 @@ pub fn decode_record(bytes: &[u8]) -> Result<DecodedRecord<'_>, DecodeError> {
         return Err(DecodeError::BadLength);
     }
     let record_bytes = usize_from(header.record_bytes());
-    let record = bytes
-        .get(..record_bytes)
-        .ok_or(DecodeError::IncompletePayload)?;
+    let record = bytes.get(..record_bytes).ok_or(DecodeError::IncompletePayload)?;
     if !header.checksum_matches(record) {
         return Err(DecodeError::ChecksumMismatch);
     }
-    Ok(DecodedRecord {
-        position: header.position,
-        payload: &record[HEADER..],
-        record_bytes,
-    })
+    Ok(DecodedRecord { position: header.position, payload: &record[HEADER..], record_bytes })
 }
 
 #[cfg(test)]
@@ -152,10 +146,7 @@ mod tests {
         let buf = frame(42, b"hello");
         assert_eq!(buf.len(), HEADER + 5);
         let record = decode_record(&buf).unwrap();
-        assert_eq!(
-            (record.position, record.payload, record.record_bytes),
-            (42, &b"hello"[..], 21)
-        );
+        assert_eq!((record.position, record.payload, record.record_bytes), (42, &b"hello"[..], 21));
     }
 
     #[test]
@@ -182,22 +173,13 @@ mod tests {
     #[test]
     fn a_cut_record_is_incomplete() {
         let buf = frame(3, b"abcdef");
-        assert_eq!(
-            decode_record(&buf[..10]),
-            Err(DecodeError::IncompleteHeader)
-        );
-        assert_eq!(
-            decode_record(&buf[..HEADER + 2]),
-            Err(DecodeError::IncompletePayload)
-        );
+        assert_eq!(decode_record(&buf[..10]), Err(DecodeError::IncompleteHeader));
+        assert_eq!(decode_record(&buf[..HEADER + 2]), Err(DecodeError::IncompletePayload));
     }
 
     #[test]
     fn zeroes_are_not_a_record() {
-        assert_eq!(
-            decode_record(&[0u8; 64]),
-            Err(DecodeError::ChecksumMismatch)
-        );
+        assert_eq!(decode_record(&[0u8; 64]), Err(DecodeError::ChecksumMismatch));
     }
 
     #[test]

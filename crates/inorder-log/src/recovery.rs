@@ -105,34 +105,13 @@ const ANY: Option<bool> = None;
 /// The decision table (see the module documentation).
 const RULES: [(Pattern, Decision); 8] = [
     ([ANY, Y, Y, Y, Y], Decision::Keep),
-    (
-        [ANY, Y, Y, Y, N],
-        Decision::Fail(CorruptReason::PositionOutOfSequence),
-    ),
-    (
-        [Y, N, ANY, ANY, ANY],
-        Decision::Cut(TornReason::IncompleteHeader),
-    ),
-    (
-        [Y, Y, N, ANY, ANY],
-        Decision::Cut(TornReason::LengthOutOfBounds),
-    ),
-    (
-        [Y, Y, Y, N, ANY],
-        Decision::Cut(TornReason::ChecksumMismatch),
-    ),
-    (
-        [N, N, ANY, ANY, ANY],
-        Decision::Fail(CorruptReason::Truncated),
-    ),
-    (
-        [N, Y, N, ANY, ANY],
-        Decision::Fail(CorruptReason::BadLength),
-    ),
-    (
-        [N, Y, Y, N, ANY],
-        Decision::Fail(CorruptReason::ChecksumMismatch),
-    ),
+    ([ANY, Y, Y, Y, N], Decision::Fail(CorruptReason::PositionOutOfSequence)),
+    ([Y, N, ANY, ANY, ANY], Decision::Cut(TornReason::IncompleteHeader)),
+    ([Y, Y, N, ANY, ANY], Decision::Cut(TornReason::LengthOutOfBounds)),
+    ([Y, Y, Y, N, ANY], Decision::Cut(TornReason::ChecksumMismatch)),
+    ([N, N, ANY, ANY, ANY], Decision::Fail(CorruptReason::Truncated)),
+    ([N, Y, N, ANY, ANY], Decision::Fail(CorruptReason::BadLength)),
+    ([N, Y, Y, N, ANY], Decision::Fail(CorruptReason::ChecksumMismatch)),
 ];
 
 impl Facts {
@@ -147,10 +126,7 @@ impl Facts {
     }
 
     fn matches(self, pattern: &Pattern) -> bool {
-        self.values()
-            .iter()
-            .zip(pattern)
-            .all(|(value, want)| want.is_none_or(|w| w == *value))
+        self.values().iter().zip(pattern).all(|(value, want)| want.is_none_or(|w| w == *value))
     }
 }
 
@@ -185,13 +161,9 @@ pub(crate) fn scan_segment(
     path: &Path,
     last_segment: bool,
 ) -> Result<ScanOutcome> {
-    let file = vfs
-        .open(path, OpenMode::Read)
-        .map_err(|e| Error::io("open segment", path, e))?;
+    let file = vfs.open(path, OpenMode::Read).map_err(|e| Error::io("open segment", path, e))?;
     segment::read_segment_header(file.as_ref(), path, base)?;
-    let file_len = file
-        .size()
-        .map_err(|e| Error::io("stat segment", path, e))?;
+    let file_len = file.size().map_err(|e| Error::io("stat segment", path, e))?;
     let mut window = Window::new(file.as_ref(), path, file_len);
     let mut index = SparseIndex::new(base);
     let mut entries = Vec::new();
@@ -219,22 +191,12 @@ pub(crate) fn scan_segment(
                 });
             }
             Decision::Fail(reason) => {
-                return Err(Error::Corrupt {
-                    file: path.to_path_buf(),
-                    offset,
-                    reason,
-                });
+                return Err(Error::Corrupt { file: path.to_path_buf(), offset, reason });
             }
         }
     }
     index.extend(&entries);
-    Ok(ScanOutcome {
-        end: expected,
-        valid_bytes: offset,
-        file_len,
-        index,
-        cut: None,
-    })
+    Ok(ScanOutcome { end: expected, valid_bytes: offset, file_len, index, cut: None })
 }
 
 /// Observes the facts about the record at `offset`; also returns its size when it has one.
@@ -279,13 +241,7 @@ struct Window<'a> {
 
 impl<'a> Window<'a> {
     fn new(file: &'a dyn VfsFile, path: &'a Path, file_len: u64) -> Self {
-        Self {
-            file,
-            path,
-            file_len,
-            buf: Vec::new(),
-            start: 0,
-        }
+        Self { file, path, file_len, buf: Vec::new(), start: 0 }
     }
 
     /// Up to `len` bytes at `offset` (fewer only at the end of the file).
@@ -319,24 +275,20 @@ pub(crate) struct Recovered {
 /// Opens the segments of a log directory, cutting a torn tail; creates the first segment of a
 /// new log.
 pub(crate) fn recover(vfs: &dyn Vfs, dir: &Path, options: &LogOptions) -> Result<Recovered> {
-    let names = vfs
-        .read_dir(dir)
-        .map_err(|e| Error::io("list log directory", dir, e))?;
+    let names = vfs.read_dir(dir).map_err(|e| Error::io("list log directory", dir, e))?;
     let mut temp_files_removed = 0;
     let mut bases = Vec::new();
     for name in &names {
         if name.ends_with(".tmp") {
             let path = dir.join(name);
-            vfs.remove_file(&path)
-                .map_err(|e| Error::io("remove temp file", &path, e))?;
+            vfs.remove_file(&path).map_err(|e| Error::io("remove temp file", &path, e))?;
             temp_files_removed += 1;
         } else if let Some(base) = segment::parse_segment_file_name(name) {
             bases.push(base);
         }
     }
     if temp_files_removed > 0 {
-        vfs.sync_dir(dir)
-            .map_err(|e| Error::io("fsync log directory", dir, e))?;
+        vfs.sync_dir(dir).map_err(|e| Error::io("fsync log directory", dir, e))?;
     }
     bases.sort_unstable();
     if bases.is_empty() {
@@ -361,11 +313,7 @@ pub(crate) fn recover(vfs: &dyn Vfs, dir: &Path, options: &LogOptions) -> Result
         truncation,
         temp_files_removed,
     };
-    Ok(Recovered {
-        segments,
-        next_position,
-        report,
-    })
+    Ok(Recovered { segments, next_position, report })
 }
 
 fn open_sealed(
@@ -387,24 +335,12 @@ fn open_sealed(
         }
         (scan.file_len, Some(scan.index))
     } else {
-        let file = vfs
-            .open(&path, OpenMode::Read)
-            .map_err(|e| Error::io("open segment", &path, e))?;
+        let file =
+            vfs.open(&path, OpenMode::Read).map_err(|e| Error::io("open segment", &path, e))?;
         segment::read_segment_header(file.as_ref(), &path, base)?;
-        (
-            file.size()
-                .map_err(|e| Error::io("stat segment", &path, e))?,
-            None,
-        )
+        (file.size().map_err(|e| Error::io("stat segment", &path, e))?, None)
     };
-    Ok(Segment::new(
-        dir,
-        base,
-        next_base,
-        committed_bytes,
-        true,
-        index,
-    ))
+    Ok(Segment::new(dir, base, next_base, committed_bytes, true, index))
 }
 
 fn open_last(vfs: &dyn Vfs, dir: &Path, base: u64) -> Result<(Segment, Option<Truncation>)> {
@@ -416,10 +352,8 @@ fn open_last(vfs: &dyn Vfs, dir: &Path, base: u64) -> Result<(Segment, Option<Tr
             let file = vfs
                 .open(&path, OpenMode::ReadWrite)
                 .map_err(|e| Error::io("open segment for truncation", &path, e))?;
-            file.set_len(offset)
-                .map_err(|e| Error::io("truncate torn tail", &path, e))?;
-            file.sync_data()
-                .map_err(|e| Error::io("fsync truncation", &path, e))?;
+            file.set_len(offset).map_err(|e| Error::io("truncate torn tail", &path, e))?;
+            file.sync_data().map_err(|e| Error::io("fsync truncation", &path, e))?;
             let truncation = Truncation {
                 segment: path.clone(),
                 offset,
@@ -431,14 +365,7 @@ fn open_last(vfs: &dyn Vfs, dir: &Path, base: u64) -> Result<(Segment, Option<Tr
             Some(truncation)
         }
     };
-    let segment = Segment::new(
-        dir,
-        base,
-        scan.end,
-        scan.valid_bytes,
-        false,
-        Some(scan.index),
-    );
+    let segment = Segment::new(dir, base, scan.end, scan.valid_bytes, false, Some(scan.index));
     Ok((segment, truncation))
 }
 
@@ -468,10 +395,7 @@ mod tests {
     #[test]
     fn every_combination_of_facts_matches_exactly_one_rule() {
         for facts in all_facts() {
-            let matching = RULES
-                .iter()
-                .filter(|(pattern, _)| facts.matches(pattern))
-                .count();
+            let matching = RULES.iter().filter(|(pattern, _)| facts.matches(pattern)).count();
             assert_eq!(matching, 1, "{facts:?} matches {matching} rules");
         }
     }

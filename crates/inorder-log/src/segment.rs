@@ -66,11 +66,7 @@ pub(crate) fn encode_segment_header(base: u64) -> [u8; HEADER] {
 /// Checks a segment header read from disk against the base its file name promises.
 pub(crate) fn check_segment_header(bytes: &[u8], base: u64) -> Result<(), CorruptReason> {
     let header = bytes.get(..HEADER).ok_or(CorruptReason::BadHeader)?;
-    let crc = u32::from_le_bytes(
-        header[24..28]
-            .try_into()
-            .map_err(|_| CorruptReason::BadHeader)?,
-    );
+    let crc = u32::from_le_bytes(header[24..28].try_into().map_err(|_| CorruptReason::BadHeader)?);
     if header[..8] != SEGMENT_MAGIC
         || header[8..12] != FORMAT_VERSION.to_le_bytes()
         || crc32c::crc32c(&header[..24]) != crc
@@ -86,9 +82,7 @@ pub(crate) fn check_segment_header(bytes: &[u8], base: u64) -> Result<(), Corrup
 /// Reads and checks the header of the segment file at `path`.
 pub(crate) fn read_segment_header(file: &dyn VfsFile, path: &Path, base: u64) -> Result<()> {
     let mut header = [0u8; HEADER];
-    let got = file
-        .read_full_at(&mut header, 0)
-        .map_err(|e| Error::io("read header", path, e))?;
+    let got = file.read_full_at(&mut header, 0).map_err(|e| Error::io("read header", path, e))?;
     check_segment_header(&header[..got], base).map_err(|reason| Error::Corrupt {
         file: path.to_path_buf(),
         offset: 0,
@@ -107,18 +101,14 @@ pub(crate) fn create_segment_file(vfs: &dyn Vfs, dir: &Path, base: u64) -> Resul
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(Error::io("remove stale temp segment", &tmp, e)),
     }
-    let file = vfs
-        .open(&tmp, OpenMode::CreateNew)
-        .map_err(|e| Error::io("create segment", &tmp, e))?;
+    let file =
+        vfs.open(&tmp, OpenMode::CreateNew).map_err(|e| Error::io("create segment", &tmp, e))?;
     file.write_all_at(&encode_segment_header(base), 0)
         .map_err(|e| Error::io("write segment header", &tmp, e))?;
-    file.sync_data()
-        .map_err(|e| Error::io("fsync new segment", &tmp, e))?;
+    file.sync_data().map_err(|e| Error::io("fsync new segment", &tmp, e))?;
     drop(file);
-    vfs.rename(&tmp, &path)
-        .map_err(|e| Error::io("rename new segment", &path, e))?;
-    vfs.sync_dir(dir)
-        .map_err(|e| Error::io("fsync log directory", dir, e))?;
+    vfs.rename(&tmp, &path).map_err(|e| Error::io("rename new segment", &path, e))?;
+    vfs.sync_dir(dir).map_err(|e| Error::io("fsync log directory", dir, e))?;
     Ok(path)
 }
 
@@ -155,10 +145,7 @@ impl Segment {
         index: Option<SparseIndex>,
     ) -> Self {
         assert!(end >= base, "a segment cannot end before it starts");
-        assert!(
-            committed_bytes >= SEGMENT_HEADER_BYTES,
-            "a segment holds at least its header"
-        );
+        assert!(committed_bytes >= SEGMENT_HEADER_BYTES, "a segment holds at least its header");
         Self {
             base,
             path: dir.join(segment_file_name(base)),
@@ -193,12 +180,8 @@ impl Segment {
     /// request a syncer finishes after the writer sealed the segment, or after the other syncer
     /// published more) changes nothing.
     pub(crate) fn publish(&self, end: u64, committed_bytes: u64) {
-        assert!(
-            end >= self.base && committed_bytes >= SEGMENT_HEADER_BYTES,
-            "extent in segment"
-        );
-        self.committed_bytes
-            .fetch_max(committed_bytes, Ordering::AcqRel);
+        assert!(end >= self.base && committed_bytes >= SEGMENT_HEADER_BYTES, "extent in segment");
+        self.committed_bytes.fetch_max(committed_bytes, Ordering::AcqRel);
         self.end.fetch_max(end, Ordering::AcqRel);
     }
 
@@ -212,49 +195,32 @@ impl Segment {
         if entries.is_empty() {
             return;
         }
-        let mut index = self
-            .index
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        index
-            .get_or_insert_with(|| SparseIndex::new(self.base))
-            .extend(entries);
+        let mut index = self.index.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        index.get_or_insert_with(|| SparseIndex::new(self.base)).extend(entries);
     }
 
     /// A copy of the index, if loaded.
     pub(crate) fn index_snapshot(&self) -> Option<SparseIndex> {
-        self.index
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.index.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// The byte offset of the last indexed record at or before `position` and its position,
     /// loading (or rebuilding) the index of a sealed segment on first use.
     pub(crate) fn seek(&self, vfs: &dyn Vfs, position: u64) -> Result<(u64, u64)> {
-        if let Some(index) = self
-            .index
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .as_ref()
+        if let Some(index) =
+            self.index.read().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref()
         {
             return Ok(index.seek(position));
         }
         let loaded = SparseIndex::load_or_rebuild(vfs, self)?;
         let found = loaded.seek(position);
-        *self
-            .index
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(loaded);
+        *self.index.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(loaded);
         Ok(found)
     }
 
     /// The shared read handle, opening it if needed.
     pub(crate) fn reader_file(&self, vfs: &dyn Vfs) -> Result<Arc<dyn VfsFile>> {
-        let mut handle = self
-            .read_handle
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut handle = self.read_handle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(file) = handle.as_ref() {
             return Ok(Arc::clone(file));
         }
@@ -267,15 +233,9 @@ impl Segment {
 
     /// Releases the cached read handle and, if sealed, the in-memory index.
     pub(crate) fn release(&self) {
-        *self
-            .read_handle
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        *self.read_handle.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
         if self.is_sealed() {
-            *self
-                .index
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+            *self.index.write().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
         }
     }
 }
@@ -296,12 +256,7 @@ mod tests {
         for (name, base) in names.iter().zip([1u64, 9, 10, 12_345_678_901]) {
             assert_eq!(parse_segment_file_name(name), Some(base));
         }
-        for bad in [
-            "1.seg",
-            "0000000000000000000a.seg",
-            "00000000000000000001.idx",
-            "x",
-        ] {
+        for bad in ["1.seg", "0000000000000000000a.seg", "00000000000000000001.idx", "x"] {
             assert_eq!(parse_segment_file_name(bad), None, "{bad}");
         }
     }
@@ -310,21 +265,12 @@ mod tests {
     fn a_header_checks_magic_checksum_and_base() {
         let header = encode_segment_header(77);
         assert_eq!(check_segment_header(&header, 77), Ok(()));
-        assert_eq!(
-            check_segment_header(&header, 78),
-            Err(CorruptReason::BaseMismatch)
-        );
-        assert_eq!(
-            check_segment_header(&header[..31], 77),
-            Err(CorruptReason::BadHeader)
-        );
+        assert_eq!(check_segment_header(&header, 78), Err(CorruptReason::BaseMismatch));
+        assert_eq!(check_segment_header(&header[..31], 77), Err(CorruptReason::BadHeader));
         for byte in 0..28 {
             let mut bad = header;
             bad[byte] ^= 0x10;
-            assert!(
-                check_segment_header(&bad, 77).is_err(),
-                "flip in byte {byte}"
-            );
+            assert!(check_segment_header(&bad, 77).is_err(), "flip in byte {byte}");
         }
     }
 }

@@ -53,8 +53,7 @@ impl Stats {
     }
 
     pub(crate) fn add_bytes(&self, bytes: usize) {
-        self.bytes_written
-            .fetch_add(u64_from(bytes), Ordering::Relaxed);
+        self.bytes_written.fetch_add(u64_from(bytes), Ordering::Relaxed);
     }
 
     pub(crate) fn add_hibernation(&self) {

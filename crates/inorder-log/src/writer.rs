@@ -49,10 +49,7 @@ pub(crate) enum Command {
     /// Make everything written so far durable (useful under `never`).
     Sync { reply: oneshot::Sender<Result<()>> },
     /// Delete whole segments below a position (see [`Log::purge`](crate::Log::purge)).
-    Purge {
-        before: u64,
-        reply: oneshot::Sender<Result<PurgeReport>>,
-    },
+    Purge { before: u64, reply: oneshot::Sender<Result<PurgeReport>> },
 }
 
 /// One queued append.
@@ -215,10 +212,7 @@ impl Writer {
                     replies,
                 };
                 if let Err(flume::SendError(request)) = syncer.requests.send(request) {
-                    reply_all(
-                        request.replies.into_iter().map(|(reply, _)| reply),
-                        &Error::Closed,
-                    );
+                    reply_all(request.replies.into_iter().map(|(reply, _)| reply), &Error::Closed);
                 }
             }
             (FsyncPolicy::Never, _) => self.publish_and_reply(replies),
@@ -253,10 +247,7 @@ impl Writer {
                     self.roll()?;
                 }
                 let at = self.write_offset + u64_from(self.buf.len());
-                if self
-                    .last_indexed_offset
-                    .is_none_or(|last| at - last >= INDEX_INTERVAL_BYTES)
-                {
+                if self.last_indexed_offset.is_none_or(|last| at - last >= INDEX_INTERVAL_BYTES) {
                     self.index_entries.push((self.next_position, at));
                     self.last_indexed_offset = Some(at);
                 }
@@ -266,15 +257,8 @@ impl Writer {
             ranges.push(first..=self.next_position - 1);
         }
         self.flush_buffer()?;
-        let appended: u64 = group
-            .iter()
-            .map(|append| u64_from(append.records.len()))
-            .sum();
-        assert_eq!(
-            self.next_position,
-            first_of_group + appended,
-            "positions stay contiguous"
-        );
+        let appended: u64 = group.iter().map(|append| u64_from(append.records.len())).sum();
+        assert_eq!(self.next_position, first_of_group + appended, "positions stay contiguous");
         Ok(ranges)
     }
 
@@ -311,8 +295,7 @@ impl Writer {
     /// Makes everything written to the active segment durable.
     fn sync(&mut self) -> Result<()> {
         let file = self.writable_file()?;
-        file.sync_data()
-            .map_err(|e| Error::io("fdatasync", &self.active.path, e))?;
+        file.sync_data().map_err(|e| Error::io("fdatasync", &self.active.path, e))?;
         self.shared.stats.add_sync();
         Ok(())
     }
@@ -323,10 +306,8 @@ impl Writer {
         self.sync()?;
         self.active.publish(self.next_position, self.write_offset);
         self.active.seal();
-        let index = self
-            .active
-            .index_snapshot()
-            .unwrap_or_else(|| SparseIndex::new(self.active.base));
+        let index =
+            self.active.index_snapshot().unwrap_or_else(|| SparseIndex::new(self.active.base));
         if let Err(error) = write_index_file(self.shared.vfs.as_ref(), &self.active, &index) {
             tracing::warn!(%error, "could not write segment index (it will be rebuilt on demand)");
         }
@@ -371,8 +352,7 @@ impl Writer {
         }
         if !victims.is_empty() {
             let dir = &self.shared.dir;
-            vfs.sync_dir(dir)
-                .map_err(|e| Error::io("fsync log directory", dir, e))?;
+            vfs.sync_dir(dir).map_err(|e| Error::io("fsync log directory", dir, e))?;
         }
         Ok(PurgeReport {
             segments_removed: victims.len(),
@@ -396,13 +376,9 @@ impl Writer {
 fn reply_all(replies: impl Iterator<Item = AppendReply>, error: &Error) {
     for reply in replies {
         let error = match error {
-            Error::Latched { source } => Error::Latched {
-                source: Arc::clone(source),
-            },
+            Error::Latched { source } => Error::Latched { source: Arc::clone(source) },
             Error::Closed => Error::Closed,
-            other => Error::Latched {
-                source: Arc::new(std::io::Error::other(other.to_string())),
-            },
+            other => Error::Latched { source: Arc::new(std::io::Error::other(other.to_string())) },
         };
         let _ = reply.send(Err(error));
     }

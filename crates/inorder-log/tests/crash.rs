@@ -51,10 +51,7 @@ fn kill_9_never_loses_an_acknowledged_append() {
                 );
             }
             check_reopened(dir.path(), fsync, &acknowledged);
-            eprintln!(
-                "{fsync} round {round}: {} acknowledged so far",
-                acknowledged.len()
-            );
+            eprintln!("{fsync} round {round}: {} acknowledged so far", acknowledged.len());
         }
         assert!(
             acknowledged.len() >= ROUNDS,
@@ -67,11 +64,7 @@ fn kill_9_never_loses_an_acknowledged_append() {
 /// Runs one child until killed; returns what it reported as acknowledged.
 fn run_child_and_kill(dir: &Path, fsync: FsyncPolicy, round: usize) -> Vec<(u64, Vec<u8>)> {
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "kill_9_never_loses_an_acknowledged_append",
-            "--exact",
-            "--nocapture",
-        ])
+        .args(["kill_9_never_loses_an_acknowledged_append", "--exact", "--nocapture"])
         .env(CHILD_ENV, format!("{fsync}:{round}:{}", dir.display()))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -106,22 +99,14 @@ fn check_reopened(dir: &Path, fsync: FsyncPolicy, acknowledged: &BTreeMap<u64, V
     let log = Log::open(dir, options(fsync)).unwrap();
     let records = read_all(&log, 1);
     for (i, record) in records.iter().enumerate() {
-        assert_eq!(
-            record.position,
-            u64::try_from(i + 1).unwrap(),
-            "positions are contiguous"
-        );
+        assert_eq!(record.position, u64::try_from(i + 1).unwrap(), "positions are contiguous");
     }
     for (position, payload) in acknowledged {
         let index = usize::try_from(*position - 1).unwrap();
         let record = records.get(index).unwrap_or_else(|| {
             panic!("{fsync}: acknowledged position {position} is missing after kill -9")
         });
-        assert_eq!(
-            &record.payload[..],
-            &payload[..],
-            "{fsync}: payload at {position}"
-        );
+        assert_eq!(&record.payload[..], &payload[..], "{fsync}: payload at {position}");
     }
     log.verify().unwrap();
 }
@@ -165,8 +150,5 @@ fn hex_encode(bytes: &[u8]) -> String {
 }
 
 fn hex_decode(text: &str) -> Vec<u8> {
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
-        .collect()
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap()).collect()
 }

@@ -20,9 +20,7 @@ fn positions_start_at_one_and_continue_across_reopen() {
     let mut expected = Vec::new();
     for round in 0..3 {
         let log = open_sim(&vfs, small_options(FsyncPolicy::Group));
-        let batch: Vec<_> = (0..5)
-            .map(|i| payload("round", round * 5 + i, 40))
-            .collect();
+        let batch: Vec<_> = (0..5).map(|i| payload("round", round * 5 + i, 40)).collect();
         let range = log.append_blocking(batch.clone()).unwrap();
         let first = u64::try_from(round * 5 + 1).unwrap();
         assert_eq!(range, first..=first + 4);
@@ -53,23 +51,10 @@ fn records_span_segments_and_read_back_from_any_position() {
 fn a_read_respects_its_limits_but_always_makes_progress() {
     let vfs = SimVfs::new();
     let log = open_sim(&vfs, small_options(FsyncPolicy::Never));
-    log.append_blocking((0..10).map(|i| payload("x", i, 500)))
-        .unwrap();
+    log.append_blocking((0..10).map(|i| payload("x", i, 500))).unwrap();
     assert_eq!(log.read(1, ReadLimits::records(3)).unwrap().len(), 3);
-    let one = log
-        .read(
-            1,
-            ReadLimits {
-                records_max: 100,
-                bytes_max: 1,
-            },
-        )
-        .unwrap();
-    assert_eq!(
-        one.len(),
-        1,
-        "a record larger than bytes_max is still returned alone"
-    );
+    let one = log.read(1, ReadLimits { records_max: 100, bytes_max: 1 }).unwrap();
+    assert_eq!(one.len(), 1, "a record larger than bytes_max is still returned alone");
 }
 
 #[test]
@@ -93,9 +78,7 @@ fn seeking_uses_the_sparse_index_instead_of_scanning_the_segment() {
     let log = Log::open(dir.path(), options).unwrap();
     check_contents(&log, 400, &records[399..]);
     let err = log.read(1, ReadLimits::default()).unwrap_err();
-    let Error::Corrupt { file, offset, .. } = err else {
-        panic!("expected corruption: {err}")
-    };
+    let Error::Corrupt { file, offset, .. } = err else { panic!("expected corruption: {err}") };
     assert_eq!((file, offset), (path, 32));
 }
 
@@ -109,10 +92,7 @@ async fn a_tail_reader_wakes_on_commit_without_polling() {
     assert!(!waiter.is_finished(), "nothing to read yet");
     assert_eq!(vfs.open_handles(), 0, "a waiting tail holds no file handle");
     log.append(["first"]).await.unwrap();
-    let records = tokio::time::timeout(Duration::from_secs(5), waiter)
-        .await
-        .unwrap()
-        .unwrap();
+    let records = tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap();
     assert_eq!(records.unwrap()[0].payload, "first");
 }
 
@@ -124,10 +104,7 @@ async fn a_waiting_tail_learns_that_the_log_closed() {
     let waiter = tokio::spawn(async move { tail.next(ReadLimits::default()).await });
     tokio::time::sleep(Duration::from_millis(20)).await;
     drop(log);
-    let result = tokio::time::timeout(Duration::from_secs(5), waiter)
-        .await
-        .unwrap()
-        .unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap();
     assert!(matches!(result, Err(Error::Closed)), "{result:?}");
 }
 
@@ -144,23 +121,15 @@ fn bad_batches_are_refused_and_change_nothing() {
         assert!(matches!(err, Error::InvalidBatch { .. }), "{err}");
     }
     check_contents(&log, 1, &[b"kept".to_vec()]);
-    assert_eq!(
-        log.append_blocking(["next"]).unwrap(),
-        2..=2,
-        "no position was consumed"
-    );
+    assert_eq!(log.append_blocking(["next"]).unwrap(), 2..=2, "no position was consumed");
 }
 
 #[test]
 fn a_second_open_of_the_same_directory_is_refused() {
     let vfs = SimVfs::new();
     let log = open_sim(&vfs, small_options(FsyncPolicy::Group));
-    let err = Log::open_with_vfs(
-        Arc::new(vfs.clone()),
-        DIR,
-        small_options(FsyncPolicy::Group),
-    )
-    .unwrap_err();
+    let err = Log::open_with_vfs(Arc::new(vfs.clone()), DIR, small_options(FsyncPolicy::Group))
+        .unwrap_err();
     assert!(matches!(err, Error::Locked { .. }), "{err}");
     drop(log);
     open_sim(&vfs, small_options(FsyncPolicy::Group));
@@ -179,10 +148,7 @@ fn the_real_file_lock_keeps_a_second_log_out() {
 #[test]
 fn invalid_options_are_refused_before_touching_the_disk() {
     let vfs = SimVfs::new();
-    let options = LogOptions {
-        segment_bytes: 100,
-        ..LogOptions::default()
-    };
+    let options = LogOptions { segment_bytes: 100, ..LogOptions::default() };
     let err = Log::open_with_vfs(Arc::new(vfs.clone()), DIR, options).unwrap_err();
     assert!(matches!(err, Error::InvalidOptions { .. }), "{err}");
     assert!(vfs.files().is_empty());
@@ -191,22 +157,16 @@ fn invalid_options_are_refused_before_touching_the_disk() {
 #[test]
 fn an_idle_log_releases_its_files_and_reopens_them_on_demand() {
     let vfs = SimVfs::new();
-    let options = LogOptions {
-        idle_after: Duration::from_millis(30),
-        ..small_options(FsyncPolicy::Group)
-    };
+    let options =
+        LogOptions { idle_after: Duration::from_millis(30), ..small_options(FsyncPolicy::Group) };
     let log = open_sim(&vfs, options);
-    log.append_blocking((0..50).map(|i| payload("idle", i, 200)))
-        .unwrap();
+    log.append_blocking((0..50).map(|i| payload("idle", i, 200))).unwrap();
     let _ = read_all(&log, 1); // opens read handles on several segments
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while log.stats().hibernations == 0 && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert!(
-        log.stats().hibernations >= 1,
-        "the writer must notice it is idle"
-    );
+    assert!(log.stats().hibernations >= 1, "the writer must notice it is idle");
     assert_eq!(vfs.open_handles(), 0, "no file stays open while idle");
     log.append_blocking(["awake"]).unwrap();
     assert_eq!(read_all(&log, 51)[0].payload, "awake");
@@ -217,20 +177,14 @@ fn group_commit_shares_one_fsync_among_concurrent_appenders() {
     let vfs = SimVfs::new();
     // A slow disk: appenders that arrive during one fsync must all ride on the next one.
     vfs.set_sync_delay(Duration::from_millis(20));
-    let log = open_sim(
-        &vfs,
-        LogOptions {
-            segment_bytes: 1 << 20,
-            ..small_options(FsyncPolicy::Group)
-        },
-    );
+    let log =
+        open_sim(&vfs, LogOptions { segment_bytes: 1 << 20, ..small_options(FsyncPolicy::Group) });
     std::thread::scope(|scope| {
         for t in 0..8 {
             let log = log.clone();
             scope.spawn(move || {
                 for i in 0..10 {
-                    log.append_blocking([payload("t", t * 1000 + i, 30)])
-                        .unwrap();
+                    log.append_blocking([payload("t", t * 1000 + i, 30)]).unwrap();
                 }
             });
         }
@@ -245,30 +199,21 @@ fn group_commit_shares_one_fsync_among_concurrent_appenders() {
     // Every append was durable when it returned: a power loss keeps all 80.
     drop(log);
     let after = vfs.crash_power(99);
-    assert_eq!(
-        open_sim(&after, small_options(FsyncPolicy::Group)).last_position(),
-        80
-    );
+    assert_eq!(open_sim(&after, small_options(FsyncPolicy::Group)).last_position(), 80);
 }
 
 #[test]
 fn always_gives_every_append_its_own_fsync() {
     let vfs = SimVfs::new();
-    let log = open_sim(
-        &vfs,
-        LogOptions {
-            segment_bytes: 1 << 20,
-            ..small_options(FsyncPolicy::Always)
-        },
-    );
+    let log =
+        open_sim(&vfs, LogOptions { segment_bytes: 1 << 20, ..small_options(FsyncPolicy::Always) });
     let before = vfs.data_syncs();
     std::thread::scope(|scope| {
         for t in 0..4 {
             let log = log.clone();
             scope.spawn(move || {
                 for i in 0..10 {
-                    log.append_blocking([payload("a", t * 100 + i, 10)])
-                        .unwrap();
+                    log.append_blocking([payload("a", t * 100 + i, 10)]).unwrap();
                 }
             });
         }
@@ -286,16 +231,9 @@ fn after_a_failed_fsync_the_log_stops_writing_until_reopened() {
     let err = log.append_blocking(["lost"]).unwrap_err();
     assert!(matches!(err, Error::Latched { .. }), "{err}");
     let err = log.append_blocking(["refused"]).unwrap_err();
-    assert!(
-        matches!(err, Error::Latched { .. }),
-        "later appends are refused too: {err}"
-    );
+    assert!(matches!(err, Error::Latched { .. }), "later appends are refused too: {err}");
     assert!(log.stats().latched);
-    assert_eq!(
-        log.last_position(),
-        1,
-        "the failed append never became visible"
-    );
+    assert_eq!(log.last_position(), 1, "the failed append never became visible");
     drop(log);
     // Reopening recovers from what is on disk; the unacknowledged record may or may not be there.
     let log = open_sim(&vfs, small_options(FsyncPolicy::Group));
@@ -309,10 +247,7 @@ fn a_failed_write_latches_too() {
     let vfs = SimVfs::new();
     let log = open_sim(&vfs, small_options(FsyncPolicy::Never));
     vfs.inject(FaultOp::Write, 0);
-    assert!(matches!(
-        log.append_blocking(["x"]),
-        Err(Error::Latched { .. })
-    ));
+    assert!(matches!(log.append_blocking(["x"]), Err(Error::Latched { .. })));
     assert!(matches!(log.sync_blocking(), Err(Error::Latched { .. })));
     assert!(matches!(log.purge_blocking(10), Err(Error::Latched { .. })));
 }
@@ -323,24 +258,11 @@ fn acks_are_bounded_by_the_durable_end() {
     let log = open_sim(&vfs, small_options(FsyncPolicy::Group));
     log.append_blocking(["a", "b", "c"]).unwrap();
     let err = log.ack(&cursor("c"), 4).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::AckBeyondEnd {
-                requested: 4,
-                last: 3,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert!(matches!(err, Error::AckBeyondEnd { requested: 4, last: 3, .. }), "{err}");
     log.ack(&cursor("c"), 3).unwrap();
     assert_eq!(log.cursor(&cursor("c")), Some(3));
     drop(log);
-    assert_eq!(
-        open_sim(&vfs, small_options(FsyncPolicy::Group)).cursor(&cursor("c")),
-        Some(3)
-    );
+    assert_eq!(open_sim(&vfs, small_options(FsyncPolicy::Group)).cursor(&cursor("c")), Some(3));
 }
 
 #[test]

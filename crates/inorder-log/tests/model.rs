@@ -26,11 +26,7 @@ enum Op {
 }
 
 fn policy() -> impl Strategy<Value = FsyncPolicy> {
-    prop_oneof![
-        Just(FsyncPolicy::Always),
-        Just(FsyncPolicy::Group),
-        Just(FsyncPolicy::Never)
-    ]
+    prop_oneof![Just(FsyncPolicy::Always), Just(FsyncPolicy::Group), Just(FsyncPolicy::Never)]
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -69,13 +65,7 @@ impl Model {
 fn run(initial: FsyncPolicy, ops: Vec<Op>) {
     let mut vfs = SimVfs::new();
     let mut log = Some(open_sim(&vfs, small_options(initial)));
-    let mut model = Model {
-        records: Vec::new(),
-        durable: 0,
-        first: 1,
-        ack: None,
-        policy: initial,
-    };
+    let mut model = Model { records: Vec::new(), durable: 0, first: 1, ack: None, policy: initial };
     let name = cursor("model");
     for op in ops {
         let current: &Log = log.as_ref().unwrap();
@@ -130,11 +120,7 @@ fn run(initial: FsyncPolicy, ops: Vec<Op>) {
                 model.records.truncate(kept);
                 model.durable = kept;
                 model.ack = model.ack.map(|ack| ack.min(model.last()));
-                assert_eq!(
-                    reopened.cursor(&name),
-                    model.ack,
-                    "cursors are clamped to the end"
-                );
+                assert_eq!(reopened.cursor(&name), model.ack, "cursors are clamped to the end");
                 log = Some(reopened);
                 model.policy = policy;
             }
@@ -142,10 +128,7 @@ fn run(initial: FsyncPolicy, ops: Vec<Op>) {
                 let before = model.scaled(fraction, model.last() + 2);
                 let bound = model.ack.map_or(before, |ack| before.min(ack + 1));
                 let report = current.purge_blocking(before).unwrap();
-                assert!(
-                    report.first_position >= model.first,
-                    "purge never resurrects"
-                );
+                assert!(report.first_position >= model.first, "purge never resurrects");
                 assert!(
                     report.first_position <= bound.max(model.first),
                     "purge removed position {} beyond its bound {bound}",
@@ -199,8 +182,7 @@ proptest! {
 fn recover_from_garbage(garbage: &[u8], keep: usize) -> Result<(), TestCaseError> {
     let vfs = SimVfs::new();
     let log = open_sim(&vfs, small_options(FsyncPolicy::Group));
-    log.append_blocking([vec![7u8; 100], vec![8u8; 100]])
-        .unwrap();
+    log.append_blocking([vec![7u8; 100], vec![8u8; 100]]).unwrap();
     drop(log);
     let path = common::segment_path(std::path::Path::new(common::DIR), 1);
     vfs.mutate_file(&path, |bytes| {

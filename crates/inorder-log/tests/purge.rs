@@ -24,16 +24,10 @@ fn purge_removes_only_whole_segments_below_the_bound() {
     let segments_before = log.stats().segments;
     let report = log.purge_blocking(100).unwrap();
     assert!(report.segments_removed > 0);
-    assert_eq!(
-        log.stats().segments,
-        segments_before - report.segments_removed
-    );
+    assert_eq!(log.stats().segments, segments_before - report.segments_removed);
     let first = log.first_position();
     assert_eq!(first, report.first_position);
-    assert!(
-        first <= 100,
-        "records at or above the bound survive (first is {first})"
-    );
+    assert!(first <= 100, "records at or above the bound survive (first is {first})");
     check_contents(&log, first, &records[usize::try_from(first - 1).unwrap()..]);
     let err = log.read(first - 1, ReadLimits::default()).unwrap_err();
     assert!(
@@ -50,10 +44,7 @@ fn purge_never_passes_the_slowest_cursor() {
     log.ack(&cursor("slow"), 30).unwrap();
     log.purge_blocking(u64::MAX).unwrap();
     let first = log.first_position();
-    assert!(
-        first <= 31,
-        "slow resumes at 31, which must still be there (first is {first})"
-    );
+    assert!(first <= 31, "slow resumes at 31, which must still be there (first is {first})");
     check_contents(&log, 31, &records[30..]);
     log.ack(&cursor("slow"), 200).unwrap();
     log.purge_blocking(u64::MAX).unwrap();
@@ -66,11 +57,7 @@ fn purging_everything_keeps_the_next_position_across_reopen_and_crash() {
     let (log, _) = filled(&vfs, 120);
     let report = log.purge_blocking(u64::MAX).unwrap();
     assert_eq!(report.first_position, 121);
-    assert_eq!(
-        log.stats().segments,
-        1,
-        "only the empty segment carrying position 121 remains"
-    );
+    assert_eq!(log.stats().segments, 1, "only the empty segment carrying position 121 remains");
     drop(log);
     for after in [vfs.crash_process(), vfs.crash_power(5)] {
         let log = open_sim(&after, small_options(FsyncPolicy::Group));
@@ -86,16 +73,7 @@ fn a_cursor_cannot_be_reset_into_purged_records() {
     let (log, _) = filled(&vfs, 120);
     log.purge_blocking(u64::MAX).unwrap();
     let err = log.reset_cursor(&cursor("replay"), 10).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Purged {
-                requested: 11,
-                first_available: 121
-            }
-        ),
-        "{err}"
-    );
+    assert!(matches!(err, Error::Purged { requested: 11, first_available: 121 }), "{err}");
     log.reset_cursor(&cursor("replay"), 120).unwrap();
 }
 

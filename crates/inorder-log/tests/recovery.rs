@@ -28,9 +28,7 @@ fn options() -> LogOptions {
 
 /// A temporary copy of a checked-in fixture directory.
 fn fixture(name: &str) -> tempfile::TempDir {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name);
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
     let dir = tempfile::tempdir().unwrap();
     for entry in fs::read_dir(source).unwrap() {
         let entry = entry.unwrap();
@@ -70,34 +68,18 @@ fn last_segment(dir: &Path) -> PathBuf {
 fn the_checked_in_torn_tail_is_cut_and_reported() {
     let dir = fixture("v1-torn-tail");
     let log = Log::open(dir.path(), options()).unwrap();
-    let truncation = log
-        .recovery_report()
-        .truncation
-        .clone()
-        .expect("a truncation");
+    let truncation = log.recovery_report().truncation.clone().expect("a truncation");
     assert_eq!(truncation.segment, segment_path(dir.path(), 1));
     assert_eq!(
-        (
-            truncation.offset,
-            truncation.bytes_removed,
-            truncation.position,
-            truncation.reason
-        ),
+        (truncation.offset, truncation.bytes_removed, truncation.position, truncation.reason),
         (74, 29, 3, TornReason::LengthOutOfBounds)
     );
     check_contents(&log, 1, &[b"alpha".to_vec(), b"bravo".to_vec()]);
     assert_eq!(log.append_blocking(["charlie"]).unwrap(), 3..=3);
     drop(log);
     let log = Log::open(dir.path(), options()).unwrap();
-    assert_eq!(
-        log.recovery_report().truncation,
-        None,
-        "the cut was made durable"
-    );
-    assert_eq!(
-        log.read(3, ReadLimits::default()).unwrap()[0].payload,
-        "charlie"
-    );
+    assert_eq!(log.recovery_report().truncation, None, "the cut was made durable");
+    assert_eq!(log.read(3, ReadLimits::default()).unwrap()[0].payload, "charlie");
 }
 
 #[test]
@@ -113,28 +95,15 @@ fn the_checked_in_sealed_corruption_is_an_error_naming_file_and_offset() {
         "{err}"
     );
     let records = log.read(33, ReadLimits::default()).unwrap();
-    assert_eq!(
-        records[0].payload,
-        "record-033-".repeat(10),
-        "the next segment is intact"
-    );
+    assert_eq!(records[0].payload, "record-033-".repeat(10), "the next segment is intact");
     let err = log.verify().unwrap_err();
     assert!(matches!(err, Error::Corrupt { offset: 536, .. }), "{err}");
     drop(log);
     // With verification on open, the log refuses to open at all.
-    let strict = LogOptions {
-        verify_on_open: true,
-        ..options()
-    };
+    let strict = LogOptions { verify_on_open: true, ..options() };
     let err = Log::open(dir.path(), strict).unwrap_err();
-    assert!(
-        matches!(&err, Error::Corrupt { file, offset: 536, .. } if *file == segment),
-        "{err}"
-    );
-    assert!(
-        err.to_string().contains("00000000000000000001.seg"),
-        "message names the file: {err}"
-    );
+    assert!(matches!(&err, Error::Corrupt { file, offset: 536, .. } if *file == segment), "{err}");
+    assert!(err.to_string().contains("00000000000000000001.seg"), "message names the file: {err}");
 }
 
 #[test]
@@ -161,11 +130,7 @@ fn garbage_or_zeroes_after_the_last_record_are_cut() {
         change_file(&segment, |bytes| bytes.extend_from_slice(&tail));
         let log = Log::open(dir.path(), options()).unwrap();
         assert_eq!(
-            log.recovery_report()
-                .truncation
-                .as_ref()
-                .unwrap()
-                .bytes_removed,
+            log.recovery_report().truncation.as_ref().unwrap().bytes_removed,
             tail.len() as u64
         );
         check_contents(&log, 1, &records);
@@ -181,13 +146,7 @@ fn a_sound_record_with_the_wrong_position_is_never_cut_silently() {
     });
     let err = Log::open(dir.path(), options()).unwrap_err();
     assert!(
-        matches!(
-            err,
-            Error::Corrupt {
-                reason: CorruptReason::PositionOutOfSequence,
-                ..
-            }
-        ),
+        matches!(err, Error::Corrupt { reason: CorruptReason::PositionOutOfSequence, .. }),
         "{err}"
     );
 }
@@ -199,14 +158,7 @@ fn a_damaged_segment_header_is_an_error() {
     change_file(&segment, |bytes| bytes[3] ^= 0xff);
     let err = Log::open(dir.path(), options()).unwrap_err();
     assert!(
-        matches!(
-            err,
-            Error::Corrupt {
-                offset: 0,
-                reason: CorruptReason::BadHeader,
-                ..
-            }
-        ),
+        matches!(err, Error::Corrupt { offset: 0, reason: CorruptReason::BadHeader, .. }),
         "{err}"
     );
 }
@@ -216,26 +168,13 @@ fn a_segment_renamed_to_another_position_is_an_error() {
     let (dir, _) = written_log(3);
     fs::rename(segment_path(dir.path(), 1), segment_path(dir.path(), 2)).unwrap();
     let err = Log::open(dir.path(), options()).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Corrupt {
-                reason: CorruptReason::BaseMismatch,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert!(matches!(err, Error::Corrupt { reason: CorruptReason::BaseMismatch, .. }), "{err}");
 }
 
 #[test]
 fn leftover_temporary_files_are_removed() {
     let (dir, records) = written_log(2);
-    fs::write(
-        dir.path().join("00000000000000000099.seg.tmp"),
-        b"half a segment",
-    )
-    .unwrap();
+    fs::write(dir.path().join("00000000000000000099.seg.tmp"), b"half a segment").unwrap();
     let log = Log::open(dir.path(), options()).unwrap();
     assert_eq!(log.recovery_report().temp_files_removed, 1);
     assert!(!dir.path().join("00000000000000000099.seg.tmp").exists());
@@ -265,32 +204,14 @@ fn verify_on_open_checks_that_segments_continue_each_other() {
     // Remove the last record of the first (sealed) segment: its successor no longer continues it.
     let first = segment_path(dir.path(), 1);
     change_file(&first, |bytes| bytes.truncate(bytes.len() - 106));
-    let strict = LogOptions {
-        verify_on_open: true,
-        ..options()
-    };
+    let strict = LogOptions { verify_on_open: true, ..options() };
     let err = Log::open(dir.path(), strict).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Corrupt {
-                reason: CorruptReason::SegmentGap,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert!(matches!(err, Error::Corrupt { reason: CorruptReason::SegmentGap, .. }), "{err}");
     // Without verification on open the gap is found by the reader that reaches it.
     let log = Log::open(dir.path(), options()).unwrap();
     let result = common::read_all_checked(&log, 1);
     assert!(
-        matches!(
-            result,
-            Err(Error::Corrupt {
-                reason: CorruptReason::SegmentGap,
-                ..
-            })
-        ),
+        matches!(result, Err(Error::Corrupt { reason: CorruptReason::SegmentGap, .. })),
         "{result:?}"
     );
 }

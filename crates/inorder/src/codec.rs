@@ -51,10 +51,7 @@ pub fn encode(event: &Event) -> Bytes {
         (HAS_CORRELATION, &event.correlation_id),
         (HAS_CAUSATION, &event.causation_id),
     ];
-    let mut flags = optional
-        .iter()
-        .filter(|(_, v)| v.is_some())
-        .fold(0, |f, (bit, _)| f | bit);
+    let mut flags = optional.iter().filter(|(_, v)| v.is_some()).fold(0, |f, (bit, _)| f | bit);
     if event.sequence.is_some() {
         flags |= HAS_SEQUENCE;
     }
@@ -106,22 +103,14 @@ pub fn decode(topic: &Name, position: u64, bytes: &Bytes) -> Result<Event, &'sta
     let time_micros = unzigzag(input.varint()?);
     let flags = input.byte()?;
     let mut optional = |bit| {
-        if flags & bit != 0 {
-            input.string().map(Some)
-        } else {
-            Ok(None)
-        }
+        if flags & bit != 0 { input.string().map(Some) } else { Ok(None) }
     };
     let data_content_type = optional(HAS_CONTENT_TYPE)?;
     let subject = optional(HAS_SUBJECT)?;
     let data_schema = optional(HAS_SCHEMA)?;
     let correlation_id = optional(HAS_CORRELATION)?;
     let causation_id = optional(HAS_CAUSATION)?;
-    let sequence = if flags & HAS_SEQUENCE != 0 {
-        Some(input.varint()?)
-    } else {
-        None
-    };
+    let sequence = if flags & HAS_SEQUENCE != 0 { Some(input.varint()?) } else { None };
     let count = input.varint()?;
     let mut extensions = BTreeMap::new();
     for _ in 0..count {

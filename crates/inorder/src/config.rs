@@ -69,10 +69,7 @@ impl EngineConfig {
         for topic in &self.topics {
             topic.validate()?;
             if !topics.insert(topic.name.as_str()) {
-                return Err(Error::config(format!(
-                    "topic {} is declared twice",
-                    topic.name
-                )));
+                return Err(Error::config(format!("topic {} is declared twice", topic.name)));
             }
         }
         let mut subscriptions = BTreeSet::new();
@@ -118,12 +115,7 @@ impl TopicConfig {
     /// A topic without an actions contract.
     #[must_use]
     pub fn new(name: impl Into<String>) -> Self {
-        Self {
-            name: name.into(),
-            actions: Vec::new(),
-            repeat: false,
-            sequence_timeout: None,
-        }
+        Self { name: name.into(), actions: Vec::new(), repeat: false, sequence_timeout: None }
     }
 
     /// The actions, in order.
@@ -224,9 +216,9 @@ impl std::str::FromStr for FailurePolicy {
         match s {
             "block" => Ok(Self::Block),
             "skip" => Ok(Self::Skip),
-            other => Err(Error::config(format!(
-                "on_failure must be block or skip (got {other:?})"
-            ))),
+            other => {
+                Err(Error::config(format!("on_failure must be block or skip (got {other:?})")))
+            }
         }
     }
 }
@@ -285,11 +277,7 @@ impl RetryPolicy {
     }
 
     fn validate(&self, subscription: &str) -> Result<()> {
-        let bad = |what: &str| {
-            Err(Error::config(format!(
-                "subscription {subscription}: {what}"
-            )))
-        };
+        let bad = |what: &str| Err(Error::config(format!("subscription {subscription}: {what}")));
         if self.max_attempts == 0 {
             return bad("retry.max_attempts must be at least 1");
         }
@@ -385,10 +373,7 @@ impl SubscriptionConfig {
     fn validate(&self) -> Result<()> {
         Name::new("subscription", &self.name).map_err(|e| Error::config(e.to_string()))?;
         if self.topics.is_empty() && self.topic_patterns.is_empty() {
-            return Err(Error::config(format!(
-                "subscription {} consumes no topic",
-                self.name
-            )));
+            return Err(Error::config(format!("subscription {} consumes no topic", self.name)));
         }
         for topic in &self.topics {
             Name::new("topic", topic)
@@ -438,17 +423,11 @@ mod tests {
     fn patterns_are_anchored_at_both_ends() {
         let pattern = TopicPattern::new(r"user\..*").unwrap();
         assert!(pattern.matches("user.created"));
-        assert!(
-            !pattern.matches("superuser.x"),
-            "the original EventBus matched prefixes only"
-        );
+        assert!(!pattern.matches("superuser.x"), "the original EventBus matched prefixes only");
         assert!(!pattern.matches("user"));
         let alternatives = TopicPattern::new("a|b").unwrap();
         assert!(alternatives.matches("a") && alternatives.matches("b"));
-        assert!(
-            !alternatives.matches("ab"),
-            "alternation stays inside the anchors"
-        );
+        assert!(!alternatives.matches("ab"), "alternation stays inside the anchors");
     }
 
     #[test]
@@ -465,10 +444,7 @@ mod tests {
         for attempt in 1..=5 {
             let base = retry.base_delay(attempt);
             let jittered = retry.delay(attempt);
-            assert!(
-                jittered <= base && jittered >= base / 2,
-                "{jittered:?} vs {base:?}"
-            );
+            assert!(jittered <= base && jittered >= base / 2, "{jittered:?} vs {base:?}");
         }
     }
 
@@ -487,12 +463,6 @@ mod tests {
         let config = EngineConfig::new("/tmp/x")
             .topic(TopicConfig::new("t"))
             .subscription(SubscriptionConfig::new("s", ["t"]).pattern("("));
-        assert!(
-            config
-                .validate()
-                .unwrap_err()
-                .to_string()
-                .contains("pattern")
-        );
+        assert!(config.validate().unwrap_err().to_string().contains("pattern"));
     }
 }

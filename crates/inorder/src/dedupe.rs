@@ -57,11 +57,7 @@ impl ClaimGuard<'_> {
 
 impl Drop for ClaimGuard<'_> {
     fn drop(&mut self) {
-        self.dedupe
-            .claims
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.id);
+        self.dedupe.claims.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.id);
     }
 }
 
@@ -74,21 +70,13 @@ impl Dedupe {
         }
         let (position, _) = watch::channel(None);
         claims.insert(id.to_owned(), position.clone());
-        Claim::Mine(ClaimGuard {
-            dedupe: self,
-            id: id.to_owned(),
-            position,
-        })
+        Claim::Mine(ClaimGuard { dedupe: self, id: id.to_owned(), position })
     }
 
     /// Sets the indexed prefix (on start, after the log tail was indexed).
     pub(crate) fn set_indexed(&self, to: u64) {
         let mut indexed = self.indexed.lock().unwrap_or_else(|e| e.into_inner());
-        *indexed = Indexed {
-            to,
-            above: BTreeSet::new(),
-            marked: to,
-        };
+        *indexed = Indexed { to, above: BTreeSet::new(), marked: to };
     }
 
     /// Records that the ids of `positions` are indexed; returns a new "indexed up to" mark when
@@ -115,30 +103,19 @@ mod tests {
     #[test]
     fn a_second_claim_waits_for_the_first() {
         let dedupe = Dedupe::default();
-        let Claim::Mine(first) = dedupe.claim("id-1") else {
-            panic!("first claim is mine")
-        };
-        let Claim::Theirs(mut second) = dedupe.claim("id-1") else {
-            panic!("second must wait")
-        };
+        let Claim::Mine(first) = dedupe.claim("id-1") else { panic!("first claim is mine") };
+        let Claim::Theirs(mut second) = dedupe.claim("id-1") else { panic!("second must wait") };
         first.resolve(7);
         assert_eq!(*second.borrow_and_update(), Some(7));
         drop(first);
-        assert!(
-            matches!(dedupe.claim("id-1"), Claim::Mine(_)),
-            "released on drop"
-        );
+        assert!(matches!(dedupe.claim("id-1"), Claim::Mine(_)), "released on drop");
     }
 
     #[test]
     fn the_indexed_mark_only_covers_a_contiguous_prefix() {
         let dedupe = Dedupe::default();
         dedupe.set_indexed(0);
-        assert_eq!(
-            dedupe.indexed(2..=INDEXED_MARK_EVERY + 5),
-            None,
-            "position 1 is missing"
-        );
+        assert_eq!(dedupe.indexed(2..=INDEXED_MARK_EVERY + 5), None, "position 1 is missing");
         assert_eq!(dedupe.indexed([1]), Some(INDEXED_MARK_EVERY + 5));
     }
 }

@@ -54,8 +54,7 @@ pub struct EngineBuilder {
 impl EngineBuilder {
     /// Registers the handler of `subscription`.
     pub fn handler(mut self, subscription: &str, handler: impl Handler) -> Self {
-        self.handlers
-            .insert(subscription.to_owned(), Arc::new(handler));
+        self.handlers.insert(subscription.to_owned(), Arc::new(handler));
         self
     }
 
@@ -152,11 +151,7 @@ pub(crate) struct EngineInner {
 impl Engine {
     /// Starts building an engine from `config`.
     pub fn builder(config: EngineConfig) -> EngineBuilder {
-        EngineBuilder {
-            config,
-            handlers: HashMap::new(),
-            storage: None,
-        }
+        EngineBuilder { config, handlers: HashMap::new(), storage: None }
     }
 
     /// The storage the engine runs on.
@@ -180,15 +175,11 @@ impl Engine {
         }
         if inner.config.auto_create_topics {
             for topic in inner.storage.topics().await? {
-                wanted
-                    .entry(topic.clone())
-                    .or_insert_with(|| TopicConfig::new(topic.as_str()));
+                wanted.entry(topic.clone()).or_insert_with(|| TopicConfig::new(topic.as_str()));
             }
             for subscription in inner.subscriptions.values() {
                 for topic in &subscription.topics {
-                    wanted
-                        .entry(topic.clone())
-                        .or_insert_with(|| TopicConfig::new(topic.as_str()));
+                    wanted.entry(topic.clone()).or_insert_with(|| TopicConfig::new(topic.as_str()));
                 }
             }
         }
@@ -219,15 +210,8 @@ impl Engine {
                 inner.shutdown.subscribe(),
             )
             .await?;
-            let id = StreamId {
-                subscription: subscription.name.clone(),
-                topic: name.clone(),
-            };
-            inner
-                .streams
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(id, handle);
+            let id = StreamId { subscription: subscription.name.clone(), topic: name.clone() };
+            inner.streams.write().unwrap_or_else(|e| e.into_inner()).insert(id, handle);
         }
         Ok(topic)
     }
@@ -259,10 +243,7 @@ impl Engine {
                 });
             }
             let to = records.last().map_or(indexed, |r| r.position.min(last));
-            ops.push(StateOp::IdsIndexedTo {
-                topic: topic.name.clone(),
-                position: to,
-            });
+            ops.push(StateOp::IdsIndexedTo { topic: topic.name.clone(), position: to });
             storage.commit(ops, false).await?;
         }
         topic.dedupe.set_indexed(last);
@@ -271,40 +252,23 @@ impl Engine {
 
     /// The runtime of `topic`, creating the topic if auto-creation is on.
     pub(crate) async fn topic(&self, name: &Name) -> Result<Arc<TopicRuntime>> {
-        if let Some(topic) = self
-            .inner
-            .topics
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-        {
+        if let Some(topic) = self.inner.topics.read().unwrap_or_else(|e| e.into_inner()).get(name) {
             return Ok(Arc::clone(topic));
         }
         if !self.inner.config.auto_create_topics {
-            return Err(Error::UnknownTopic {
-                topic: name.to_string(),
-            });
+            return Err(Error::UnknownTopic { topic: name.to_string() });
         }
         let _creating = self.inner.creating.lock().await;
-        if let Some(topic) = self
-            .inner
-            .topics
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-        {
+        if let Some(topic) = self.inner.topics.read().unwrap_or_else(|e| e.into_inner()).get(name) {
             return Ok(Arc::clone(topic));
         }
         tracing::info!(topic = %name, "creating topic on first publish");
-        self.register_topic(name.clone(), TopicConfig::new(name.as_str()))
-            .await
+        self.register_topic(name.clone(), TopicConfig::new(name.as_str())).await
     }
 
     /// A registered topic, without creating it.
     pub(crate) fn existing_topic(&self, name: &str) -> Result<Arc<TopicRuntime>> {
-        let unknown = || Error::UnknownTopic {
-            topic: name.to_owned(),
-        };
+        let unknown = || Error::UnknownTopic { topic: name.to_owned() };
         let name = Name::new("topic", name).map_err(|_| unknown())?;
         self.inner
             .topics
@@ -367,10 +331,7 @@ impl Engine {
         if append.is_empty() {
             return Ok(positions);
         }
-        let payloads = append
-            .iter()
-            .map(|(i, _)| codec::encode(&events[*i]))
-            .collect();
+        let payloads = append.iter().map(|(i, _)| codec::encode(&events[*i])).collect();
         let started = std::time::Instant::now();
         let range = storage.append(&topic.name, payloads).await?;
         metrics::histogram!("inorder_publish_seconds").record(started.elapsed().as_secs_f64());
@@ -389,10 +350,7 @@ impl Engine {
         match storage.commit(ops, false).await {
             Ok(()) => {
                 if let Some(position) = topic.dedupe.indexed(range) {
-                    let mark = vec![StateOp::IdsIndexedTo {
-                        topic: topic.name.clone(),
-                        position,
-                    }];
+                    let mark = vec![StateOp::IdsIndexedTo { topic: topic.name.clone(), position }];
                     if let Err(error) = storage.commit(mark, false).await {
                         tracing::warn!(%error, "could not record the id index mark");
                     }
@@ -405,16 +363,11 @@ impl Engine {
 
     async fn check_batch(&self, events: &[Event]) -> Result<Arc<TopicRuntime>> {
         let Some(first) = events.first() else {
-            return Err(Error::InvalidBatch {
-                reason: "a batch needs at least one event".into(),
-            });
+            return Err(Error::InvalidBatch { reason: "a batch needs at least one event".into() });
         };
         if events.len() > PUBLISH_BATCH_EVENTS_MAX {
             return Err(Error::InvalidBatch {
-                reason: format!(
-                    "{} events; at most {PUBLISH_BATCH_EVENTS_MAX}",
-                    events.len()
-                ),
+                reason: format!("{} events; at most {PUBLISH_BATCH_EVENTS_MAX}", events.len()),
             });
         }
         let mut ids = HashSet::with_capacity(events.len());
@@ -454,14 +407,8 @@ impl Engine {
             .map(|s| s.name.clone())
             .collect();
         match consumers.as_slice() {
-            [only] => {
-                self.publish_and_wait_on(event, only.as_str(), timeout)
-                    .await
-            }
-            _ => Err(Error::AmbiguousWait {
-                topic: topic.to_string(),
-                count: consumers.len(),
-            }),
+            [only] => self.publish_and_wait_on(event, only.as_str(), timeout).await,
+            _ => Err(Error::AmbiguousWait { topic: topic.to_string(), count: consumers.len() }),
         }
     }
 
@@ -477,25 +424,19 @@ impl Engine {
     ) -> Result<Outcome> {
         let runtime = self.subscription(subscription)?;
         let timeout = timeout.min(WAIT_MAX);
-        let mut registration = self
-            .inner
-            .waiters
-            .register(&runtime.name, &event.id)
-            .ok_or_else(|| Error::InvalidBatch {
-                reason: format!("someone already waits for event {:?}", event.id),
+        let mut registration =
+            self.inner.waiters.register(&runtime.name, &event.id).ok_or_else(|| {
+                Error::InvalidBatch {
+                    reason: format!("someone already waits for event {:?}", event.id),
+                }
             })?;
         let topic = event.topic.clone();
         let position = self.publish(event).await?;
-        let id = StreamId {
-            subscription: runtime.name.clone(),
-            topic,
-        };
+        let id = StreamId { subscription: runtime.name.clone(), topic };
         if self.processed_by_stream(&id, position) {
             // Outcomes are delivered before the watermark is published: if it is processed and
             // nothing was delivered, it was handled before this wait (a deduplicated publish).
-            return Ok(registration
-                .delivered()
-                .unwrap_or(Outcome::Deduplicated { position }));
+            return Ok(registration.delivered().unwrap_or(Outcome::Deduplicated { position }));
         }
         match tokio::time::timeout(timeout, registration.outcome()).await {
             Ok(Some(outcome)) => Ok(outcome),
@@ -505,15 +446,9 @@ impl Engine {
     }
 
     pub(crate) fn subscription(&self, name: &str) -> Result<Arc<SubscriptionRuntime>> {
-        let unknown = || Error::UnknownSubscription {
-            subscription: name.to_owned(),
-        };
+        let unknown = || Error::UnknownSubscription { subscription: name.to_owned() };
         let name = Name::new("subscription", name).map_err(|_| unknown())?;
-        self.inner
-            .subscriptions
-            .get(&name)
-            .cloned()
-            .ok_or_else(unknown)
+        self.inner.subscriptions.get(&name).cloned().ok_or_else(unknown)
     }
 
     /// Parked events of a subscription, ordered by topic and position, after `after`.
@@ -529,11 +464,7 @@ impl Engine {
         let runtime = self.subscription(subscription)?;
         self.inner
             .storage
-            .parked(
-                &runtime.name,
-                after,
-                max.min(crate::limits::PARKED_LIST_MAX),
-            )
+            .parked(&runtime.name, after, max.min(crate::limits::PARKED_LIST_MAX))
             .await
     }
 
@@ -542,11 +473,7 @@ impl Engine {
     /// # Errors
     /// [`Error::UnknownSubscription`], [`Error::UnknownTopic`], [`Error::UnknownParked`].
     pub async fn retry_parked(&self, subscription: &str, topic: &str, position: u64) -> Result<()> {
-        self.operate(subscription, topic, |reply| StreamMsg::Retry {
-            position,
-            reply,
-        })
-        .await
+        self.operate(subscription, topic, |reply| StreamMsg::Retry { position, reply }).await
     }
 
     /// Drops a parked event; if it blocked its key, the key moves on.
@@ -559,11 +486,7 @@ impl Engine {
         topic: &str,
         position: u64,
     ) -> Result<()> {
-        self.operate(subscription, topic, |reply| StreamMsg::Discard {
-            position,
-            reply,
-        })
-        .await
+        self.operate(subscription, topic, |reply| StreamMsg::Discard { position, reply }).await
     }
 
     async fn operate(
@@ -583,14 +506,9 @@ impl Engine {
             .unwrap_or_else(|e| e.into_inner())
             .get(&id)
             .map(|s| s.inbox.clone())
-            .ok_or_else(|| Error::UnknownTopic {
-                topic: topic.to_owned(),
-            })?;
+            .ok_or_else(|| Error::UnknownTopic { topic: topic.to_owned() })?;
         let (reply, response) = oneshot::channel();
-        inbox
-            .send(message(reply))
-            .await
-            .map_err(|_| Error::Stopped)?;
+        inbox.send(message(reply)).await.map_err(|_| Error::Stopped)?;
         response.await.map_err(|_| Error::Stopped)?
     }
 
@@ -619,15 +537,8 @@ impl Engine {
     pub async fn shutdown(&self) {
         self.inner.shutdown.send_replace(true);
         let tasks: Vec<_> = {
-            let mut streams = self
-                .inner
-                .streams
-                .write()
-                .unwrap_or_else(|e| e.into_inner());
-            std::mem::take(&mut *streams)
-                .into_values()
-                .map(|s| s.task)
-                .collect()
+            let mut streams = self.inner.streams.write().unwrap_or_else(|e| e.into_inner());
+            std::mem::take(&mut *streams).into_values().map(|s| s.task).collect()
         };
         for task in tasks {
             let _ = task.await;
@@ -635,12 +546,8 @@ impl Engine {
         for subscription in self.inner.subscriptions.values() {
             subscription.in_flight.close();
         }
-        let checkpointer = self
-            .inner
-            .checkpointer_task
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let checkpointer =
+            self.inner.checkpointer_task.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(checkpointer) = checkpointer {
             checkpointer.abort();
             let _ = checkpointer.await;

@@ -129,16 +129,11 @@ impl From<inorder_log::Error> for Error {
 
 impl Error {
     pub(crate) fn config(reason: impl Into<String>) -> Self {
-        Self::InvalidConfig {
-            reason: reason.into(),
-        }
+        Self::InvalidConfig { reason: reason.into() }
     }
 
     pub(crate) fn invalid_event(reason: impl Into<String>) -> Self {
-        Self::InvalidEvent {
-            reason: reason.into(),
-            too_large: false,
-        }
+        Self::InvalidEvent { reason: reason.into(), too_large: false }
     }
 
     pub(crate) fn state(error: impl std::fmt::Display) -> Self {

@@ -13,8 +13,8 @@ use inorder_log::Name;
 use crate::{
     error::{Error, Result},
     limits::{
-        EVENT_ACTION_BYTES_MAX, EVENT_EXTENSIONS_MAX, EVENT_ID_BYTES_MAX, EVENT_KEY_BYTES_MAX,
-        EVENT_TEXT_BYTES_MAX, EXTENSION_NAME_BYTES_MAX,
+        EVENT_ACTION_BYTES_MAX, EVENT_DATA_BYTES_MAX, EVENT_EXTENSIONS_MAX, EVENT_ID_BYTES_MAX,
+        EVENT_KEY_BYTES_MAX, EVENT_TEXT_BYTES_MAX, EXTENSION_NAME_BYTES_MAX,
     },
 };
 
@@ -102,6 +102,15 @@ impl Event {
     /// # Errors
     /// [`Error::InvalidEvent`] naming the field.
     pub fn validate(&self) -> Result<()> {
+        if self.data.len() > EVENT_DATA_BYTES_MAX {
+            return Err(Error::InvalidEvent {
+                reason: format!(
+                    "data has {} bytes; at most {EVENT_DATA_BYTES_MAX}",
+                    self.data.len()
+                ),
+                too_large: true,
+            });
+        }
         check_text("id", &self.id, EVENT_ID_BYTES_MAX, true)?;
         check_text("key", &self.key, EVENT_KEY_BYTES_MAX, false)?;
         check_text("action", &self.action, EVENT_ACTION_BYTES_MAX, true)?;
@@ -126,9 +135,7 @@ impl Event {
         for (name, value) in &self.extensions {
             let valid_name = !name.is_empty()
                 && name.len() <= EXTENSION_NAME_BYTES_MAX
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+                && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
             if !valid_name {
                 return Err(Error::invalid_event(format!(
                     "extension name {name:?} must be 1-{EXTENSION_NAME_BYTES_MAX} lowercase \
@@ -281,9 +288,7 @@ pub fn new_event_id() -> String {
 /// Now, in microseconds since the Unix epoch.
 #[must_use]
 pub fn now_micros() -> i64 {
-    let since = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
+    let since = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     i64::try_from(since.as_micros()).unwrap_or(i64::MAX)
 }
 

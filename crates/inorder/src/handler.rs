@@ -23,18 +23,12 @@ pub struct HandlerError {
 impl HandlerError {
     /// A failure worth retrying (network, timeouts, contention).
     pub fn retry(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            retryable: true,
-        }
+        Self { message: message.into(), retryable: true }
     }
 
     /// A failure no retry will fix (validation, a bug): the event is parked at once.
     pub fn permanent(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            retryable: false,
-        }
+        Self { message: message.into(), retryable: false }
     }
 
     /// The message.
@@ -90,10 +84,7 @@ where
     F: Fn(Event, HandlerContext) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Reply, HandlerError>> + Send + 'static,
 {
-    FnHandler {
-        function,
-        _future: PhantomData,
-    }
+    FnHandler { function, _future: PhantomData }
 }
 
 #[async_trait::async_trait]

@@ -16,6 +16,10 @@ pub const EVENT_EXTENSIONS_MAX: usize = 64;
 pub const EXTENSION_NAME_BYTES_MAX: usize = 64;
 /// Most early events one key may hold under `sequence` ordering (waiting for a gap).
 pub const SEQUENCE_BUFFER_EVENTS_MAX: usize = 1024;
+/// Largest event payload (`data`), in bytes: what the log accepts in one record, less room for
+/// the event's attributes.
+pub const EVENT_DATA_BYTES_MAX: usize =
+    inorder_log::limits::RECORD_PAYLOAD_BYTES_MAX_DEFAULT as usize - 64 * 1024;
 /// Most events in one `publish_batch`.
 pub const PUBLISH_BATCH_EVENTS_MAX: usize = 1000;
 /// Most actions a topic may declare (the per-key reorder buffer holds at most one event per

@@ -39,19 +39,9 @@ impl TopicRuntime {
             .actions
             .iter()
             .enumerate()
-            .map(|(i, action)| {
-                (
-                    action.clone(),
-                    u32::try_from(i).expect("at most 64 actions"),
-                )
-            })
+            .map(|(i, action)| (action.clone(), u32::try_from(i).expect("at most 64 actions")))
             .collect();
-        Self {
-            name,
-            config,
-            action_index: Arc::new(action_index),
-            dedupe: Dedupe::default(),
-        }
+        Self { name, config, action_index: Arc::new(action_index), dedupe: Dedupe::default() }
     }
 
     /// Refuses an action the topic does not list (nothing is appended).
@@ -94,6 +84,14 @@ impl SubscriptionStats {
     }
 }
 
+/// A subscription's metric handles, registered once (labels are not rebuilt per call).
+pub(crate) struct SubscriptionMetrics {
+    pub handle_seconds: metrics::Histogram,
+    pub failures: metrics::Counter,
+    pub handled: metrics::Counter,
+    pub parked: metrics::Counter,
+}
+
 /// A subscription as the engine runs it.
 pub(crate) struct SubscriptionRuntime {
     pub name: Name,
@@ -104,23 +102,26 @@ pub(crate) struct SubscriptionRuntime {
     /// Permits for handler calls: the keys-in-flight limit.
     pub in_flight: Arc<Semaphore>,
     pub stats: SubscriptionStats,
+    pub metrics: SubscriptionMetrics,
 }
 
 impl SubscriptionRuntime {
     pub(crate) fn new(config: SubscriptionConfig, handler: SharedHandler) -> Result<Self> {
         let name = Name::new("subscription", &config.name)?;
-        let topics = config
-            .topics
-            .iter()
-            .map(|t| Name::new("topic", t))
-            .collect::<Result<_, _>>()?;
-        let patterns = config
-            .topic_patterns
-            .iter()
-            .map(|p| TopicPattern::new(p))
-            .collect::<Result<_>>()?;
+        let topics =
+            config.topics.iter().map(|t| Name::new("topic", t)).collect::<Result<_, _>>()?;
+        let patterns =
+            config.topic_patterns.iter().map(|p| TopicPattern::new(p)).collect::<Result<_>>()?;
+        let label = name.to_string();
+        let metrics = SubscriptionMetrics {
+            handle_seconds: metrics::histogram!("inorder_handle_seconds", "subscription" => label.clone()),
+            failures: metrics::counter!("inorder_handler_failures_total", "subscription" => label.clone()),
+            handled: metrics::counter!("inorder_handled_total", "subscription" => label.clone()),
+            parked: metrics::counter!("inorder_parked_total", "subscription" => label),
+        };
         Ok(Self {
             name,
+            metrics,
             in_flight: Arc::new(Semaphore::new(config.max_keys_in_flight)),
             config,
             handler,
@@ -160,17 +161,10 @@ pub(crate) async fn read_event(
     position: u64,
 ) -> Result<Event> {
     let mut reader = storage.reader(topic, position).await?;
-    let record = reader
-        .read(1)
-        .await?
-        .into_iter()
-        .next()
-        .filter(|r| r.position == position)
-        .ok_or_else(|| Error::Decode {
-            topic: topic.to_string(),
-            position,
-            reason: "no such event",
-        })?;
+    let record =
+        reader.read(1).await?.into_iter().next().filter(|r| r.position == position).ok_or_else(
+            || Error::Decode { topic: topic.to_string(), position, reason: "no such event" },
+        )?;
     codec::decode(topic, position, &record.payload).map_err(|reason| Error::Decode {
         topic: topic.to_string(),
         position,

@@ -32,11 +32,7 @@ pub(crate) enum Offer {
 #[derive(Debug, Clone)]
 pub(crate) enum Contract {
     /// The topic's actions, by name → index; `repeat` after the last one.
-    Actions {
-        index: Arc<std::collections::HashMap<String, u32>>,
-        count: u32,
-        repeat: bool,
-    },
+    Actions { index: Arc<std::collections::HashMap<String, u32>>, count: u32, repeat: bool },
     /// Producer sequence numbers from 1.
     Sequence,
 }
@@ -55,18 +51,11 @@ impl Sequencer {
     pub(crate) fn new(contract: Contract, progress: Progress) -> Self {
         let progress = match (&contract, progress) {
             (Contract::Actions { .. }, p @ Progress::Actions { .. }) => p,
-            (Contract::Actions { .. }, _) => Progress::Actions {
-                next: 0,
-                completed: 0,
-            },
+            (Contract::Actions { .. }, _) => Progress::Actions { next: 0, completed: 0 },
             (Contract::Sequence, p @ Progress::Sequence { .. }) => p,
             (Contract::Sequence, _) => Progress::Sequence { next: 1 },
         };
-        Self {
-            contract,
-            progress,
-            buffer: BTreeMap::new(),
-        }
+        Self { contract, progress, buffer: BTreeMap::new() }
     }
 
     /// The key's progress (to store with each completion).
@@ -85,11 +74,7 @@ impl Sequencer {
             Ok(slot) => slot,
             Err(reason) => return Offer::Park(event, ParkReason::Failed, Some(reason)),
         };
-        if let Contract::Actions {
-            count,
-            repeat: false,
-            ..
-        } = self.contract
+        if let Contract::Actions { count, repeat: false, .. } = self.contract
             && next == u64::from(count)
         {
             return Offer::Park(event, ParkReason::SequenceComplete, None);
@@ -117,15 +102,9 @@ impl Sequencer {
             (Contract::Actions { count, repeat, .. }, Progress::Actions { next, completed }) => {
                 let next = next + 1;
                 if next == *count && *repeat {
-                    Progress::Actions {
-                        next: 0,
-                        completed: completed + 1,
-                    }
+                    Progress::Actions { next: 0, completed: completed + 1 }
                 } else {
-                    Progress::Actions {
-                        next,
-                        completed: completed + u64::from(next == *count),
-                    }
+                    Progress::Actions { next, completed: completed + u64::from(next == *count) }
                 }
             }
             (Contract::Sequence, Progress::Sequence { next }) => {
@@ -164,12 +143,11 @@ impl Sequencer {
     /// The event's slot and the next expected slot.
     fn slot_of(&self, event: &Event) -> Result<(u64, u64), String> {
         let slot = match &self.contract {
-            Contract::Actions { index, .. } => index
-                .get(&event.action)
-                .map(|i| u64::from(*i))
-                .ok_or_else(|| {
+            Contract::Actions { index, .. } => {
+                index.get(&event.action).map(|i| u64::from(*i)).ok_or_else(|| {
                     format!("action {:?} is not in the topic's actions", event.action)
-                })?,
+                })?
+            }
             Contract::Sequence => event
                 .sequence
                 .ok_or("the event has no sequence number, needed by sequence ordering")?,
@@ -185,15 +163,9 @@ mod tests {
     const ACTIONS: [&str; 3] = ["user.created", "user.purchased", "user.paid"];
 
     fn actions(repeat: bool) -> Sequencer {
-        let index = ACTIONS
-            .iter()
-            .enumerate()
-            .map(|(i, a)| ((*a).to_owned(), u32::try_from(i).unwrap()));
-        let contract = Contract::Actions {
-            index: Arc::new(index.collect()),
-            count: 3,
-            repeat,
-        };
+        let index =
+            ACTIONS.iter().enumerate().map(|(i, a)| ((*a).to_owned(), u32::try_from(i).unwrap()));
+        let contract = Contract::Actions { index: Arc::new(index.collect()), count: 3, repeat };
         Sequencer::new(contract, Progress::None)
     }
 
@@ -227,19 +199,10 @@ mod tests {
     #[test]
     fn reverse_order_is_handled_in_action_order() {
         let mut sequencer = actions(false);
-        let events = vec![
-            event("user.paid", 1),
-            event("user.purchased", 2),
-            event("user.created", 3),
-        ];
+        let events =
+            vec![event("user.paid", 1), event("user.purchased", 2), event("user.created", 3)];
         assert_eq!(run(&mut sequencer, events), (vec![3, 2, 1], vec![]));
-        assert_eq!(
-            sequencer.progress(),
-            Progress::Actions {
-                next: 3,
-                completed: 1
-            }
-        );
+        assert_eq!(sequencer.progress(), Progress::Actions { next: 3, completed: 1 });
     }
 
     #[test]
@@ -253,21 +216,12 @@ mod tests {
         ];
         let (handled, parked) = run(&mut sequencer, events);
         assert_eq!(handled, vec![3]);
-        assert_eq!(
-            parked,
-            vec![(2, ParkReason::Duplicate), (4, ParkReason::Duplicate)]
-        );
+        assert_eq!(parked, vec![(2, ParkReason::Duplicate), (4, ParkReason::Duplicate)]);
     }
 
     #[test]
     fn a_completed_sequence_parks_new_events_unless_the_topic_repeats() {
-        let complete = || {
-            ACTIONS
-                .iter()
-                .zip(1..)
-                .map(|(a, p)| event(a, p))
-                .collect::<Vec<_>>()
-        };
+        let complete = || ACTIONS.iter().zip(1..).map(|(a, p)| event(a, p)).collect::<Vec<_>>();
         let mut once = actions(false);
         run(&mut once, complete());
         assert_eq!(
@@ -277,17 +231,8 @@ mod tests {
 
         let mut repeating = actions(true);
         run(&mut repeating, complete());
-        assert_eq!(
-            run(&mut repeating, vec![event("user.created", 9)]).0,
-            vec![9]
-        );
-        assert_eq!(
-            repeating.progress(),
-            Progress::Actions {
-                next: 1,
-                completed: 1
-            }
-        );
+        assert_eq!(run(&mut repeating, vec![event("user.created", 9)]).0, vec![9]);
+        assert_eq!(repeating.progress(), Progress::Actions { next: 1, completed: 1 });
     }
 
     #[test]
@@ -296,10 +241,8 @@ mod tests {
         run(&mut before, vec![event("user.created", 1)]);
         let contract = before.contract.clone();
         let mut after = Sequencer::new(contract, before.progress());
-        let (handled, parked) = run(
-            &mut after,
-            vec![event("user.paid", 3), event("user.purchased", 2)],
-        );
+        let (handled, parked) =
+            run(&mut after, vec![event("user.paid", 3), event("user.purchased", 2)]);
         assert_eq!(
             (handled, parked),
             (vec![2, 3], vec![]),
@@ -322,12 +265,7 @@ mod tests {
             e.sequence = Some(n);
             e
         };
-        let events = vec![
-            numbered(2, 1),
-            numbered(3, 2),
-            numbered(1, 3),
-            numbered(2, 4),
-        ];
+        let events = vec![numbered(2, 1), numbered(3, 2), numbered(1, 3), numbered(2, 4)];
         let (handled, parked) = run(&mut sequencer, events);
         assert_eq!(handled, vec![3, 1, 2]);
         assert_eq!(parked, vec![(4, ParkReason::Duplicate)]);
@@ -338,10 +276,7 @@ mod tests {
     #[test]
     fn timeouts_drain_every_waiting_event() {
         let mut sequencer = actions(false);
-        run(
-            &mut sequencer,
-            vec![event("user.paid", 1), event("user.purchased", 2)],
-        );
+        run(&mut sequencer, vec![event("user.paid", 1), event("user.purchased", 2)]);
         assert!(sequencer.is_waiting());
         let drained: Vec<_> = sequencer.drain().into_iter().map(|e| e.position).collect();
         assert_eq!(drained, vec![2, 1]);

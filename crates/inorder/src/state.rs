@@ -68,16 +68,10 @@ impl StreamState {
         let mut done_above = Vec::new();
         for _ in 0..count {
             let start = input.varint()?;
-            let end = start
-                .checked_add(input.varint()?)
-                .ok_or("range overflows")?;
+            let end = start.checked_add(input.varint()?).ok_or("range overflows")?;
             done_above.push(start..=end);
         }
-        Ok(Self {
-            watermark,
-            done_above,
-            max_time_micros,
-        })
+        Ok(Self { watermark, done_above, max_time_micros })
     }
 }
 
@@ -167,9 +161,7 @@ impl KeyState {
                 next: u32::try_from(input.varint()?).map_err(|_| "action index too large")?,
                 completed: input.varint()?,
             },
-            2 => Progress::Sequence {
-                next: input.varint()?,
-            },
+            2 => Progress::Sequence { next: input.varint()? },
             _ => return Err("unknown progress kind"),
         };
         let blocked_by = match input.byte()? {
@@ -177,12 +169,7 @@ impl KeyState {
             1 => Some(input.varint()?),
             _ => return Err("bad presence byte"),
         };
-        Ok(Self {
-            last_position,
-            last_time_micros,
-            progress,
-            blocked_by,
-        })
+        Ok(Self { last_position, last_time_micros, progress, blocked_by })
     }
 }
 
@@ -277,10 +264,7 @@ impl ParkedEvent {
     /// The stream the event belongs to.
     #[must_use]
     pub fn stream(&self) -> StreamId {
-        StreamId {
-            subscription: self.subscription.clone(),
-            topic: self.topic.clone(),
-        }
+        StreamId { subscription: self.subscription.clone(), topic: self.topic.clone() }
     }
 
     pub(crate) fn encode(&self) -> Vec<u8> {
@@ -332,32 +316,19 @@ mod tests {
 
     #[test]
     fn state_round_trips() {
-        let state = StreamState {
-            watermark: 41,
-            done_above: vec![43..=45, 50..=50],
-            max_time_micros: -7,
-        };
-        assert_eq!(
-            StreamState::decode(&Bytes::from(state.encode())).unwrap(),
-            state
-        );
+        let state =
+            StreamState { watermark: 41, done_above: vec![43..=45, 50..=50], max_time_micros: -7 };
+        assert_eq!(StreamState::decode(&Bytes::from(state.encode())).unwrap(), state);
         assert!(state.is_done(41) && state.is_done(44) && state.is_done(50));
         assert!(!state.is_done(42) && !state.is_done(46));
 
         for progress in [
             Progress::None,
-            Progress::Actions {
-                next: 2,
-                completed: 9,
-            },
+            Progress::Actions { next: 2, completed: 9 },
             Progress::Sequence { next: u64::MAX },
         ] {
-            let key = KeyState {
-                last_position: 3,
-                last_time_micros: 99,
-                progress,
-                blocked_by: Some(7),
-            };
+            let key =
+                KeyState { last_position: 3, last_time_micros: 99, progress, blocked_by: Some(7) };
             assert_eq!(KeyState::decode(&Bytes::from(key.encode())).unwrap(), key);
         }
 
@@ -381,16 +352,8 @@ mod tests {
 
     #[test]
     fn merging_keeps_the_maximum_position_and_time() {
-        let stored = KeyState {
-            last_position: 10,
-            last_time_micros: 500,
-            ..KeyState::default()
-        };
-        let older = KeyState {
-            last_position: 8,
-            last_time_micros: 900,
-            ..KeyState::default()
-        };
+        let stored = KeyState { last_position: 10, last_time_micros: 500, ..KeyState::default() };
+        let older = KeyState { last_position: 8, last_time_micros: 900, ..KeyState::default() };
         let merged = stored.merge(&older);
         assert_eq!((merged.last_position, merged.last_time_micros), (10, 900));
     }

@@ -105,9 +105,8 @@ impl Engine {
         subscription: Option<&str>,
     ) -> Result<Vec<(StreamId, watch::Receiver<StreamStatus>)>> {
         let topic = self.existing_topic(topic)?;
-        let only = subscription
-            .map(|s| self.subscription(s).map(|s| s.name.clone()))
-            .transpose()?;
+        let only =
+            subscription.map(|s| self.subscription(s).map(|s| s.name.clone())).transpose()?;
         let streams = self.inner.streams.read().unwrap_or_else(|e| e.into_inner());
         let watches: Vec<_> = streams
             .iter()
@@ -128,9 +127,7 @@ impl Engine {
 
     pub(crate) fn processed_by_stream(&self, id: &StreamId, position: u64) -> bool {
         let streams = self.inner.streams.read().unwrap_or_else(|e| e.into_inner());
-        streams
-            .get(id)
-            .is_some_and(|s| s.status.borrow().watermark >= position)
+        streams.get(id).is_some_and(|s| s.status.borrow().watermark >= position)
     }
 
     /// Whether every subscription of `topic` has processed (handled or parked) `position`.
@@ -152,8 +149,7 @@ impl Engine {
         topic: &str,
         position: u64,
     ) -> Result<bool> {
-        self.processed_narrowed(topic, position, Some(subscription))
-            .await
+        self.processed_narrowed(topic, position, Some(subscription)).await
     }
 
     async fn processed_narrowed(
@@ -163,15 +159,8 @@ impl Engine {
         subscription: Option<&str>,
     ) -> Result<bool> {
         let watches = self.status_watches(topic, subscription)?;
-        let (_, last) = self
-            .inner
-            .storage
-            .positions(&self.existing_topic(topic)?.name)
-            .await?;
-        Ok(position <= last
-            && watches
-                .iter()
-                .all(|(_, w)| w.borrow().watermark >= position))
+        let (_, last) = self.inner.storage.positions(&self.existing_topic(topic)?.name).await?;
+        Ok(position <= last && watches.iter().all(|(_, w)| w.borrow().watermark >= position))
     }
 
     /// Waits until `position` of `topic` is processed (by `subscription`, or by all), at most
@@ -190,15 +179,9 @@ impl Engine {
         let mut watches = self.status_watches(topic, subscription)?;
         let wait_all = async {
             let mut appended = self.inner.storage.watch(&name).await?;
-            appended
-                .wait_for(|last| *last >= position)
-                .await
-                .map_err(|_| Error::Stopped)?;
+            appended.wait_for(|last| *last >= position).await.map_err(|_| Error::Stopped)?;
             for (_, watch) in &mut watches {
-                watch
-                    .wait_for(|s| s.watermark >= position)
-                    .await
-                    .map_err(|_| Error::Stopped)?;
+                watch.wait_for(|s| s.watermark >= position).await.map_err(|_| Error::Stopped)?;
             }
             Ok::<_, Error>(())
         };
@@ -228,14 +211,10 @@ impl Engine {
                     })
                 }
                 Entity::Key(_, key) => {
-                    self.inner
-                        .storage
-                        .key_state(id, key)
-                        .await?
-                        .map(|state| ProcessedMark {
-                            position: state.last_position,
-                            time_micros: state.last_time_micros,
-                        })
+                    self.inner.storage.key_state(id, key).await?.map(|state| ProcessedMark {
+                        position: state.last_position,
+                        time_micros: state.last_time_micros,
+                    })
                 }
             };
             let Some(mark) = mark else { return Ok(None) };
@@ -256,10 +235,7 @@ impl Engine {
     /// # Errors
     /// As [`Engine::last_processed`].
     pub async fn processed_entity(&self, entity: &str, time_micros: i64) -> Result<bool> {
-        Ok(self
-            .last_processed(entity)
-            .await?
-            .is_some_and(|mark| mark.time_micros >= time_micros))
+        Ok(self.last_processed(entity).await?.is_some_and(|mark| mark.time_micros >= time_micros))
     }
 
     /// Waits until [`Engine::processed_entity`] holds, at most `timeout`; returns whether it does.
@@ -336,17 +312,13 @@ impl Engine {
     pub async fn subscriptions(&self) -> Result<Vec<SubscriptionInfo>> {
         let statuses: Vec<(StreamId, StreamStatus)> = {
             let streams = self.inner.streams.read().unwrap_or_else(|e| e.into_inner());
-            streams
-                .iter()
-                .map(|(id, s)| (id.clone(), *s.status.borrow()))
-                .collect()
+            streams.iter().map(|(id, s)| (id.clone(), *s.status.borrow())).collect()
         };
         let mut infos = Vec::new();
         for subscription in self.inner.subscriptions.values() {
             let mut streams = Vec::new();
-            for (id, status) in statuses
-                .iter()
-                .filter(|(id, _)| id.subscription == subscription.name)
+            for (id, status) in
+                statuses.iter().filter(|(id, _)| id.subscription == subscription.name)
             {
                 let (_, last) = self.inner.storage.positions(&id.topic).await?;
                 streams.push(StreamInfo {

@@ -97,15 +97,9 @@ pub(crate) enum StreamMsg {
     /// A worker has nothing to do after receiving `received` items.
     Idle { key: String, received: u64 },
     /// An operator retries a parked event.
-    Retry {
-        position: u64,
-        reply: oneshot::Sender<Result<()>>,
-    },
+    Retry { position: u64, reply: oneshot::Sender<Result<()>> },
     /// An operator discards a parked event.
-    Discard {
-        position: u64,
-        reply: oneshot::Sender<Result<()>>,
-    },
+    Discard { position: u64, reply: oneshot::Sender<Result<()>> },
 }
 
 /// A stream's status, published after every durable checkpoint.
@@ -172,7 +166,8 @@ struct Stream {
     max_time_micros: i64,
     read_position: u64,
     workers: HashMap<String, Slot>,
-    stalled: VecDeque<(String, WorkItem)>,
+    /// Items waiting for room in their worker's queue, in log order.
+    stalled: VecDeque<WorkItem>,
     next: NextCheckpoint,
     in_flight: Option<InFlight>,
     commits: u64,
@@ -191,10 +186,7 @@ pub(crate) async fn start(
     waiters: Arc<Waiters>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<StreamHandle> {
-    let id = StreamId {
-        subscription: subscription.name.clone(),
-        topic: topic.name.clone(),
-    };
+    let id = StreamId { subscription: subscription.name.clone(), topic: topic.name.clone() };
     let stored = storage.stream_state(&id).await?;
     let (first, last) = storage.positions(&topic.name).await?;
     let watermark = match (&stored, subscription.config.start) {
@@ -222,13 +214,8 @@ pub(crate) async fn start(
         ..StreamStatus::default()
     };
     let (status, status_receiver) = watch::channel(initial);
-    let ctx = Arc::new(StreamContext {
-        id,
-        subscription,
-        topic,
-        storage,
-        inbox: inbox_sender.clone(),
-    });
+    let ctx =
+        Arc::new(StreamContext { id, subscription, topic, storage, inbox: inbox_sender.clone() });
     tracing::info!(stream = %ctx.id, watermark, last, parked, "stream starting");
     let stream = Stream {
         ctx,
@@ -255,11 +242,7 @@ pub(crate) async fn start(
         shutdown,
     };
     let task = tokio::spawn(stream.run());
-    Ok(StreamHandle {
-        inbox: inbox_sender,
-        status: status_receiver,
-        task,
-    })
+    Ok(StreamHandle { inbox: inbox_sender, status: status_receiver, task })
 }
 
 /// Counts the parked events of a stream.
@@ -267,9 +250,7 @@ async fn count_parked(storage: &dyn Storage, id: &StreamId) -> Result<u64> {
     let mut count = 0;
     let mut after = Some((id.topic.clone(), 0));
     loop {
-        let page = storage
-            .parked(&id.subscription, after.clone(), PARKED_LIST_MAX)
-            .await?;
+        let page = storage.parked(&id.subscription, after.clone(), PARKED_LIST_MAX).await?;
         let full = page.len() >= PARKED_LIST_MAX;
         let mine: Vec<_> = page.iter().take_while(|p| p.topic == id.topic).collect();
         count += mine.len() as u64;
@@ -288,10 +269,7 @@ async fn read_events(
     batches: mpsc::Sender<Result<Vec<Event>>>,
 ) {
     let opened = async {
-        Ok::<_, Error>((
-            storage.watch(&topic).await?,
-            storage.reader(&topic, from).await?,
-        ))
+        Ok::<_, Error>((storage.watch(&topic).await?, storage.reader(&topic, from).await?))
     };
     let (mut last, mut reader) = match opened.await {
         Ok(opened) => opened,
@@ -394,27 +372,28 @@ impl Stream {
             tokio::spawn(handle_unordered(Arc::clone(&self.ctx), event, true));
             return;
         }
-        let key = event.key.clone();
-        self.stalled.push_back((key, WorkItem::Event(event)));
+        self.stalled.push_back(WorkItem::Event(event));
     }
 
     /// Hands stalled items to their workers, in order, until a queue is full. Returns false if
     /// a worker died (the stream cannot know what its queue held, so it stops; a restart
     /// resumes from the durable state).
     fn flush_stalled(&mut self) -> bool {
-        while let Some((key, item)) = self.stalled.pop_front() {
-            let slot = self
-                .workers
-                .entry(key.clone())
-                .or_insert_with(|| spawn_worker(&self.ctx, &key));
+        while let Some(item) = self.stalled.pop_front() {
+            if !self.workers.contains_key(item.key()) {
+                let key = item.key().to_owned();
+                let slot = spawn_worker(&self.ctx, &key);
+                self.workers.insert(key, slot);
+            }
+            let slot = self.workers.get_mut(item.key()).expect("inserted above");
             match slot.queue.try_send(item) {
                 Ok(()) => slot.sent += 1,
                 Err(mpsc::error::TrySendError::Full(item)) => {
-                    self.stalled.push_front((key, item));
+                    self.stalled.push_front(item);
                     return true;
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => {
-                    tracing::error!(stream = %self.ctx.id, key, "a key worker died; stream stops");
+                Err(mpsc::error::TrySendError::Closed(item)) => {
+                    tracing::error!(stream = %self.ctx.id, key = item.key(), "a key worker died; stream stops");
                     return false;
                 }
             }
@@ -426,10 +405,7 @@ impl Stream {
         match message {
             StreamMsg::Completed(completion) => self.on_completed(completion),
             StreamMsg::Idle { key, received } => {
-                if self
-                    .workers
-                    .get(&key)
-                    .is_some_and(|slot| slot.sent == received)
+                if self.workers.get(&key).is_some_and(|slot| slot.sent == received)
                     && let Some(slot) = self.workers.remove(&key)
                 {
                     drop(slot.queue); // the worker's queue closes and it ends
@@ -445,15 +421,11 @@ impl Stream {
     }
 
     fn on_completed(&mut self, completion: Completion) {
-        let fresh: BTreeSet<u64> = completion
-            .items
-            .iter()
-            .filter(|d| d.fresh)
-            .map(|d| d.position)
-            .collect();
+        let is_fresh =
+            |position: u64| completion.items.iter().any(|d| d.fresh && d.position == position);
         for op in &completion.ops {
             match op {
-                StateOp::Park(parked) if fresh.contains(&parked.position) => self.parked += 1,
+                StateOp::Park(parked) if is_fresh(parked.position) => self.parked += 1,
                 StateOp::Unpark { .. } => self.parked = self.parked.saturating_sub(1),
                 _ => {}
             }
@@ -466,7 +438,9 @@ impl Stream {
             if matches!(done.outcome, Outcome::Handled(_)) {
                 self.max_time_micros = self.max_time_micros.max(done.time_micros);
             }
-            self.next.outcomes.push((done.event_id, done.outcome));
+            if self.waiters.any() {
+                self.next.outcomes.push((done.event_id, done.outcome));
+            }
         }
         self.next.ops.extend(completion.ops);
         self.next.acks.extend(completion.durable);
@@ -486,12 +460,12 @@ impl Stream {
     }
 
     async fn retry(&mut self, position: u64) -> Result<()> {
-        let parked = self.parked_or_unknown(position).await?;
+        self.parked_or_unknown(position).await?;
         let event = self.ctx.read_event(position).await?;
         if self.ordering == Ordering::None {
             tokio::spawn(handle_unordered(Arc::clone(&self.ctx), event, false));
         } else {
-            self.stalled.push_back((parked.key, WorkItem::Retry(event)));
+            self.stalled.push_back(WorkItem::Retry(event));
         }
         Ok(())
     }
@@ -499,29 +473,23 @@ impl Stream {
     async fn discard(&mut self, position: u64) -> Result<()> {
         let parked = self.parked_or_unknown(position).await?;
         if self.ordering == Ordering::None {
-            self.next.ops.push(StateOp::Unpark {
-                stream: self.ctx.id.clone(),
-                position,
-            });
+            self.next.ops.push(StateOp::Unpark { stream: self.ctx.id.clone(), position });
             self.parked = self.parked.saturating_sub(1);
             self.next.dirty = true;
         } else {
-            self.stalled
-                .push_back((parked.key, WorkItem::Discard(position)));
+            self.stalled.push_back(WorkItem::Discard { key: parked.key, position });
         }
         Ok(())
     }
 
     async fn parked_or_unknown(&self, position: u64) -> Result<crate::state::ParkedEvent> {
-        self.ctx
-            .storage
-            .parked_event(&self.ctx.id, position)
-            .await?
-            .ok_or_else(|| Error::UnknownParked {
+        self.ctx.storage.parked_event(&self.ctx.id, position).await?.ok_or_else(|| {
+            Error::UnknownParked {
                 subscription: self.ctx.id.subscription.to_string(),
                 topic: self.ctx.id.topic.to_string(),
                 position,
-            })
+            }
+        })
     }
 
     /// Sends the next checkpoint if none is in flight and there is something to make durable.
@@ -540,12 +508,7 @@ impl Stream {
             },
         });
         let (done, is_done) = oneshot::channel();
-        if self
-            .checkpointer
-            .send(CommitRequest { ops, done })
-            .await
-            .is_err()
-        {
+        if self.checkpointer.send(CommitRequest { ops, done }).await.is_err() {
             return; // the engine is stopping
         }
         self.in_flight = Some(InFlight {
@@ -603,11 +566,7 @@ async fn wait(in_flight: &mut Option<InFlight>) -> Result<()> {
 fn spawn_worker(ctx: &Arc<StreamContext>, key: &str) -> Slot {
     let (queue, receiver) = mpsc::channel(WORKER_QUEUE_DEPTH);
     let task = tokio::spawn(Worker::run(Arc::clone(ctx), key.to_owned(), receiver));
-    Slot {
-        queue,
-        sent: 0,
-        task: task.abort_handle(),
-    }
+    Slot { queue, sent: 0, task: task.abort_handle() }
 }
 
 /// Compresses a set of positions into inclusive ranges.

@@ -47,11 +47,7 @@ impl Registration<'_> {
 
 impl Drop for Registration<'_> {
     fn drop(&mut self) {
-        let mut waiting = self
-            .waiters
-            .waiting
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut waiting = self.waiters.waiting.lock().unwrap_or_else(|e| e.into_inner());
         if waiting.remove(&self.key).is_some() {
             self.waiters.count.fetch_sub(1, Ordering::Release);
         }
@@ -70,11 +66,7 @@ impl Waiters {
         let (sender, receiver) = oneshot::channel();
         waiting.insert(key.clone(), sender);
         self.count.fetch_add(1, Ordering::Release);
-        Some(Registration {
-            waiters: self,
-            key,
-            receiver,
-        })
+        Some(Registration { waiters: self, key, receiver })
     }
 
     /// Delivers an outcome to whoever waits for it.

@@ -41,8 +41,18 @@ pub(crate) enum WorkItem {
     Event(Event),
     /// An operator retries this parked event.
     Retry(Event),
-    /// An operator discards the parked event at this position.
-    Discard(u64),
+    /// An operator discards the parked event of `key` at `position`.
+    Discard { key: String, position: u64 },
+}
+
+impl WorkItem {
+    /// The key whose worker takes the item.
+    pub(crate) fn key(&self) -> &str {
+        match self {
+            Self::Event(event) | Self::Retry(event) => &event.key,
+            Self::Discard { key, .. } => key,
+        }
+    }
 }
 
 /// One key's worker.
@@ -65,6 +75,7 @@ pub(crate) struct Worker {
 impl Worker {
     /// Loads the key's state and serves the key until the stream removes the worker.
     pub(crate) async fn run(ctx: Arc<StreamContext>, key: String, queue: mpsc::Receiver<WorkItem>) {
+        let contract = ctx.topic.contract(ctx.subscription.config.ordering);
         let state = match ctx.storage.key_state(&ctx.id, &key).await {
             Ok(state) => state.unwrap_or_default(),
             Err(error) => {
@@ -72,10 +83,7 @@ impl Worker {
                 return;
             }
         };
-        let sequencer = ctx
-            .topic
-            .contract(ctx.subscription.config.ordering)
-            .map(|contract| Sequencer::new(contract, state.progress));
+        let sequencer = contract.map(|contract| Sequencer::new(contract, state.progress));
         let mut worker = Self {
             ctx,
             key,
@@ -127,10 +135,7 @@ impl Worker {
                 (false, _) => match self.queue.try_recv() {
                     Ok(item) => Some(item),
                     Err(mpsc::error::TryRecvError::Empty) => {
-                        let idle = StreamMsg::Idle {
-                            key: self.key.clone(),
-                            received,
-                        };
+                        let idle = StreamMsg::Idle { key: self.key.clone(), received };
                         if self.ctx.inbox.send(idle).await.is_err() {
                             return;
                         }
@@ -144,7 +149,7 @@ impl Worker {
             let alive = match item {
                 WorkItem::Event(event) => self.offer(event).await,
                 WorkItem::Retry(event) => self.retry(event).await,
-                WorkItem::Discard(position) => self.discard(position).await,
+                WorkItem::Discard { position, .. } => self.discard(position).await,
             };
             if !alive {
                 return;
@@ -181,7 +186,8 @@ impl Worker {
 
     /// Calls the handler for the key's next event and records the outcome.
     async fn process(&mut self, event: Event) -> bool {
-        let outcome = call_with_retries(&self.ctx, &event).await;
+        // Boxed: keeps the worker's own future small (it is moved on every spawn).
+        let outcome = Box::pin(call_with_retries(&self.ctx, &event)).await;
         let mut ops = Vec::new();
         let done_outcome = match outcome {
             Ok(reply) => {
@@ -199,22 +205,17 @@ impl Worker {
                 );
                 ops.push(StateOp::Park(parked));
                 SubscriptionStats::add(&self.ctx.subscription.stats.parked, 1);
+                self.ctx.subscription.metrics.parked.increment(1);
                 if self.ctx.subscription.config.on_failure == FailurePolicy::Block {
                     self.state.blocked_by = Some(event.position);
                 } else {
                     self.advance(&event);
                 }
-                Outcome::Parked {
-                    reason: ParkReason::Failed,
-                    error: Some(error),
-                }
+                Outcome::Parked { reason: ParkReason::Failed, error: Some(error) }
             }
         };
         if ops.is_empty() && self.retried.contains(&event.position) {
-            ops.push(StateOp::Unpark {
-                stream: self.ctx.id.clone(),
-                position: event.position,
-            });
+            ops.push(StateOp::Unpark { stream: self.ctx.id.clone(), position: event.position });
         }
         self.state.last_position = self.state.last_position.max(event.position);
         let done = self.done(&event, done_outcome);
@@ -242,21 +243,9 @@ impl Worker {
         let mut ops = Vec::with_capacity(events.len());
         let mut items = Vec::with_capacity(events.len());
         for event in events {
-            ops.push(StateOp::Park(parked_event(
-                &self.ctx,
-                &event,
-                reason,
-                error.clone(),
-                0,
-            )));
+            ops.push(StateOp::Park(parked_event(&self.ctx, &event, reason, error.clone(), 0)));
             self.state.last_position = self.state.last_position.max(event.position);
-            items.push(self.done(
-                &event,
-                Outcome::Parked {
-                    reason,
-                    error: error.clone(),
-                },
-            ));
+            items.push(self.done(&event, Outcome::Parked { reason, error: error.clone() }));
         }
         SubscriptionStats::add(&self.ctx.subscription.stats.parked, items.len() as u64);
         self.complete(items, ops).await
@@ -264,11 +253,7 @@ impl Worker {
 
     /// The sequence waited too long: park everything it holds.
     async fn expire(&mut self) -> bool {
-        let waiting = self
-            .sequencer
-            .as_mut()
-            .map(Sequencer::drain)
-            .unwrap_or_default();
+        let waiting = self.sequencer.as_mut().map(Sequencer::drain).unwrap_or_default();
         self.waiting_since = None;
         tracing::info!(stream = %self.ctx.id, key = self.key, parked = waiting.len(), "sequence timed out");
         self.park(waiting, ParkReason::Timeout, None).await
@@ -291,10 +276,7 @@ impl Worker {
 
     /// An operator discards a parked event; if it blocked the key, the key moves on.
     async fn discard(&mut self, position: u64) -> bool {
-        let mut ops = vec![StateOp::Unpark {
-            stream: self.ctx.id.clone(),
-            position,
-        }];
+        let mut ops = vec![StateOp::Unpark { stream: self.ctx.id.clone(), position }];
         if self.state.blocked_by == Some(position) {
             self.state.blocked_by = None;
             if self.sequencer.is_some() {
@@ -313,11 +295,7 @@ impl Worker {
     async fn load_followers(&mut self, after: u64) -> bool {
         let ctx = Arc::clone(&self.ctx);
         let start = Some((ctx.topic.name.clone(), after));
-        let page = match ctx
-            .storage
-            .parked(&ctx.subscription.name, start, PARKED_LIST_MAX)
-            .await
-        {
+        let page = match ctx.storage.parked(&ctx.subscription.name, start, PARKED_LIST_MAX).await {
             Ok(page) => page,
             Err(error) => {
                 tracing::error!(%error, "cannot list blocked followers");
@@ -355,6 +333,7 @@ impl Worker {
         }
     }
 
+    /// The key's state to store (the worker loaded it, so it replaces what is stored).
     fn key_op(&self) -> StateOp {
         StateOp::Key {
             stream: self.ctx.id.clone(),
@@ -372,18 +351,8 @@ impl Worker {
 
     async fn send_completion(&mut self, items: Vec<Done>, ops: Vec<StateOp>) -> bool {
         let (durable, is_durable) = oneshot::channel();
-        let completion = Completion {
-            items,
-            ops,
-            durable: Some(durable),
-        };
-        if self
-            .ctx
-            .inbox
-            .send(StreamMsg::Completed(completion))
-            .await
-            .is_err()
-        {
+        let completion = Completion { items, ops, durable: Some(durable) };
+        if self.ctx.inbox.send(StreamMsg::Completed(completion)).await.is_err() {
             return false;
         }
         is_durable.await.is_ok()
@@ -425,24 +394,20 @@ pub(crate) async fn call_with_retries(
         let Ok(permit) = subscription.in_flight.acquire().await else {
             return Err(("the engine is stopping".to_owned(), attempt - 1));
         };
-        let context = HandlerContext {
-            subscription: subscription.name.clone(),
-            attempt,
-        };
+        let context = HandlerContext { subscription: subscription.name.clone(), attempt };
         let started = std::time::Instant::now();
         let result = handler::call(&subscription.handler, event, &context).await;
         drop(permit);
-        metrics::histogram!("inorder_handle_seconds", "subscription" => subscription.name.to_string())
-            .record(started.elapsed().as_secs_f64());
+        subscription.metrics.handle_seconds.record(started.elapsed().as_secs_f64());
         match result {
             Ok(reply) => {
                 SubscriptionStats::add(&subscription.stats.handled, 1);
+                subscription.metrics.handled.increment(1);
                 return Ok(reply);
             }
             Err(error) => {
                 SubscriptionStats::add(&subscription.stats.failed_attempts, 1);
-                metrics::counter!("inorder_handler_failures_total", "subscription" => subscription.name.to_string())
-                    .increment(1);
+                subscription.metrics.failures.increment(1);
                 if !error.is_retryable() || attempt >= retry.max_attempts {
                     return Err((error.message().to_owned(), attempt));
                 }
@@ -461,27 +426,16 @@ pub(crate) async fn handle_unordered(ctx: Arc<StreamContext>, event: Event, fres
         Ok(reply) => (Outcome::Handled(reply), Vec::new()),
         Err((error, attempts)) => {
             SubscriptionStats::add(&ctx.subscription.stats.parked, 1);
-            let parked = parked_event(
-                &ctx,
-                &event,
-                ParkReason::Failed,
-                Some(error.clone()),
-                attempts,
-            );
+            let parked =
+                parked_event(&ctx, &event, ParkReason::Failed, Some(error.clone()), attempts);
             (
-                Outcome::Parked {
-                    reason: ParkReason::Failed,
-                    error: Some(error),
-                },
+                Outcome::Parked { reason: ParkReason::Failed, error: Some(error) },
                 vec![StateOp::Park(parked)],
             )
         }
     };
     if !fresh && ops.is_empty() {
-        ops.push(StateOp::Unpark {
-            stream: ctx.id.clone(),
-            position: event.position,
-        });
+        ops.push(StateOp::Unpark { stream: ctx.id.clone(), position: event.position });
     }
     let handled = matches!(outcome, Outcome::Handled(_));
     ops.push(StateOp::Key {
@@ -501,10 +455,6 @@ pub(crate) async fn handle_unordered(ctx: Arc<StreamContext>, event: Event, fres
         fresh,
         outcome,
     };
-    let completion = Completion {
-        items: vec![done],
-        ops,
-        durable: None,
-    };
+    let completion = Completion { items: vec![done], ops, durable: None };
     let _ = ctx.inbox.send(StreamMsg::Completed(completion)).await;
 }

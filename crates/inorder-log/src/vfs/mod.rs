@@ -199,11 +199,7 @@ impl Vfs for StdVfs {
     }
 
     fn lock_exclusive(&self, path: &Path) -> io::Result<Box<dyn VfsLock>> {
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)?;
+        let file = fs::OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
         match file.try_lock() {
             Ok(()) => Ok(Box::new(StdLock(file))),
             Err(fs::TryLockError::WouldBlock) => Err(ErrorKind::WouldBlock.into()),

@@ -85,9 +85,7 @@ impl State {
     }
 
     fn inode(&mut self, id: u64) -> &mut Inode {
-        self.inodes
-            .get_mut(&id)
-            .expect("an open handle keeps its inode")
+        self.inodes.get_mut(&id).expect("an open handle keeps its inode")
     }
 }
 
@@ -99,9 +97,7 @@ impl SimVfs {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Makes the `skip + 1`-th next call of `op` fail once.
@@ -161,13 +157,7 @@ impl SimVfs {
             .values()
             .map(|id| {
                 let data = state.inodes[id].data.clone();
-                (
-                    *id,
-                    Inode {
-                        durable: data.clone(),
-                        data,
-                    },
-                )
+                (*id, Inode { durable: data.clone(), data })
             })
             .collect();
         Self::from_parts(&state, state.entries.clone(), inodes)
@@ -183,13 +173,7 @@ impl SimVfs {
         for id in state.durable_entries.values() {
             let inode = &state.inodes[id];
             let image = torn_image(inode, &mut rng);
-            inodes.insert(
-                *id,
-                Inode {
-                    durable: image.clone(),
-                    data: image,
-                },
-            );
+            inodes.insert(*id, Inode { durable: image.clone(), data: image });
         }
         Self::from_parts(&state, state.durable_entries.clone(), inodes)
     }
@@ -207,10 +191,7 @@ impl SimVfs {
             next_inode: state.next_inode,
             ..State::default()
         };
-        Self {
-            state: Arc::new(Mutex::new(next)),
-            handles: Arc::default(),
-        }
+        Self { state: Arc::new(Mutex::new(next)), handles: Arc::default() }
     }
 }
 
@@ -219,11 +200,7 @@ fn torn_image(inode: &Inode, rng: &mut SplitMix64) -> Vec<u8> {
     let (data, durable) = (&inode.data, &inode.durable);
     if !data.starts_with(durable) {
         // Truncated or rewritten since the last sync: either image may be what the disk holds.
-        return if rng.below(2) == 0 {
-            durable.clone()
-        } else {
-            data.clone()
-        };
+        return if rng.below(2) == 0 { durable.clone() } else { data.clone() };
     }
     let unsynced = &data[durable.len()..];
     let kept = usize_from(rng.below(u64_from(unsynced.len()) + 1));
@@ -372,11 +349,7 @@ impl Vfs for SimVfs {
         };
         drop(state);
         self.handles.fetch_add(1, Ordering::SeqCst);
-        Ok(Arc::new(SimFile {
-            vfs: self.clone(),
-            inode,
-            writable: mode != OpenMode::Read,
-        }))
+        Ok(Arc::new(SimFile { vfs: self.clone(), inode, writable: mode != OpenMode::Read }))
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
@@ -412,10 +385,7 @@ impl Vfs for SimVfs {
         if !self.lock().locks.insert(path.to_path_buf()) {
             return Err(ErrorKind::WouldBlock.into());
         }
-        Ok(Box::new(SimLock {
-            vfs: self.clone(),
-            path: path.to_path_buf(),
-        }))
+        Ok(Box::new(SimLock { vfs: self.clone(), path: path.to_path_buf() }))
     }
 }
 
@@ -461,8 +431,7 @@ mod tests {
         let f = file(&vfs, "/d/tmp");
         f.sync_data().unwrap();
         vfs.sync_dir(Path::new("/d")).unwrap();
-        vfs.rename(Path::new("/d/tmp"), Path::new("/d/final"))
-            .unwrap();
+        vfs.rename(Path::new("/d/tmp"), Path::new("/d/final")).unwrap();
         let after = vfs.crash_power(1);
         assert!(after.read_file(Path::new("/d/tmp")).is_some());
         assert!(after.read_file(Path::new("/d/final")).is_none());

@@ -51,24 +51,13 @@ pub fn read_all(log: &Log, from: u64) -> Vec<Record> {
 /// Asserts the log holds exactly `expected` from position `first` on, contiguously.
 pub fn check_contents(log: &Log, first: u64, expected: &[Vec<u8>]) {
     let records = read_all(log, first);
-    assert_eq!(
-        records.len(),
-        expected.len(),
-        "record count from position {first}"
-    );
+    assert_eq!(records.len(), expected.len(), "record count from position {first}");
     for (i, (record, want)) in records.iter().zip(expected).enumerate() {
         let position = first + u64::try_from(i).unwrap();
         assert_eq!(record.position, position, "positions must be contiguous");
-        assert_eq!(
-            record.payload.as_ref(),
-            want.as_slice(),
-            "payload at position {position}"
-        );
+        assert_eq!(record.payload.as_ref(), want.as_slice(), "payload at position {position}");
     }
-    assert_eq!(
-        log.last_position(),
-        first - 1 + u64::try_from(expected.len()).unwrap()
-    );
+    assert_eq!(log.last_position(), first - 1 + u64::try_from(expected.len()).unwrap());
 }
 
 pub fn cursor(name: &str) -> Name {

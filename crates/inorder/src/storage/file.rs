@@ -52,9 +52,7 @@ struct StateTree {
 
 impl std::fmt::Debug for FileStorage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FileStorage")
-            .field("topics_dir", &self.topics_dir)
-            .finish_non_exhaustive()
+        f.debug_struct("FileStorage").field("topics_dir", &self.topics_dir).finish_non_exhaustive()
     }
 }
 
@@ -71,8 +69,7 @@ impl FileStorage {
             .open()
             .map_err(Error::state)?;
         let keyspace = |name: &str| {
-            db.keyspace(name, fjall::KeyspaceCreateOptions::default)
-                .map_err(Error::state)
+            db.keyspace(name, fjall::KeyspaceCreateOptions::default).map_err(Error::state)
         };
         let state = StateTree {
             streams: keyspace("streams")?,
@@ -92,44 +89,25 @@ impl FileStorage {
     }
 
     fn state(&self) -> Result<Arc<StateTree>> {
-        self.state
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .ok_or(Error::Stopped)
+        self.state.read().unwrap_or_else(|e| e.into_inner()).clone().ok_or(Error::Stopped)
     }
 
     /// The open log of `topic`, opening it if its directory exists (or `create`).
     async fn log(&self, topic: &Name, create: bool) -> Result<Log> {
-        if let Some(log) = self
-            .logs
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(topic)
-        {
+        if let Some(log) = self.logs.read().unwrap_or_else(|e| e.into_inner()).get(topic) {
             return Ok(log.clone());
         }
         let _opening = self.opening.lock().await;
-        if let Some(log) = self
-            .logs
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(topic)
-        {
+        if let Some(log) = self.logs.read().unwrap_or_else(|e| e.into_inner()).get(topic) {
             return Ok(log.clone());
         }
         let dir = self.topics_dir.join(topic.as_str());
         if !create && !dir.is_dir() {
-            return Err(Error::UnknownTopic {
-                topic: topic.to_string(),
-            });
+            return Err(Error::UnknownTopic { topic: topic.to_string() });
         }
         let options = self.log_options;
         let log = blocking(move || Log::open(dir, options).map_err(Error::from)).await?;
-        self.logs
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(topic.clone(), log.clone());
+        self.logs.write().unwrap_or_else(|e| e.into_inner()).insert(topic.clone(), log.clone());
         Ok(log)
     }
 }
@@ -202,12 +180,7 @@ impl StateTree {
                 StateOp::Stream { stream, state } => {
                     batch.insert(&self.streams, stream_key(&stream), state.encode());
                 }
-                StateOp::Key {
-                    stream,
-                    key,
-                    state,
-                    merge,
-                } => {
+                StateOp::Key { stream, key, state, merge } => {
                     let k = key_key(&stream, &key);
                     let state = match (merge, self.keys.get(&k).map_err(Error::state)?) {
                         (true, Some(stored)) => KeyState::decode(&Bytes::copy_from_slice(&stored))
@@ -227,11 +200,7 @@ impl StateTree {
                 StateOp::Unpark { stream, position } => {
                     batch.remove(&self.parked, parked_key(&stream, position));
                 }
-                StateOp::EventId {
-                    topic,
-                    id,
-                    position,
-                } => {
+                StateOp::EventId { topic, id, position } => {
                     batch.insert(&self.ids, id_key(&topic, &id), position.to_be_bytes());
                 }
                 StateOp::IdsIndexedTo { topic, position } => {
@@ -243,20 +212,15 @@ impl StateTree {
     }
 
     fn get(&self, keyspace: &fjall::Keyspace, key: &[u8]) -> Result<Option<Bytes>> {
-        Ok(keyspace
-            .get(key)
-            .map_err(Error::state)?
-            .map(|v| Bytes::copy_from_slice(&v)))
+        Ok(keyspace.get(key).map_err(Error::state)?.map(|v| Bytes::copy_from_slice(&v)))
     }
 
     fn read_u64(&self, keyspace: &fjall::Keyspace, key: &[u8]) -> Result<Option<u64>> {
         match self.get(keyspace, key)? {
             None => Ok(None),
             Some(raw) => {
-                let bytes: [u8; 8] = raw
-                    .as_ref()
-                    .try_into()
-                    .map_err(|_| corrupt("position", "not 8 bytes"))?;
+                let bytes: [u8; 8] =
+                    raw.as_ref().try_into().map_err(|_| corrupt("position", "not 8 bytes"))?;
                 Ok(Some(u64::from_be_bytes(bytes)))
             }
         }
@@ -271,10 +235,8 @@ struct FileTopicReader {
 #[async_trait::async_trait]
 impl TopicReader for FileTopicReader {
     async fn read(&mut self, max: usize) -> Result<Vec<StoredRecord>> {
-        let mut reader = self
-            .reader
-            .take()
-            .ok_or_else(|| Error::state("reader lost after a panic"))?;
+        let mut reader =
+            self.reader.take().ok_or_else(|| Error::state("reader lost after a panic"))?;
         let (reader, records) = blocking(move || {
             let records = reader.read(ReadLimits::records(max)).map_err(Error::from);
             Ok((reader, records))
@@ -284,10 +246,7 @@ impl TopicReader for FileTopicReader {
         self.reader = Some(reader);
         Ok(records?
             .into_iter()
-            .map(|r| StoredRecord {
-                position: r.position,
-                payload: r.payload,
-            })
+            .map(|r| StoredRecord { position: r.position, payload: r.payload })
             .collect())
     }
 
@@ -332,10 +291,7 @@ impl Storage for FileStorage {
 
     async fn reader(&self, topic: &Name, from: u64) -> Result<Box<dyn TopicReader>> {
         let log = self.log(topic, false).await?;
-        Ok(Box::new(FileTopicReader {
-            reader: Some(log.reader(from)),
-            next: from.max(1),
-        }))
+        Ok(Box::new(FileTopicReader { reader: Some(log.reader(from)), next: from.max(1) }))
     }
 
     async fn positions(&self, topic: &Name) -> Result<(u64, u64)> {
@@ -352,26 +308,24 @@ impl Storage for FileStorage {
         blocking(move || state.apply(ops, durable)).await
     }
 
+    // Point reads run inline: with fjall's block cache and bloom filters they are memory-speed,
+    // and a trip to the blocking pool would cost more than the read. Commits (fsync) and scans
+    // run on the blocking pool.
+
     async fn stream_state(&self, stream: &StreamId) -> Result<Option<StreamState>> {
-        let (state, key) = (self.state()?, stream_key(stream));
-        blocking(move || {
-            state
-                .get(&state.streams, &key)?
-                .map(|raw| StreamState::decode(&raw).map_err(|e| corrupt("stream state", e)))
-                .transpose()
-        })
-        .await
+        let state = self.state()?;
+        state
+            .get(&state.streams, &stream_key(stream))?
+            .map(|raw| StreamState::decode(&raw).map_err(|e| corrupt("stream state", e)))
+            .transpose()
     }
 
     async fn key_state(&self, stream: &StreamId, key: &str) -> Result<Option<KeyState>> {
-        let (state, key) = (self.state()?, key_key(stream, key));
-        blocking(move || {
-            state
-                .get(&state.keys, &key)?
-                .map(|raw| KeyState::decode(&raw).map_err(|e| corrupt("key state", e)))
-                .transpose()
-        })
-        .await
+        let state = self.state()?;
+        state
+            .get(&state.keys, &key_key(stream, key))?
+            .map(|raw| KeyState::decode(&raw).map_err(|e| corrupt("key state", e)))
+            .transpose()
     }
 
     async fn parked(
@@ -390,16 +344,10 @@ impl Storage for FileStorage {
                 let (key, value) = entry.into_inner().map_err(Error::state)?;
                 let (topic, position) = split_parked_key(&key[prefix.len()..])
                     .ok_or_else(|| corrupt("parked key", "malformed"))?;
-                if after
-                    .as_ref()
-                    .is_some_and(|(t, p)| (&topic, position) <= (t, *p))
-                {
+                if after.as_ref().is_some_and(|(t, p)| (&topic, position) <= (t, *p)) {
                     continue;
                 }
-                let stream = StreamId {
-                    subscription: subscription.clone(),
-                    topic,
-                };
+                let stream = StreamId { subscription: subscription.clone(), topic };
                 let value = Bytes::copy_from_slice(&value);
                 parked.push(
                     ParkedEvent::decode(&stream, position, &value)
@@ -415,27 +363,22 @@ impl Storage for FileStorage {
     }
 
     async fn parked_event(&self, stream: &StreamId, position: u64) -> Result<Option<ParkedEvent>> {
-        let (state, stream) = (self.state()?, stream.clone());
-        blocking(move || {
-            state
-                .get(&state.parked, &parked_key(&stream, position))?
-                .map(|raw| {
-                    ParkedEvent::decode(&stream, position, &raw)
-                        .map_err(|e| corrupt("parked event", e))
-                })
-                .transpose()
-        })
-        .await
+        let state = self.state()?;
+        state
+            .get(&state.parked, &parked_key(stream, position))?
+            .map(|raw| {
+                ParkedEvent::decode(stream, position, &raw).map_err(|e| corrupt("parked event", e))
+            })
+            .transpose()
     }
 
     async fn event_positions(&self, topic: &Name, ids: Vec<String>) -> Result<Vec<Option<u64>>> {
-        let (state, topic) = (self.state()?, topic.clone());
-        blocking(move || {
-            ids.iter()
-                .map(|id| state.read_u64(&state.ids, &id_key(&topic, id)))
-                .collect()
-        })
-        .await
+        let state = self.state()?;
+        ids.iter().map(|id| state.read_u64(&state.ids, &id_key(topic, id))).collect()
+    }
+
+    async fn log_stats(&self, topic: &Name) -> Result<Option<inorder_log::LogStats>> {
+        Ok(Some(self.log(topic, false).await?.stats()))
     }
 
     async fn close(&self) {
@@ -452,7 +395,7 @@ impl Storage for FileStorage {
     }
 
     async fn ids_indexed_to(&self, topic: &Name) -> Result<u64> {
-        let (state, key) = (self.state()?, ids_indexed_key(topic));
-        blocking(move || Ok(state.read_u64(&state.meta, &key)?.unwrap_or(0))).await
+        let state = self.state()?;
+        Ok(state.read_u64(&state.meta, &ids_indexed_key(topic))?.unwrap_or(0))
     }
 }

@@ -128,6 +128,11 @@ pub trait Storage: Send + Sync + 'static {
     /// Up to which position event ids of the topic are indexed.
     async fn ids_indexed_to(&self, topic: &Name) -> Result<u64>;
 
+    /// Counters of the topic's log (appends, fsyncs, …), if the backend keeps such a log.
+    async fn log_stats(&self, _topic: &Name) -> Result<Option<inorder_log::LogStats>> {
+        Ok(None)
+    }
+
     /// Releases files, locks and connections (after the engine stopped). Later calls fail with
     /// [`Error::Stopped`](crate::Error::Stopped).
     async fn close(&self) {}

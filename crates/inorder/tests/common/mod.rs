@@ -1,0 +1,209 @@
+//! Fixtures for the engine's integration tests: a recording handler that also checks the
+//! per-key guarantees on every call, and an engine on a temporary directory that can restart.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering as AtomicOrdering},
+    },
+    time::Duration,
+};
+
+use inorder::{
+    Engine, EngineConfig, Event, Handler, HandlerContext, HandlerError, Reply, SubscriptionConfig,
+    TopicConfig,
+};
+
+/// How long tests wait for something that should happen quickly.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// One handler call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call {
+    pub key: String,
+    pub action: String,
+    pub position: u64,
+    pub attempt: u32,
+    pub ok: bool,
+}
+
+/// Decides a call's result from the event and the attempt.
+pub type Behaviour = Arc<dyn Fn(&Event, u32) -> Result<Reply, HandlerError> + Send + Sync>;
+
+/// Records calls and checks, on every call, that no other call for the same key is running.
+#[derive(Default)]
+pub struct Recorder {
+    calls: Mutex<Vec<Call>>,
+    running: Mutex<HashMap<String, usize>>,
+    overlaps: AtomicUsize,
+    concurrent: AtomicUsize,
+    max_concurrent: AtomicUsize,
+}
+
+impl Recorder {
+    pub fn calls(&self) -> Vec<Call> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    /// Successful calls, per key, as positions in the order they were handled.
+    pub fn handled_by_key(&self) -> HashMap<String, Vec<u64>> {
+        let mut by_key: HashMap<String, Vec<u64>> = HashMap::new();
+        for call in self.calls().into_iter().filter(|c| c.ok) {
+            by_key.entry(call.key).or_default().push(call.position);
+        }
+        by_key
+    }
+
+    /// Successful calls of one key, as actions in order.
+    pub fn actions_of(&self, key: &str) -> Vec<String> {
+        self.calls().into_iter().filter(|c| c.ok && c.key == key).map(|c| c.action).collect()
+    }
+
+    pub fn overlaps(&self) -> usize {
+        self.overlaps.load(AtomicOrdering::SeqCst)
+    }
+
+    pub fn max_concurrent(&self) -> usize {
+        self.max_concurrent.load(AtomicOrdering::SeqCst)
+    }
+}
+
+/// The handler every test uses.
+pub struct RecordingHandler {
+    pub recorder: Arc<Recorder>,
+    pub behaviour: Behaviour,
+    pub delay: Duration,
+}
+
+impl RecordingHandler {
+    pub fn ok(recorder: &Arc<Recorder>) -> Self {
+        Self::with(recorder, Arc::new(|_, _| Ok(Reply::Null)))
+    }
+
+    pub fn with(recorder: &Arc<Recorder>, behaviour: Behaviour) -> Self {
+        Self { recorder: Arc::clone(recorder), behaviour, delay: Duration::ZERO }
+    }
+
+    pub fn slow(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+}
+
+#[async_trait::async_trait]
+impl Handler for RecordingHandler {
+    async fn handle(&self, event: &Event, context: &HandlerContext) -> Result<Reply, HandlerError> {
+        let recorder = &self.recorder;
+        {
+            let mut running = recorder.running.lock().unwrap();
+            let count = running.entry(event.key.clone()).or_default();
+            *count += 1;
+            if *count > 1 {
+                recorder.overlaps.fetch_add(1, AtomicOrdering::SeqCst);
+            }
+        }
+        let now = recorder.concurrent.fetch_add(1, AtomicOrdering::SeqCst) + 1;
+        recorder.max_concurrent.fetch_max(now, AtomicOrdering::SeqCst);
+        // Leaves the call even if the behaviour panics (the engine catches handler panics).
+        let _leave = Leave { recorder, key: &event.key };
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+        let result = (self.behaviour)(event, context.attempt);
+        recorder.calls.lock().unwrap().push(Call {
+            key: event.key.clone(),
+            action: event.action.clone(),
+            position: event.position,
+            attempt: context.attempt,
+            ok: result.is_ok(),
+        });
+        result
+    }
+}
+
+struct Leave<'a> {
+    recorder: &'a Recorder,
+    key: &'a str,
+}
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        self.recorder.concurrent.fetch_sub(1, AtomicOrdering::SeqCst);
+        if let Some(count) =
+            self.recorder.running.lock().unwrap_or_else(|e| e.into_inner()).get_mut(self.key)
+        {
+            *count -= 1;
+        }
+    }
+}
+
+/// An engine on a temporary directory, restartable with the same configuration.
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub config: EngineConfig,
+    pub engine: Option<Engine>,
+}
+
+impl Fixture {
+    pub fn new(configure: impl FnOnce(EngineConfig) -> EngineConfig) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = configure(EngineConfig::new(dir.path()));
+        Self { dir, config, engine: None }
+    }
+
+    /// Starts the engine with these handlers (by subscription).
+    pub async fn start(&mut self, handlers: Vec<(&str, RecordingHandler)>) -> Engine {
+        let mut builder = Engine::builder(self.config.clone());
+        for (subscription, handler) in handlers {
+            builder = builder.handler(subscription, handler);
+        }
+        let engine = builder.start().await.unwrap();
+        self.engine = Some(engine.clone());
+        engine
+    }
+
+    /// Stops the engine (releasing its files) and starts it again.
+    pub async fn restart(&mut self, handlers: Vec<(&str, RecordingHandler)>) -> Engine {
+        self.stop().await;
+        self.start(handlers).await
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(engine) = self.engine.take() {
+            engine.shutdown().await;
+        }
+    }
+
+    pub fn engine(&self) -> &Engine {
+        self.engine.as_ref().unwrap()
+    }
+}
+
+/// A topic with the Seqy purchase actions.
+pub fn purchase_topic() -> TopicConfig {
+    TopicConfig::new("user_purchase").actions(["user.created", "user.purchased", "user.paid"])
+}
+
+pub fn subscription(name: &str, topic: &str) -> SubscriptionConfig {
+    SubscriptionConfig::new(name, [topic])
+}
+
+/// An event of `topic` for `key` with `action`.
+pub fn event(topic: &str, key: &str, action: &str) -> Event {
+    Event::builder(topic, key, action).build().unwrap()
+}
+
+/// Publishes and returns the position.
+pub async fn publish(engine: &Engine, topic: &str, key: &str, action: &str) -> u64 {
+    engine.publish(event(topic, key, action)).await.unwrap()
+}
+
+/// Waits until every subscription of `topic` processed `position`; fails the test otherwise.
+pub async fn settle(engine: &Engine, topic: &str, position: u64) {
+    assert!(
+        engine.wait_processed(topic, position, None, PATIENCE).await.unwrap(),
+        "{topic}/{position} was not processed within {PATIENCE:?}"
+    );
+}

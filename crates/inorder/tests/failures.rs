@@ -1,0 +1,212 @@
+//! Failures: retries with backoff, parking after the last attempt, `block` versus `skip`, and
+//! parked events that stay listable, retryable and discardable across restarts.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering as AtomicOrdering},
+    },
+    time::{Duration, Instant},
+};
+
+use common::{
+    Behaviour, Fixture, PATIENCE, Recorder, RecordingHandler, publish, settle, subscription,
+};
+use inorder::{FailurePolicy, HandlerError, ParkReason, Reply, RetryPolicy, TopicConfig};
+
+fn quick_retries(max_attempts: u32) -> RetryPolicy {
+    RetryPolicy {
+        initial: Duration::from_millis(20),
+        factor: 2.0,
+        max_delay: Duration::from_millis(100),
+        max_attempts,
+        jitter: 0.0,
+    }
+}
+
+fn fixture(policy: FailurePolicy, max_attempts: u32) -> Fixture {
+    Fixture::new(|c| {
+        c.topic(TopicConfig::new("t")).subscription(
+            subscription("s", "t").retry(quick_retries(max_attempts)).on_failure(policy),
+        )
+    })
+}
+
+/// Fails every call for events whose action is "bad" while `failing` is set.
+fn fail_bad(failing: &Arc<AtomicBool>) -> Behaviour {
+    let failing = Arc::clone(failing);
+    Arc::new(move |event, _| {
+        if event.action == "bad" && failing.load(AtomicOrdering::SeqCst) {
+            Err(HandlerError::retry("downstream unavailable"))
+        } else {
+            Ok(Reply::Null)
+        }
+    })
+}
+
+async fn wait_for(mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !condition() {
+        assert!(Instant::now() < deadline, "condition not reached within {PATIENCE:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_event_is_retried_with_growing_delays_then_parked() {
+    let recorder = Arc::new(Recorder::default());
+    let mut fixture = fixture(FailurePolicy::Skip, 4);
+    let failing = Arc::new(AtomicBool::new(true));
+    let started = Instant::now();
+    let engine =
+        fixture.start(vec![("s", RecordingHandler::with(&recorder, fail_bad(&failing)))]).await;
+    publish(&engine, "t", "k", "bad").await;
+    settle(&engine, "t", 1).await;
+    let attempts: Vec<u32> = recorder.calls().iter().map(|c| c.attempt).collect();
+    assert_eq!(attempts, [1, 2, 3, 4]);
+    assert!(started.elapsed() >= Duration::from_millis(20 + 40 + 80), "backoff waited");
+    let parked = engine.parked("s", None, 10).await.unwrap();
+    assert_eq!(parked.len(), 1);
+    assert_eq!((parked[0].reason, parked[0].attempts), (ParkReason::Failed, 4));
+    assert_eq!(parked[0].error.as_deref(), Some("downstream unavailable"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanent_error_parks_at_once() {
+    let recorder = Arc::new(Recorder::default());
+    let mut fixture = fixture(FailurePolicy::Skip, 5);
+    let behaviour: Behaviour = Arc::new(|_, _| Err(HandlerError::permanent("invalid order")));
+    let engine = fixture.start(vec![("s", RecordingHandler::with(&recorder, behaviour))]).await;
+    publish(&engine, "t", "k", "a").await;
+    settle(&engine, "t", 1).await;
+    assert_eq!(recorder.calls().len(), 1, "no retry for a permanent error");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skip_moves_the_key_on_past_a_parked_event() {
+    let recorder = Arc::new(Recorder::default());
+    let mut fixture = fixture(FailurePolicy::Skip, 2);
+    let failing = Arc::new(AtomicBool::new(true));
+    let engine =
+        fixture.start(vec![("s", RecordingHandler::with(&recorder, fail_bad(&failing)))]).await;
+    for action in ["ok1", "bad", "ok2"] {
+        publish(&engine, "t", "k", action).await;
+    }
+    settle(&engine, "t", 3).await;
+    assert_eq!(recorder.actions_of("k"), ["ok1", "ok2"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_holds_the_key_until_an_operator_retries_then_runs_the_rest_in_order() {
+    let recorder = Arc::new(Recorder::default());
+    let mut fixture = fixture(FailurePolicy::Block, 2);
+    let failing = Arc::new(AtomicBool::new(true));
+    let engine =
+        fixture.start(vec![("s", RecordingHandler::with(&recorder, fail_bad(&failing)))]).await;
+    for action in ["ok1", "bad", "ok2", "ok3"] {
+        publish(&engine, "t", "k", action).await;
+    }
+    publish(&engine, "t", "other", "ok").await;
+    settle(&engine, "t", 5).await;
+    assert_eq!(recorder.actions_of("k"), ["ok1"], "the key waits behind the parked event");
+    assert_eq!(recorder.actions_of("other"), ["ok"], "other keys are not blocked");
+    let reasons: Vec<_> = engine
+        .parked("s", None, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.position, p.reason))
+        .collect();
+    assert_eq!(
+        reasons,
+        [(2, ParkReason::Failed), (3, ParkReason::Blocked), (4, ParkReason::Blocked)]
+    );
+
+    // The block survives a restart.
+    let engine =
+        fixture.restart(vec![("s", RecordingHandler::with(&recorder, fail_bad(&failing)))]).await;
+    publish(&engine, "t", "k", "ok4").await;
+    settle(&engine, "t", 6).await;
+    assert_eq!(recorder.actions_of("k"), ["ok1"]);
+
+    failing.store(false, AtomicOrdering::SeqCst);
+    engine.retry_parked("s", "t", 2).await.unwrap();
+    wait_for(|| recorder.actions_of("k").len() == 5).await;
+    assert_eq!(recorder.actions_of("k"), ["ok1", "bad", "ok2", "ok3", "ok4"]);
+    wait_for(|| no_parked(&engine)).await;
+    assert_eq!(recorder.overlaps(), 0);
+}
+
+/// True once the subscription has no parked events (checked synchronously for `wait_for`).
+fn no_parked(engine: &inorder::Engine) -> bool {
+    tokio::task::block_in_place(|| {
+        tokio::runtime::Handle::current().block_on(engine.parked("s", None, 10)).unwrap().is_empty()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discarding_the_blocking_event_releases_the_key() {
+    let recorder = Arc::new(Recorder::default());
+    let mut fixture = fixture(FailurePolicy::Block, 1);
+    let failing = Arc::new(AtomicBool::new(true));
+    let engine =
+        fixture.start(vec![("s", RecordingHandler::with(&recorder, fail_bad(&failing)))]).await;
+    for action in ["bad", "ok1", "ok2"] {
+        publish(&engine, "t", "k", action).await;
+    }
+    settle(&engine, "t", 3).await;
+    engine.discard_parked("s", "t", 1).await.unwrap();
+    wait_for(|| recorder.actions_of("k") == ["ok1", "ok2"]).await;
+    wait_for(|| no_parked(&engine)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_events_survive_a_restart_and_can_be_retried_or_discarded() {
+    let recorder = Arc::new(Recorder::default());
+    let mut fixture = fixture(FailurePolicy::Skip, 1);
+    let failing = Arc::new(AtomicBool::new(true));
+    let engine =
+        fixture.start(vec![("s", RecordingHandler::with(&recorder, fail_bad(&failing)))]).await;
+    publish(&engine, "t", "k1", "bad").await;
+    publish(&engine, "t", "k2", "bad").await;
+    settle(&engine, "t", 2).await;
+    let engine =
+        fixture.restart(vec![("s", RecordingHandler::with(&recorder, fail_bad(&failing)))]).await;
+    let parked = engine.parked("s", None, 10).await.unwrap();
+    assert_eq!(parked.iter().map(|p| p.position).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(engine.subscriptions().await.unwrap()[0].streams[0].status.parked, 2);
+
+    failing.store(false, AtomicOrdering::SeqCst);
+    engine.retry_parked("s", "t", 1).await.unwrap();
+    engine.discard_parked("s", "t", 2).await.unwrap();
+    wait_for(|| no_parked(&engine)).await;
+    assert_eq!(recorder.actions_of("k1").len(), 1);
+    assert!(recorder.actions_of("k2").is_empty());
+
+    let err = engine.retry_parked("s", "t", 99).await.unwrap_err();
+    assert!(matches!(err, inorder::Error::UnknownParked { position: 99, .. }), "{err}");
+    let err = engine.retry_parked("nope", "t", 1).await.unwrap_err();
+    assert!(matches!(err, inorder::Error::UnknownSubscription { .. }), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_is_a_failure_not_a_crash() {
+    let recorder = Arc::new(Recorder::default());
+    let mut fixture = fixture(FailurePolicy::Skip, 2);
+    let behaviour: Behaviour = Arc::new(|event, _| {
+        assert!(event.action != "boom", "handler bug");
+        Ok(Reply::Null)
+    });
+    let engine = fixture.start(vec![("s", RecordingHandler::with(&recorder, behaviour))]).await;
+    publish(&engine, "t", "k", "boom").await;
+    publish(&engine, "t", "k", "fine").await;
+    settle(&engine, "t", 2).await;
+    let parked = engine.parked("s", None, 10).await.unwrap();
+    assert_eq!(parked.len(), 1);
+    assert!(parked[0].error.as_deref().unwrap().contains("handler bug"), "{:?}", parked[0].error);
+    assert_eq!(recorder.actions_of("k"), ["fine"]);
+}

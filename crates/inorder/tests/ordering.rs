@@ -1,0 +1,151 @@
+//! Ordering modes, patterns and concurrency: per key never concurrent, never out of order;
+//! other keys in parallel, within the keys-in-flight limit.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::{sync::Arc, time::Duration};
+
+use common::{Fixture, Recorder, RecordingHandler, event, publish, settle, subscription};
+use inorder::{Event, Ordering, ParkReason, SubscriptionConfig, TopicConfig};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifo_handles_each_key_in_log_order_and_keys_in_parallel() {
+    let recorder = Arc::new(Recorder::default());
+    let mut fixture = Fixture::new(|c| {
+        c.topic(TopicConfig::new("orders")).subscription(subscription("s", "orders"))
+    });
+    let handler = RecordingHandler::ok(&recorder).slow(Duration::from_millis(2));
+    let engine = fixture.start(vec![("s", handler)]).await;
+    let mut expected: std::collections::HashMap<String, Vec<u64>> =
+        std::collections::HashMap::new();
+    let events: Vec<Event> =
+        (0..200).map(|i| event("orders", &format!("k{}", i % 10), "a")).collect();
+    for chunk in events.chunks(25) {
+        let positions = engine.publish_batch(chunk.to_vec()).await.unwrap();
+        for (event, position) in chunk.iter().zip(positions) {
+            expected.entry(event.key.clone()).or_default().push(position);
+        }
+    }
+    settle(&engine, "orders", 200).await;
+    assert_eq!(recorder.handled_by_key(), expected);
+    assert_eq!(recorder.overlaps(), 0, "two calls for one key never run at once");
+    assert!(recorder.max_concurrent() > 1, "different keys run in parallel");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_keys_in_flight_limit_bounds_parallel_handler_calls() {
+    let recorder = Arc::new(Recorder::default());
+    let mut fixture = Fixture::new(|c| {
+        c.topic(TopicConfig::new("orders"))
+            .subscription(subscription("s", "orders").max_keys_in_flight(3))
+    });
+    let engine = fixture
+        .start(vec![("s", RecordingHandler::ok(&recorder).slow(Duration::from_millis(5)))])
+        .await;
+    let events: Vec<Event> = (0..60).map(|i| event("orders", &format!("k{i}"), "a")).collect();
+    engine.publish_batch(events).await.unwrap();
+    settle(&engine, "orders", 60).await;
+    assert_eq!(recorder.calls().len(), 60);
+    assert!(recorder.max_concurrent() <= 3, "saw {} calls at once", recorder.max_concurrent());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn none_ordering_runs_one_key_in_parallel() {
+    let recorder = Arc::new(Recorder::default());
+    let mut fixture = Fixture::new(|c| {
+        c.topic(TopicConfig::new("logs"))
+            .subscription(subscription("s", "logs").ordering(Ordering::None))
+    });
+    let engine = fixture
+        .start(vec![("s", RecordingHandler::ok(&recorder).slow(Duration::from_millis(20)))])
+        .await;
+    let events: Vec<Event> = (0..20).map(|_| event("logs", "same-key", "a")).collect();
+    engine.publish_batch(events).await.unwrap();
+    settle(&engine, "logs", 20).await;
+    assert_eq!(recorder.calls().len(), 20);
+    assert!(recorder.overlaps() > 0, "without a per-key constraint one key runs in parallel");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequence_ordering_follows_producer_numbers() {
+    let recorder = Arc::new(Recorder::default());
+    let mut fixture = Fixture::new(|c| {
+        c.topic(TopicConfig::new("ledger"))
+            .subscription(subscription("s", "ledger").ordering(Ordering::Sequence))
+    });
+    let engine = fixture.start(vec![("s", RecordingHandler::ok(&recorder))]).await;
+    let numbered =
+        |n: u64| Event::builder("ledger", "acct", format!("n{n}")).sequence(n).build().unwrap();
+    for n in [3, 1, 4, 2, 2] {
+        engine.publish(numbered(n)).await.unwrap();
+    }
+    settle(&engine, "ledger", 5).await;
+    assert_eq!(recorder.actions_of("acct"), ["n1", "n2", "n3", "n4"]);
+    let parked = engine.parked("s", None, 10).await.unwrap();
+    assert_eq!(
+        parked.iter().map(|p| (p.position, p.reason)).collect::<Vec<_>>(),
+        [(5, ParkReason::Duplicate)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patterns_match_whole_topic_names_only() {
+    let recorder = Arc::new(Recorder::default());
+    let mut fixture = Fixture::new(|mut c| {
+        c.auto_create_topics = true;
+        c.subscription(SubscriptionConfig::new("users", Vec::<String>::new()).pattern(r"user\..*"))
+    });
+    let engine = fixture.start(vec![("users", RecordingHandler::ok(&recorder))]).await;
+    publish(&engine, "user.created", "u1", "a").await;
+    publish(&engine, "superuser.x", "u1", "a").await;
+    publish(&engine, "user", "u1", "a").await;
+    settle(&engine, "user.created", 1).await;
+    assert_eq!(engine.subscriptions_of(&"superuser.x".parse().unwrap()), Vec::<String>::new());
+    assert_eq!(engine.subscriptions_of(&"user.created".parse().unwrap()), ["users"]);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(recorder.calls().len(), 1, "only user.created matched: {:?}", recorder.calls());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_over_several_topics_orders_each_topic_independently() {
+    let recorder = Arc::new(Recorder::default());
+    let mut fixture = Fixture::new(|c| {
+        c.topic(TopicConfig::new("a"))
+            .topic(TopicConfig::new("b"))
+            .subscription(SubscriptionConfig::new("both", ["a", "b"]))
+    });
+    let engine = fixture.start(vec![("both", RecordingHandler::ok(&recorder))]).await;
+    for i in 0..10 {
+        publish(&engine, "a", "k", &format!("a{i}")).await;
+        publish(&engine, "b", "k", &format!("b{i}")).await;
+    }
+    settle(&engine, "a", 10).await;
+    settle(&engine, "b", 10).await;
+    let actions = recorder.actions_of("k");
+    let of = |prefix: char| {
+        actions.iter().filter(|a| a.starts_with(prefix)).cloned().collect::<Vec<_>>()
+    };
+    assert_eq!(of('a'), (0..10).map(|i| format!("a{i}")).collect::<Vec<_>>());
+    assert_eq!(of('b'), (0..10).map(|i| format!("b{i}")).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_subscriptions_each_see_every_event() {
+    let (first, second) = (Arc::new(Recorder::default()), Arc::new(Recorder::default()));
+    let mut fixture = Fixture::new(|c| {
+        c.topic(TopicConfig::new("t"))
+            .subscription(subscription("one", "t"))
+            .subscription(subscription("two", "t"))
+    });
+    let engine = fixture
+        .start(vec![("one", RecordingHandler::ok(&first)), ("two", RecordingHandler::ok(&second))])
+        .await;
+    for i in 0..30 {
+        publish(&engine, "t", &format!("k{}", i % 3), "a").await;
+    }
+    settle(&engine, "t", 30).await;
+    assert_eq!(first.handled_by_key(), second.handled_by_key());
+    assert_eq!(first.calls().len(), 30);
+}
