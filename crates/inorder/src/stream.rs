@@ -409,6 +409,12 @@ impl Stream {
                     && let Some(slot) = self.workers.remove(&key)
                 {
                     drop(slot.queue); // the worker's queue closes and it ends
+                    let (live_workers, pending) = (self.workers.len(), self.pending.len());
+                    self.status.send_if_modified(|status| {
+                        status.live_workers = live_workers;
+                        status.pending = pending;
+                        false // informational: do not wake status waiters
+                    });
                 }
             }
             StreamMsg::Retry { position, reply } => {

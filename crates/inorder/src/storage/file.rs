@@ -30,6 +30,9 @@ use crate::{
 /// Bytes of fjall's block cache.
 const STATE_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 
+/// Bytes of one keyspace's memtable before it is flushed to disk.
+const STATE_MEMTABLE_BYTES: u64 = 16 * 1024 * 1024;
+
 /// The embedded storage backend.
 pub struct FileStorage {
     topics_dir: PathBuf,
@@ -69,7 +72,10 @@ impl FileStorage {
             .open()
             .map_err(Error::state)?;
         let keyspace = |name: &str| {
-            db.keyspace(name, fjall::KeyspaceCreateOptions::default).map_err(Error::state)
+            db.keyspace(name, || {
+                fjall::KeyspaceCreateOptions::default().max_memtable_size(STATE_MEMTABLE_BYTES)
+            })
+            .map_err(Error::state)
         };
         let state = StateTree {
             streams: keyspace("streams")?,
