@@ -25,6 +25,7 @@ mod error;
 mod event;
 mod handler;
 pub mod limits;
+mod reader;
 mod runtime;
 mod sequencer;
 mod state;

@@ -26,15 +26,21 @@ pub const PUBLISH_BATCH_EVENTS_MAX: usize = 1000;
 /// action, so this also bounds it).
 pub const TOPIC_ACTIONS_MAX: usize = 64;
 
-/// Events a stream (one subscription on one topic) may have read but not finished: in worker
-/// queues, reorder buffers, handlers and commits. The stream stops reading at this limit.
+/// Events a stream (one subscription on one topic) may have read but not finished — in key
+/// queues, handlers and checkpoints — not counting events waiting in reorder buffers. The stream
+/// stops reading at this limit.
 pub const STREAM_PENDING_EVENTS_MAX: usize = 16 * 1024;
+/// Events a stream may hold in reorder buffers (waiting for a missing action or sequence
+/// number). Beyond it an early event is parked as `buffer_full` instead of waiting, so a stream
+/// never stops reading while waiting for an event further on.
+pub const STREAM_REORDER_EVENTS_MAX: usize = 64 * 1024;
 /// Records a stream reads from the log at once.
 pub const STREAM_READ_RECORDS_MAX: usize = 1024;
-/// Messages waiting for a stream task (completions, idle workers, operator commands).
-pub const STREAM_INBOX_DEPTH: usize = 4096;
-/// Events waiting in one key worker's queue.
-pub const WORKER_QUEUE_DEPTH: usize = 64;
+/// Durable key states a stream keeps for keys whose worker left (so a key that comes back soon
+/// is not read from storage again). Cleared when full.
+pub const RECENT_KEY_STATES_MAX: usize = 64 * 1024;
+/// Operator commands waiting for a stream task.
+pub const STREAM_INBOX_DEPTH: usize = 64;
 
 /// Default limit of keys whose handler runs at once, per subscription.
 pub const KEYS_IN_FLIGHT_DEFAULT: usize = 256;
@@ -61,7 +67,6 @@ pub const WAIT_MAX: Duration = Duration::from_secs(300);
 /// Parked events returned by one listing.
 pub const PARKED_LIST_MAX: usize = 1000;
 
-const _: () = assert!(WORKER_QUEUE_DEPTH <= STREAM_PENDING_EVENTS_MAX);
 const _: () = assert!(STREAM_READ_RECORDS_MAX <= STREAM_PENDING_EVENTS_MAX);
 const _: () = assert!(KEYS_IN_FLIGHT_DEFAULT <= KEYS_IN_FLIGHT_MAX);
 const _: () = assert!(TOPIC_ACTIONS_MAX <= 64, "actions progress is a 64-bit mask");

@@ -9,7 +9,7 @@ use std::{
 };
 
 use inorder_log::Name;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::Semaphore;
 
 use crate::{
     codec,
@@ -17,11 +17,10 @@ use crate::{
     dedupe::Dedupe,
     error::{Error, Result},
     event::Event,
-    handler::SharedHandler,
+    handler::{self, HandlerContext, HandlerError, Reply, SharedHandler},
     sequencer::Contract,
     state::StreamId,
     storage::Storage,
-    stream::StreamMsg,
 };
 
 /// A topic as the engine runs it.
@@ -137,14 +136,35 @@ impl SubscriptionRuntime {
     }
 }
 
-/// What a stream's workers and tasks share.
+/// What a stream and its workers share.
 pub(crate) struct StreamContext {
     pub id: StreamId,
     pub subscription: Arc<SubscriptionRuntime>,
     pub topic: Arc<TopicRuntime>,
     pub storage: Arc<dyn Storage>,
-    /// The stream's inbox (completions, idle workers).
-    pub inbox: mpsc::Sender<StreamMsg>,
+}
+
+/// Calls the subscription's handler once (attempt `attempt`), timing it; a panic is a failure.
+pub(crate) async fn call_handler(
+    subscription: &SubscriptionRuntime,
+    event: &Event,
+    attempt: u32,
+) -> std::result::Result<Reply, HandlerError> {
+    let context = HandlerContext { subscription: subscription.name.clone(), attempt };
+    let started = std::time::Instant::now();
+    let result = handler::call(&subscription.handler, event, &context).await;
+    subscription.metrics.handle_seconds.record(started.elapsed().as_secs_f64());
+    match &result {
+        Ok(_) => {
+            SubscriptionStats::add(&subscription.stats.handled, 1);
+            subscription.metrics.handled.increment(1);
+        }
+        Err(_) => {
+            SubscriptionStats::add(&subscription.stats.failed_attempts, 1);
+            subscription.metrics.failures.increment(1);
+        }
+    }
+    result
 }
 
 impl StreamContext {

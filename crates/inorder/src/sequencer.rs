@@ -63,13 +63,14 @@ impl Sequencer {
         self.progress
     }
 
-    /// Whether early events are waiting for a missing one.
-    pub(crate) fn is_waiting(&self) -> bool {
-        !self.buffer.is_empty()
+    /// Early events waiting for a missing one.
+    pub(crate) fn buffered(&self) -> usize {
+        self.buffer.len()
     }
 
-    /// Offers a newly arrived event.
-    pub(crate) fn offer(&mut self, event: Event) -> Offer {
+    /// Offers a newly arrived event. Without `room` (the stream's reorder budget is spent) an
+    /// early event is parked as `buffer_full` instead of waiting.
+    pub(crate) fn offer(&mut self, event: Event, room: bool) -> Offer {
         let (slot, next) = match self.slot_of(&event) {
             Ok(slot) => slot,
             Err(reason) => return Offer::Park(event, ParkReason::Failed, Some(reason)),
@@ -85,7 +86,7 @@ impl Sequencer {
         if slot < next || self.buffer.contains_key(&slot) {
             return Offer::Park(event, ParkReason::Duplicate, None);
         }
-        if self.buffer.len() >= self.capacity() {
+        if !room || self.buffer.len() >= self.capacity() {
             return Offer::Park(event, ParkReason::BufferFull, None);
         }
         self.buffer.insert(slot, event);
@@ -98,6 +99,11 @@ impl Sequencer {
             return;
         };
         assert_eq!(slot, next, "only the next event of a key is handled");
+        self.skip_next();
+    }
+
+    /// Moves past the next slot (its event is done, or was discarded by an operator).
+    pub(crate) fn skip_next(&mut self) {
         self.progress = match (&self.contract, self.progress) {
             (Contract::Actions { count, repeat, .. }, Progress::Actions { next, completed }) => {
                 let next = next + 1;
@@ -180,7 +186,7 @@ mod tests {
     fn run(sequencer: &mut Sequencer, events: Vec<Event>) -> (Vec<u64>, Vec<(u64, ParkReason)>) {
         let (mut handled, mut parked) = (Vec::new(), Vec::new());
         for event in events {
-            match sequencer.offer(event) {
+            match sequencer.offer(event, true) {
                 Offer::Ready(mut ready) => loop {
                     sequencer.advance(&ready);
                     handled.push(ready.position);
@@ -277,9 +283,9 @@ mod tests {
     fn timeouts_drain_every_waiting_event() {
         let mut sequencer = actions(false);
         run(&mut sequencer, vec![event("user.paid", 1), event("user.purchased", 2)]);
-        assert!(sequencer.is_waiting());
+        assert_eq!(sequencer.buffered(), 2);
         let drained: Vec<_> = sequencer.drain().into_iter().map(|e| e.position).collect();
         assert_eq!(drained, vec![2, 1]);
-        assert!(!sequencer.is_waiting());
+        assert_eq!(sequencer.buffered(), 0);
     }
 }

@@ -1,49 +1,54 @@
 //! Streams: one subscription consuming one topic — the unit of ordering and progress.
 //!
-//! A stream is a task that owns, without locks:
+//! A stream is one task that owns, without locks:
 //!
-//! - the **processbook**: the live key workers, by key. Only this task creates or removes them,
-//!   so get-or-create is atomic by construction and two workers never exist for one key;
+//! - the **processbook**: the active keys' [`KeyWorker`]s. Only this task creates or removes
+//!   them, so there is never more than one per key, and a worker is removed only when it has
+//!   nothing queued, waiting or in flight — an event arriving meanwhile simply finds it;
+//! - the **handler calls** in flight (a `JoinSet`: handlers run in parallel on the runtime,
+//!   within the subscription's keys-in-flight permits), and the timers of retries and sequence
+//!   timeouts;
 //! - the **pending** positions (read, not yet done) and the **watermark** (every position at or
-//!   below it is handled or parked);
-//! - the next **checkpoint**: completions reported by workers, made durable in one batch by the
-//!   checkpointer before the workers may go on and before the watermark is published.
+//!   below it handled or parked);
+//! - the next **checkpoint**: completions made durable in one batch by the checkpointer before
+//!   their keys may go on and before the watermark is published.
 //!
-//! A reader task feeds it decoded events through a channel of [`STREAM_READ_BATCHES`] batches;
-//! the stream stops taking them while [`STREAM_PENDING_EVENTS_MAX`] events are pending or a
-//! worker queue is full, which holds the whole pipeline to bounded memory.
+//! A reader task feeds it decoded events through a channel of [`STREAM_READ_BATCHES`] batches.
+//! The stream stops taking them while [`STREAM_PENDING_EVENTS_MAX`] events are pending (events
+//! waiting in reorder buffers have their own budget, [`STREAM_REORDER_EVENTS_MAX`], so waiting
+//! for a missing action never stops the reading that would bring it).
 //!
 //! On start the stream resumes from its durable watermark and skips the positions its last
-//! checkpoint recorded as done above it, so nothing handled and checkpointed is handed to a
-//! handler again.
+//! checkpoint recorded as done above it.
 
 use std::{
-    collections::{BTreeSet, HashMap, VecDeque},
+    cmp::Reverse,
+    collections::{BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque},
     sync::Arc,
 };
 
-use inorder_log::Name;
 use tokio::{
-    sync::{mpsc, oneshot, watch},
-    task::{AbortHandle, JoinHandle},
+    sync::{OwnedSemaphorePermit, mpsc, oneshot, watch},
+    task::{JoinHandle, JoinSet},
+    time::Instant,
 };
 
 use crate::{
     checkpoint::CommitRequest,
-    codec,
     config::{Ordering, StartFrom},
     error::{Error, Result},
     event::Event,
-    handler::Reply,
+    handler::{HandlerError, Reply},
     limits::{
-        PARKED_LIST_MAX, STREAM_INBOX_DEPTH, STREAM_PENDING_EVENTS_MAX, STREAM_READ_RECORDS_MAX,
-        WORKER_QUEUE_DEPTH,
+        PARKED_LIST_MAX, RECENT_KEY_STATES_MAX, STREAM_INBOX_DEPTH, STREAM_PENDING_EVENTS_MAX,
+        STREAM_REORDER_EVENTS_MAX,
     },
-    runtime::{StreamContext, SubscriptionRuntime, TopicRuntime},
-    state::{ParkReason, StreamId, StreamState},
+    reader::read_events,
+    runtime::{StreamContext, SubscriptionRuntime, TopicRuntime, call_handler, read_event},
+    state::{KeyState, ParkReason, StreamId, StreamState},
     storage::{StateOp, Storage},
     waiters::Waiters,
-    worker::{WorkItem, Worker, handle_unordered},
+    worker::{AfterCall, Item, KeyWorker, Step},
 };
 
 /// Decoded batches the reader task may have ready ahead of the stream.
@@ -69,36 +74,23 @@ pub enum Outcome {
     },
 }
 
-/// One event a worker finished with.
+/// One event a key finished with.
 #[derive(Debug)]
 pub(crate) struct Done {
     pub position: u64,
     pub event_id: String,
     pub time_micros: i64,
-    /// False for an operator retry of a parked event (already done as far as the watermark is
-    /// concerned).
+    /// False for an operator retry of a parked event (already done for the watermark).
     pub fresh: bool,
     pub outcome: Outcome,
 }
 
-/// Events a worker finished with, the state changes to make durable, and whom to tell.
-#[derive(Debug)]
-pub(crate) struct Completion {
-    pub items: Vec<Done>,
-    pub ops: Vec<StateOp>,
-    pub durable: Option<oneshot::Sender<()>>,
-}
-
-/// Messages to a stream task.
+/// Operator commands to a stream task.
 #[derive(Debug)]
 pub(crate) enum StreamMsg {
-    /// A worker or task finished events.
-    Completed(Completion),
-    /// A worker has nothing to do after receiving `received` items.
-    Idle { key: String, received: u64 },
-    /// An operator retries a parked event.
+    /// Retry a parked event.
     Retry { position: u64, reply: oneshot::Sender<Result<()>> },
-    /// An operator discards a parked event.
+    /// Discard a parked event.
     Discard { position: u64, reply: oneshot::Sender<Result<()>> },
 }
 
@@ -115,7 +107,7 @@ pub struct StreamStatus {
     pub read_position: u64,
     /// Events read and not yet done.
     pub pending: usize,
-    /// Key workers alive.
+    /// Keys with a live worker.
     pub live_workers: usize,
     /// Parked events.
     pub parked: u64,
@@ -128,16 +120,27 @@ pub(crate) struct StreamHandle {
     pub task: JoinHandle<()>,
 }
 
-struct Slot {
-    queue: mpsc::Sender<WorkItem>,
-    sent: u64,
-    task: AbortHandle,
+/// A finished handler call.
+struct CallResult {
+    book_key: String,
+    event: Event,
+    attempt: u32,
+    result: std::result::Result<Reply, HandlerError>,
+}
+
+/// What a timer does when it fires.
+#[allow(clippy::large_enum_variant)] // transient, like `worker::Step`
+enum TimerKind {
+    /// Call the handler again.
+    Retry { book_key: String, event: Event, attempt: u32 },
+    /// Check whether the key's waiting sequence timed out.
+    Timeout { book_key: String },
 }
 
 #[derive(Default)]
 struct NextCheckpoint {
     ops: Vec<StateOp>,
-    acks: Vec<oneshot::Sender<()>>,
+    keys: Vec<String>,
     outcomes: Vec<(String, Outcome)>,
     dirty: bool,
 }
@@ -146,7 +149,7 @@ struct InFlight {
     done: oneshot::Receiver<Result<()>>,
     watermark: u64,
     max_time_micros: i64,
-    acks: Vec<oneshot::Sender<()>>,
+    keys: Vec<String>,
     outcomes: Vec<(String, Outcome)>,
 }
 
@@ -165,9 +168,18 @@ struct Stream {
     watermark: u64,
     max_time_micros: i64,
     read_position: u64,
-    workers: HashMap<String, Slot>,
-    /// Items waiting for room in their worker's queue, in log order.
-    stalled: VecDeque<WorkItem>,
+    processbook: HashMap<String, KeyWorker>,
+    /// Durable states of keys whose worker left recently (see `remember`).
+    recent_states: HashMap<String, KeyState>,
+    /// Events waiting in reorder buffers, over all workers.
+    buffered: usize,
+    calls: JoinSet<CallResult>,
+    waiting_permit: VecDeque<(String, Event, u32)>,
+    timers: BinaryHeap<Reverse<(Instant, u64)>>,
+    timer_kinds: HashMap<u64, TimerKind>,
+    timer_seq: u64,
+    /// Keys with an armed sequence-timeout timer.
+    timeouts_armed: HashSet<String>,
     next: NextCheckpoint,
     in_flight: Option<InFlight>,
     commits: u64,
@@ -214,8 +226,7 @@ pub(crate) async fn start(
         ..StreamStatus::default()
     };
     let (status, status_receiver) = watch::channel(initial);
-    let ctx =
-        Arc::new(StreamContext { id, subscription, topic, storage, inbox: inbox_sender.clone() });
+    let ctx = Arc::new(StreamContext { id, subscription, topic, storage });
     tracing::info!(stream = %ctx.id, watermark, last, parked, "stream starting");
     let stream = Stream {
         ctx,
@@ -231,8 +242,15 @@ pub(crate) async fn start(
         done_above: BTreeSet::new(),
         watermark,
         read_position: watermark + 1,
-        workers: HashMap::new(),
-        stalled: VecDeque::new(),
+        processbook: HashMap::new(),
+        recent_states: HashMap::new(),
+        buffered: 0,
+        calls: JoinSet::new(),
+        waiting_permit: VecDeque::new(),
+        timers: BinaryHeap::new(),
+        timer_kinds: HashMap::new(),
+        timer_seq: 0,
+        timeouts_armed: HashSet::new(),
         next: NextCheckpoint::default(),
         in_flight: None,
         commits: 0,
@@ -261,100 +279,53 @@ async fn count_parked(storage: &dyn Storage, id: &StreamId) -> Result<u64> {
     }
 }
 
-/// The reader task: reads and decodes the topic from `from` on, waiting for new records.
-async fn read_events(
-    storage: Arc<dyn Storage>,
-    topic: Name,
-    from: u64,
-    batches: mpsc::Sender<Result<Vec<Event>>>,
-) {
-    let opened = async {
-        Ok::<_, Error>((storage.watch(&topic).await?, storage.reader(&topic, from).await?))
-    };
-    let (mut last, mut reader) = match opened.await {
-        Ok(opened) => opened,
-        Err(error) => {
-            let _ = batches.send(Err(error)).await;
-            return;
-        }
-    };
-    loop {
-        let records = match reader.read(STREAM_READ_RECORDS_MAX).await {
-            Ok(records) => records,
-            Err(error) => {
-                let _ = batches.send(Err(error)).await;
-                return;
-            }
-        };
-        if records.is_empty() {
-            let next = reader.next_position();
-            if last.wait_for(|last| *last >= next).await.is_err() {
-                return;
-            }
-            continue;
-        }
-        let decoded: Result<Vec<Event>> = records
-            .iter()
-            .map(|r| {
-                codec::decode(&topic, r.position, &r.payload).map_err(|reason| Error::Decode {
-                    topic: topic.to_string(),
-                    position: r.position,
-                    reason,
-                })
-            })
-            .collect();
-        let failed = decoded.is_err();
-        if batches.send(decoded).await.is_err() || failed {
-            return;
-        }
-    }
-}
-
 impl Stream {
     async fn run(mut self) {
+        if let Err(error) = self.serve().await {
+            tracing::error!(stream = %self.ctx.id, %error, "stream stops");
+        }
+        self.reader_task.abort();
+        self.calls.abort_all();
+        tracing::info!(stream = %self.ctx.id, watermark = self.watermark, "stream stopped");
+    }
+
+    async fn serve(&mut self) -> Result<()> {
         loop {
-            let can_read =
-                self.stalled.is_empty() && self.pending.len() < STREAM_PENDING_EVENTS_MAX;
+            let can_read = self.pending.len() - self.buffered < STREAM_PENDING_EVENTS_MAX;
+            let next_timer = self.timers.peek().map(|Reverse((at, _))| *at);
+            let permits = Arc::clone(&self.ctx.subscription.in_flight);
             tokio::select! {
                 biased;
                 changed = self.shutdown.changed() => {
                     if changed.is_err() || *self.shutdown.borrow() {
-                        break;
+                        return Ok(());
                     }
                 }
-                Some(message) = self.inbox.recv() => self.on_message(message).await,
                 result = wait(&mut self.in_flight), if self.in_flight.is_some() => {
-                    if !self.on_committed(result) {
-                        break;
+                    self.on_committed(result).await?;
+                }
+                Some(joined) = self.calls.join_next(), if !self.calls.is_empty() => {
+                    let call = joined.map_err(|e| Error::state(format!("a handler task failed: {e}")))?;
+                    self.on_call_result(call).await?;
+                }
+                permit = permits.acquire_owned(), if !self.waiting_permit.is_empty() => {
+                    let permit = permit.map_err(|_| Error::Stopped)?;
+                    if let Some((book_key, event, attempt)) = self.waiting_permit.pop_front() {
+                        self.spawn_call(book_key, event, attempt, permit);
                     }
                 }
+                () = sleep_until(next_timer), if next_timer.is_some() => self.on_timer().await?,
+                Some(message) = self.inbox.recv() => self.on_message(message).await,
                 batch = self.batches.recv(), if can_read => match batch {
-                    Some(Ok(events)) => self.on_events(events),
-                    Some(Err(error)) => {
-                        tracing::error!(stream = %self.ctx.id, %error, "cannot read the topic; stream stops");
-                        break;
-                    }
-                    None => break,
+                    Some(events) => self.on_events(events?).await?,
+                    None => return Ok(()),
                 },
-            }
-            if !self.flush_stalled() {
-                break;
             }
             self.checkpoint().await;
         }
-        self.stop();
     }
 
-    fn stop(&mut self) {
-        self.reader_task.abort();
-        for slot in self.workers.values() {
-            slot.task.abort();
-        }
-        self.workers.clear();
-        tracing::info!(stream = %self.ctx.id, watermark = self.watermark, "stream stopped");
-    }
-
-    fn on_events(&mut self, events: Vec<Event>) {
+    async fn on_events(&mut self, events: Vec<Event>) -> Result<()> {
         for event in events {
             let position = event.position;
             self.read_position = position + 1;
@@ -363,80 +334,227 @@ impl Stream {
                 continue;
             }
             self.pending.insert(position);
-            self.dispatch(event);
+            let book_key = self.book_key(&event);
+            self.worker(&book_key, &event.key).await?.push(Item::Event(event));
+            self.drive(&book_key).await?;
+        }
+        Ok(())
+    }
+
+    /// The processbook entry of an event: its key, or (without per-key order) the event itself.
+    fn book_key(&self, event: &Event) -> String {
+        match self.ordering {
+            Ordering::None => format!("#{}", event.position),
+            _ => event.key.clone(),
         }
     }
 
-    fn dispatch(&mut self, event: Event) {
+    /// The worker of `book_key`, created (loading the key's durable state) if needed.
+    async fn worker(&mut self, book_key: &str, key: &str) -> Result<&mut KeyWorker> {
+        if !self.processbook.contains_key(book_key) {
+            let unordered = self.ordering == Ordering::None;
+            let state = if unordered {
+                KeyState::default()
+            } else if let Some(state) = self.recent_states.remove(key) {
+                state
+            } else {
+                self.ctx.storage.key_state(&self.ctx.id, key).await?.unwrap_or_default()
+            };
+            let worker = KeyWorker::new(&self.ctx, key.to_owned(), state, unordered);
+            self.processbook.insert(book_key.to_owned(), worker);
+        }
+        Ok(self.processbook.get_mut(book_key).expect("inserted above"))
+    }
+
+    /// Keeps the durable state of a worker that left, so the key's next worker need not read it
+    /// back (it is exactly what the last checkpoint stored). Bounded: cleared when full.
+    fn remember(&mut self, worker: KeyWorker) {
         if self.ordering == Ordering::None {
-            tokio::spawn(handle_unordered(Arc::clone(&self.ctx), event, true));
             return;
         }
-        self.stalled.push_back(WorkItem::Event(event));
+        if self.recent_states.len() >= RECENT_KEY_STATES_MAX {
+            self.recent_states.clear();
+        }
+        let (key, state) = worker.into_state();
+        self.recent_states.insert(key, state);
     }
 
-    /// Hands stalled items to their workers, in order, until a queue is full. Returns false if
-    /// a worker died (the stream cannot know what its queue held, so it stops; a restart
-    /// resumes from the durable state).
-    fn flush_stalled(&mut self) -> bool {
-        while let Some(item) = self.stalled.pop_front() {
-            if !self.workers.contains_key(item.key()) {
-                let key = item.key().to_owned();
-                let slot = spawn_worker(&self.ctx, &key);
-                self.workers.insert(key, slot);
+    /// Lets a key take its next step, as long as it is not busy.
+    async fn drive(&mut self, book_key: &str) -> Result<()> {
+        loop {
+            let room = self.buffered < STREAM_REORDER_EVENTS_MAX;
+            let Some(worker) = self.processbook.get_mut(book_key) else { return Ok(()) };
+            if worker.busy {
+                return Ok(());
             }
-            let slot = self.workers.get_mut(item.key()).expect("inserted above");
-            match slot.queue.try_send(item) {
-                Ok(()) => slot.sent += 1,
-                Err(mpsc::error::TrySendError::Full(item)) => {
-                    self.stalled.push_front(item);
-                    return true;
+            let before = worker.buffered();
+            let step = worker.next_step(&self.ctx, room);
+            self.buffered = self.buffered + worker.buffered() - before;
+            match step {
+                Step::Call { event, attempt } => {
+                    worker.busy = true;
+                    self.start_call(book_key.to_owned(), event, attempt);
+                    return Ok(());
                 }
-                Err(mpsc::error::TrySendError::Closed(item)) => {
-                    tracing::error!(stream = %self.ctx.id, key = item.key(), "a key worker died; stream stops");
-                    return false;
+                Step::Finished { items, ops } => {
+                    worker.busy = true;
+                    self.record(book_key, items, ops);
+                    return Ok(());
+                }
+                Step::LoadFollowers { after } => {
+                    let key = worker.key().to_owned();
+                    let (events, more) = self.followers(&key, after).await?;
+                    if let Some(worker) = self.processbook.get_mut(book_key) {
+                        worker.followers(events, more);
+                    }
+                }
+                Step::Wait => {
+                    let timeout = self.ctx.topic.config.sequence_timeout;
+                    if let Some(deadline) = worker.deadline(timeout) {
+                        if self.timeouts_armed.insert(book_key.to_owned()) {
+                            let kind = TimerKind::Timeout { book_key: book_key.to_owned() };
+                            self.add_timer(deadline, kind);
+                        }
+                    } else if worker.is_idle()
+                        && let Some(worker) = self.processbook.remove(book_key)
+                    {
+                        self.remember(worker);
+                    }
+                    return Ok(());
                 }
             }
         }
-        true
     }
 
-    async fn on_message(&mut self, message: StreamMsg) {
-        match message {
-            StreamMsg::Completed(completion) => self.on_completed(completion),
-            StreamMsg::Idle { key, received } => {
-                if self.workers.get(&key).is_some_and(|slot| slot.sent == received)
-                    && let Some(slot) = self.workers.remove(&key)
-                {
-                    drop(slot.queue); // the worker's queue closes and it ends
-                    let (live_workers, pending) = (self.workers.len(), self.pending.len());
-                    self.status.send_if_modified(|status| {
-                        status.live_workers = live_workers;
-                        status.pending = pending;
-                        false // informational: do not wake status waiters
-                    });
-                }
+    /// One page of `key`'s parked `blocked` followers after `after`, read back from the log.
+    async fn followers(&self, key: &str, after: u64) -> Result<(Vec<Event>, Option<u64>)> {
+        let ctx = &self.ctx;
+        let page = ctx
+            .storage
+            .parked(&ctx.id.subscription, Some((ctx.id.topic.clone(), after)), PARKED_LIST_MAX)
+            .await?;
+        let more =
+            (page.len() >= PARKED_LIST_MAX).then(|| page.last().map(|p| p.position)).flatten();
+        let mut events = Vec::new();
+        for parked in page.into_iter().take_while(|p| p.topic == ctx.id.topic) {
+            if parked.key == key && parked.reason == ParkReason::Blocked {
+                events
+                    .push(read_event(ctx.storage.as_ref(), &ctx.id.topic, parked.position).await?);
             }
-            StreamMsg::Retry { position, reply } => {
-                let _ = reply.send(self.retry(position).await);
-            }
-            StreamMsg::Discard { position, reply } => {
-                let _ = reply.send(self.discard(position).await);
-            }
+        }
+        Ok((events, more))
+    }
+
+    fn start_call(&mut self, book_key: String, event: Event, attempt: u32) {
+        match Arc::clone(&self.ctx.subscription.in_flight).try_acquire_owned() {
+            Ok(permit) => self.spawn_call(book_key, event, attempt, permit),
+            Err(_) => self.waiting_permit.push_back((book_key, event, attempt)),
         }
     }
 
-    fn on_completed(&mut self, completion: Completion) {
-        let is_fresh =
-            |position: u64| completion.items.iter().any(|d| d.fresh && d.position == position);
-        for op in &completion.ops {
+    fn spawn_call(
+        &mut self,
+        book_key: String,
+        event: Event,
+        attempt: u32,
+        permit: OwnedSemaphorePermit,
+    ) {
+        let subscription = Arc::clone(&self.ctx.subscription);
+        self.calls.spawn(async move {
+            let result = call_handler(&subscription, &event, attempt).await;
+            drop(permit);
+            CallResult { book_key, event, attempt, result }
+        });
+    }
+
+    async fn on_call_result(&mut self, call: CallResult) -> Result<()> {
+        let CallResult { book_key, event, attempt, result } = call;
+        let Some(worker) = self.processbook.get_mut(&book_key) else {
+            return Err(Error::state(format!(
+                "no worker for key {book_key} after its handler call"
+            )));
+        };
+        match worker.handler_result(&self.ctx, event, attempt, result) {
+            AfterCall::Retry { event, attempt, delay } => {
+                self.add_timer(
+                    Instant::now() + delay,
+                    TimerKind::Retry { book_key, event, attempt },
+                );
+            }
+            AfterCall::Finished { items, ops } => self.record(&book_key, items, ops),
+        }
+        Ok(())
+    }
+
+    fn add_timer(&mut self, at: Instant, kind: TimerKind) {
+        self.timer_seq += 1;
+        self.timers.push(Reverse((at, self.timer_seq)));
+        self.timer_kinds.insert(self.timer_seq, kind);
+    }
+
+    async fn on_timer(&mut self) -> Result<()> {
+        let now = Instant::now();
+        while let Some(&Reverse((at, seq))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            match self.timer_kinds.remove(&seq) {
+                Some(TimerKind::Retry { book_key, event, attempt }) => {
+                    self.start_call(book_key, event, attempt);
+                }
+                Some(TimerKind::Timeout { book_key }) => {
+                    self.timeouts_armed.remove(&book_key);
+                    self.expire(&book_key, now).await?;
+                }
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// A key's sequence timeout fired: park what waits if the deadline passed, else re-arm.
+    async fn expire(&mut self, book_key: &str, now: Instant) -> Result<()> {
+        let timeout = self.ctx.topic.config.sequence_timeout;
+        let Some(worker) = self.processbook.get_mut(book_key) else { return Ok(()) };
+        match worker.deadline(timeout) {
+            Some(deadline) if deadline <= now && !worker.busy => {
+                let before = worker.buffered();
+                let step = worker.expire(&self.ctx);
+                self.buffered -= before - worker.buffered();
+                if let Step::Finished { items, ops } = step {
+                    worker.busy = true;
+                    self.record(book_key, items, ops);
+                }
+            }
+            Some(deadline) => {
+                self.timeouts_armed.insert(book_key.to_owned());
+                let at = if worker.busy {
+                    deadline.max(now + std::time::Duration::from_millis(10))
+                } else {
+                    deadline
+                };
+                self.add_timer(at, TimerKind::Timeout { book_key: book_key.to_owned() });
+            }
+            None => self.drive(book_key).await?,
+        }
+        Ok(())
+    }
+
+    /// Records finished events of a key for the next checkpoint; the key waits for it.
+    fn record(&mut self, book_key: &str, items: Vec<Done>, ops: Vec<StateOp>) {
+        for op in &ops {
             match op {
-                StateOp::Park(parked) if is_fresh(parked.position) => self.parked += 1,
+                StateOp::Park(parked)
+                    if items.iter().any(|d| d.fresh && d.position == parked.position) =>
+                {
+                    self.parked += 1;
+                }
                 StateOp::Unpark { .. } => self.parked = self.parked.saturating_sub(1),
                 _ => {}
             }
         }
-        for done in completion.items {
+        for done in items {
             if done.fresh {
                 self.pending.remove(&done.position);
                 self.mark_done(done.position);
@@ -448,8 +566,8 @@ impl Stream {
                 self.next.outcomes.push((done.event_id, done.outcome));
             }
         }
-        self.next.ops.extend(completion.ops);
-        self.next.acks.extend(completion.durable);
+        self.next.ops.extend(ops);
+        self.next.keys.push(book_key.to_owned());
         self.next.dirty = true;
     }
 
@@ -465,37 +583,38 @@ impl Stream {
         }
     }
 
-    async fn retry(&mut self, position: u64) -> Result<()> {
-        self.parked_or_unknown(position).await?;
-        let event = self.ctx.read_event(position).await?;
-        if self.ordering == Ordering::None {
-            tokio::spawn(handle_unordered(Arc::clone(&self.ctx), event, false));
-        } else {
-            self.stalled.push_back(WorkItem::Retry(event));
+    async fn on_message(&mut self, message: StreamMsg) {
+        match message {
+            StreamMsg::Retry { position, reply } => {
+                let _ = reply.send(self.operate(position, true).await);
+            }
+            StreamMsg::Discard { position, reply } => {
+                let _ = reply.send(self.operate(position, false).await);
+            }
         }
-        Ok(())
     }
 
-    async fn discard(&mut self, position: u64) -> Result<()> {
-        let parked = self.parked_or_unknown(position).await?;
-        if self.ordering == Ordering::None {
-            self.next.ops.push(StateOp::Unpark { stream: self.ctx.id.clone(), position });
-            self.parked = self.parked.saturating_sub(1);
-            self.next.dirty = true;
-        } else {
-            self.stalled.push_back(WorkItem::Discard { key: parked.key, position });
-        }
-        Ok(())
-    }
-
-    async fn parked_or_unknown(&self, position: u64) -> Result<crate::state::ParkedEvent> {
-        self.ctx.storage.parked_event(&self.ctx.id, position).await?.ok_or_else(|| {
+    /// Hands an operator's retry or discard of a parked event to its key.
+    async fn operate(&mut self, position: u64, retry: bool) -> Result<()> {
+        let ctx = Arc::clone(&self.ctx);
+        let parked = ctx.storage.parked_event(&ctx.id, position).await?.ok_or_else(|| {
             Error::UnknownParked {
-                subscription: self.ctx.id.subscription.to_string(),
-                topic: self.ctx.id.topic.to_string(),
+                subscription: ctx.id.subscription.to_string(),
+                topic: ctx.id.topic.to_string(),
                 position,
             }
-        })
+        })?;
+        let book_key = match self.ordering {
+            Ordering::None => format!("#{position}"),
+            _ => parked.key.clone(),
+        };
+        let item = if retry {
+            Item::Retry(ctx.read_event(position).await?)
+        } else {
+            Item::Discard(position)
+        };
+        self.worker(&book_key, &parked.key).await?.push(item);
+        self.drive(&book_key).await
     }
 
     /// Sends the next checkpoint if none is in flight and there is something to make durable.
@@ -521,20 +640,22 @@ impl Stream {
             done: is_done,
             watermark: self.watermark,
             max_time_micros: self.max_time_micros,
-            acks: next.acks,
+            keys: next.keys,
             outcomes: next.outcomes,
         });
     }
 
-    /// A checkpoint is durable (or failed): release workers, answer waiters, publish status.
-    fn on_committed(&mut self, result: Result<()>) -> bool {
+    /// A checkpoint is durable: its keys go on, waiters get their outcomes, status is published.
+    async fn on_committed(&mut self, result: Result<()>) -> Result<()> {
         let in_flight = self.in_flight.take().expect("a checkpoint was in flight");
-        if let Err(error) = result {
-            tracing::error!(stream = %self.ctx.id, %error, "checkpoint failed; stream stops");
-            return false;
+        result?;
+        for key in &in_flight.keys {
+            if let Some(worker) = self.processbook.get_mut(key) {
+                worker.busy = false;
+            }
         }
-        for ack in in_flight.acks {
-            let _ = ack.send(());
+        for key in &in_flight.keys {
+            self.drive(key).await?;
         }
         if self.waiters.any() {
             for (id, outcome) in &in_flight.outcomes {
@@ -548,7 +669,7 @@ impl Stream {
             commits: self.commits,
             read_position: self.read_position,
             pending: self.pending.len(),
-            live_workers: self.workers.len(),
+            live_workers: self.processbook.len(),
             parked: self.parked,
         };
         self.status.send_replace(status);
@@ -558,7 +679,7 @@ impl Stream {
         ];
         metrics::gauge!("inorder_live_workers", &labels).set(status.live_workers as f64);
         metrics::gauge!("inorder_watermark", &labels).set(status.watermark as f64);
-        true
+        Ok(())
     }
 }
 
@@ -569,10 +690,11 @@ async fn wait(in_flight: &mut Option<InFlight>) -> Result<()> {
     }
 }
 
-fn spawn_worker(ctx: &Arc<StreamContext>, key: &str) -> Slot {
-    let (queue, receiver) = mpsc::channel(WORKER_QUEUE_DEPTH);
-    let task = tokio::spawn(Worker::run(Arc::clone(ctx), key.to_owned(), receiver));
-    Slot { queue, sent: 0, task: task.abort_handle() }
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Compresses a set of positions into inclusive ranges.

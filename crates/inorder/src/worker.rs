@@ -1,225 +1,239 @@
-//! Key workers: one task per active key of a stream, handling the key's events strictly one at
-//! a time and in order.
+//! Key workers: the state machine of one active key of a stream.
 //!
-//! A worker owns its key's state (loaded from storage when it starts), its sequencer (reorder
-//! buffer) and its queue. For each event it calls the handler with retries, then reports the
-//! completion to its stream and **waits until the completion is durable** before it takes the
-//! next event: after a crash, at most the one event a key had in flight is handed to the
-//! handler again.
+//! A worker holds its key's durable state, its sequencer (reorder buffer) and its queue, and
+//! decides what the key does next: call the handler for its next event, park events, or wait.
+//! It is owned by its stream task (the processbook is a map of workers), so there is never more
+//! than one per key and nothing to race with: the stream asks [`KeyWorker::next_step`] whenever
+//! the key may go on, runs the handler call it asks for on another task, and hands the result
+//! back to [`KeyWorker::handler_result`].
 //!
-//! A worker never decides alone to stop. When its queue is empty and nothing waits in its
-//! buffer it tells the stream how many events it received; the stream removes it only if that
-//! is every event it sent (so an event sent meanwhile is never lost), and the worker ends when
-//! its queue closes. A panicking handler is caught ([`crate::handler::call`]).
+//! The key goes on only after its last completion is **durable** (the stream clears
+//! [`KeyWorker::busy`] when the checkpoint holding it is committed): after a crash, at most the
+//! one event a key had in flight is handed to the handler again. A worker with nothing queued,
+//! nothing waiting and nothing in flight is removed by the stream.
 
 use std::{
     collections::{HashSet, VecDeque},
-    sync::Arc,
+    time::Duration,
 };
 
-use tokio::{
-    sync::{mpsc, oneshot},
-    time::Instant,
-};
+use tokio::time::Instant;
 
 use crate::{
     config::FailurePolicy,
     event::{Event, now_micros},
-    handler::{self, HandlerContext, Reply},
-    limits::PARKED_LIST_MAX,
+    handler::{HandlerError, Reply},
     runtime::{StreamContext, SubscriptionStats},
     sequencer::{Offer, Sequencer},
     state::{KeyState, ParkReason, ParkedEvent},
     storage::StateOp,
-    stream::{Completion, Done, Outcome, StreamMsg},
+    stream::{Done, Outcome},
 };
 
-/// What a stream hands to a key worker.
+/// What a stream hands to a key.
 #[derive(Debug)]
-pub(crate) enum WorkItem {
+pub(crate) enum Item {
     /// A new event from the log.
     Event(Event),
     /// An operator retries this parked event.
     Retry(Event),
-    /// An operator discards the parked event of `key` at `position`.
-    Discard { key: String, position: u64 },
+    /// An operator discards the parked event at this position.
+    Discard(u64),
 }
 
-impl WorkItem {
-    /// The key whose worker takes the item.
-    pub(crate) fn key(&self) -> &str {
-        match self {
-            Self::Event(event) | Self::Retry(event) => &event.key,
-            Self::Discard { key, .. } => key,
-        }
-    }
+/// What a key does next.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // transient; boxing `Call`, the common case, would allocate per event
+pub(crate) enum Step {
+    /// Call the handler (attempt `attempt`).
+    Call { event: Event, attempt: u32 },
+    /// These events are finished: record them (and the key's state) durably.
+    Finished { items: Vec<Done>, ops: Vec<StateOp> },
+    /// List the key's blocked followers after this position, then ask again.
+    LoadFollowers { after: u64 },
+    /// Nothing to do until something arrives (or a sequence times out).
+    Wait,
 }
 
-/// One key's worker.
-pub(crate) struct Worker {
-    ctx: Arc<StreamContext>,
+/// What to do after a handler call.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // transient, like `Step`
+pub(crate) enum AfterCall {
+    /// Call again after `delay`.
+    Retry { event: Event, attempt: u32, delay: Duration },
+    /// Record these (see [`Step::Finished`]).
+    Finished { items: Vec<Done>, ops: Vec<StateOp> },
+}
+
+/// One active key of a stream.
+#[derive(Debug)]
+pub(crate) struct KeyWorker {
+    /// The event key (for `none` ordering the processbook entry is per event, this is still the
+    /// event's key).
     key: String,
-    queue: mpsc::Receiver<WorkItem>,
     state: KeyState,
     sequencer: Option<Sequencer>,
+    queue: VecDeque<Item>,
+    /// A handler call, a backoff or a checkpoint is in progress.
+    pub busy: bool,
     /// When the sequencer started waiting for a missing event.
     waiting_since: Option<Instant>,
-    /// Parked events to replay before the queue (followers released by an unblock).
+    /// Parked events to replay (blocked followers released by an unblock).
     replay: VecDeque<Event>,
-    /// Position after which more blocked followers may wait in storage.
+    /// More blocked followers may wait in storage after this position.
     followers_after: Option<u64>,
     /// Positions that were parked and are being retried (not pending in the stream).
     retried: HashSet<u64>,
+    /// The blocking event being retried: when it succeeds, its followers are released.
+    retrying_blocker: Option<u64>,
+    /// Whether the stored state is replaced (`false`) or max-merged (`none` ordering).
+    merge: bool,
 }
 
-impl Worker {
-    /// Loads the key's state and serves the key until the stream removes the worker.
-    pub(crate) async fn run(ctx: Arc<StreamContext>, key: String, queue: mpsc::Receiver<WorkItem>) {
-        let contract = ctx.topic.contract(ctx.subscription.config.ordering);
-        let state = match ctx.storage.key_state(&ctx.id, &key).await {
-            Ok(state) => state.unwrap_or_default(),
-            Err(error) => {
-                tracing::error!(%error, stream = %ctx.id, key, "cannot load key state; worker stops");
-                return;
-            }
-        };
-        let sequencer = contract.map(|contract| Sequencer::new(contract, state.progress));
-        let mut worker = Self {
-            ctx,
+impl KeyWorker {
+    /// A worker for `key`, resuming from its durable `state`.
+    pub(crate) fn new(ctx: &StreamContext, key: String, state: KeyState, merge: bool) -> Self {
+        let sequencer = ctx
+            .topic
+            .contract(ctx.subscription.config.ordering)
+            .map(|contract| Sequencer::new(contract, state.progress));
+        Self {
             key,
-            queue,
             state,
             sequencer,
+            queue: VecDeque::new(),
+            busy: false,
             waiting_since: None,
             replay: VecDeque::new(),
             followers_after: None,
             retried: HashSet::new(),
-        };
-        worker.serve().await;
+            retrying_blocker: None,
+            merge,
+        }
     }
 
-    async fn serve(&mut self) {
-        let mut received = 0u64;
+    /// Queues an item; the stream asks for the next step when the key is not busy.
+    pub(crate) fn push(&mut self, item: Item) {
+        self.queue.push_back(item);
+    }
+
+    /// Events waiting in the reorder buffer.
+    pub(crate) fn buffered(&self) -> usize {
+        self.sequencer.as_ref().map_or(0, Sequencer::buffered)
+    }
+
+    /// Whether the worker can be removed: nothing queued, waiting, replaying or in progress.
+    pub(crate) fn is_idle(&self) -> bool {
+        !self.busy
+            && self.queue.is_empty()
+            && self.replay.is_empty()
+            && self.followers_after.is_none()
+            && self.buffered() == 0
+    }
+
+    /// When the waiting sequence times out, if it waits and the topic has a timeout.
+    pub(crate) fn deadline(&self, timeout: Option<Duration>) -> Option<Instant> {
+        Some(self.waiting_since? + timeout?)
+    }
+
+    /// The key's next step. `room` says whether the stream's reorder budget has room.
+    pub(crate) fn next_step(&mut self, ctx: &StreamContext, room: bool) -> Step {
+        debug_assert!(!self.busy, "a busy key takes no step");
         loop {
-            if self.replay.is_empty()
-                && let Some(after) = self.followers_after.take()
-                && !self.load_followers(after).await
-            {
-                return;
-            }
             if let Some(event) = self.replay.pop_front() {
-                if !self.offer(event).await {
-                    return;
+                match self.offer(ctx, event, room) {
+                    Step::Wait => continue,
+                    step => return step,
                 }
-                continue;
+            }
+            if let Some(after) = self.followers_after.take() {
+                return Step::LoadFollowers { after };
             }
             if let Some(event) = self.sequencer.as_mut().and_then(Sequencer::take_ready) {
-                if !self.process(event).await {
-                    return;
-                }
-                continue;
+                return Step::Call { event, attempt: 1 };
             }
-            let waiting = self.sequencer.as_ref().is_some_and(Sequencer::is_waiting);
-            let item = match (waiting, self.deadline()) {
-                (true, Some(deadline)) => tokio::select! {
-                    item = self.queue.recv() => item,
-                    () = tokio::time::sleep_until(deadline) => {
-                        if !self.expire().await {
-                            return;
-                        }
-                        continue;
-                    }
-                },
-                // Waiting without a timeout: never report idle, the buffer must not be lost.
-                (true, None) => self.queue.recv().await,
-                (false, _) => match self.queue.try_recv() {
-                    Ok(item) => Some(item),
-                    Err(mpsc::error::TryRecvError::Empty) => {
-                        let idle = StreamMsg::Idle { key: self.key.clone(), received };
-                        if self.ctx.inbox.send(idle).await.is_err() {
-                            return;
-                        }
-                        self.queue.recv().await
-                    }
-                    Err(mpsc::error::TryRecvError::Disconnected) => None,
-                },
+            let Some(item) = self.queue.pop_front() else { return Step::Wait };
+            let step = match item {
+                Item::Event(event) => self.offer(ctx, event, room),
+                Item::Retry(event) => self.retry(ctx, event, room),
+                Item::Discard(position) => self.discard(ctx, position),
             };
-            let Some(item) = item else { return };
-            received += 1;
-            let alive = match item {
-                WorkItem::Event(event) => self.offer(event).await,
-                WorkItem::Retry(event) => self.retry(event).await,
-                WorkItem::Discard { position, .. } => self.discard(position).await,
-            };
-            if !alive {
-                return;
+            if !matches!(step, Step::Wait) {
+                return step;
             }
         }
     }
 
-    /// When the waiting sequence times out, if the topic has a timeout.
-    fn deadline(&self) -> Option<Instant> {
-        let timeout = self.ctx.topic.config.sequence_timeout?;
-        Some(self.waiting_since.unwrap_or_else(Instant::now) + timeout)
-    }
-
-    /// Routes an event through the block check and the sequencer. Returns false if the stream
-    /// is gone.
-    async fn offer(&mut self, event: Event) -> bool {
+    /// Routes an event through the block check and the sequencer.
+    fn offer(&mut self, ctx: &StreamContext, event: Event, room: bool) -> Step {
         if let Some(blocker) = self.state.blocked_by
             && blocker != event.position
         {
-            return self.park(vec![event], ParkReason::Blocked, None).await;
+            return self.park(ctx, vec![event], ParkReason::Blocked, None);
         }
         let Some(sequencer) = self.sequencer.as_mut() else {
-            return self.process(event).await;
+            return Step::Call { event, attempt: 1 };
         };
-        match sequencer.offer(event) {
-            Offer::Ready(event) => self.process(event).await,
+        match sequencer.offer(event, room) {
+            Offer::Ready(event) => Step::Call { event, attempt: 1 },
             Offer::Buffered => {
                 self.waiting_since.get_or_insert_with(Instant::now);
-                true
+                Step::Wait
             }
-            Offer::Park(event, reason, error) => self.park(vec![event], reason, error).await,
+            Offer::Park(event, reason, error) => {
+                self.park(ctx, vec![event], reason, error.as_deref())
+            }
         }
     }
 
-    /// Calls the handler for the key's next event and records the outcome.
-    async fn process(&mut self, event: Event) -> bool {
-        // Boxed: keeps the worker's own future small (it is moved on every spawn).
-        let outcome = Box::pin(call_with_retries(&self.ctx, &event)).await;
-        let mut ops = Vec::new();
-        let done_outcome = match outcome {
+    /// The handler returned for `event` on attempt `attempt`.
+    pub(crate) fn handler_result(
+        &mut self,
+        ctx: &StreamContext,
+        event: Event,
+        attempt: u32,
+        result: Result<Reply, HandlerError>,
+    ) -> AfterCall {
+        let retry = ctx.subscription.config.retry;
+        let mut ops = Vec::with_capacity(2);
+        let outcome = match result {
             Ok(reply) => {
                 self.state.last_time_micros = self.state.last_time_micros.max(event.time_micros);
                 self.advance(&event);
                 Outcome::Handled(reply)
             }
-            Err((error, attempts)) => {
-                let parked = parked_event(
-                    &self.ctx,
-                    &event,
-                    ParkReason::Failed,
-                    Some(error.clone()),
-                    attempts,
-                );
+            Err(error) if error.is_retryable() && attempt < retry.max_attempts => {
+                let delay = retry.delay(attempt);
+                tracing::warn!(stream = %ctx.id, position = event.position, attempt, ?delay, %error, "handler failed; retrying");
+                return AfterCall::Retry { event, attempt: attempt + 1, delay };
+            }
+            Err(error) => {
+                let message = error.message().to_owned();
+                let parked =
+                    parked_event(ctx, &event, ParkReason::Failed, Some(message.clone()), attempt);
                 ops.push(StateOp::Park(parked));
-                SubscriptionStats::add(&self.ctx.subscription.stats.parked, 1);
-                self.ctx.subscription.metrics.parked.increment(1);
-                if self.ctx.subscription.config.on_failure == FailurePolicy::Block {
+                count_parked(ctx, 1);
+                if ctx.subscription.config.on_failure == FailurePolicy::Block {
                     self.state.blocked_by = Some(event.position);
                 } else {
                     self.advance(&event);
                 }
-                Outcome::Parked { reason: ParkReason::Failed, error: Some(error) }
+                Outcome::Parked { reason: ParkReason::Failed, error: Some(message) }
             }
         };
         if ops.is_empty() && self.retried.contains(&event.position) {
-            ops.push(StateOp::Unpark { stream: self.ctx.id.clone(), position: event.position });
+            ops.push(StateOp::Unpark { stream: ctx.id.clone(), position: event.position });
+        }
+        if self.retrying_blocker == Some(event.position) {
+            self.retrying_blocker = None;
+            if self.state.blocked_by.is_none() {
+                self.followers_after = Some(event.position);
+            }
         }
         self.state.last_position = self.state.last_position.max(event.position);
-        let done = self.done(&event, done_outcome);
-        self.complete(vec![done], ops).await
+        let done = self.done(&event, outcome);
+        ops.push(self.key_op(ctx));
+        AfterCall::Finished { items: vec![done], ops }
     }
 
     /// Marks the event done in the key's progress (handled, or parked and skipped).
@@ -227,100 +241,79 @@ impl Worker {
         if let Some(sequencer) = self.sequencer.as_mut() {
             sequencer.advance(event);
             self.state.progress = sequencer.progress();
-            if !sequencer.is_waiting() {
+            if sequencer.buffered() == 0 {
                 self.waiting_since = None;
             }
         }
     }
 
     /// Parks events without calling the handler.
-    async fn park(
+    fn park(
         &mut self,
+        ctx: &StreamContext,
         events: Vec<Event>,
         reason: ParkReason,
-        error: Option<String>,
-    ) -> bool {
-        let mut ops = Vec::with_capacity(events.len());
+        error: Option<&str>,
+    ) -> Step {
+        if events.is_empty() {
+            return Step::Wait;
+        }
+        let mut ops = Vec::with_capacity(events.len() + 1);
         let mut items = Vec::with_capacity(events.len());
         for event in events {
-            ops.push(StateOp::Park(parked_event(&self.ctx, &event, reason, error.clone(), 0)));
+            let error = error.map(str::to_owned);
+            ops.push(StateOp::Park(parked_event(ctx, &event, reason, error.clone(), 0)));
             self.state.last_position = self.state.last_position.max(event.position);
-            items.push(self.done(&event, Outcome::Parked { reason, error: error.clone() }));
+            items.push(self.done(&event, Outcome::Parked { reason, error }));
         }
-        SubscriptionStats::add(&self.ctx.subscription.stats.parked, items.len() as u64);
-        self.complete(items, ops).await
+        count_parked(ctx, items.len());
+        ops.push(self.key_op(ctx));
+        Step::Finished { items, ops }
     }
 
-    /// The sequence waited too long: park everything it holds.
-    async fn expire(&mut self) -> bool {
+    /// The waiting sequence timed out: park everything it holds.
+    pub(crate) fn expire(&mut self, ctx: &StreamContext) -> Step {
         let waiting = self.sequencer.as_mut().map(Sequencer::drain).unwrap_or_default();
         self.waiting_since = None;
-        tracing::info!(stream = %self.ctx.id, key = self.key, parked = waiting.len(), "sequence timed out");
-        self.park(waiting, ParkReason::Timeout, None).await
+        tracing::info!(stream = %ctx.id, key = self.key, parked = waiting.len(), "sequence timed out");
+        self.park(ctx, waiting, ParkReason::Timeout, None)
     }
 
     /// An operator retries a parked event.
-    async fn retry(&mut self, event: Event) -> bool {
+    fn retry(&mut self, ctx: &StreamContext, event: Event, room: bool) -> Step {
         self.retried.insert(event.position);
         if self.state.blocked_by == Some(event.position) {
+            // The key stays blocked until the call succeeds; then its followers run.
             self.state.blocked_by = None;
-            let position = event.position;
-            let alive = self.process(event).await;
-            if alive && self.state.blocked_by.is_none() {
-                self.followers_after = Some(position);
-            }
-            return alive;
+            self.retrying_blocker = Some(event.position);
+            return Step::Call { event, attempt: 1 };
         }
-        self.offer(event).await
+        self.offer(ctx, event, room)
     }
 
     /// An operator discards a parked event; if it blocked the key, the key moves on.
-    async fn discard(&mut self, position: u64) -> bool {
-        let mut ops = vec![StateOp::Unpark { stream: self.ctx.id.clone(), position }];
+    fn discard(&mut self, ctx: &StreamContext, position: u64) -> Step {
+        let mut ops = vec![StateOp::Unpark { stream: ctx.id.clone(), position }];
         if self.state.blocked_by == Some(position) {
+            // The blocker was the key's next event: skip it in the sequence.
             self.state.blocked_by = None;
-            if self.sequencer.is_some() {
-                match self.ctx.read_event(position).await {
-                    Ok(event) => self.advance(&event),
-                    Err(error) => tracing::error!(%error, "cannot read the discarded event"),
-                }
+            if let Some(sequencer) = self.sequencer.as_mut() {
+                sequencer.skip_next();
+                self.state.progress = sequencer.progress();
             }
             self.followers_after = Some(position);
         }
-        ops.push(self.key_op());
-        self.send_completion(Vec::new(), ops).await
+        ops.push(self.key_op(ctx));
+        Step::Finished { items: Vec::new(), ops }
     }
 
-    /// Loads the key's blocked followers after `after` (one page) into the replay queue.
-    async fn load_followers(&mut self, after: u64) -> bool {
-        let ctx = Arc::clone(&self.ctx);
-        let start = Some((ctx.topic.name.clone(), after));
-        let page = match ctx.storage.parked(&ctx.subscription.name, start, PARKED_LIST_MAX).await {
-            Ok(page) => page,
-            Err(error) => {
-                tracing::error!(%error, "cannot list blocked followers");
-                return true;
-            }
-        };
-        let full = page.len() >= PARKED_LIST_MAX;
-        let mut last = after;
-        for parked in page.into_iter().take_while(|p| p.topic == ctx.topic.name) {
-            last = parked.position;
-            if parked.key != self.key || parked.reason != ParkReason::Blocked {
-                continue;
-            }
-            match ctx.read_event(parked.position).await {
-                Ok(event) => {
-                    self.retried.insert(event.position);
-                    self.replay.push_back(event);
-                }
-                Err(error) => tracing::error!(%error, "cannot read a blocked follower"),
-            }
+    /// Queues the key's blocked followers found in storage (one page; `more` after `last`).
+    pub(crate) fn followers(&mut self, events: Vec<Event>, more_after: Option<u64>) {
+        for event in events {
+            self.retried.insert(event.position);
+            self.replay.push_back(event);
         }
-        if full {
-            self.followers_after = Some(last);
-        }
-        true
+        self.followers_after = more_after;
     }
 
     fn done(&mut self, event: &Event, outcome: Outcome) -> Done {
@@ -333,30 +326,30 @@ impl Worker {
         }
     }
 
-    /// The key's state to store (the worker loaded it, so it replaces what is stored).
-    fn key_op(&self) -> StateOp {
+    fn key_op(&self, ctx: &StreamContext) -> StateOp {
         StateOp::Key {
-            stream: self.ctx.id.clone(),
+            stream: ctx.id.clone(),
             key: self.key.clone(),
             state: self.state.clone(),
-            merge: false,
+            merge: self.merge,
         }
     }
 
-    /// Reports completed events with the key's new state, and waits until they are durable.
-    async fn complete(&mut self, items: Vec<Done>, mut ops: Vec<StateOp>) -> bool {
-        ops.push(self.key_op());
-        self.send_completion(items, ops).await
+    /// The key and its state, when the worker leaves.
+    pub(crate) fn into_state(self) -> (String, KeyState) {
+        (self.key, self.state)
     }
 
-    async fn send_completion(&mut self, items: Vec<Done>, ops: Vec<StateOp>) -> bool {
-        let (durable, is_durable) = oneshot::channel();
-        let completion = Completion { items, ops, durable: Some(durable) };
-        if self.ctx.inbox.send(StreamMsg::Completed(completion)).await.is_err() {
-            return false;
-        }
-        is_durable.await.is_ok()
+    /// The key's name.
+    pub(crate) fn key(&self) -> &str {
+        &self.key
     }
+}
+
+fn count_parked(ctx: &StreamContext, n: usize) {
+    let n = n as u64;
+    SubscriptionStats::add(&ctx.subscription.stats.parked, n);
+    ctx.subscription.metrics.parked.increment(n);
 }
 
 /// A parked-event record for `event`.
@@ -379,82 +372,4 @@ pub(crate) fn parked_event(
         attempts,
         parked_at_micros: now_micros(),
     }
-}
-
-/// Calls the subscription's handler until it succeeds, fails permanently, or runs out of
-/// attempts (then the last error and the number of attempts).
-pub(crate) async fn call_with_retries(
-    ctx: &StreamContext,
-    event: &Event,
-) -> Result<Reply, (String, u32)> {
-    let subscription = &ctx.subscription;
-    let retry = subscription.config.retry;
-    let mut attempt = 1;
-    loop {
-        let Ok(permit) = subscription.in_flight.acquire().await else {
-            return Err(("the engine is stopping".to_owned(), attempt - 1));
-        };
-        let context = HandlerContext { subscription: subscription.name.clone(), attempt };
-        let started = std::time::Instant::now();
-        let result = handler::call(&subscription.handler, event, &context).await;
-        drop(permit);
-        subscription.metrics.handle_seconds.record(started.elapsed().as_secs_f64());
-        match result {
-            Ok(reply) => {
-                SubscriptionStats::add(&subscription.stats.handled, 1);
-                subscription.metrics.handled.increment(1);
-                return Ok(reply);
-            }
-            Err(error) => {
-                SubscriptionStats::add(&subscription.stats.failed_attempts, 1);
-                subscription.metrics.failures.increment(1);
-                if !error.is_retryable() || attempt >= retry.max_attempts {
-                    return Err((error.message().to_owned(), attempt));
-                }
-                let delay = retry.delay(attempt);
-                tracing::warn!(stream = %ctx.id, position = event.position, attempt, ?delay, %error, "handler failed; retrying");
-                tokio::time::sleep(delay).await;
-                attempt += 1;
-            }
-        }
-    }
-}
-
-/// Handles one event of a `none`-ordered subscription (no key worker) and reports it.
-pub(crate) async fn handle_unordered(ctx: Arc<StreamContext>, event: Event, fresh: bool) {
-    let (outcome, mut ops) = match call_with_retries(&ctx, &event).await {
-        Ok(reply) => (Outcome::Handled(reply), Vec::new()),
-        Err((error, attempts)) => {
-            SubscriptionStats::add(&ctx.subscription.stats.parked, 1);
-            let parked =
-                parked_event(&ctx, &event, ParkReason::Failed, Some(error.clone()), attempts);
-            (
-                Outcome::Parked { reason: ParkReason::Failed, error: Some(error) },
-                vec![StateOp::Park(parked)],
-            )
-        }
-    };
-    if !fresh && ops.is_empty() {
-        ops.push(StateOp::Unpark { stream: ctx.id.clone(), position: event.position });
-    }
-    let handled = matches!(outcome, Outcome::Handled(_));
-    ops.push(StateOp::Key {
-        stream: ctx.id.clone(),
-        key: event.key.clone(),
-        state: KeyState {
-            last_position: event.position,
-            last_time_micros: if handled { event.time_micros } else { i64::MIN },
-            ..KeyState::default()
-        },
-        merge: true,
-    });
-    let done = Done {
-        position: event.position,
-        event_id: event.id.clone(),
-        time_micros: event.time_micros,
-        fresh,
-        outcome,
-    };
-    let completion = Completion { items: vec![done], ops, durable: None };
-    let _ = ctx.inbox.send(StreamMsg::Completed(completion)).await;
 }

@@ -10,6 +10,7 @@
 //! implements the same trait with tables.
 
 mod file;
+mod state_store;
 
 use std::ops::RangeInclusive;
 
