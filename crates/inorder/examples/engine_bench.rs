@@ -36,6 +36,7 @@ use inorder::{
 const KEYS: usize = 10_000;
 const WORKERS: usize = 64;
 const PUBLISHERS: usize = 64;
+const KEYS_IN_FLIGHT: usize = 4096;
 const ACTIONS: [&str; 3] = ["a1", "a2", "a3"];
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
@@ -135,8 +136,9 @@ async fn fill(dir: &std::path::Path, events: usize, reversed: bool) -> Result<()
 
 /// Starts a subscription over the filled topic and measures until every event is processed.
 async fn dispatch(dir: &std::path::Path, events: usize, ordering: Ordering) -> Result<f64> {
-    let subscription =
-        SubscriptionConfig::new("bench", ["bench"]).ordering(ordering).max_keys_in_flight(1024);
+    let subscription = SubscriptionConfig::new("bench", ["bench"])
+        .ordering(ordering)
+        .max_keys_in_flight(KEYS_IN_FLIGHT);
     // Timed from when the engine is open, like the baseline (which opens the storage first).
     let engine = Engine::builder(config(dir).subscription(subscription))
         .handler("bench", Noop)

@@ -305,8 +305,12 @@ impl Stream {
                     self.on_committed(result).await?;
                 }
                 Some(joined) = self.calls.join_next(), if !self.calls.is_empty() => {
-                    let call = joined.map_err(|e| Error::state(format!("a handler task failed: {e}")))?;
-                    self.on_call_result(call).await?;
+                    self.on_call_result(joined).await?;
+                    // Take every other finished call now: one trip round the loop per call
+                    // costs more than the call's own bookkeeping.
+                    while let Some(joined) = self.calls.try_join_next() {
+                        self.on_call_result(joined).await?;
+                    }
                 }
                 permit = permits.acquire_owned(), if !self.waiting_permit.is_empty() => {
                     let permit = permit.map_err(|_| Error::Stopped)?;
@@ -467,7 +471,11 @@ impl Stream {
         });
     }
 
-    async fn on_call_result(&mut self, call: CallResult) -> Result<()> {
+    async fn on_call_result(
+        &mut self,
+        joined: std::result::Result<CallResult, tokio::task::JoinError>,
+    ) -> Result<()> {
+        let call = joined.map_err(|e| Error::state(format!("a handler task failed: {e}")))?;
         let CallResult { book_key, event, attempt, result } = call;
         let Some(worker) = self.processbook.get_mut(&book_key) else {
             return Err(Error::state(format!(
