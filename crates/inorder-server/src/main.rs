@@ -1,4 +1,175 @@
-//! The `inorder` binary (placeholder until the server issue).
-fn main() {
-    eprintln!("inorder: the server arrives with the server issue; see README.md");
+//! `inorder`: the server and its command line.
+//!
+//! `inorder serve` runs the engine behind the CloudEvents HTTP API; the other commands talk to a
+//! running server (`--server`, default the local one), except `demo`, which runs in-process.
+
+mod bench;
+mod client;
+mod cloudevent;
+mod commands;
+mod config;
+mod http;
+mod problem;
+mod pull;
+mod serve;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::{client::Client, commands::PublishArgs, config::ServerConfig};
+
+/// Durable, ordered event processing: a server with a CloudEvents HTTP API, and its CLI.
+#[derive(Debug, Parser)]
+#[command(name = "inorder", version, propagate_version = true)]
+struct Cli {
+    /// The server to talk to.
+    #[arg(long, global = true, env = "INORDER_SERVER", default_value = "http://127.0.0.1:7070")]
+    server: String,
+    /// Bearer token, when the server requires one.
+    #[arg(long, global = true, env = "INORDER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server (without --config: ./inorder-data on 127.0.0.1:7070, topics created on first publish).
+    Serve {
+        /// The configuration file (inorder.toml).
+        #[arg(long, short, env = "INORDER_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Publish an event; without DATA, publish one event per line of stdin (JSON each).
+    Publish {
+        /// Topic.
+        #[arg(long)]
+        topic: String,
+        /// Ordering key (CloudEvents partitionkey).
+        #[arg(long)]
+        key: Option<String>,
+        /// Action (CloudEvents type).
+        #[arg(long)]
+        action: Option<String>,
+        /// Event id (default: generated).
+        #[arg(long)]
+        id: Option<String>,
+        /// The event's data, as JSON.
+        data: Option<String>,
+    },
+    /// Print a topic's events as JSON lines.
+    Tail {
+        /// Topic.
+        #[arg(long)]
+        topic: String,
+        /// First position.
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// Keep waiting for new events.
+        #[arg(long)]
+        follow: bool,
+        /// Stop after this many events.
+        #[arg(long)]
+        limit: Option<u64>,
+    },
+    /// Whether TOPIC/POSITION is processed (exit code 0) or not yet (exit code 2).
+    Status {
+        /// TOPIC/POSITION.
+        target: String,
+        /// Wait up to this long (e.g. 5s) for it to be processed.
+        #[arg(long)]
+        wait: Option<String>,
+        /// Ask about one subscription only.
+        #[arg(long)]
+        subscription: Option<String>,
+    },
+    /// List topics.
+    Topics,
+    /// List subscriptions with their progress.
+    Subscriptions,
+    /// List, retry or discard parked events.
+    Parked {
+        /// list, retry or discard.
+        #[arg(value_parser = ["list", "retry", "discard"])]
+        action: String,
+        /// The subscription.
+        subscription: String,
+        /// The parked event (topic:position), for retry and discard.
+        id: Option<String>,
+    },
+    /// Run the purchase-flow demo in-process: actions published out of order, handled in order.
+    Demo {
+        /// How many users.
+        #[arg(long, default_value_t = 3)]
+        users: usize,
+    },
+    /// Benchmarks.
+    Bench {
+        /// What to benchmark.
+        #[arg(value_parser = ["http"])]
+        what: String,
+        /// A short run.
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let level = if matches!(cli.command, Command::Serve { .. }) { "info" } else { "warn" };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("inorder: cannot start the runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("inorder: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    let client = Client::new(&cli.server, cli.token.clone());
+    match cli.command {
+        Command::Serve { config } => {
+            let config = match config {
+                Some(path) => ServerConfig::load(&path)?,
+                None => ServerConfig::embedded_default()?,
+            };
+            serve::run(config).await?;
+        }
+        Command::Publish { topic, key, action, id, data } => {
+            commands::publish(&client, PublishArgs { topic, key, action, id, data }).await?;
+        }
+        Command::Tail { topic, from, follow, limit } => {
+            commands::tail(&client, &topic, from, follow, limit).await?;
+        }
+        Command::Status { target, wait, subscription } => {
+            if !commands::status(&client, &target, wait.as_deref(), subscription.as_deref()).await?
+            {
+                return Ok(std::process::ExitCode::from(2));
+            }
+        }
+        Command::Topics => commands::topics(&client).await?,
+        Command::Subscriptions => commands::subscriptions(&client).await?,
+        Command::Parked { action, subscription, id } => {
+            commands::parked(&client, &subscription, &action, id.as_deref()).await?;
+        }
+        Command::Demo { users } => commands::demo(users).await?,
+        Command::Bench { what: _, quick } => bench::http(quick).await?,
+    }
+    Ok(std::process::ExitCode::SUCCESS)
 }

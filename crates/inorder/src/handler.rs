@@ -5,7 +5,7 @@
 //! event is parked at once. A panic in a handler is caught and counted as a (retryable)
 //! failure: it never takes a worker or the engine down.
 
-use std::{future::Future, marker::PhantomData, pin::Pin, sync::Arc};
+use std::{future::Future, marker::PhantomData, pin::Pin, sync::Arc, time::Duration};
 
 use crate::event::Event;
 
@@ -18,17 +18,29 @@ pub type Reply = serde_json::Value;
 pub struct HandlerError {
     message: String,
     retryable: bool,
+    retry_after: Option<Duration>,
 }
 
 impl HandlerError {
     /// A failure worth retrying (network, timeouts, contention).
     pub fn retry(message: impl Into<String>) -> Self {
-        Self { message: message.into(), retryable: true }
+        Self { message: message.into(), retryable: true, retry_after: None }
+    }
+
+    /// A failure worth retrying after `delay` (instead of the retry policy's backoff).
+    pub fn retry_after(message: impl Into<String>, delay: Duration) -> Self {
+        Self { message: message.into(), retryable: true, retry_after: Some(delay) }
     }
 
     /// A failure no retry will fix (validation, a bug): the event is parked at once.
     pub fn permanent(message: impl Into<String>) -> Self {
-        Self { message: message.into(), retryable: false }
+        Self { message: message.into(), retryable: false, retry_after: None }
+    }
+
+    /// The delay the handler asked for before the next attempt, if any.
+    #[must_use]
+    pub fn retry_delay(&self) -> Option<Duration> {
+        self.retry_after
     }
 
     /// The message.

@@ -36,7 +36,7 @@ mod waiters;
 mod wire;
 mod worker;
 
-pub use inorder_log::{FsyncPolicy, Name};
+pub use inorder_log::{Error as LogError, FsyncPolicy, Name};
 
 pub use crate::{
     config::{

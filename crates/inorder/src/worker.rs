@@ -203,7 +203,7 @@ impl KeyWorker {
                 Outcome::Handled(reply)
             }
             Err(error) if error.is_retryable() && attempt < retry.max_attempts => {
-                let delay = retry.delay(attempt);
+                let delay = error.retry_delay().unwrap_or_else(|| retry.delay(attempt));
                 tracing::warn!(stream = %ctx.id, position = event.position, attempt, ?delay, %error, "handler failed; retrying");
                 return AfterCall::Retry { event, attempt: attempt + 1, delay };
             }

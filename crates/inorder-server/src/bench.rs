@@ -1,0 +1,186 @@
+//! `inorder bench http`: the server against a bare axum baseline, in one process.
+//!
+//! Both run in this process on loopback; the same client (64 keep-alive connections) drives
+//! them in alternating slices:
+//!
+//! - `http.publish.single`: 1 KiB structured events, fsync=group; baseline `bare_axum`, a route
+//!   that parses the same CloudEvent and answers 201 without the log;
+//! - `http.publish.batch100`: batches of 100 such events; baseline: the same route parsing the
+//!   batch;
+//! - `http.status`: `GET /v1/status/{topic}/{position}`; baseline: a bare GET answering 200.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Router,
+    http::StatusCode,
+    routing::{get, post},
+};
+use serde_json::json;
+
+use crate::{cloudevent, config::ServerConfig, serve};
+
+const CONNECTIONS: usize = 64;
+
+fn report(name: &str, unit: &str, ours: f64, baseline: &str, baseline_value: f64) {
+    println!(
+        "BENCH name={name} unit={unit} ours={ours:.1} baseline={baseline} baseline_value={baseline_value:.1} ratio={:.3}",
+        ours / baseline_value
+    );
+}
+
+fn event_body(i: u64) -> serde_json::Value {
+    json!({
+        "specversion": "1.0", "id": format!("bench-{i}-{}", uuid::Uuid::now_v7().simple()), "source": "/bench",
+        "type": "bench.event", "partitionkey": format!("k{}", i % 1000), "datacontenttype": "application/json",
+        "data": {"payload": "x".repeat(900)},
+    })
+}
+
+/// What one request sends.
+#[derive(Clone, Copy)]
+enum Load {
+    Single,
+    Batch,
+    Status,
+}
+
+/// Drives `url` with CONNECTIONS tasks for `slice`; returns events (or requests) per second.
+async fn drive(
+    client: &reqwest::Client,
+    url: &str,
+    load: Load,
+    slice: Duration,
+) -> anyhow::Result<f64> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for task in 0..CONNECTIONS {
+        let (client, url, stop, done) =
+            (client.clone(), url.to_owned(), Arc::clone(&stop), Arc::clone(&done));
+        tasks.push(tokio::spawn(async move {
+            let mut i = task as u64 * 1_000_000_000;
+            while !stop.load(Ordering::Relaxed) {
+                let (request, events) = match load {
+                    Load::Single => (
+                        client
+                            .post(&url)
+                            .header("content-type", "application/cloudevents+json")
+                            .body(event_body(i).to_string()),
+                        1,
+                    ),
+                    Load::Batch => {
+                        let batch: Vec<_> = (0..100).map(|j| event_body(i + j)).collect();
+                        let body = serde_json::Value::Array(batch).to_string();
+                        (
+                            client
+                                .post(&url)
+                                .header("content-type", "application/cloudevents-batch+json")
+                                .body(body),
+                            100,
+                        )
+                    }
+                    Load::Status => (client.get(&url), 1),
+                };
+                i += 100;
+                let response = request.send().await?;
+                anyhow::ensure!(response.status().is_success(), "{url}: {}", response.status());
+                response.bytes().await?;
+                done.fetch_add(events, Ordering::Relaxed);
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    let started = Instant::now();
+    tokio::time::sleep(slice).await;
+    let counted = done.load(Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await??;
+    }
+    Ok(counted as f64 / elapsed.as_secs_f64())
+}
+
+/// A bare axum server: parses like the real one, keeps nothing.
+async fn bare() -> anyhow::Result<std::net::SocketAddr> {
+    let app = Router::new()
+        .route(
+            "/bare/events",
+            post(|body: axum::body::Bytes| async move {
+                match cloudevent::parse_structured(&body, "bench") {
+                    Ok(_) => (StatusCode::CREATED, axum::Json(json!({"position": 0}))),
+                    Err(_) => (StatusCode::BAD_REQUEST, axum::Json(json!({}))),
+                }
+            }),
+        )
+        .route(
+            "/bare/batch",
+            post(|body: axum::body::Bytes| async move {
+                match cloudevent::parse_batch(&body, "bench") {
+                    Ok(events) => (
+                        StatusCode::CREATED,
+                        axum::Json(json!({"positions": vec![0; events.len()]})),
+                    ),
+                    Err(_) => (StatusCode::BAD_REQUEST, axum::Json(json!({}))),
+                }
+            }),
+        )
+        .route("/bare/status", get(|| async { axum::Json(json!({"processed": true})) }))
+        .layer(axum::extract::DefaultBodyLimit::max(1 << 20));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(addr)
+}
+
+/// Runs the HTTP benchmarks and prints BENCH lines.
+pub async fn http(quick: bool) -> anyhow::Result<()> {
+    let (rounds, slice) =
+        if quick { (2, Duration::from_millis(1500)) } else { (5, Duration::from_secs(3)) };
+    let root = std::env::var_os("INORDER_BENCH_DIR").map_or_else(std::env::temp_dir, Into::into);
+    let dir = tempfile::tempdir_in(root)?;
+    let mut config = ServerConfig::embedded_default()?;
+    config.engine.data_dir = dir.path().to_path_buf();
+    config.listen = "127.0.0.1:0".parse()?;
+    config.publish_in_flight = 4096;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = serve::start(config, async move {
+        let _ = stopped.await;
+    })
+    .await?;
+    let bare = bare().await?;
+    println!(
+        "# bench http: server http://{} bare http://{bare} connections={CONNECTIONS}",
+        server.addr
+    );
+    let client = reqwest::Client::builder().pool_max_idle_per_host(CONNECTIONS).build()?;
+    let ours_single = format!("http://{}/v1/topics/bench/events", server.addr);
+    let ours_batch = format!("http://{}/v1/topics/bench/events:batch", server.addr);
+    let mut totals = [[0.0f64; 2]; 3];
+    for _ in 0..rounds {
+        totals[0][0] += drive(&client, &ours_single, Load::Single, slice).await?;
+        totals[0][1] +=
+            drive(&client, &format!("http://{bare}/bare/events"), Load::Single, slice).await?;
+        totals[1][0] += drive(&client, &ours_batch, Load::Batch, slice).await?;
+        totals[1][1] +=
+            drive(&client, &format!("http://{bare}/bare/batch"), Load::Batch, slice).await?;
+        let status = format!("http://{}/v1/status/bench/1", server.addr);
+        totals[2][0] += drive(&client, &status, Load::Status, slice).await?;
+        totals[2][1] +=
+            drive(&client, &format!("http://{bare}/bare/status"), Load::Status, slice).await?;
+    }
+    let mean = |i: usize, j: usize| totals[i][j] / f64::from(rounds);
+    report("http.publish.single", "events/s", mean(0, 0), "bare_axum", mean(0, 1));
+    report("http.publish.batch100", "events/s", mean(1, 0), "bare_axum", mean(1, 1));
+    report("http.status", "requests/s", mean(2, 0), "bare_axum", mean(2, 1));
+    let _ = stop.send(());
+    server.task.await??;
+    Ok(())
+}

@@ -1,0 +1,420 @@
+//! CloudEvents 1.0 over HTTP: events in and out of the three modes.
+//!
+//! - **structured** (`application/cloudevents+json`): the body is the event as JSON;
+//! - **binary**: attributes in `ce-*` headers, the body is `data`, `Content-Type` its type;
+//! - **batch** (`application/cloudevents-batch+json`): a JSON array of structured events.
+//!
+//! Mapping: `type` is the action; the `partitionkey` extension, else `subject`, is the key;
+//! `sequence`, `correlationid` and `causationid` extensions fill the matching fields; every other
+//! attribute is kept and given back. `specversion` (`1.0`) and `type` are required; a missing
+//! `id` is generated (UUIDv7) and a missing `source` is `/inorder`. Events going out carry every
+//! attribute they came in with, plus `position` and `partitionkey`.
+
+use std::str::FromStr;
+
+use axum::http::HeaderMap;
+use base64::Engine as _;
+use bytes::Bytes;
+use inorder::{Event, EventBuilder, ExtensionValue};
+use serde_json::{Map, Value};
+
+/// Why a request is not a CloudEvent (answered 400 `invalid-cloudevent`).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidEvent(pub String);
+
+fn invalid(message: impl Into<String>) -> InvalidEvent {
+    InvalidEvent(message.into())
+}
+
+const DEFAULT_SOURCE: &str = "/inorder";
+
+/// Attributes with a meaning of their own (not kept as extensions).
+const CORE: [&str; 10] = [
+    "specversion",
+    "id",
+    "source",
+    "type",
+    "subject",
+    "time",
+    "datacontenttype",
+    "dataschema",
+    "data",
+    "data_base64",
+];
+
+/// One event in structured mode.
+///
+/// # Errors
+/// [`InvalidEvent`] naming the attribute.
+pub fn parse_structured(body: &[u8], topic: &str) -> Result<Event, InvalidEvent> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| invalid(format!("malformed JSON: {e}")))?;
+    let Value::Object(object) = value else {
+        return Err(invalid("a structured CloudEvent must be a JSON object"));
+    };
+    from_object(object, topic)
+}
+
+/// A batch (a JSON array of structured events). One bad event refuses the batch.
+///
+/// # Errors
+/// [`InvalidEvent`] naming the index and attribute.
+pub fn parse_batch(body: &[u8], topic: &str) -> Result<Vec<Event>, InvalidEvent> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| invalid(format!("malformed JSON: {e}")))?;
+    let Value::Array(items) = value else {
+        return Err(invalid("a CloudEvents batch must be a JSON array"));
+    };
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| match item {
+            Value::Object(object) => {
+                from_object(object, topic).map_err(|e| invalid(format!("event {i}: {e}")))
+            }
+            _ => Err(invalid(format!("event {i}: not a JSON object"))),
+        })
+        .collect()
+}
+
+fn from_object(mut object: Map<String, Value>, topic: &str) -> Result<Event, InvalidEvent> {
+    match object.get("specversion") {
+        Some(Value::String(version)) if version == "1.0" => {}
+        Some(other) => return Err(invalid(format!("specversion must be \"1.0\", got {other}"))),
+        None => return Err(invalid("specversion is required")),
+    }
+    let text =
+        |object: &mut Map<String, Value>, name: &str| -> Result<Option<String>, InvalidEvent> {
+            match object.remove(name) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(text)) => Ok(Some(text)),
+                Some(other) => Err(invalid(format!("{name} must be a string, got {other}"))),
+            }
+        };
+    let action = text(&mut object, "type")?.ok_or_else(|| invalid("type is required"))?;
+    let id = text(&mut object, "id")?;
+    let source = text(&mut object, "source")?;
+    let subject = text(&mut object, "subject")?;
+    let time = text(&mut object, "time")?;
+    let content_type = text(&mut object, "datacontenttype")?;
+    let schema = text(&mut object, "dataschema")?;
+    let data = match (object.remove("data"), text(&mut object, "data_base64")?) {
+        (Some(_), Some(_)) => return Err(invalid("data and data_base64 are mutually exclusive")),
+        (None | Some(Value::Null), None) => Bytes::new(),
+        (None, Some(encoded)) => Bytes::from(
+            base64::engine::general_purpose::STANDARD
+                .decode(encoded.as_bytes())
+                .map_err(|e| invalid(format!("data_base64: {e}")))?,
+        ),
+        (Some(Value::String(text)), None) if !is_json(content_type.as_deref()) => Bytes::from(text),
+        (Some(value), None) => Bytes::from(value.to_string()),
+    };
+    object.remove("specversion");
+    let mut extensions = Vec::new();
+    for (name, value) in object {
+        let value = match value {
+            Value::String(text) => ExtensionValue::String(text),
+            Value::Bool(flag) => ExtensionValue::Boolean(flag),
+            Value::Number(number) => {
+                ExtensionValue::Integer(number.as_i64().ok_or_else(|| {
+                    invalid(format!("extension {name}: only integers are allowed"))
+                })?)
+            }
+            other => {
+                return Err(invalid(format!(
+                    "extension {name}: must be a string, integer or boolean, got {other}"
+                )));
+            }
+        };
+        extensions.push((name, value));
+    }
+    let parts =
+        Parts { topic, action, id, source, subject, time, content_type, schema, data, extensions };
+    parts.build()
+}
+
+/// One event in binary mode.
+///
+/// # Errors
+/// [`InvalidEvent`] naming the header.
+pub fn parse_binary(headers: &HeaderMap, body: Bytes, topic: &str) -> Result<Event, InvalidEvent> {
+    let header = |name: &str| -> Result<Option<String>, InvalidEvent> {
+        headers
+            .get(name)
+            .map(|value| {
+                let raw =
+                    value.to_str().map_err(|_| invalid(format!("header {name} is not text")))?;
+                percent_decode(raw)
+                    .ok_or_else(|| invalid(format!("header {name}: bad percent-encoding")))
+            })
+            .transpose()
+    };
+    match header("ce-specversion")?.as_deref() {
+        Some("1.0") => {}
+        Some(other) => return Err(invalid(format!("ce-specversion must be 1.0, got {other:?}"))),
+        None => return Err(invalid("ce-specversion is required")),
+    }
+    let mut extensions = Vec::new();
+    for (name, _) in headers {
+        let Some(attribute) = name.as_str().strip_prefix("ce-") else { continue };
+        if CORE.contains(&attribute) {
+            continue;
+        }
+        let value = header(name.as_str())?.unwrap_or_default();
+        extensions.push((attribute.to_owned(), ExtensionValue::String(value)));
+    }
+    let parts = Parts {
+        topic,
+        action: header("ce-type")?.ok_or_else(|| invalid("ce-type is required"))?,
+        id: header("ce-id")?,
+        source: header("ce-source")?,
+        subject: header("ce-subject")?,
+        time: header("ce-time")?,
+        content_type: header("content-type")?,
+        schema: header("ce-dataschema")?,
+        data: body,
+        extensions,
+    };
+    parts.build()
+}
+
+struct Parts<'a> {
+    topic: &'a str,
+    action: String,
+    id: Option<String>,
+    source: Option<String>,
+    subject: Option<String>,
+    time: Option<String>,
+    content_type: Option<String>,
+    schema: Option<String>,
+    data: Bytes,
+    extensions: Vec<(String, ExtensionValue)>,
+}
+
+impl Parts<'_> {
+    fn build(self) -> Result<Event, InvalidEvent> {
+        let mut key = self.subject.clone().unwrap_or_default();
+        let mut builder: EventBuilder = Event::builder(self.topic, String::new(), self.action)
+            .source(self.source.unwrap_or_else(|| DEFAULT_SOURCE.to_owned()))
+            .data(self.data, self.content_type);
+        if let Some(id) = self.id {
+            builder = builder.id(id);
+        }
+        if let Some(subject) = self.subject {
+            builder = builder.subject(subject);
+        }
+        if let Some(schema) = self.schema {
+            builder = builder.data_schema(schema);
+        }
+        if let Some(time) = self.time {
+            let timestamp = jiff::Timestamp::from_str(&time)
+                .map_err(|e| invalid(format!("time must be RFC 3339, got {time:?}: {e}")))?;
+            builder = builder.time_micros(timestamp.as_microsecond());
+        }
+        for (name, value) in self.extensions {
+            builder = match (name.as_str(), value) {
+                ("partitionkey", ExtensionValue::String(text)) => {
+                    key = text;
+                    builder
+                }
+                ("partitionkey", _) => return Err(invalid("partitionkey must be a string")),
+                ("sequence", ExtensionValue::Integer(n)) => builder.sequence(
+                    u64::try_from(n).map_err(|_| invalid("sequence must not be negative"))?,
+                ),
+                ("sequence", ExtensionValue::String(text)) => builder
+                    .sequence(text.parse().map_err(|_| {
+                        invalid(format!("sequence must be a number, got {text:?}"))
+                    })?),
+                ("correlationid", ExtensionValue::String(text)) => builder.correlation_id(text),
+                ("causationid", ExtensionValue::String(text)) => builder.causation_id(text),
+                (_, value) => builder.extension(name, value),
+            };
+        }
+        let mut event = builder.build().map_err(|e| match e {
+            inorder::Error::InvalidName(_) => {
+                invalid(format!("invalid topic name {:?}", self.topic))
+            }
+            other => invalid(other.to_string()),
+        })?;
+        event.key = key;
+        event.validate().map_err(|e| invalid(e.to_string()))?;
+        Ok(event)
+    }
+}
+
+fn is_json(content_type: Option<&str>) -> bool {
+    content_type.is_none_or(|t| {
+        let essence = t.split(';').next().unwrap_or_default().trim();
+        essence == "application/json" || essence.ends_with("+json") || essence == "text/json"
+    })
+}
+
+/// Decodes `%XX` escapes (the CloudEvents HTTP binding's header encoding).
+fn percent_decode(raw: &str) -> Option<String> {
+    if !raw.contains('%') {
+        return Some(raw.to_owned());
+    }
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// An event as a structured CloudEvent, with `position` and `partitionkey`.
+#[must_use]
+pub fn render(event: &Event) -> Value {
+    let mut object = Map::new();
+    object.insert("specversion".into(), "1.0".into());
+    object.insert("id".into(), event.id.clone().into());
+    object.insert("source".into(), event.source.clone().into());
+    object.insert("type".into(), event.action.clone().into());
+    if let Ok(time) = jiff::Timestamp::from_microsecond(event.time_micros) {
+        object.insert("time".into(), time.to_string().into());
+    }
+    let optional = [("subject", &event.subject), ("dataschema", &event.data_schema)];
+    for (name, value) in optional {
+        if let Some(value) = value {
+            object.insert(name.into(), value.clone().into());
+        }
+    }
+    if let Some(content_type) = &event.data_content_type {
+        object.insert("datacontenttype".into(), content_type.clone().into());
+    }
+    if !event.data.is_empty() {
+        let json = is_json(event.data_content_type.as_deref())
+            .then(|| serde_json::from_slice::<Value>(&event.data).ok())
+            .flatten();
+        match (json, std::str::from_utf8(&event.data)) {
+            (Some(value), _) => object.insert("data".into(), value),
+            (None, Ok(text)) => object.insert("data".into(), text.into()),
+            (None, Err(_)) => object.insert(
+                "data_base64".into(),
+                base64::engine::general_purpose::STANDARD.encode(&event.data).into(),
+            ),
+        };
+    }
+    object.insert("partitionkey".into(), event.key.clone().into());
+    object.insert("position".into(), event.position.into());
+    if let Some(sequence) = event.sequence {
+        object.insert("sequence".into(), sequence.to_string().into());
+    }
+    for (name, value) in
+        [("correlationid", &event.correlation_id), ("causationid", &event.causation_id)]
+    {
+        if let Some(value) = value {
+            object.insert(name.into(), value.clone().into());
+        }
+    }
+    for (name, value) in &event.extensions {
+        let value = match value {
+            ExtensionValue::String(text) => Value::from(text.clone()),
+            ExtensionValue::Integer(n) => Value::from(*n),
+            ExtensionValue::Boolean(flag) => Value::from(*flag),
+        };
+        object.insert(name.clone(), value);
+    }
+    Value::Object(object)
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_structured_event_round_trips_with_every_attribute() {
+        let body = json!({
+            "specversion": "1.0", "id": "e-1", "source": "/shop", "type": "order.created",
+            "subject": "s-1", "time": "2026-11-23T10:00:00.123456Z", "datacontenttype": "application/json",
+            "dataschema": "https://example.com/order", "data": {"total": 12},
+            "partitionkey": "o-7", "sequence": "3", "correlationid": "c-1", "tenant": "acme", "priority": 5,
+        });
+        let event = parse_structured(body.to_string().as_bytes(), "orders").unwrap();
+        assert_eq!(
+            (event.key.as_str(), event.action.as_str(), event.sequence),
+            ("o-7", "order.created", Some(3))
+        );
+        let mut out = render(&event);
+        assert_eq!(out["position"], 0);
+        out.as_object_mut().unwrap().remove("position");
+        assert_eq!(out, body);
+    }
+
+    #[test]
+    fn the_key_falls_back_to_the_subject() {
+        let body = json!({"specversion": "1.0", "type": "a", "subject": "s-9"});
+        assert_eq!(parse_structured(body.to_string().as_bytes(), "t").unwrap().key, "s-9");
+    }
+
+    #[test]
+    fn text_and_binary_data_keep_their_form() {
+        let text = json!({"specversion": "1.0", "type": "a", "datacontenttype": "text/plain", "data": "hi"});
+        let event = parse_structured(text.to_string().as_bytes(), "t").unwrap();
+        assert_eq!(event.data, "hi");
+        assert_eq!(render(&event)["data"], "hi");
+        let binary = json!({"specversion": "1.0", "type": "a", "datacontenttype": "application/octet-stream", "data_base64": "AP8="});
+        let event = parse_structured(binary.to_string().as_bytes(), "t").unwrap();
+        assert_eq!(event.data.as_ref(), [0, 255]);
+        assert_eq!(render(&event)["data_base64"], "AP8=");
+    }
+
+    #[test]
+    fn bad_events_name_what_is_wrong() {
+        for (body, expect) in [
+            ("{", "malformed JSON"),
+            ("[]", "JSON object"),
+            (r#"{"type":"a"}"#, "specversion"),
+            (r#"{"specversion":"0.3","type":"a"}"#, "specversion"),
+            (r#"{"specversion":"1.0"}"#, "type is required"),
+            (r#"{"specversion":"1.0","type":"a","time":"yesterday"}"#, "RFC 3339"),
+            (
+                r#"{"specversion":"1.0","type":"a","data":1,"data_base64":"AA=="}"#,
+                "mutually exclusive",
+            ),
+            (r#"{"specversion":"1.0","type":"a","nested":{"x":1}}"#, "extension nested"),
+            (r#"{"specversion":"1.0","type":"a","sequence":"x"}"#, "sequence"),
+        ] {
+            let err = parse_structured(body.as_bytes(), "t").unwrap_err().to_string();
+            assert!(err.contains(expect), "{body}: {err}");
+        }
+        let err = parse_batch(br#"[{"specversion":"1.0","type":"a"},{"specversion":"1.0"}]"#, "t")
+            .unwrap_err();
+        assert!(err.to_string().starts_with("event 1:"), "{err}");
+    }
+
+    #[test]
+    fn binary_mode_reads_ce_headers() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("ce-specversion", "1.0"),
+            ("ce-type", "user.created"),
+            ("ce-id", "b-1"),
+            ("ce-source", "/users"),
+            ("ce-partitionkey", "u-1"),
+            ("ce-region", "eu%20west"),
+            ("content-type", "application/json"),
+        ] {
+            headers.insert(name, HeaderValue::from_static(value));
+        }
+        let event =
+            parse_binary(&headers, Bytes::from_static(br#"{"name":"a"}"#), "users").unwrap();
+        assert_eq!((event.id.as_str(), event.key.as_str()), ("b-1", "u-1"));
+        assert_eq!(event.extensions["region"], ExtensionValue::String("eu west".into()));
+        assert_eq!(render(&event)["data"]["name"], "a");
+        headers.remove("ce-specversion");
+        assert!(parse_binary(&headers, Bytes::new(), "users").is_err());
+    }
+}

@@ -1,0 +1,125 @@
+//! Topics, subscriptions and parked events.
+
+use std::sync::Arc;
+
+use axum::{
+    Json,
+    extract::{Path, Query, State, rejection::QueryRejection},
+    response::{IntoResponse, Response},
+};
+use inorder::{Name, ParkedEvent};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{AppState, name};
+use crate::problem::Problem;
+
+/// `GET /v1/topics`.
+pub async fn topics(State(state): State<Arc<AppState>>) -> Result<Response, Problem> {
+    let topics: Vec<Value> = state
+        .engine
+        .topics()
+        .await?
+        .into_iter()
+        .map(|t| {
+            json!({
+                "name": t.name, "first_position": t.first_position, "last_position": t.last_position,
+                "actions": t.actions, "subscriptions": t.subscriptions,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "topics": topics })).into_response())
+}
+
+/// `GET /v1/subscriptions`: position, watermark, lag, in-flight and parked counts per topic.
+pub async fn subscriptions(State(state): State<Arc<AppState>>) -> Result<Response, Problem> {
+    let mut list = Vec::new();
+    for info in state.engine.subscriptions().await? {
+        let streams: Vec<Value> = info
+            .streams
+            .iter()
+            .map(|s| {
+                json!({
+                    "topic": s.topic, "position": s.status.read_position.saturating_sub(1),
+                    "watermark": s.status.watermark, "last_position": s.last_position, "lag": s.lag,
+                    "in_flight": s.status.pending, "live_workers": s.status.live_workers, "parked": s.status.parked,
+                })
+            })
+            .collect();
+        let (offered, leased) = state.pulls.get(&info.name).map_or((0, 0), |q| q.sizes());
+        list.push(json!({
+            "name": info.name, "ordering": format!("{:?}", info.ordering).to_lowercase(),
+            "delivery": if state.pulls.contains_key(&info.name) { "pull" } else { "handler" },
+            "topics": streams, "handled": info.handled, "failed_attempts": info.failed_attempts,
+            "parked_since_start": info.parked, "offered": offered, "leased": leased,
+        }));
+    }
+    Ok(Json(json!({ "subscriptions": list })).into_response())
+}
+
+/// Query of the parked listing.
+#[derive(Debug, Deserialize)]
+pub struct ParkedQuery {
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+/// A parked event's id in URLs: `{topic}:{position}`.
+fn parked_id(parked: &ParkedEvent) -> String {
+    format!("{}:{}", parked.topic, parked.position)
+}
+
+fn parse_parked_id(id: &str) -> Result<(Name, u64), Problem> {
+    let bad =
+        || Problem::invalid_request(format!("a parked event id is topic:position, got {id:?}"));
+    let (topic, position) = id.rsplit_once(':').ok_or_else(bad)?;
+    Ok((name("topic", topic)?, position.parse().map_err(|_| bad())?))
+}
+
+/// `GET /v1/subscriptions/{name}/parked?after=topic:position&limit=N`.
+pub async fn parked(
+    State(state): State<Arc<AppState>>,
+    Path(subscription): Path<String>,
+    query: Result<Query<ParkedQuery>, QueryRejection>,
+) -> Result<Response, Problem> {
+    name("subscription", &subscription)?;
+    let Query(query) = query.map_err(|e| Problem::invalid_request(e.body_text()))?;
+    let after = query.after.as_deref().map(parse_parked_id).transpose()?;
+    let limit = query.limit.unwrap_or(100).clamp(1, inorder::limits::PARKED_LIST_MAX);
+    let parked = state.engine.parked(&subscription, after, limit).await?;
+    let next = (parked.len() == limit).then(|| parked.last().map(parked_id)).flatten();
+    let items: Vec<Value> = parked
+        .iter()
+        .map(|p| {
+            json!({
+                "id": parked_id(p), "topic": p.topic.as_str(), "position": p.position, "event_id": p.event_id,
+                "key": p.key, "action": p.action, "reason": p.reason.as_str(), "error": p.error,
+                "attempts": p.attempts, "parked_at": jiff::Timestamp::from_microsecond(p.parked_at_micros)
+                    .map(|t| t.to_string()).unwrap_or_default(),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "parked": items, "next": next })).into_response())
+}
+
+/// `POST /v1/subscriptions/{name}/parked/{id}/retry`.
+pub async fn retry_parked(
+    State(state): State<Arc<AppState>>,
+    Path((subscription, id)): Path<(String, String)>,
+) -> Result<Response, Problem> {
+    name("subscription", &subscription)?;
+    let (topic, position) = parse_parked_id(&id)?;
+    state.engine.retry_parked(&subscription, topic.as_str(), position).await?;
+    Ok(Json(json!({ "retried": id })).into_response())
+}
+
+/// `DELETE /v1/subscriptions/{name}/parked/{id}`.
+pub async fn discard_parked(
+    State(state): State<Arc<AppState>>,
+    Path((subscription, id)): Path<(String, String)>,
+) -> Result<Response, Problem> {
+    name("subscription", &subscription)?;
+    let (topic, position) = parse_parked_id(&id)?;
+    state.engine.discard_parked(&subscription, topic.as_str(), position).await?;
+    Ok(Json(json!({ "discarded": id })).into_response())
+}

@@ -1,0 +1,151 @@
+//! The HTTP API (see README "HTTP API"): CloudEvents in, events and status out, pull consumers,
+//! administration, health and metrics.
+//!
+//! Every error is `application/problem+json` ([`crate::problem`]). Names in paths are validated
+//! before anything touches the disk. Bodies are capped (`body_limit`, 413 above it); publishes
+//! in flight are capped (`publish_in_flight`, 503 with `Retry-After` above it); long-polls are
+//! capped at [`HTTP_WAIT_MAX`] and end early when the server stops.
+
+mod admin;
+mod events;
+mod metrics;
+mod pull;
+mod status;
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use axum::{
+    Router,
+    extract::{DefaultBodyLimit, MatchedPath, Request, State, rejection::BytesRejection},
+    http::{HeaderMap, StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{delete, get, post},
+};
+use inorder::{Engine, Name};
+use metrics_exporter_prometheus::PrometheusHandle;
+use subtle::ConstantTimeEq;
+use tokio::sync::{Semaphore, watch};
+
+use crate::{problem::Problem, pull::PullQueue};
+
+/// Longest any request may wait (status and pull long-polls).
+pub const HTTP_WAIT_MAX: Duration = Duration::from_secs(30);
+
+/// What every handler shares.
+pub struct AppState {
+    /// The engine.
+    pub engine: Engine,
+    /// Pull queues by subscription.
+    pub pulls: HashMap<String, Arc<PullQueue>>,
+    /// Permits for publishes in flight.
+    pub publish_permits: Arc<Semaphore>,
+    /// Accepted bearer tokens (empty: no auth).
+    pub tokens: Vec<String>,
+    /// The Prometheus recorder's handle.
+    pub metrics: Option<PrometheusHandle>,
+    /// Becomes `true` when the server stops: long-polls return.
+    pub stopping: watch::Receiver<bool>,
+}
+
+/// The router with every route and middleware.
+pub fn router(state: Arc<AppState>, body_limit_bytes: usize) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics::render))
+        .route("/v1/topics", get(admin::topics))
+        .route("/v1/topics/{topic}/events", post(events::publish).get(events::read))
+        .route("/v1/topics/{topic}/events:batch", post(events::publish_batch))
+        .route("/v1/status/{topic}/{position}", get(status::status))
+        .route("/v1/subscriptions", get(admin::subscriptions))
+        .route("/v1/subscriptions/{name}/pull", post(pull::pull))
+        .route("/v1/subscriptions/{name}/ack", post(pull::ack))
+        .route("/v1/subscriptions/{name}/nack", post(pull::nack))
+        .route("/v1/subscriptions/{name}/parked", get(admin::parked))
+        .route("/v1/subscriptions/{name}/parked/{id}/retry", post(admin::retry_parked))
+        .route("/v1/subscriptions/{name}/parked/{id}", delete(admin::discard_parked))
+        .fallback(|| async { Problem::not_found("no such route") })
+        .layer(middleware::from_fn_with_state(Arc::clone(&state), authorize))
+        .layer(middleware::from_fn(record_request))
+        .layer(DefaultBodyLimit::max(body_limit_bytes))
+        .with_state(state)
+}
+
+/// Requires a bearer token on every route but `/healthz` when tokens are configured. Tokens are
+/// compared in constant time.
+async fn authorize(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    if state.tokens.is_empty() || request.uri().path() == "/healthz" {
+        return next.run(request).await;
+    }
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    let accepted = state.tokens.iter().fold(subtle::Choice::from(0), |any, token| {
+        any | token.as_bytes().ct_eq(presented.as_bytes())
+    });
+    if bool::from(accepted) {
+        next.run(request).await
+    } else {
+        Problem::unauthorized().into_response()
+    }
+}
+
+/// Counts requests and their latency per route and status.
+async fn record_request(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let method = request.method().to_string();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    ::metrics::counter!("inorder_http_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status)
+        .increment(1);
+    ::metrics::histogram!("inorder_http_request_seconds", "route" => route, "method" => method)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// A validated name from a path segment.
+pub(crate) fn name(kind: &'static str, raw: &str) -> Result<Name, Problem> {
+    Name::new(kind, raw).map_err(|e| Problem::from(inorder::Error::InvalidName(e)))
+}
+
+/// The request body, or the problem it is (413 when over the limit).
+pub(crate) fn body(body: Result<bytes::Bytes, BytesRejection>) -> Result<bytes::Bytes, Problem> {
+    body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => Problem::too_large(rejection.body_text()),
+        _ => Problem::invalid_request(rejection.body_text()),
+    })
+}
+
+/// A JSON request body.
+pub(crate) fn json_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| Problem::invalid_request(format!("malformed JSON body: {e}")))
+}
+
+/// A duration query or body parameter (`2s`, `500ms`), capped at [`HTTP_WAIT_MAX`].
+pub(crate) fn wait(raw: Option<&str>) -> Result<Duration, Problem> {
+    match raw {
+        None => Ok(Duration::ZERO),
+        Some(text) => humantime::parse_duration(text).map(|d| d.min(HTTP_WAIT_MAX)).map_err(|e| {
+            Problem::invalid_request(format!("wait: {text:?} is not a duration like \"2s\": {e}"))
+        }),
+    }
+}
+
+/// The essence of the Content-Type (`application/json` of `application/json; charset=utf-8`).
+pub(crate) fn content_type(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    Some(value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase())
+}
+
+/// Resolves when the server stops.
+pub(crate) async fn stopped(mut stopping: watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|stopping| *stopping).await;
+}

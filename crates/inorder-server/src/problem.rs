@@ -1,0 +1,178 @@
+//! Errors as `application/problem+json` (RFC 9457), each with a stable `type` URI.
+//!
+//! | type | status | when |
+//! |---|---|---|
+//! | `invalid-cloudevent` | 400 | malformed JSON, a bad attribute, a bad batch |
+//! | `invalid-name` | 400 | a topic or subscription name that is not `[A-Za-z0-9._-]{1,200}` |
+//! | `invalid-request` | 400 | a bad query parameter or request body |
+//! | `unauthorized` | 401 | a missing or wrong bearer token |
+//! | `not-found` | 404 | no such route |
+//! | `unknown-topic` | 404 | a topic that does not exist |
+//! | `unknown-subscription` | 404 | a subscription that does not exist |
+//! | `unknown-parked-event` | 404 | no parked event with that id |
+//! | `payload-too-large` | 413 | a body over the limit, or event data over the event limit |
+//! | `unsupported-media-type` | 415 | a body that is neither a CloudEvent nor a batch |
+//! | `unknown-action` | 422 | an action the topic's `actions` list does not have |
+//! | `not-processed-yet` | 425 | the status of a position not yet processed |
+//! | `overloaded` | 503 | too many publishes at once, or a stopped log; retry after `Retry-After` |
+//! | `internal` | 500 | storage failure or corruption (see the server log) |
+
+use axum::{
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde_json::json;
+
+/// The base of every problem type URI.
+pub const TYPE_BASE: &str = "https://inorder.dev/problems/";
+
+/// An error answer.
+#[derive(Debug)]
+pub struct Problem {
+    status: StatusCode,
+    kind: &'static str,
+    title: &'static str,
+    detail: String,
+    retry_after_seconds: Option<u64>,
+}
+
+impl Problem {
+    fn new(
+        status: StatusCode,
+        kind: &'static str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> Self {
+        Self { status, kind, title, detail: detail.into(), retry_after_seconds: None }
+    }
+
+    /// 400 `invalid-cloudevent`.
+    pub fn invalid_event(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid-cloudevent", "Invalid CloudEvent", detail)
+    }
+
+    /// 400 `invalid-request`.
+    pub fn invalid_request(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid-request", "Invalid request", detail)
+    }
+
+    /// 404 `not-found` (an unknown route).
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not-found", "Not found", detail)
+    }
+
+    /// 401 `unauthorized`.
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Unauthorized",
+            "a valid bearer token is required",
+        )
+    }
+
+    /// 413 `payload-too-large`.
+    pub fn too_large(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Payload too large", detail)
+    }
+
+    /// 415 `unsupported-media-type`.
+    pub fn unsupported_media_type(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "Unsupported media type",
+            detail,
+        )
+    }
+
+    /// 425 `not-processed-yet`, retry after `seconds`.
+    pub fn not_processed_yet(detail: impl Into<String>, seconds: u64) -> Self {
+        Self::new(StatusCode::TOO_EARLY, "not-processed-yet", "Not processed yet", detail)
+            .retry_after(seconds)
+    }
+
+    /// 503 `overloaded`, retry after `seconds`.
+    pub fn overloaded(detail: impl Into<String>, seconds: u64) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "Overloaded", detail)
+            .retry_after(seconds)
+    }
+
+    /// 500 `internal`.
+    pub fn internal(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error", detail)
+    }
+
+    fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after_seconds = Some(seconds);
+        self
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let body = json!({
+            "type": format!("{TYPE_BASE}{}", self.kind),
+            "title": self.title,
+            "status": self.status.as_u16(),
+            "detail": self.detail,
+        });
+        let mut response = (self.status, body.to_string()).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        if let Some(seconds) = self.retry_after_seconds {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+impl From<inorder::Error> for Problem {
+    fn from(error: inorder::Error) -> Self {
+        use inorder::Error as E;
+        let detail = error.to_string();
+        match error {
+            E::UnknownTopic { .. } => {
+                Self::new(StatusCode::NOT_FOUND, "unknown-topic", "Unknown topic", detail)
+            }
+            E::UnknownSubscription { .. } => Self::new(
+                StatusCode::NOT_FOUND,
+                "unknown-subscription",
+                "Unknown subscription",
+                detail,
+            ),
+            E::UnknownParked { .. } => Self::new(
+                StatusCode::NOT_FOUND,
+                "unknown-parked-event",
+                "Unknown parked event",
+                detail,
+            ),
+            E::UnknownAction { .. } => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown-action",
+                "Unknown action",
+                detail,
+            ),
+            E::InvalidEvent { too_large: true, .. } => Self::too_large(detail),
+            E::InvalidEvent { .. } | E::InvalidBatch { .. } | E::AmbiguousWait { .. } => {
+                Self::invalid_event(detail)
+            }
+            E::InvalidName(_) => {
+                Self::new(StatusCode::BAD_REQUEST, "invalid-name", "Invalid name", detail)
+            }
+            E::Timeout { .. } => {
+                Self::new(StatusCode::GATEWAY_TIMEOUT, "timeout", "Timed out", detail)
+            }
+            E::Log(ref log)
+                if matches!(log, inorder::LogError::Latched { .. } | inorder::LogError::Closed) =>
+            {
+                Self::overloaded(detail, 1)
+            }
+            E::Stopped => Self::overloaded(detail, 1),
+            E::Log(_) | E::State(_) | E::Decode { .. } | E::InvalidConfig { .. } => {
+                tracing::error!(%detail, "internal error");
+                Self::internal(detail)
+            }
+        }
+    }
+}

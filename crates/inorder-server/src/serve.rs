@@ -1,0 +1,115 @@
+//! `inorder serve`: the engine behind the HTTP API, with a graceful stop.
+//!
+//! On SIGTERM (or Ctrl-C) the server stops accepting connections, lets requests in flight finish
+//! (long-polls return at once), then stops the engine — every publish answered `201` was durable
+//! before its answer — and exits 0.
+
+use std::{collections::HashMap, future::Future, net::SocketAddr, sync::Arc};
+
+use anyhow::Context;
+use inorder::Engine;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::sync::{Semaphore, watch};
+
+use crate::{
+    config::{Delivery, ServerConfig},
+    http::{AppState, router},
+    pull::{PullHandler, PullQueue},
+};
+
+/// A running server.
+pub struct Server {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// Resolves when the server stopped (after `shutdown` resolved and everything drained).
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// Installs the Prometheus recorder once per process.
+fn metrics_handle() -> Option<PrometheusHandle> {
+    static HANDLE: std::sync::OnceLock<Option<PrometheusHandle>> = std::sync::OnceLock::new();
+    HANDLE.get_or_init(|| PrometheusBuilder::new().install_recorder().ok()).clone()
+}
+
+/// Starts the engine and the HTTP server; it runs until `shutdown` resolves.
+///
+/// # Errors
+/// A configuration the engine refuses, or an address that cannot be bound.
+pub async fn start(
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<Server> {
+    let metrics = metrics_handle();
+    let mut builder = Engine::builder(config.engine.clone());
+    let mut pulls = HashMap::new();
+    for (name, subscription) in &config.subscriptions {
+        match subscription.delivery {
+            Delivery::Pull => {
+                let queue = PullQueue::start(subscription.lease_timeout);
+                builder = builder.handler(name, PullHandler(Arc::clone(&queue)));
+                pulls.insert(name.clone(), queue);
+            }
+        }
+    }
+    let engine = builder.start().await.context("starting the engine")?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let (stop, stopping) = watch::channel(false);
+    let state = Arc::new(AppState {
+        engine: engine.clone(),
+        pulls,
+        publish_permits: Arc::new(Semaphore::new(config.publish_in_flight)),
+        tokens: config.tokens.clone(),
+        metrics,
+        stopping,
+    });
+    let app = router(state, config.body_limit_bytes);
+    let task = tokio::spawn(async move {
+        let graceful = async move {
+            shutdown.await;
+            tracing::info!("stopping: finishing requests in flight");
+            stop.send_replace(true);
+        };
+        axum::serve(listener, app)
+            .with_graceful_shutdown(graceful)
+            .await
+            .context("serving HTTP")?;
+        engine.shutdown().await;
+        tracing::info!("stopped");
+        Ok(())
+    });
+    Ok(Server { addr, task })
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = terminate => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// `inorder serve`: runs until SIGTERM.
+///
+/// # Errors
+/// As [`start`], and HTTP serving errors.
+pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
+    let data_dir = config.engine.data_dir.clone();
+    let server = start(config, signal()).await?;
+    // One machine-readable line on stdout (scripts and tests wait for it).
+    println!("inorder listening on http://{} (data in {})", server.addr, data_dir.display());
+    server.task.await.context("server task")?
+}
