@@ -1,0 +1,168 @@
+//! The real `inorder` binary as a child process, and helpers to talk to it.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    time::Duration,
+};
+
+use serde_json::Value;
+
+/// A server process on a temporary directory, restartable with the same configuration.
+pub struct ServerProcess {
+    child: Option<Child>,
+    pub base: String,
+    pub dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+impl ServerProcess {
+    /// Starts `inorder serve` with `config` (TOML, without `listen` and `data_dir`, which the
+    /// harness sets: a free port and the temporary directory).
+    pub fn start(config: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("inorder.toml");
+        let data = dir.path().join("data");
+        let full = format!("listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n{config}", data.display());
+        std::fs::write(&path, full).unwrap();
+        let mut server = Self { child: None, base: String::new(), dir, config: path };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_inorder"))
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let address = line
+            .split_whitespace()
+            .find(|word| word.starts_with("http://"))
+            .unwrap_or_else(|| panic!("the server did not announce its address: {line:?}"));
+        self.base = address.to_owned();
+        self.child = Some(child);
+    }
+
+    /// Stops the server with SIGKILL (a crash) and starts it again on the same data.
+    pub fn kill_and_restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// SIGKILL.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM, then waits for the exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().unwrap();
+        let sent = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "could not send SIGTERM");
+        child.wait().unwrap()
+    }
+
+    /// Starts the server again after a stop.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the server first");
+        self.spawn();
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A client with a sane timeout.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+}
+
+/// POSTs a structured CloudEvent; returns status and JSON body.
+pub async fn post_event(server: &ServerProcess, topic: &str, event: &Value) -> (u16, Value) {
+    let response = client()
+        .post(server.url(&format!("/v1/topics/{topic}/events")))
+        .header("content-type", "application/cloudevents+json")
+        .body(event.to_string())
+        .send()
+        .await
+        .unwrap();
+    decode(response).await
+}
+
+pub async fn get(server: &ServerProcess, path: &str) -> (u16, Value) {
+    decode(client().get(server.url(path)).send().await.unwrap()).await
+}
+
+pub async fn post_json(server: &ServerProcess, path: &str, body: &Value) -> (u16, Value) {
+    let response = client()
+        .post(server.url(path))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    decode(response).await
+}
+
+pub async fn decode(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+/// A minimal structured CloudEvent.
+pub fn event(action: &str, key: &str) -> Value {
+    serde_json::json!({"specversion": "1.0", "type": action, "source": "/tests", "partitionkey": key})
+}
+
+/// Pulls from a subscription; returns the messages.
+pub async fn pull(
+    server: &ServerProcess,
+    subscription: &str,
+    max: usize,
+    wait: &str,
+) -> Vec<Value> {
+    let (status, body) = post_json(
+        server,
+        &format!("/v1/subscriptions/{subscription}/pull"),
+        &serde_json::json!({"max": max, "wait": wait}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body["messages"].as_array().unwrap().clone()
+}
+
+/// Acks leases.
+pub async fn ack(server: &ServerProcess, subscription: &str, leases: &[&str]) -> Value {
+    let (status, body) = post_json(
+        server,
+        &format!("/v1/subscriptions/{subscription}/ack"),
+        &serde_json::json!({"leases": leases}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// The lease id and the event's `type` of a pulled message.
+pub fn lease_and_type(message: &Value) -> (&str, &str) {
+    (message["lease"].as_str().unwrap(), message["event"]["type"].as_str().unwrap())
+}

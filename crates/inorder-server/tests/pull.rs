@@ -1,0 +1,161 @@
+//! Pull consumers over HTTP: the ordering mode holds across consumers (never two events of one
+//! key leased at once; in `actions` only a key's next action), ack, nack with delay, lease
+//! expiry with attempt + 1, and parking after `max_attempts`.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{ServerProcess, ack, event, get, lease_and_type, post_event, post_json, pull};
+use serde_json::json;
+
+fn config(ordering: &str, extra: &str) -> String {
+    format!(
+        r#"
+[[topics]]
+name = "t"
+actions = {actions}
+
+[[subscriptions]]
+name = "s"
+topics = ["t"]
+ordering = "{ordering}"
+{extra}
+"#,
+        actions = if ordering == "actions" { r#"["a1", "a2", "a3"]"# } else { "[]" }
+    )
+}
+
+async fn publish(server: &ServerProcess, action: &str, key: &str) -> u64 {
+    let (status, body) = post_event(server, "t", &event(action, key)).await;
+    assert_eq!(status, 201, "{body}");
+    body["position"].as_u64().unwrap()
+}
+
+fn types(messages: &[serde_json::Value]) -> Vec<String> {
+    let mut types: Vec<String> = messages.iter().map(|m| lease_and_type(m).1.to_owned()).collect();
+    types.sort();
+    types
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifo_leases_one_event_per_key_until_it_is_acked() {
+    let server = ServerProcess::start(&config("fifo", ""));
+    publish(&server, "k1-first", "k1").await;
+    publish(&server, "k1-second", "k1").await;
+    publish(&server, "k2-first", "k2").await;
+    let first = pull(&server, "s", 10, "2s").await;
+    tokio::time::sleep(Duration::from_millis(200)).await; // let every key offer what it can
+    let more = pull(&server, "s", 10, "200ms").await;
+    let leased: Vec<_> = first.iter().chain(&more).cloned().collect();
+    assert_eq!(types(&leased), ["k1-first", "k2-first"], "k1-second waits for k1-first");
+    let leases: Vec<&str> = leased.iter().map(|m| lease_and_type(m).0).collect();
+    ack(&server, "s", &leases).await;
+    let next = pull(&server, "s", 10, "2s").await;
+    assert_eq!(types(&next), ["k1-second"]);
+    assert_eq!(next[0]["attempt"], 1);
+    assert_eq!(next[0]["event"]["partitionkey"], "k1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actions_leases_only_the_next_action_of_a_key() {
+    let server = ServerProcess::start(&config("actions", ""));
+    for action in ["a3", "a2", "a1"] {
+        publish(&server, action, "u1").await;
+    }
+    for expected in ["a1", "a2", "a3"] {
+        let messages = pull(&server, "s", 10, "2s").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let extra = pull(&server, "s", 10, "100ms").await;
+        assert!(extra.is_empty(), "only one action of u1 may be leased: {extra:?}");
+        assert_eq!(types(&messages), [expected]);
+        ack(&server, "s", &[lease_and_type(&messages[0]).0]).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequence_leases_by_producer_number() {
+    let server = ServerProcess::start(&config("sequence", ""));
+    for n in [2, 1] {
+        let mut e = event(&format!("n{n}"), "acct");
+        e["sequence"] = json!(n.to_string());
+        assert_eq!(post_event(&server, "t", &e).await.0, 201);
+    }
+    let first = pull(&server, "s", 10, "2s").await;
+    assert_eq!(types(&first), ["n1"]);
+    ack(&server, "s", &[lease_and_type(&first[0]).0]).await;
+    assert_eq!(types(&pull(&server, "s", 10, "2s").await), ["n2"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn none_leases_events_of_one_key_together() {
+    let server = ServerProcess::start(&config("none", ""));
+    for i in 0..3 {
+        publish(&server, &format!("e{i}"), "same").await;
+    }
+    let mut leased = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while leased.len() < 3 && Instant::now() < deadline {
+        leased.extend(pull(&server, "s", 10, "500ms").await);
+    }
+    assert_eq!(types(&leased), ["e0", "e1", "e2"], "no per-key constraint");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nacked_event_comes_back_after_its_delay_with_the_next_attempt() {
+    let server = ServerProcess::start(&config("fifo", ""));
+    publish(&server, "flaky", "k").await;
+    let first = pull(&server, "s", 1, "2s").await;
+    let (status, body) = post_json(
+        &server,
+        "/v1/subscriptions/s/nack",
+        &json!({"leases": [lease_and_type(&first[0]).0], "delay": "400ms"}),
+    )
+    .await;
+    assert_eq!((status, body["nacked"].clone()), (200, json!(1)));
+    let nacked_at = Instant::now();
+    assert!(pull(&server, "s", 1, "200ms").await.is_empty(), "not before its delay");
+    let again = pull(&server, "s", 1, "3s").await;
+    assert!(nacked_at.elapsed() >= Duration::from_millis(400));
+    assert_eq!((types(&again), again[0]["attempt"].clone()), (vec!["flaky".to_owned()], json!(2)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_lease_is_redelivered_and_parked_after_max_attempts() {
+    let server =
+        ServerProcess::start(&config("fifo", "lease_timeout = \"300ms\"\nmax_attempts = 2"));
+    publish(&server, "ignored", "k").await;
+    publish(&server, "after", "k").await;
+    let first = pull(&server, "s", 1, "2s").await;
+    assert_eq!(first[0]["attempt"], 1);
+    let expired_lease = lease_and_type(&first[0]).0.to_owned();
+    let second = pull(&server, "s", 1, "3s").await;
+    assert_eq!(
+        (types(&second), second[0]["attempt"].clone()),
+        (vec!["ignored".to_owned()], json!(2))
+    );
+    let (_, late) =
+        post_json(&server, "/v1/subscriptions/s/ack", &json!({"leases": [expired_lease]})).await;
+    assert_eq!(late["unknown"].as_array().unwrap().len(), 1, "an expired lease cannot be acked");
+    // The second attempt expires too: the event is parked and the key moves on (skip).
+    let third = pull(&server, "s", 1, "3s").await;
+    assert_eq!(types(&third), ["after"]);
+    let (_, parked) = get(&server, "/v1/subscriptions/s/parked").await;
+    let item = &parked["parked"][0];
+    assert_eq!(
+        (item["reason"].clone(), item["attempts"].clone(), item["id"].clone()),
+        (json!("failed"), json!(2), json!("t:1"))
+    );
+    ack(&server, "s", &[lease_and_type(&third[0]).0]).await;
+    // An operator retries it: it is offered again.
+    let (status, _) = post_json(&server, "/v1/subscriptions/s/parked/t:1/retry", &json!({})).await;
+    assert_eq!(status, 200);
+    let retried = pull(&server, "s", 1, "3s").await;
+    assert_eq!(types(&retried), ["ignored"]);
+    ack(&server, "s", &[lease_and_type(&retried[0]).0]).await;
+    let (_, subscriptions) = get(&server, "/v1/subscriptions").await;
+    let stream = &subscriptions["subscriptions"][0]["topics"][0];
+    assert_eq!((stream["watermark"].clone(), stream["lag"].clone()), (json!(2), json!(0)));
+}
