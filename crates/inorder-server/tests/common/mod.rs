@@ -166,3 +166,20 @@ pub async fn ack(server: &ServerProcess, subscription: &str, leases: &[&str]) ->
 pub fn lease_and_type(message: &Value) -> (&str, &str) {
     (message["lease"].as_str().unwrap(), message["event"]["type"].as_str().unwrap())
 }
+
+/// Every event of `topic`, in log order, read page by page.
+pub async fn read_all(server: &ServerProcess, topic: &str) -> Vec<Value> {
+    let mut events = Vec::new();
+    let mut from = 1;
+    loop {
+        let (status, body) =
+            get(server, &format!("/v1/topics/{topic}/events?from={from}&limit=1000")).await;
+        assert_eq!(status, 200, "{body}");
+        let page = body["events"].as_array().unwrap();
+        if page.is_empty() {
+            return events;
+        }
+        events.extend(page.iter().cloned());
+        from = body["next"].as_u64().unwrap();
+    }
+}

@@ -1,0 +1,122 @@
+//! The `inorder` command line against a running server, the in-process demo, and how a bad
+//! configuration file is refused.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::{
+    io::Write,
+    process::{Command, Output, Stdio},
+};
+
+use common::{ServerProcess, ack, lease_and_type, pull};
+
+const CONFIG: &str = r#"
+[[topics]]
+name = "orders"
+
+[[subscriptions]]
+name = "audit"
+topics = ["orders"]
+delivery = "pull"
+"#;
+
+fn inorder(server: &ServerProcess, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_inorder"))
+        .arg("--server")
+        .arg(&server.base)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.unwrap_or_default().as_bytes()).unwrap();
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_tail_status_and_topics_through_the_cli() {
+    let server = ServerProcess::start(CONFIG);
+    let one = ["publish", "--topic", "orders", "--key", "o-1", "--action", "order.created"];
+    let output = inorder(&server, &[&one[..], &[r#"{"total": 12}"#]].concat(), None);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(stdout(&output), "orders/1\n");
+
+    let lines = "{\"n\": 1}\n\n{\"n\": 2}\n{\"specversion\": \"1.0\", \"id\": \"own\", \"source\": \"/x\", \"type\": \"order.paid\"}\n";
+    let batch = ["publish", "--topic", "orders", "--key", "o-2", "--action", "order.created"];
+    let output = inorder(&server, &batch, Some(lines));
+    assert!(output.status.success(), "{output:?}");
+
+    let output = inorder(&server, &["tail", "--topic", "orders"], None);
+    let events: Vec<serde_json::Value> =
+        stdout(&output).lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    let summary: Vec<_> = events
+        .iter()
+        .map(|e| (e["position"].as_u64().unwrap(), e["type"].as_str().unwrap(), e["data"].clone()))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (1, "order.created", serde_json::json!({"total": 12})),
+            (2, "order.created", serde_json::json!({"n": 1})),
+            (3, "order.created", serde_json::json!({"n": 2})),
+            (4, "order.paid", serde_json::Value::Null),
+        ]
+    );
+    assert_eq!(events[3]["id"], "own", "a line that is a CloudEvent is published as it is");
+
+    let output = inorder(&server, &["status", "orders/1"], None);
+    assert_eq!(output.status.code(), Some(2), "not processed yet: {output:?}");
+    assert_eq!(stdout(&output), "orders/1: not processed yet\n");
+    let messages = pull(&server, "audit", 1, "0s").await;
+    let (lease, _) = lease_and_type(&messages[0]);
+    ack(&server, "audit", &[lease]).await;
+    let output = inorder(&server, &["status", "orders/1", "--wait", "5s"], None);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    assert_eq!(stdout(&output), "orders/1: processed\n");
+
+    let output = inorder(&server, &["topics"], None);
+    assert!(output.status.success());
+    let row = stdout(&output).lines().find(|l| l.starts_with("orders")).unwrap().to_owned();
+    assert_eq!(row.split_whitespace().take(3).collect::<Vec<_>>(), ["orders", "1", "4"]);
+
+    let output =
+        inorder(&server, &["publish", "--topic", "orders", "--action", "x", "not json"], None);
+    assert_eq!(output.status.code(), Some(1), "bad input is refused");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("JSON"), "{output:?}");
+}
+
+#[test]
+fn the_demo_shows_every_user_handled_in_order() {
+    let output =
+        Command::new(env!("CARGO_BIN_EXE_inorder")).args(["demo", "--users", "4"]).output();
+    let output = output.unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let text = stdout(&output);
+    assert_eq!(text.matches('✓').count(), 4, "{text}");
+    assert!(!text.contains('✗'), "{text}");
+}
+
+#[test]
+fn a_bad_configuration_file_is_refused_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("inorder.toml");
+    std::fs::write(&path, "[[topics]]\nname = \"orders\"\nretention = \"forever\"\n").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_inorder"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("inorder.toml:3:"), "{stderr}");
+    assert!(stderr.contains("retention"), "{stderr}");
+}
