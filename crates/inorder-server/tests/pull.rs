@@ -159,3 +159,25 @@ async fn an_expired_lease_is_redelivered_and_parked_after_max_attempts() {
     let stream = &subscriptions["subscriptions"][0]["topics"][0];
     assert_eq!((stream["watermark"].clone(), stream["lag"].clone()), (json!(2), json!(0)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nack_expiry_and_ack_work_the_same_in_every_ordering_mode() {
+    for ordering in ["fifo", "actions", "sequence", "none"] {
+        let server = ServerProcess::start(&config(ordering, "lease_timeout = \"300ms\""));
+        let mut e = event("a1", "k");
+        e["sequence"] = json!("1");
+        let (status, body) = post_event(&server, "t", &e).await;
+        assert_eq!(status, 201, "{ordering}: {body}");
+        let first = pull(&server, "s", 1, "2s").await;
+        assert_eq!(first[0]["attempt"], 1, "{ordering}");
+        let nack = json!({"leases": [lease_and_type(&first[0]).0], "delay": "0s"});
+        assert_eq!(post_json(&server, "/v1/subscriptions/s/nack", &nack).await.0, 200);
+        let nacked = pull(&server, "s", 1, "2s").await;
+        assert_eq!(nacked[0]["attempt"], 2, "{ordering}: a nack redelivers with attempt + 1");
+        let expired = pull(&server, "s", 1, "3s").await; // nacked[0] is left to expire
+        assert_eq!(expired[0]["attempt"], 3, "{ordering}: an expiry redelivers with attempt + 1");
+        assert_eq!(get(&server, "/v1/status/t/1").await.0, 425, "{ordering}");
+        ack(&server, "s", &[lease_and_type(&expired[0]).0]).await;
+        assert_eq!(get(&server, "/v1/status/t/1?wait=2s").await.0, 200, "{ordering}: acked");
+    }
+}
