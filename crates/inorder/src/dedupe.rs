@@ -1,10 +1,12 @@
 //! Deduplication of producer retries by event id.
 //!
 //! Publishing an event whose id the topic already holds returns the first position instead of
-//! appending again. Ids are indexed in the state store after the append (not durably: the index
-//! is rebuilt from the log on start, from the last recorded "indexed up to" position). While an
-//! id is being published its *claim* makes concurrent publishers of the same id wait for the
-//! first one's position, so two appends of one id can never race.
+//! appending again. Ids are indexed in the state store after the append, by the
+//! [indexer](crate::indexer) (not durably: the index is rebuilt from the log on start, from the
+//! last recorded "indexed up to" position). While an id is being published its *claim* makes
+//! concurrent publishers of the same id wait for the first one's position, so two appends of one
+//! id can never race; once appended, the claim is kept (resolved) until the indexer has written
+//! the id, so a retry is answered from memory in between.
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -41,23 +43,29 @@ pub(crate) enum Claim<'a> {
     Theirs(watch::Receiver<Option<u64>>),
 }
 
-/// A held claim on an id.
+/// A held claim on an id. Dropped unresolved (the publish failed), it releases the claim.
 pub(crate) struct ClaimGuard<'a> {
     dedupe: &'a Dedupe,
     id: String,
     position: watch::Sender<Option<u64>>,
+    resolved: bool,
 }
 
 impl ClaimGuard<'_> {
-    /// Announces the id's position to waiting publishers (the claim is released on drop).
-    pub(crate) fn resolve(&self, position: u64) {
+    /// Announces the id's position to waiting publishers and keeps the claim until
+    /// [`Dedupe::release`] (after the id is indexed); returns the id.
+    pub(crate) fn resolve(mut self, position: u64) -> String {
         self.position.send_replace(Some(position));
+        self.resolved = true;
+        std::mem::take(&mut self.id)
     }
 }
 
 impl Drop for ClaimGuard<'_> {
     fn drop(&mut self) {
-        self.dedupe.claims.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.id);
+        if !self.resolved {
+            self.dedupe.claims.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.id);
+        }
     }
 }
 
@@ -70,7 +78,15 @@ impl Dedupe {
         }
         let (position, _) = watch::channel(None);
         claims.insert(id.to_owned(), position.clone());
-        Claim::Mine(ClaimGuard { dedupe: self, id: id.to_owned(), position })
+        Claim::Mine(ClaimGuard { dedupe: self, id: id.to_owned(), position, resolved: false })
+    }
+
+    /// Releases the resolved claims of `ids` (they are indexed, or will be from the log).
+    pub(crate) fn release<'i>(&self, ids: impl IntoIterator<Item = &'i str>) {
+        let mut claims = self.claims.lock().unwrap_or_else(|e| e.into_inner());
+        for id in ids {
+            claims.remove(id);
+        }
     }
 
     /// Sets the indexed prefix (on start, after the log tail was indexed).
@@ -105,9 +121,21 @@ mod tests {
         let dedupe = Dedupe::default();
         let Claim::Mine(first) = dedupe.claim("id-1") else { panic!("first claim is mine") };
         let Claim::Theirs(mut second) = dedupe.claim("id-1") else { panic!("second must wait") };
-        first.resolve(7);
+        assert_eq!(first.resolve(7), "id-1");
         assert_eq!(*second.borrow_and_update(), Some(7));
+        let Claim::Theirs(third) = dedupe.claim("id-1") else { panic!("kept until indexed") };
+        assert_eq!(*third.borrow(), Some(7), "a retry is answered from memory");
+        dedupe.release(["id-1"]);
+        assert!(matches!(dedupe.claim("id-1"), Claim::Mine(_)), "released once indexed");
+    }
+
+    #[test]
+    fn a_failed_publish_releases_its_claim() {
+        let dedupe = Dedupe::default();
+        let Claim::Mine(first) = dedupe.claim("id-1") else { panic!("first claim is mine") };
+        let Claim::Theirs(mut second) = dedupe.claim("id-1") else { panic!("second must wait") };
         drop(first);
+        assert!(second.borrow_and_update().is_none(), "no position to report");
         assert!(matches!(dedupe.claim("id-1"), Claim::Mine(_)), "released on drop");
     }
 

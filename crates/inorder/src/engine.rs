@@ -35,6 +35,7 @@ use crate::{
     error::{Error, Result},
     event::Event,
     handler::{Handler, SharedHandler},
+    indexer::{self, IndexJob},
     limits::{PUBLISH_BATCH_EVENTS_MAX, STREAM_READ_RECORDS_MAX, WAIT_MAX},
     runtime::{SubscriptionRuntime, TopicRuntime},
     state::{ParkedEvent, StreamId},
@@ -110,6 +111,7 @@ impl EngineBuilder {
         };
         let (checkpointer, checkpointer_task) = checkpoint::spawn(Arc::clone(&storage));
         let (shutdown, _) = watch::channel(false);
+        let (indexer, indexer_task) = indexer::spawn(Arc::clone(&storage), shutdown.subscribe());
         let engine = Engine {
             inner: Arc::new(EngineInner {
                 config,
@@ -120,6 +122,8 @@ impl EngineBuilder {
                 streams: RwLock::new(BTreeMap::new()),
                 checkpointer,
                 checkpointer_task: std::sync::Mutex::new(Some(checkpointer_task)),
+                indexer,
+                indexer_task: std::sync::Mutex::new(Some(indexer_task)),
                 waiters: Arc::new(Waiters::default()),
                 shutdown,
             }),
@@ -144,6 +148,8 @@ pub(crate) struct EngineInner {
     pub(crate) streams: RwLock<BTreeMap<StreamId, StreamHandle>>,
     checkpointer: mpsc::Sender<CommitRequest>,
     checkpointer_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    indexer: mpsc::Sender<IndexJob>,
+    indexer_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     pub(crate) waiters: Arc<Waiters>,
     shutdown: watch::Sender<bool>,
 }
@@ -323,7 +329,8 @@ impl Engine {
             match known {
                 Some(position) => {
                     positions[i] = position;
-                    guard.resolve(position);
+                    let id = guard.resolve(position);
+                    topic.dedupe.release([id.as_str()]); // already indexed
                 }
                 None => append.push((i, guard)),
             }
@@ -337,26 +344,14 @@ impl Engine {
         metrics::histogram!("inorder_publish_seconds").record(started.elapsed().as_secs_f64());
         metrics::counter!("inorder_published_total", "topic" => topic.name.to_string())
             .increment(append.len() as u64);
-        let mut ops = Vec::with_capacity(append.len() + 1);
-        for ((i, guard), position) in append.iter().zip(range.clone()) {
-            positions[*i] = position;
-            guard.resolve(position);
-            ops.push(StateOp::EventId {
-                topic: topic.name.clone(),
-                id: events[*i].id.clone(),
-                position,
-            });
+        let mut ids = Vec::with_capacity(append.len());
+        for ((i, guard), position) in append.into_iter().zip(range) {
+            positions[i] = position;
+            ids.push((guard.resolve(position), position));
         }
-        match storage.commit(ops, false).await {
-            Ok(()) => {
-                if let Some(position) = topic.dedupe.indexed(range) {
-                    let mark = vec![StateOp::IdsIndexedTo { topic: topic.name.clone(), position }];
-                    if let Err(error) = storage.commit(mark, false).await {
-                        tracing::warn!(%error, "could not record the id index mark");
-                    }
-                }
-            }
-            Err(error) => tracing::warn!(%error, topic = %topic.name, "could not index event ids"),
+        let job = IndexJob { topic: Arc::clone(&topic), ids };
+        if let Err(mpsc::error::SendError(job)) = self.inner.indexer.send(job).await {
+            job.release(); // stopping: the next start indexes these ids from the log
         }
         Ok(positions)
     }
@@ -551,6 +546,11 @@ impl Engine {
         if let Some(checkpointer) = checkpointer {
             checkpointer.abort();
             let _ = checkpointer.await;
+        }
+        // The indexer saw the shutdown signal: it writes what is queued and stops.
+        let indexer = self.inner.indexer_task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(indexer) = indexer {
+            let _ = indexer.await;
         }
         self.inner.storage.close().await;
     }

@@ -24,6 +24,7 @@ mod engine;
 mod error;
 mod event;
 mod handler;
+mod indexer;
 pub mod limits;
 mod reader;
 mod runtime;

@@ -47,6 +47,11 @@ pub const KEYS_IN_FLIGHT_DEFAULT: usize = 256;
 /// Largest configurable keys-in-flight limit.
 pub const KEYS_IN_FLIGHT_MAX: usize = 65_536;
 
+/// Appends whose event ids wait for the indexer; publishers wait beyond it.
+pub const INDEX_QUEUE_JOBS_MAX: usize = 1024;
+/// Event ids written to the index at once.
+pub const INDEX_WRITE_IDS_MAX: usize = 16 * 1024;
+
 /// Commit requests waiting for the checkpointer.
 pub const CHECKPOINT_QUEUE_DEPTH: usize = 4096;
 /// State operations written by one checkpoint (one fsync).
