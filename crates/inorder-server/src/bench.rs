@@ -35,13 +35,25 @@ fn report(name: &str, unit: &str, ours: f64, baseline: &str, baseline_value: f64
     );
 }
 
-fn event_body(i: u64) -> serde_json::Value {
-    json!({
-        "specversion": "1.0", "id": format!("bench-{i}-{}", uuid::Uuid::now_v7().simple()), "source": "/bench",
-        "type": "bench.event", "partitionkey": format!("k{}", i % 1000), "datacontenttype": "application/json",
-        "data": {"payload": "x".repeat(900)},
-    })
+/// What every benchmark event carries besides its id and key: ~1 KiB in all.
+const EVENT_TAIL: &str = concat!(
+    r#""source":"/bench","type":"bench.event","datacontenttype":"application/json","#,
+    r#""data":{"payload":""#,
+);
+
+/// A structured CloudEvent of about 1 KiB, unique per `run` and `i`, written straight into
+/// `out` (the client shares the machine's cores with the server: it must stay cheap).
+fn event_body(out: &mut String, run: &str, i: u64) {
+    use std::fmt::Write as _;
+    let _ = write!(
+        out,
+        r#"{{"specversion":"1.0","id":"{run}-{i}","partitionkey":"k{}",{EVENT_TAIL}{}"}}}}"#,
+        i % 1000,
+        PAYLOAD.as_str(),
+    );
 }
+
+static PAYLOAD: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| "x".repeat(900));
 
 /// What one request sends.
 #[derive(Clone, Copy)]
@@ -58,35 +70,42 @@ async fn drive(
     load: Load,
     slice: Duration,
 ) -> anyhow::Result<f64> {
+    let url = reqwest::Url::parse(url)?;
+    let run = uuid::Uuid::now_v7().simple().to_string();
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for task in 0..CONNECTIONS {
-        let (client, url, stop, done) =
-            (client.clone(), url.to_owned(), Arc::clone(&stop), Arc::clone(&done));
+        let (client, url, run, stop, done) =
+            (client.clone(), url.clone(), run.clone(), Arc::clone(&stop), Arc::clone(&done));
         tasks.push(tokio::spawn(async move {
             let mut i = task as u64 * 1_000_000_000;
             while !stop.load(Ordering::Relaxed) {
                 let (request, events) = match load {
-                    Load::Single => (
-                        client
-                            .post(&url)
-                            .header("content-type", "application/cloudevents+json")
-                            .body(event_body(i).to_string()),
-                        1,
-                    ),
-                    Load::Batch => {
-                        let batch: Vec<_> = (0..100).map(|j| event_body(i + j)).collect();
-                        let body = serde_json::Value::Array(batch).to_string();
-                        (
-                            client
-                                .post(&url)
-                                .header("content-type", "application/cloudevents-batch+json")
-                                .body(body),
-                            100,
-                        )
+                    Load::Single => {
+                        let mut body = String::with_capacity(1100);
+                        event_body(&mut body, &run, i);
+                        let request = client
+                            .post(url.clone())
+                            .header("content-type", "application/cloudevents+json");
+                        (request.body(body), 1)
                     }
-                    Load::Status => (client.get(&url), 1),
+                    Load::Batch => {
+                        let mut body = String::with_capacity(100 * 1100);
+                        body.push('[');
+                        for j in 0..100 {
+                            if j > 0 {
+                                body.push(',');
+                            }
+                            event_body(&mut body, &run, i + j);
+                        }
+                        body.push(']');
+                        let request = client
+                            .post(url.clone())
+                            .header("content-type", "application/cloudevents-batch+json");
+                        (request.body(body), 100)
+                    }
+                    Load::Status => (client.get(url.clone()), 1),
                 };
                 i += 100;
                 let response = request.send().await?;
@@ -183,4 +202,19 @@ pub async fn http(quick: bool) -> anyhow::Result<()> {
     let _ = stop.send(());
     server.task.await??;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn benchmark_events_are_valid_cloudevents_of_about_one_kib() {
+        let mut body = String::new();
+        event_body(&mut body, "run", 7);
+        let event = cloudevent::parse_structured(body.as_bytes(), "bench");
+        let event = event.map_err(|e| e.0).expect("a valid CloudEvent");
+        assert_eq!((event.id.as_str(), event.key.as_str()), ("run-7", "k7"));
+        assert!((1000..1100).contains(&body.len()), "{} bytes", body.len());
+    }
 }

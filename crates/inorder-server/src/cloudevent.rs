@@ -7,8 +7,9 @@
 //! Mapping: `type` is the action; the `partitionkey` extension, else `subject`, is the key;
 //! `sequence`, `correlationid` and `causationid` extensions fill the matching fields; every other
 //! attribute is kept and given back. `specversion` (`1.0`) and `type` are required; a missing
-//! `id` is generated (UUIDv7) and a missing `source` is `/inorder`. Events going out carry every
-//! attribute they came in with, plus `position` and `partitionkey`.
+//! `id` is generated (UUIDv7) and a missing `source` is `/inorder`. JSON `data` is stored byte for
+//! byte as sent (see [`members`]). Events going out carry every attribute they came in with, plus
+//! `position` and `partitionkey`.
 
 use std::str::FromStr;
 
@@ -16,7 +17,11 @@ use axum::http::HeaderMap;
 use base64::Engine as _;
 use bytes::Bytes;
 use inorder::{Event, EventBuilder, ExtensionValue};
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, error::Category, value::RawValue};
+
+mod members;
+
+use members::{Items, Members};
 
 /// Why a request is not a CloudEvent (answered 400 `invalid-cloudevent`).
 #[derive(Debug, thiserror::Error)]
@@ -29,7 +34,8 @@ fn invalid(message: impl Into<String>) -> InvalidEvent {
 
 const DEFAULT_SOURCE: &str = "/inorder";
 
-/// Attributes with a meaning of their own (not kept as extensions).
+/// Attributes with a meaning of their own (not kept as extensions), in the order
+/// `from_members` unpacks them.
 const CORE: [&str; 10] = [
     "specversion",
     "id",
@@ -48,12 +54,11 @@ const CORE: [&str; 10] = [
 /// # Errors
 /// [`InvalidEvent`] naming the attribute.
 pub fn parse_structured(body: &[u8], topic: &str) -> Result<Event, InvalidEvent> {
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| invalid(format!("malformed JSON: {e}")))?;
-    let Value::Object(object) = value else {
-        return Err(invalid("a structured CloudEvent must be a JSON object"));
-    };
-    from_object(object, topic)
+    let members = serde_json::from_slice::<Members<'_>>(body).map_err(|e| match e.classify() {
+        Category::Data => invalid(format!("a structured CloudEvent must be a JSON object: {e}")),
+        _ => invalid(format!("malformed JSON: {e}")),
+    })?;
+    from_members(members, topic)
 }
 
 /// A batch (a JSON array of structured events). One bad event refuses the batch.
@@ -61,76 +66,95 @@ pub fn parse_structured(body: &[u8], topic: &str) -> Result<Event, InvalidEvent>
 /// # Errors
 /// [`InvalidEvent`] naming the index and attribute.
 pub fn parse_batch(body: &[u8], topic: &str) -> Result<Vec<Event>, InvalidEvent> {
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| invalid(format!("malformed JSON: {e}")))?;
-    let Value::Array(items) = value else {
-        return Err(invalid("a CloudEvents batch must be a JSON array"));
-    };
+    let Items(items) = serde_json::from_slice(body).map_err(|e| match e.classify() {
+        Category::Data => invalid(format!("a CloudEvents batch must be a JSON array: {e}")),
+        _ => invalid(format!("malformed JSON: {e}")),
+    })?;
     items
         .into_iter()
         .enumerate()
-        .map(|(i, item)| match item {
-            Value::Object(object) => {
-                from_object(object, topic).map_err(|e| invalid(format!("event {i}: {e}")))
-            }
-            _ => Err(invalid(format!("event {i}: not a JSON object"))),
+        .map(|(i, item)| {
+            serde_json::from_str::<Members<'_>>(item.get())
+                .map_err(|e| invalid(format!("event {i}: not a JSON object: {e}")))
+                .and_then(|members| from_members(members, topic))
+                .map_err(|e| invalid(format!("event {i}: {e}")))
         })
         .collect()
 }
 
-fn from_object(mut object: Map<String, Value>, topic: &str) -> Result<Event, InvalidEvent> {
-    match object.get("specversion") {
-        Some(Value::String(version)) if version == "1.0" => {}
-        Some(other) => return Err(invalid(format!("specversion must be \"1.0\", got {other}"))),
+/// A string attribute (`null` is absent).
+fn text(name: &str, raw: Option<&RawValue>) -> Result<Option<String>, InvalidEvent> {
+    match raw.map(RawValue::get) {
+        None | Some("null") => Ok(None),
+        Some(json) => serde_json::from_str::<String>(json)
+            .map(Some)
+            .map_err(|_| invalid(format!("{name} must be a string, got {json}"))),
+    }
+}
+
+fn from_members(Members(members): Members<'_>, topic: &str) -> Result<Event, InvalidEvent> {
+    let mut core: [Option<&RawValue>; CORE.len()] = [None; CORE.len()];
+    let mut others = Vec::new();
+    for (name, raw) in members {
+        match CORE.iter().position(|core| *core == name) {
+            Some(index) => core[index] = Some(raw),
+            None => others.push((name, raw)),
+        }
+    }
+    let [specversion, id, source, action, subject, time, content_type, schema, data, data_base64] =
+        core;
+    match text("specversion", specversion)?.as_deref() {
+        Some("1.0") => {}
+        Some(other) => return Err(invalid(format!("specversion must be \"1.0\", got {other:?}"))),
         None => return Err(invalid("specversion is required")),
     }
-    let text =
-        |object: &mut Map<String, Value>, name: &str| -> Result<Option<String>, InvalidEvent> {
-            match object.remove(name) {
-                None | Some(Value::Null) => Ok(None),
-                Some(Value::String(text)) => Ok(Some(text)),
-                Some(other) => Err(invalid(format!("{name} must be a string, got {other}"))),
-            }
-        };
-    let action = text(&mut object, "type")?.ok_or_else(|| invalid("type is required"))?;
-    let id = text(&mut object, "id")?;
-    let source = text(&mut object, "source")?;
-    let subject = text(&mut object, "subject")?;
-    let time = text(&mut object, "time")?;
-    let content_type = text(&mut object, "datacontenttype")?;
-    let schema = text(&mut object, "dataschema")?;
-    let data = match (object.remove("data"), text(&mut object, "data_base64")?) {
+    let action = text("type", action)?.ok_or_else(|| invalid("type is required"))?;
+    let content_type = text("datacontenttype", content_type)?;
+    let data = match (data.map(RawValue::get), text("data_base64", data_base64)?) {
         (Some(_), Some(_)) => return Err(invalid("data and data_base64 are mutually exclusive")),
-        (None | Some(Value::Null), None) => Bytes::new(),
+        (None | Some("null"), None) => Bytes::new(),
         (None, Some(encoded)) => Bytes::from(
             base64::engine::general_purpose::STANDARD
                 .decode(encoded.as_bytes())
                 .map_err(|e| invalid(format!("data_base64: {e}")))?,
         ),
-        (Some(Value::String(text)), None) if !is_json(content_type.as_deref()) => Bytes::from(text),
-        (Some(value), None) => Bytes::from(value.to_string()),
+        (Some(json), None) if json.starts_with('"') && !is_json(content_type.as_deref()) => {
+            Bytes::from(text("data", data)?.unwrap_or_default())
+        }
+        // JSON data is kept byte for byte as sent.
+        (Some(json), None) => Bytes::copy_from_slice(json.as_bytes()),
     };
-    object.remove("specversion");
-    let mut extensions = Vec::new();
-    for (name, value) in object {
-        let value = match value {
-            Value::String(text) => ExtensionValue::String(text),
-            Value::Bool(flag) => ExtensionValue::Boolean(flag),
-            Value::Number(number) => {
+    let mut extensions = Vec::with_capacity(others.len());
+    for (name, raw) in others {
+        let value = match serde_json::from_str::<Value>(raw.get()) {
+            Ok(Value::String(text)) => ExtensionValue::String(text),
+            Ok(Value::Bool(flag)) => ExtensionValue::Boolean(flag),
+            Ok(Value::Number(number)) => {
                 ExtensionValue::Integer(number.as_i64().ok_or_else(|| {
                     invalid(format!("extension {name}: only integers are allowed"))
                 })?)
             }
-            other => {
+            _ => {
                 return Err(invalid(format!(
-                    "extension {name}: must be a string, integer or boolean, got {other}"
+                    "extension {name}: must be a string, integer or boolean, got {}",
+                    raw.get()
                 )));
             }
         };
-        extensions.push((name, value));
+        extensions.push((name.into_owned(), value));
     }
-    let parts =
-        Parts { topic, action, id, source, subject, time, content_type, schema, data, extensions };
+    let parts = Parts {
+        topic,
+        action,
+        id: text("id", id)?,
+        source: text("source", source)?,
+        subject: text("subject", subject)?,
+        time: text("time", time)?,
+        content_type,
+        schema: text("dataschema", schema)?,
+        data,
+        extensions,
+    };
     parts.build()
 }
 

@@ -19,6 +19,11 @@ use clap::{Parser, Subcommand};
 
 use crate::{client::Client, commands::PublishArgs, config::ServerConfig};
 
+/// mimalloc: the server's hot paths allocate many small, short-lived buffers across threads
+/// (events, JSON, channel messages), the case glibc malloc handles worst.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Durable, ordered event processing: a server with a CloudEvents HTTP API, and its CLI.
 #[derive(Debug, Parser)]
 #[command(name = "inorder", version, propagate_version = true)]
