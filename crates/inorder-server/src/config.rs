@@ -417,6 +417,25 @@ delivery = "pull"
     }
 
     #[test]
+    fn the_readme_example_loads_with_every_optional_key_uncommented() {
+        let readme = include_str!("../../../README.md");
+        let block = readme.split("```toml\n").nth(1).and_then(|rest| rest.split("```").next());
+        let text: String = block
+            .expect("README has a toml block")
+            .lines()
+            .map(|line| match line.strip_prefix("# ") {
+                Some(rest) if rest.contains(" = ") || rest.starts_with('[') => rest,
+                _ => line,
+            })
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let config = load(&text).unwrap_or_else(|e| panic!("{e:#}\n{text}"));
+        assert_eq!(config.tokens.len(), 1);
+        assert_eq!(config.engine.subscriptions[0].max_keys_in_flight, 256);
+        assert!(config.engine.topics[0].sequence_timeout.is_some());
+    }
+
+    #[test]
     fn a_bad_key_is_refused_with_its_line() {
         let err = load(
             "listen = \"127.0.0.1:7070\"\n\n[[subscriptions]]\nname = \"s\"\nordring = \"fifo\"\n",

@@ -15,6 +15,7 @@
 //! | `unknown-action` | 422 | an action the topic's `actions` list does not have |
 //! | `not-processed-yet` | 425 | the status of a position not yet processed |
 //! | `overloaded` | 503 | too many publishes at once, or a stopped log; retry after `Retry-After` |
+//! | `timeout` | 504 | an engine wait that ran out (not the status long-poll, which answers 425) |
 //! | `internal` | 500 | storage failure or corruption (see the server log) |
 
 use axum::{
