@@ -20,8 +20,9 @@ use std::{
 use anyhow::{Context, bail};
 use inorder::{
     EngineConfig, FailurePolicy, FsyncPolicy, Ordering, RetryPolicy, StartFrom, SubscriptionConfig,
-    TopicConfig,
+    TopicConfig, limits::KEYS_IN_FLIGHT_MAX,
 };
+use inorder_postgres::SinkConfig;
 use serde::Deserialize;
 
 /// Default address the server listens on.
@@ -106,9 +107,11 @@ pub struct SubscriptionFile {
     /// `fifo`, `actions`, `sequence` or `none`.
     #[serde(default)]
     pub ordering: Option<String>,
-    /// `pull` (HTTP consumers).
+    /// `pull` (HTTP consumers) or `postgres` (the batch sink).
     #[serde(default)]
     pub delivery: Option<String>,
+    /// `[subscriptions.postgres]`: the sink's settings, for `delivery = "postgres"`.
+    pub postgres: Option<PostgresSinkFile>,
     /// Keys handled (leased) at once.
     pub max_keys_in_flight: Option<usize>,
     /// `block` or `skip`.
@@ -121,11 +124,42 @@ pub struct SubscriptionFile {
     pub max_attempts: Option<u32>,
 }
 
+/// `[subscriptions.postgres]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSinkFile {
+    /// `postgres://user[:password]@host:port/database`.
+    pub url: String,
+    /// Target table (`name` or `schema.name`), created if missing.
+    pub table: String,
+    /// Rows per `COPY` (default 500).
+    pub batch_size: Option<usize>,
+    /// Most a partial batch waits (default `50ms`).
+    pub batch_timeout: Option<String>,
+    /// Rows older than this (by event time) are deleted (`7d`).
+    pub ttl: Option<String>,
+    /// Parallel writers (default 1).
+    pub workers: Option<usize>,
+}
+
 /// How a subscription's events are delivered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delivery {
     /// HTTP consumers pull, ack and nack.
     Pull,
+    /// Batch-written into a PostgreSQL table.
+    Postgres(SinkConfig),
+}
+
+impl Delivery {
+    /// The name used in the configuration and `GET /v1/subscriptions`.
+    #[must_use]
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Pull => "pull",
+            Self::Postgres(_) => "postgres",
+        }
+    }
 }
 
 /// A subscription's server-side settings.
@@ -228,9 +262,23 @@ impl ServerConfig {
         let mut subscriptions = BTreeMap::new();
         for sub in file.subscriptions {
             let at = |key: &str| format!("subscriptions.{}.{key}", sub.name);
-            let delivery = match sub.delivery.as_deref().unwrap_or("pull") {
-                "pull" => Delivery::Pull,
-                other => bail!("{}: unknown delivery {other:?} (pull)", at("delivery")),
+            let delivery = match (sub.delivery.as_deref().unwrap_or("pull"), &sub.postgres) {
+                ("pull", None) => Delivery::Pull,
+                ("postgres", Some(postgres)) => {
+                    Delivery::Postgres(sink_config(postgres, &at("postgres"))?)
+                }
+                ("postgres", None) => {
+                    bail!(
+                        "{}: delivery = \"postgres\" needs a [subscriptions.postgres] table",
+                        at("delivery")
+                    )
+                }
+                ("pull", Some(_)) => {
+                    bail!("{}: only for delivery = \"postgres\"", at("postgres"))
+                }
+                (other, _) => {
+                    bail!("{}: unknown delivery {other:?} (pull, postgres)", at("delivery"))
+                }
             };
             let lease_timeout = match &sub.lease_timeout {
                 Some(text) => duration(&at("lease_timeout"), text)?,
@@ -253,18 +301,30 @@ impl ServerConfig {
                 Some("latest") => StartFrom::Latest,
                 Some(other) => bail!("{}: expected earliest or latest, got {other:?}", at("start")),
             };
+            match &delivery {
+                // A pulled event is redelivered as soon as its lease expires or it is nacked
+                // (with the nack's delay); after max_attempts it is parked.
+                Delivery::Pull => {
+                    config.retry = RetryPolicy {
+                        initial: Duration::ZERO,
+                        factor: 1.0,
+                        max_delay: Duration::ZERO,
+                        max_attempts: sub.max_attempts.unwrap_or(PULL_MAX_ATTEMPTS_DEFAULT),
+                        jitter: 0.0,
+                    };
+                }
+                // The sink retries outages itself; the engine only sees rows PostgreSQL refuses
+                // (parked at once). Batches fill only if enough calls are in flight.
+                Delivery::Postgres(sink) => {
+                    config.max_keys_in_flight = sink.keys_in_flight().min(KEYS_IN_FLIGHT_MAX);
+                    if let Some(attempts) = sub.max_attempts {
+                        config.retry.max_attempts = attempts;
+                    }
+                }
+            }
             if let Some(limit) = sub.max_keys_in_flight {
                 config.max_keys_in_flight = limit;
             }
-            // A pulled event is redelivered as soon as its lease expires or it is nacked (with
-            // the nack's delay); after max_attempts it is parked.
-            config.retry = RetryPolicy {
-                initial: Duration::ZERO,
-                factor: 1.0,
-                max_delay: Duration::ZERO,
-                max_attempts: sub.max_attempts.unwrap_or(PULL_MAX_ATTEMPTS_DEFAULT),
-                jitter: 0.0,
-            };
             subscriptions
                 .insert(sub.name.clone(), SubscriptionServerConfig { delivery, lease_timeout });
             engine.subscriptions.push(config);
@@ -279,6 +339,26 @@ impl ServerConfig {
             subscriptions,
         })
     }
+}
+
+/// `[subscriptions.postgres]` checked into a sink configuration.
+fn sink_config(file: &PostgresSinkFile, at: &str) -> anyhow::Result<SinkConfig> {
+    let mut sink =
+        SinkConfig::new(&file.url, &file.table).map_err(|e| anyhow::anyhow!("{at}.table: {e}"))?;
+    if let Some(size) = file.batch_size {
+        sink.batch_size = size;
+    }
+    if let Some(text) = &file.batch_timeout {
+        sink.batch_timeout = duration(&format!("{at}.batch_timeout"), text)?;
+    }
+    if let Some(text) = &file.ttl {
+        sink.ttl = Some(duration(&format!("{at}.ttl"), text)?);
+    }
+    if let Some(workers) = file.workers {
+        sink.workers = workers;
+    }
+    sink.validate().map_err(|e| anyhow::anyhow!("{at}: {e}"))?;
+    Ok(sink)
 }
 
 /// A TOML error with file and line.

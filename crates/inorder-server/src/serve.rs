@@ -8,6 +8,7 @@ use std::{collections::HashMap, future::Future, net::SocketAddr, sync::Arc};
 
 use anyhow::Context;
 use inorder::Engine;
+use inorder_postgres::PostgresSink;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::sync::{Semaphore, watch};
 
@@ -42,14 +43,22 @@ pub async fn start(
     let metrics = metrics_handle();
     let mut builder = Engine::builder(config.engine.clone());
     let mut pulls = HashMap::new();
+    let mut deliveries = HashMap::new();
     for (name, subscription) in &config.subscriptions {
-        match subscription.delivery {
+        match &subscription.delivery {
             Delivery::Pull => {
                 let queue = PullQueue::start(subscription.lease_timeout);
                 builder = builder.handler(name, PullHandler(Arc::clone(&queue)));
                 pulls.insert(name.clone(), queue);
             }
+            Delivery::Postgres(sink) => {
+                let sink = PostgresSink::start(sink.clone())
+                    .await
+                    .with_context(|| format!("subscription {name}: starting the postgres sink"))?;
+                builder = builder.handler(name, sink);
+            }
         }
+        deliveries.insert(name.clone(), subscription.delivery.kind());
     }
     let engine = builder.start().await.context("starting the engine")?;
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -60,6 +69,7 @@ pub async fn start(
     let state = Arc::new(AppState {
         engine: engine.clone(),
         pulls,
+        deliveries,
         publish_permits: Arc::new(Semaphore::new(config.publish_in_flight)),
         tokens: config.tokens.clone(),
         metrics,

@@ -45,7 +45,9 @@ impl StreamState {
         position <= self.watermark || self.done_above.iter().any(|r| r.contains(&position))
     }
 
-    pub(crate) fn encode(&self) -> Vec<u8> {
+    /// The storage encoding (versioned), for storage backends.
+    #[must_use]
+    pub fn encode(&self) -> Vec<u8> {
         let mut out = vec![VERSION];
         put_varint(&mut out, self.watermark);
         put_varint(&mut out, zigzag(self.max_time_micros));
@@ -57,7 +59,11 @@ impl StreamState {
         out
     }
 
-    pub(crate) fn decode(bytes: &Bytes) -> Result<Self, &'static str> {
+    /// Decodes [`Self::encode`]'s bytes.
+    ///
+    /// # Errors
+    /// What is malformed.
+    pub fn decode(bytes: &Bytes) -> Result<Self, &'static str> {
         let mut input = Input::new(bytes);
         if input.byte()? != VERSION {
             return Err("unknown stream state version");
@@ -122,7 +128,9 @@ impl KeyState {
         }
     }
 
-    pub(crate) fn encode(&self) -> Vec<u8> {
+    /// The storage encoding (versioned), for storage backends.
+    #[must_use]
+    pub fn encode(&self) -> Vec<u8> {
         let mut out = vec![VERSION];
         put_varint(&mut out, self.last_position);
         put_varint(&mut out, zigzag(self.last_time_micros));
@@ -148,7 +156,11 @@ impl KeyState {
         out
     }
 
-    pub(crate) fn decode(bytes: &Bytes) -> Result<Self, &'static str> {
+    /// Decodes [`Self::encode`]'s bytes.
+    ///
+    /// # Errors
+    /// What is malformed.
+    pub fn decode(bytes: &Bytes) -> Result<Self, &'static str> {
         let mut input = Input::new(bytes);
         if input.byte()? != VERSION {
             return Err("unknown key state version");
@@ -267,7 +279,9 @@ impl ParkedEvent {
         StreamId { subscription: self.subscription.clone(), topic: self.topic.clone() }
     }
 
-    pub(crate) fn encode(&self) -> Vec<u8> {
+    /// The storage encoding (versioned), for storage backends.
+    #[must_use]
+    pub fn encode(&self) -> Vec<u8> {
         let mut out = vec![VERSION];
         put_str(&mut out, &self.event_id);
         put_str(&mut out, &self.key);
@@ -279,11 +293,11 @@ impl ParkedEvent {
         out
     }
 
-    pub(crate) fn decode(
-        stream: &StreamId,
-        position: u64,
-        bytes: &Bytes,
-    ) -> Result<Self, &'static str> {
+    /// Decodes [`Self::encode`]'s bytes.
+    ///
+    /// # Errors
+    /// What is malformed.
+    pub fn decode(stream: &StreamId, position: u64, bytes: &Bytes) -> Result<Self, &'static str> {
         let mut input = Input::new(bytes);
         if input.byte()? != VERSION {
             return Err("unknown parked event version");

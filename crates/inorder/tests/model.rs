@@ -87,8 +87,14 @@ fn config(dir: &std::path::Path) -> EngineConfig {
         .subscription(SubscriptionConfig::new("ps", ["p"]).ordering(Ordering::Actions).retry(retry))
 }
 
-async fn start(dir: &std::path::Path, handler: &Arc<ModelHandler>) -> Engine {
-    Engine::builder(config(dir))
+async fn start(
+    dir: &std::path::Path,
+    storage: &common::TestStorage,
+    handler: &Arc<ModelHandler>,
+) -> Engine {
+    storage
+        .attach(Engine::builder(config(dir)))
+        .await
         .shared_handler("fs", Arc::clone(handler) as Arc<dyn Handler>)
         .shared_handler("ps", Arc::clone(handler) as Arc<dyn Handler>)
         .start()
@@ -124,7 +130,8 @@ async fn run(ops: Vec<Op>, fail_one_in: u64) {
         epoch: Arc::clone(&epoch),
         fail_one_in,
     });
-    let mut engine = start(dir.path(), &handler).await;
+    let storage = common::TestStorage::from_env();
+    let mut engine = start(dir.path(), &storage, &handler).await;
     let mut fifo_expected: HashMap<String, Vec<u64>> = HashMap::new();
     let mut action_keys = Vec::new();
     let (mut last_f, mut last_p) = (0, 0);
@@ -152,7 +159,7 @@ async fn run(ops: Vec<Op>, fail_one_in: u64) {
             Op::Restart => {
                 engine.shutdown().await;
                 epoch.fetch_add(1, AtomicOrdering::SeqCst);
-                engine = start(dir.path(), &handler).await;
+                engine = start(dir.path(), &storage, &handler).await;
             }
         }
     }

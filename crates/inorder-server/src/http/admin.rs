@@ -49,7 +49,7 @@ pub async fn subscriptions(State(state): State<Arc<AppState>>) -> Result<Respons
         let (offered, leased) = state.pulls.get(&info.name).map_or((0, 0), |q| q.sizes());
         list.push(json!({
             "name": info.name, "ordering": format!("{:?}", info.ordering).to_lowercase(),
-            "delivery": if state.pulls.contains_key(&info.name) { "pull" } else { "handler" },
+            "delivery": state.deliveries.get(&info.name).copied().unwrap_or("handler"),
             "topics": streams, "handled": info.handled, "failed_attempts": info.failed_attempts,
             "parked_since_start": info.parked, "offered": offered, "leased": leased,
         }));

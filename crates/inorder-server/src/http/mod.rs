@@ -38,6 +38,8 @@ pub struct AppState {
     pub engine: Engine,
     /// Pull queues by subscription.
     pub pulls: HashMap<String, Arc<PullQueue>>,
+    /// How each subscription is delivered (`pull`, `postgres`), by name.
+    pub deliveries: HashMap<String, &'static str>,
     /// Permits for publishes in flight.
     pub publish_permits: Arc<Semaphore>,
     /// Accepted bearer tokens (empty: no auth).

@@ -1,5 +1,9 @@
 //! Fixtures for the engine's integration tests: a recording handler that also checks the
 //! per-key guarantees on every call, and an engine on a temporary directory that can restart.
+//!
+//! The storage comes from `INORDER_TEST_STORAGE`: `file` (the default, files under the temporary
+//! directory) or `postgres` (a fresh database per [`Fixture`] from `inorder_testpg`; each start
+//! connects a new `PgStorage` to it, as a restarted process would).
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::{
@@ -12,9 +16,45 @@ use std::{
 };
 
 use inorder::{
-    Engine, EngineConfig, Event, Handler, HandlerContext, HandlerError, Reply, SubscriptionConfig,
-    TopicConfig,
+    Engine, EngineBuilder, EngineConfig, Event, Handler, HandlerContext, HandlerError, Reply,
+    SubscriptionConfig, TopicConfig,
 };
+use inorder_postgres::{PgStorage, PgStorageOptions};
+
+/// The variable that picks the storage of the engine tests: `file` (default) or `postgres`.
+pub const STORAGE_ENV: &str = "INORDER_TEST_STORAGE";
+
+/// The storage an engine test runs on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TestStorage {
+    /// The embedded file storage under the engine's `data_dir`.
+    File,
+    /// PostgreSQL: this database, fresh for the test.
+    Postgres { url: String },
+}
+
+impl TestStorage {
+    /// The storage `INORDER_TEST_STORAGE` asks for; for `postgres`, a new empty database.
+    pub fn from_env() -> Self {
+        let wanted = std::env::var_os(STORAGE_ENV).unwrap_or_default();
+        match wanted.to_str() {
+            Some("" | "file") => Self::File,
+            Some("postgres") => Self::Postgres { url: inorder_testpg::fresh_database().unwrap() },
+            _ => panic!("{STORAGE_ENV}={wanted:?}: expected file or postgres"),
+        }
+    }
+
+    /// Hands the storage to `builder`: for Postgres a new connection each time (a restart).
+    pub async fn attach(&self, builder: EngineBuilder) -> EngineBuilder {
+        match self {
+            Self::File => builder,
+            Self::Postgres { url } => {
+                let storage = PgStorage::connect(url, PgStorageOptions::default()).await.unwrap();
+                builder.storage(Arc::new(storage))
+            }
+        }
+    }
+}
 
 /// How long tests wait for something that should happen quickly.
 pub const PATIENCE: Duration = Duration::from_secs(20);
@@ -139,10 +179,12 @@ impl Drop for Leave<'_> {
     }
 }
 
-/// An engine on a temporary directory, restartable with the same configuration.
+/// An engine on a temporary directory (or a fresh database), restartable with the same
+/// configuration.
 pub struct Fixture {
     pub dir: tempfile::TempDir,
     pub config: EngineConfig,
+    pub storage: TestStorage,
     pub engine: Option<Engine>,
 }
 
@@ -150,12 +192,17 @@ impl Fixture {
     pub fn new(configure: impl FnOnce(EngineConfig) -> EngineConfig) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = configure(EngineConfig::new(dir.path()));
-        Self { dir, config, engine: None }
+        Self { dir, config, storage: TestStorage::from_env(), engine: None }
+    }
+
+    /// An engine builder of the configuration on the fixture's storage.
+    pub async fn builder(&self) -> EngineBuilder {
+        self.storage.attach(Engine::builder(self.config.clone())).await
     }
 
     /// Starts the engine with these handlers (by subscription).
     pub async fn start(&mut self, handlers: Vec<(&str, RecordingHandler)>) -> Engine {
-        let mut builder = Engine::builder(self.config.clone());
+        let mut builder = self.builder().await;
         for (subscription, handler) in handlers {
             builder = builder.handler(subscription, handler);
         }

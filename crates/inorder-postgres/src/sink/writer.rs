@@ -1,0 +1,169 @@
+//! One writer: a connection, a staging table, and the batches it commits.
+
+use std::{pin::pin, sync::Arc, time::Duration};
+
+use inorder::{Event, HandlerError};
+use tokio::time::Instant;
+use tokio_postgres::{Client, Statement, binary_copy::BinaryCopyInWriter};
+
+use super::{
+    Job, SinkConfig, batcher,
+    schema::{COPY_SQL, Row, TYPES, merge_sql, staging_ddl},
+};
+use crate::{
+    connect::connect,
+    error::{Error, Result},
+    limits::{RETRY_DELAY_INITIAL, RETRY_DELAY_MAX},
+};
+
+/// An open connection with its staging table and prepared merge.
+struct Conn {
+    client: Client,
+    merge: Statement,
+}
+
+impl Conn {
+    async fn open(config: &SinkConfig) -> Result<Self> {
+        let client = connect(&config.url).await?;
+        client
+            .batch_execute(&staging_ddl(&config.table))
+            .await
+            .map_err(Error::query("creating the staging table"))?;
+        let merge = client
+            .prepare(&merge_sql(&config.table))
+            .await
+            .map_err(Error::query("preparing the merge"))?;
+        Ok(Self { client, merge })
+    }
+
+    /// Copies `events` into the staging table and merges them into the target, in one
+    /// transaction. Returns the rows inserted (fewer than `events` when some were there).
+    async fn write(&mut self, events: &[&Event]) -> Result<u64> {
+        let tx = self.client.transaction().await.map_err(Error::query("BEGIN"))?;
+        let copy = tx.copy_in(COPY_SQL).await.map_err(Error::query("COPY"))?;
+        let mut writer = pin!(BinaryCopyInWriter::new(copy, &TYPES));
+        for event in events {
+            let row = Row::new(event);
+            writer.as_mut().write(&row.values()).await.map_err(Error::query("COPY row"))?;
+        }
+        writer.finish().await.map_err(Error::query("COPY"))?;
+        let inserted = tx.execute(&self.merge, &[]).await.map_err(Error::query("merge"))?;
+        tx.commit().await.map_err(Error::query("COMMIT"))?;
+        Ok(inserted)
+    }
+}
+
+/// Writes batches until the queue closes.
+pub(super) struct Writer {
+    config: Arc<SinkConfig>,
+    index: usize,
+    conn: Option<Conn>,
+    delay: Duration,
+}
+
+impl Writer {
+    /// Connects (so that a bad URL fails the sink's start).
+    pub(super) async fn connect(config: Arc<SinkConfig>, index: usize) -> Result<Self> {
+        let conn = Conn::open(&config).await?;
+        metrics::gauge!("inorder_pg_sink_connected", "table" => config.table.to_string(), "writer" => index.to_string())
+            .set(1.0);
+        Ok(Self { config, index, conn: Some(conn), delay: RETRY_DELAY_INITIAL })
+    }
+
+    pub(super) async fn run(mut self, queue: flume::Receiver<Job>) {
+        let (size, timeout) = (self.config.batch_size, self.config.batch_timeout);
+        while let Some(batch) = batcher::next_batch(&queue, size, timeout).await {
+            self.write_batch(batch).await;
+        }
+        tracing::debug!(table = %self.config.table, writer = self.index, "sink writer stopped");
+    }
+
+    /// Commits the batch, retrying through outages; answers every call.
+    async fn write_batch(&mut self, batch: Vec<Job>) {
+        let started = Instant::now();
+        let events: Vec<&Event> = batch.iter().map(|job| &job.event).collect();
+        let outcome = loop {
+            if batch.iter().all(|job| job.reply.is_closed()) {
+                return; // every caller gave up (the engine stopped): nothing to acknowledge
+            }
+            match self.attempt(&events).await {
+                Ok(inserted) => break Ok(inserted),
+                Err(e) if e.is_transient() => self.back_off(&e).await,
+                Err(e) => break Err(e),
+            }
+        };
+        let table = self.config.table.to_string();
+        match outcome {
+            Ok(inserted) => {
+                metrics::counter!("inorder_pg_sink_rows_total", "table" => table.clone())
+                    .increment(inserted);
+                metrics::histogram!("inorder_pg_sink_batch_rows", "table" => table.clone())
+                    .record(u32::try_from(batch.len()).map_or(f64::MAX, f64::from));
+                metrics::histogram!("inorder_pg_sink_commit_seconds", "table" => table)
+                    .record(started.elapsed().as_secs_f64());
+                for job in batch {
+                    let _ = job.reply.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(table = %table, rows = batch.len(), error = %e,
+                    "postgres refused the batch; writing its rows one by one");
+                for job in batch {
+                    self.write_one(job).await;
+                }
+            }
+        }
+    }
+
+    /// Commits one row; a row PostgreSQL refuses fails its call permanently (it is parked).
+    async fn write_one(&mut self, job: Job) {
+        let result = loop {
+            if job.reply.is_closed() {
+                return;
+            }
+            match self.attempt(&[&job.event]).await {
+                Ok(_) => break Ok(()),
+                Err(e) if e.is_transient() => self.back_off(&e).await,
+                Err(e) => {
+                    metrics::counter!("inorder_pg_sink_refused_rows_total", "table" => self.config.table.to_string())
+                        .increment(1);
+                    break Err(HandlerError::permanent(format!("postgres refused the row: {e}")));
+                }
+            }
+        };
+        let _ = job.reply.send(result);
+    }
+
+    async fn attempt(&mut self, events: &[&Event]) -> Result<u64> {
+        if self.conn.is_none() {
+            self.conn = Some(Conn::open(&self.config).await?);
+            self.set_connected(true);
+            tracing::info!(table = %self.config.table, writer = self.index, "sink reconnected");
+        }
+        let conn = self.conn.as_mut().ok_or(Error::Stopped)?;
+        let result = conn.write(events).await;
+        if result.is_ok() {
+            self.delay = RETRY_DELAY_INITIAL;
+        }
+        result
+    }
+
+    /// After a transient failure: drop the connection and wait (exponential, jittered, capped).
+    async fn back_off(&mut self, error: &Error) {
+        if self.conn.take().is_some() {
+            self.set_connected(false);
+        }
+        metrics::counter!("inorder_pg_sink_retries_total", "table" => self.config.table.to_string())
+            .increment(1);
+        tracing::warn!(table = %self.config.table, writer = self.index, error = %error,
+            retry_in = ?self.delay, "postgres sink write failed; retrying");
+        let jitter = self.delay.mul_f64(fastrand::f64() * 0.2);
+        tokio::time::sleep(self.delay + jitter).await;
+        self.delay = (self.delay * 2).min(RETRY_DELAY_MAX);
+    }
+
+    fn set_connected(&self, up: bool) {
+        metrics::gauge!("inorder_pg_sink_connected", "table" => self.config.table.to_string(), "writer" => self.index.to_string())
+            .set(if up { 1.0 } else { 0.0 });
+    }
+}

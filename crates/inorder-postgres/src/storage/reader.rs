@@ -1,0 +1,59 @@
+//! Reading a topic forward: one bounded, indexed range query per read.
+//!
+//! Positions are committed in order (see `schema`), so whatever a read returns is a gap-free run
+//! from the reader's position; a gap would be a bug or a damaged table and fails the read.
+
+use deadpool_postgres::Pool;
+use inorder::{
+    Name,
+    storage::{StoredRecord, TopicReader},
+};
+
+use super::{db_error, pool_error, to_i64, to_u64};
+use crate::limits::STORAGE_READ_RECORDS_MAX;
+
+const READ: &str = "SELECT position, payload FROM inorder_events \
+                    WHERE topic = $1 AND position >= $2 ORDER BY position LIMIT $3";
+
+/// A reader of one topic of a [`PgStorage`](super::PgStorage).
+pub(crate) struct PgTopicReader {
+    pub(crate) pool: Pool,
+    pub(crate) topic: Name,
+    /// The position the next read starts at (at least 1).
+    pub(crate) next: u64,
+}
+
+#[async_trait::async_trait]
+impl TopicReader for PgTopicReader {
+    async fn read(&mut self, max: usize) -> inorder::Result<Vec<StoredRecord>> {
+        let limit = max.min(STORAGE_READ_RECORDS_MAX);
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let statement = client.prepare_cached(READ).await.map_err(db_error("prepare read"))?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = client
+            .query(&statement, &[&self.topic.as_str(), &to_i64(self.next)?, &limit])
+            .await
+            .map_err(db_error("read events"))?;
+        let mut records = Vec::with_capacity(rows.len());
+        for row in rows {
+            let position = to_u64(row.get(0))?;
+            if position != self.next {
+                return Err(inorder::Error::State(format!(
+                    "postgres storage: topic {} has no event at {} but one at {position}",
+                    self.topic, self.next
+                )));
+            }
+            let payload: Vec<u8> = row.get(1);
+            records.push(StoredRecord { position, payload: payload.into() });
+            self.next += 1;
+        }
+        Ok(records)
+    }
+
+    fn next_position(&self) -> u64 {
+        self.next
+    }
+}

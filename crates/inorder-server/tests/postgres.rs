@@ -1,0 +1,147 @@
+//! `delivery = "postgres"` through the real binary: events published over HTTP land in the
+//! table exactly once, also when the server is killed mid-stream; a sink that cannot start
+//! stops the server at start with a clear message.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::process::Command;
+
+use common::{ServerProcess, client, get, post_json};
+use serde_json::json;
+use tokio_postgres::NoTls;
+
+fn config(url: &str) -> String {
+    format!(
+        r#"
+[[topics]]
+name = "orders"
+
+[[subscriptions]]
+name = "archive"
+topics = ["orders"]
+delivery = "postgres"
+
+[subscriptions.postgres]
+url = "{url}"
+table = "archived_events"
+batch_size = 100
+batch_timeout = "20ms"
+workers = 2
+"#
+    )
+}
+
+async fn table_counts(url: &str) -> (i64, i64) {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let row = client
+        .query_one("SELECT count(*), count(DISTINCT (topic, id)) FROM archived_events", &[])
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+async fn publish_batch(server: &ServerProcess, batch: usize) -> Option<u64> {
+    let events: Vec<_> = (0..50)
+        .map(|i| {
+            json!({"specversion": "1.0", "id": format!("b{batch}-{i}"), "type": "order.placed",
+                   "source": "/tests", "partitionkey": format!("k{}", i % 9), "data": {"i": i}})
+        })
+        .collect();
+    let response = client()
+        .post(server.url("/v1/topics/orders/events:batch"))
+        .header("content-type", "application/cloudevents-batch+json")
+        .body(serde_json::to_string(&events).unwrap())
+        .send()
+        .await
+        .ok()?;
+    let body: serde_json::Value = response.json().await.ok()?;
+    body["positions"].as_array()?.last()?.as_u64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn published_events_land_in_the_table_once_through_a_kill_9() {
+    let url = inorder_testpg::fresh_database().unwrap();
+    let mut server = ServerProcess::start(&config(&url));
+    let (status, body) = get(&server, "/v1/subscriptions").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["subscriptions"][0]["delivery"], "postgres", "{body}");
+
+    for batch in 0..20 {
+        publish_batch(&server, batch).await.unwrap();
+    }
+    server.kill_and_restart(); // mid-stream: the sink has batches in flight
+    let mut last = 0;
+    for batch in 20..30 {
+        last = publish_batch(&server, batch).await.unwrap();
+    }
+    // Republishing acknowledged ids changes nothing (deduplicated by id).
+    publish_batch(&server, 3).await.unwrap();
+    let (status, body) = get(&server, &format!("/v1/status/orders/{last}?wait=20s")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(table_counts(&url).await, (1500, 1500));
+    let (status, body) = post_json(&server, "/v1/subscriptions/archive/pull", &json!({})).await;
+    assert_eq!(status, 400, "a postgres subscription is not pulled: {body}");
+    assert!(body["detail"].as_str().unwrap().contains("not a pull subscription"), "{body}");
+}
+
+#[test]
+fn a_sink_that_cannot_connect_stops_the_server_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let path = dir.path().join("inorder.toml");
+    let text = format!(
+        "data_dir = {:?}\nlisten = \"127.0.0.1:0\"\n{}",
+        dir.path().join("data").display(),
+        config(&format!("postgres://u:pw@127.0.0.1:{port}/db"))
+    );
+    std::fs::write(&path, text).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_inorder"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("subscription archive: starting the postgres sink"), "{stderr}");
+    assert!(stderr.contains("cannot connect"), "{stderr}");
+    assert!(!stderr.contains("pw@"), "the password leaked: {stderr}");
+}
+
+#[test]
+fn postgres_delivery_settings_are_checked_with_the_key_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("delivery = \"postgres\"\n", "subscriptions.archive.delivery"),
+        (
+            "delivery = \"postgres\"\n[subscriptions.postgres]\nurl = \"postgres://h/db\"\ntable = \"Bad\"\n",
+            "subscriptions.archive.postgres.table",
+        ),
+        (
+            "delivery = \"postgres\"\n[subscriptions.postgres]\nurl = \"postgres://h/db\"\ntable = \"t\"\nbatch_size = 0\n",
+            "batch_size",
+        ),
+        (
+            "delivery = \"postgres\"\n[subscriptions.postgres]\nurl = \"postgres://h/db\"\ntable = \"t\"\nttl = \"soon\"\n",
+            "subscriptions.archive.postgres.ttl",
+        ),
+    ];
+    for (subscription, expected) in cases {
+        let path = dir.path().join("inorder.toml");
+        let text = format!(
+            "data_dir = {:?}\n[[topics]]\nname = \"orders\"\n[[subscriptions]]\nname = \"archive\"\ntopics = [\"orders\"]\n{subscription}",
+            dir.path().join("data").display()
+        );
+        std::fs::write(&path, text).unwrap();
+        let output = Command::new(env!("CARGO_BIN_EXE_inorder"))
+            .args(["serve", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(expected), "expected {expected:?} in {stderr}");
+    }
+}
