@@ -44,3 +44,6 @@ pub const STORAGE_COMMIT_ATTEMPTS_MAX: u32 = 3;
 
 const _: () = assert!(STORAGE_POOL_SIZE_DEFAULT <= STORAGE_POOL_SIZE_MAX);
 const _: () = assert!(STORAGE_POOL_SIZE_DEFAULT >= 1);
+
+/// Appends waiting for their topic's appender task (see `storage::append`); more wait to queue.
+pub const STORAGE_APPEND_QUEUE_DEPTH: usize = 1024;

@@ -80,7 +80,6 @@ pub struct Options {
     pub durable: bool,
 }
 
-
 /// One running PostgreSQL server in a temporary directory.
 #[derive(Debug)]
 pub struct Cluster {

@@ -2,8 +2,10 @@
 //!
 //! The sink is the subscription's [`Handler`]. Each handler call hands its event to a writer
 //! and waits; a writer gathers calls into a batch (see [`batcher`]), writes it with binary `COPY`
-//! into a per-connection staging table and `INSERT … ON CONFLICT (topic, id) DO NOTHING` into the
-//! target, commits, and only then lets the calls return. The engine advances the subscription
+//! straight into the table, commits, and only then lets the calls return. A batch holding a row
+//! that is already there (a redelivery) fails that `COPY` with a key violation; it is then
+//! written again through a per-connection staging table and
+//! `INSERT … ON CONFLICT (topic, id) DO NOTHING`. The engine advances the subscription
 //! when a call returns, so:
 //!
 //! | what happens                        | outcome                                              |

@@ -8,7 +8,8 @@
 //! | `notify` | the per-topic watches and the `LISTEN` task that feeds them |
 //! | `reader` | the [`TopicReader`]: bounded range reads by `(topic, position)` |
 //!
-//! **Appends** are one statement, hence one transaction: it increments the topic's counter
+//! **Appends** are grouped: concurrent appends to a topic share one statement (see `append`,
+//! group commit). The statement is one transaction: it increments the topic's counter
 //! (`UPDATE inorder_topics … RETURNING`, which row-locks the topic until commit), inserts the
 //! events at the positions just reserved (`UNNEST` of the payloads), and queues a `NOTIFY`
 //! that PostgreSQL delivers on commit. Concurrent appenders of a topic, in this process or
@@ -25,6 +26,7 @@
 //! ([`inorder::Error::UnknownTopic`]) and use after [`Storage::close`]
 //! ([`inorder::Error::Stopped`]).
 
+mod append;
 mod commit;
 mod notify;
 mod reader;
@@ -48,6 +50,7 @@ use tokio::sync::{Mutex, watch};
 use tokio_postgres::NoTls;
 
 use self::{
+    append::Appenders,
     commit::{Failure, Resolved},
     notify::Listener,
     notify::Watches,
@@ -84,6 +87,7 @@ pub struct PgStorage {
     /// The URL without its password, for `Debug`.
     url: String,
     watches: Arc<Watches>,
+    appenders: Appenders,
     /// `None` once closed.
     listener: Mutex<Option<Listener>>,
     closed: AtomicBool,
@@ -94,17 +98,6 @@ impl std::fmt::Debug for PgStorage {
         f.debug_struct("PgStorage").field("url", &self.url).finish_non_exhaustive()
     }
 }
-
-const APPEND: &str = "\
-    WITH counter AS ( \
-        UPDATE inorder_topics SET last_position = last_position + cardinality($2::bytea[]) \
-        WHERE name = $1 RETURNING last_position), \
-    appended AS ( \
-        INSERT INTO inorder_events (topic, position, payload) \
-        SELECT $1, counter.last_position - cardinality($2::bytea[]) + event.ordinal, \
-               event.payload \
-        FROM counter, UNNEST($2::bytea[]) WITH ORDINALITY AS event(payload, ordinal)) \
-    SELECT last_position, pg_notify($3, last_position::text || ' ' || $1) FROM counter";
 
 impl PgStorage {
     /// Connects to `url`, creates the tables if needed (checking the schema version), and
@@ -140,6 +133,7 @@ impl PgStorage {
         let listener = Listener::start(config, pool.clone(), Arc::clone(&watches)).await?;
         tracing::info!(url = %redacted, pool_size = options.pool_size, "postgres storage open");
         Ok(Self {
+            appenders: Appenders::new(pool.clone(), Arc::clone(&watches)),
             pool,
             url: redacted,
             watches,
@@ -236,19 +230,10 @@ impl Storage for PgStorage {
                 payloads.len()
             )));
         }
-        let count = u64::try_from(payloads.len()).map_err(|_| range_error(payloads.len()))?;
-        let payloads: Vec<&[u8]> = payloads.iter().map(Bytes::as_ref).collect();
-        let rows = self
-            .query("append events", APPEND, &[&topic.as_str(), &payloads, &schema::CHANNEL])
-            .await?;
-        let Some(row) = rows.first() else {
-            return Err(inorder::Error::UnknownTopic { topic: topic.to_string() });
-        };
-        let last = to_u64(row.get(0))?;
-        assert!(last >= count, "topic {topic}: counter {last} below the {count} events appended");
-        self.watches.advance(topic.as_str(), last);
-        metrics::counter!("inorder_pg_appended_events_total").increment(count);
-        Ok(last - count + 1..=last)
+        if self.closed.load(Ordering::Acquire) {
+            return Err(inorder::Error::Stopped);
+        }
+        self.appenders.append(topic, payloads).await
     }
 
     async fn reader(&self, topic: &Name, from: u64) -> inorder::Result<Box<dyn TopicReader>> {
@@ -432,6 +417,7 @@ impl Storage for PgStorage {
 
     async fn close(&self) {
         self.closed.store(true, Ordering::Release);
+        self.appenders.close();
         if let Some(listener) = self.listener.lock().await.take() {
             listener.stop().await;
         }
