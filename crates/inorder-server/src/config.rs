@@ -22,7 +22,7 @@ use inorder::{
     EngineConfig, FailurePolicy, FsyncPolicy, Ordering, RetryPolicy, StartFrom, SubscriptionConfig,
     TopicConfig, limits::KEYS_IN_FLIGHT_MAX,
 };
-use inorder_postgres::SinkConfig;
+use inorder_postgres::{PgStorageOptions, SinkConfig};
 use serde::Deserialize;
 
 /// Default address the server listens on.
@@ -56,6 +56,8 @@ pub struct FileConfig {
     pub lease_timeout: Option<String>,
     /// Publish requests handled at once; more get 503.
     pub publish_in_flight: Option<usize>,
+    /// Where topics and state live: `file` (the embedded default) or `postgres`.
+    pub storage: Option<StorageFile>,
     /// Bearer tokens.
     #[serde(default)]
     pub auth: AuthFile,
@@ -74,6 +76,72 @@ pub struct AuthFile {
     /// Accepted bearer tokens; empty disables auth.
     #[serde(default)]
     pub tokens: Vec<String>,
+}
+
+/// `storage = "file"`, or the `[storage]` table.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum StorageFile {
+    /// `storage = "file"`.
+    Kind(String),
+    /// `[storage]` with `backend` and `[storage.postgres]`.
+    Table(StorageTable),
+}
+
+/// `[storage]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageTable {
+    /// `file` or `postgres` (implied by a `[storage.postgres]` table).
+    pub backend: Option<String>,
+    /// `[storage.postgres]`.
+    pub postgres: Option<PgStorageFile>,
+}
+
+/// `[storage.postgres]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PgStorageFile {
+    /// `postgres://user[:password]@host:port/database`.
+    pub url: String,
+    /// Pooled connections (default 8).
+    pub pool_size: Option<usize>,
+}
+
+/// The storage backend `inorder serve` runs on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageChoice {
+    /// The embedded file log under `data_dir`.
+    File,
+    /// PostgreSQL tables.
+    Postgres {
+        /// Database URL.
+        url: String,
+        /// Pooled connections.
+        pool_size: usize,
+    },
+}
+
+impl StorageChoice {
+    fn from_file(file: Option<StorageFile>) -> anyhow::Result<Self> {
+        let (backend, postgres) = match file {
+            None => (None, None),
+            Some(StorageFile::Kind(kind)) => (Some(kind), None),
+            Some(StorageFile::Table(table)) => (table.backend, table.postgres),
+        };
+        match (backend.as_deref(), postgres) {
+            (None | Some("file"), None) => Ok(Self::File),
+            (None | Some("postgres"), Some(pg)) => Ok(Self::Postgres {
+                url: pg.url,
+                pool_size: pg.pool_size.unwrap_or(PgStorageOptions::default().pool_size),
+            }),
+            (Some("postgres"), None) => {
+                bail!("storage: the postgres backend needs [storage.postgres] with a url")
+            }
+            (Some("file"), Some(_)) => bail!("storage.postgres: only for backend = \"postgres\""),
+            (Some(other), _) => bail!("storage: unknown backend {other:?} (file, postgres)"),
+        }
+    }
 }
 
 /// `[[topics]]`.
@@ -186,6 +254,8 @@ pub struct ServerConfig {
     pub tokens: Vec<String>,
     /// Per subscription.
     pub subscriptions: BTreeMap<String, SubscriptionServerConfig>,
+    /// The storage backend.
+    pub storage: StorageChoice,
 }
 
 impl ServerConfig {
@@ -245,6 +315,7 @@ impl ServerConfig {
             Some(toml::Value::String(text)) => byte_size(text).context("body_limit")?,
             Some(other) => bail!("body_limit: expected a size like \"1MiB\", got {other}"),
         };
+        let storage = StorageChoice::from_file(file.storage)?;
         let mut engine = EngineConfig::new(data_dir);
         engine.fsync = fsync;
         engine.auto_create_topics = file.auto_create_topics.unwrap_or(embedded);
@@ -337,6 +408,7 @@ impl ServerConfig {
             publish_in_flight: file.publish_in_flight.unwrap_or(PUBLISH_IN_FLIGHT_DEFAULT),
             tokens: file.auth.tokens,
             subscriptions,
+            storage,
         })
     }
 }

@@ -8,12 +8,12 @@ use std::{collections::HashMap, future::Future, net::SocketAddr, sync::Arc};
 
 use anyhow::Context;
 use inorder::Engine;
-use inorder_postgres::PostgresSink;
+use inorder_postgres::{PgStorage, PgStorageOptions, PostgresSink};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::sync::{Semaphore, watch};
 
 use crate::{
-    config::{Delivery, ServerConfig},
+    config::{Delivery, ServerConfig, StorageChoice},
     http::{AppState, router},
     pull::{PullHandler, PullQueue},
 };
@@ -59,6 +59,12 @@ pub async fn start(
             }
         }
         deliveries.insert(name.clone(), subscription.delivery.kind());
+    }
+    if let StorageChoice::Postgres { url, pool_size } = &config.storage {
+        let storage = PgStorage::connect(url, PgStorageOptions { pool_size: *pool_size })
+            .await
+            .context("opening the postgres storage")?;
+        builder = builder.storage(Arc::new(storage));
     }
     let engine = builder.start().await.context("starting the engine")?;
     let listener = tokio::net::TcpListener::bind(config.listen)

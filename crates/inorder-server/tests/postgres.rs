@@ -145,3 +145,52 @@ fn postgres_delivery_settings_are_checked_with_the_key_named() {
         assert!(stderr.contains(expected), "expected {expected:?} in {stderr}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_postgres_keeps_topics_and_progress_in_the_database_across_a_kill_9() {
+    let url = inorder_testpg::fresh_database().unwrap();
+    let config = format!(
+        r#"
+auto_create_topics = true
+
+[storage.postgres]
+url = "{url}"
+
+[[subscriptions]]
+name = "workers"
+topics = ["jobs"]
+"#
+    );
+    let mut server = ServerProcess::start(&config);
+    let mut last = 0;
+    for i in 0..5 {
+        let (status, body) =
+            common::post_event(&server, "jobs", &common::event("job.queued", &format!("k{i}")))
+                .await;
+        assert_eq!(status, 201, "{body}");
+        last = body["position"].as_u64().unwrap();
+    }
+    let mut leased = 0;
+    while leased < 5 {
+        let messages = common::pull(&server, "workers", 10, "5s").await;
+        assert!(!messages.is_empty(), "pulled {leased} of 5");
+        let leases: Vec<&str> = messages.iter().map(|m| m["lease"].as_str().unwrap()).collect();
+        common::ack(&server, "workers", &leases).await;
+        leased += leases.len();
+    }
+    let (status, _) = get(&server, &format!("/v1/status/jobs/{last}?wait=5s")).await;
+    assert_eq!(status, 200);
+
+    server.kill_and_restart();
+    let (client, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let stored: i64 = client
+        .query_one("SELECT count(*) FROM inorder_events WHERE topic = 'jobs'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, 5, "the events live in PostgreSQL");
+    let (status, _) = get(&server, &format!("/v1/status/jobs/{last}")).await;
+    assert_eq!(status, 200, "progress survived the restart");
+    assert!(common::pull(&server, "workers", 10, "200ms").await.is_empty(), "nothing redelivered");
+}
