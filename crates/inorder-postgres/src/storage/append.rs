@@ -134,12 +134,8 @@ impl Appender {
                 }
             }
             Err(error) => {
-                let message = error.to_string();
-                let mut error = Some(error);
                 for request in group {
-                    // The first caller gets the error itself, the others its description.
-                    let answer = error.take().unwrap_or_else(|| clone_error(&message, &self.topic));
-                    let _ = request.reply.send(Err(answer));
+                    let _ = request.reply.send(Err(same_error(&error)));
                 }
             }
         }
@@ -169,13 +165,13 @@ impl Appender {
     }
 }
 
-/// The same error for another caller of the group.
-fn clone_error(message: &str, topic: &Name) -> inorder::Error {
-    if message.starts_with("unknown topic") {
-        inorder::Error::UnknownTopic { topic: topic.to_string() }
-    } else if message == inorder::Error::Stopped.to_string() {
-        inorder::Error::Stopped
-    } else {
-        inorder::Error::State(message.to_owned())
+/// The group's error for each of its callers (`inorder::Error` is not `Clone`).
+fn same_error(error: &inorder::Error) -> inorder::Error {
+    match error {
+        inorder::Error::UnknownTopic { topic } => {
+            inorder::Error::UnknownTopic { topic: topic.clone() }
+        }
+        inorder::Error::Stopped => inorder::Error::Stopped,
+        other => inorder::Error::State(other.to_string()),
     }
 }
