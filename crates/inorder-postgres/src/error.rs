@@ -47,6 +47,22 @@ impl Error {
     }
 }
 
+impl Error {
+    /// Whether PostgreSQL refused the *data* (SQL state classes 22, data exception, and 23,
+    /// integrity constraint violation): retrying the same row can never succeed, but other rows
+    /// may. Anything else — a dropped table, a lost privilege, an outage — is about the server
+    /// or its schema, and retrying after an operator fixes it will.
+    #[must_use]
+    pub fn is_refused_data(&self) -> bool {
+        match self {
+            Self::Query { source, .. } => {
+                source.code().is_some_and(|state| matches!(&state.code()[..2], "22" | "23"))
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Whether a driver error is worth retrying: no SQL state (I/O, closed connection) or a state
 /// of the classes connection exception (08), transaction rollback (40), insufficient resources
 /// (53), operator intervention (57, e.g. shutdown) or system error (58).

@@ -224,3 +224,24 @@ async fn a_postgres_outage_delays_the_sink_the_log_keeps_accepting_and_nothing_i
     assert_eq!(count(&url, "SELECT count(*) FROM archived_events").await, 300);
     engine.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_table_delays_the_sink_without_parking_anything() {
+    let url = fresh_database().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sink = SinkConfig::new(&url, "archived_events").unwrap();
+    let engine = start_engine(engine_config(dir.path(), &sink, Ordering::Fifo), sink).await;
+    let db = client(&url).await;
+    db.batch_execute("ALTER TABLE archived_events RENAME TO moved_away").await.unwrap();
+    let events = (0..20).map(|n| order_event(&format!("k{}", n % 3), n)).collect();
+    let last = *engine.publish_batch(events).await.unwrap().last().unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!engine.processed("orders", last).await.unwrap(), "nothing is written meanwhile");
+    assert!(engine.parked("archive", None, 10).await.unwrap().is_empty(), "nothing is parked");
+
+    db.batch_execute("ALTER TABLE moved_away RENAME TO archived_events").await.unwrap();
+    assert!(engine.wait_processed("orders", last, None, PATIENCE).await.unwrap());
+    assert_eq!(count(&url, "SELECT count(*) FROM archived_events").await, 20);
+    assert!(engine.parked("archive", None, 10).await.unwrap().is_empty());
+    engine.shutdown().await;
+}

@@ -13,8 +13,8 @@
 //! | commit succeeds                     | calls return `Ok`; the engine checkpoints them        |
 //! | inorder killed before the commit    | nothing committed; the events are delivered again     |
 //! | killed after commit, before checkpoint | delivered again; `ON CONFLICT` skips the rows      |
-//! | PostgreSQL unreachable              | the writer reconnects with backoff, calls keep waiting; lag grows, the log keeps accepting |
-//! | a row PostgreSQL refuses (data error) | the batch is retried row by row; the refused row's call fails permanently (parked), the others commit |
+//! | PostgreSQL unreachable, or the table dropped / not writable | the writer reconnects with backoff, calls keep waiting; lag grows, the log keeps accepting |
+//! | a row PostgreSQL refuses (SQL state class 22 or 23) | the batch is retried row by row; the refused row's call fails permanently (parked), the others commit |
 //!
 //! Per-key order comes from the engine: with `fifo` ordering a key never has two calls in flight,
 //! so a key's next event is only handed over after the previous one committed, whichever writer

@@ -115,8 +115,8 @@ impl Writer {
             }
             match self.attempt(&events).await {
                 Ok(inserted) => break Ok(inserted),
-                Err(e) if e.is_transient() => self.back_off(&e).await,
-                Err(e) => break Err(e),
+                Err(e) if e.is_refused_data() => break Err(e),
+                Err(e) => self.back_off(&e).await,
             }
         };
         let table = self.config.table.to_string();
@@ -150,7 +150,7 @@ impl Writer {
             }
             match self.attempt(&[&job.event]).await {
                 Ok(_) => break Ok(()),
-                Err(e) if e.is_transient() => self.back_off(&e).await,
+                Err(e) if !e.is_refused_data() => self.back_off(&e).await,
                 Err(e) => {
                     metrics::counter!("inorder_pg_sink_refused_rows_total", "table" => self.config.table.to_string())
                         .increment(1);
@@ -175,7 +175,9 @@ impl Writer {
         result
     }
 
-    /// After a transient failure: drop the connection and wait (exponential, jittered, capped).
+    /// After a failure that is not the rows' fault (an outage, a dropped table, a lost
+    /// privilege): drop the connection and wait (exponential, jittered, capped). The calls keep
+    /// waiting and the lag grows until it is fixed; parking every event would hide it.
     async fn back_off(&mut self, error: &Error) {
         if self.conn.take().is_some() {
             self.set_connected(false);
