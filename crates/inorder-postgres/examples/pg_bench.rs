@@ -45,7 +45,7 @@ fn main() -> Result<()> {
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
 
-    let (ours, file) = runtime.block_on(sink(&url, dir.path(), events))?;
+    let (ours, file) = runtime.block_on(sink(&cluster, &url, dir.path(), events))?;
     let baseline = copy_baseline(&cluster, &url, &file, events)?;
     report("pg.sink", "rows/s", ours, "psql_copy_binary", baseline);
 
@@ -65,7 +65,12 @@ fn report(name: &str, unit: &str, ours: f64, baseline: &str, baseline_value: f64
 
 /// Publishes `events` (untimed), then times the sink draining them into `archived_events`.
 /// Returns rows/s and a binary COPY file of the rows for the baseline.
-async fn sink(url: &str, dir: &Path, events: usize) -> Result<(f64, std::path::PathBuf)> {
+async fn sink(
+    cluster: &Cluster,
+    url: &str,
+    dir: &Path,
+    events: usize,
+) -> Result<(f64, std::path::PathBuf)> {
     let data_dir = dir.join("engine");
     let mut config = EngineConfig::new(&data_dir).topic(TopicConfig::new("orders"));
     config.fsync = FsyncPolicy::Never;
@@ -105,6 +110,7 @@ async fn sink(url: &str, dir: &Path, events: usize) -> Result<(f64, std::path::P
 
     let file = dir.join("rows.bin");
     psql(
+        cluster,
         url,
         &format!(
             "\\copy (SELECT {COLUMNS} FROM archived_events) TO '{}' (FORMAT binary)",
@@ -117,16 +123,12 @@ async fn sink(url: &str, dir: &Path, events: usize) -> Result<(f64, std::path::P
 /// `\copy` of the same rows into a table with the same columns and indexes, timed.
 fn copy_baseline(cluster: &Cluster, url: &str, file: &Path, rows: usize) -> Result<f64> {
     let ddl = "CREATE TABLE copy_baseline (LIKE archived_events INCLUDING ALL)";
-    psql(url, ddl)?;
+    psql(cluster, url, ddl)?;
+    let copy =
+        format!("\\copy copy_baseline ({COLUMNS}) FROM '{}' (FORMAT binary)", file.display());
     let start = Instant::now();
-    let out = Command::new(cluster.bin_dir().join("psql"))
-        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-c"])
-        .arg(format!("\\copy copy_baseline ({COLUMNS}) FROM '{}' (FORMAT binary)", file.display()))
-        .output()?;
+    psql(cluster, url, &copy)?;
     let elapsed = start.elapsed();
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned().into());
-    }
     println!("# psql \\copy binary: {rows} rows in {elapsed:.2?}");
     Ok(rows as f64 / elapsed.as_secs_f64())
 }
@@ -161,7 +163,11 @@ async fn append(url: &str, run_for: Duration) -> Result<f64> {
 
 /// pgbench: single-row INSERT transactions from 64 clients.
 fn pgbench(cluster: &Cluster, url: &str, dir: &Path, run_for: Duration) -> Result<f64> {
-    psql(url, "CREATE TABLE pgbench_events (id bigserial PRIMARY KEY, topic text, payload bytea)")?;
+    psql(
+        cluster,
+        url,
+        "CREATE TABLE pgbench_events (id bigserial PRIMARY KEY, topic text, payload bytea)",
+    )?;
     let script = dir.join("insert.sql");
     std::fs::write(
         &script,
@@ -186,8 +192,9 @@ fn pgbench(cluster: &Cluster, url: &str, dir: &Path, run_for: Duration) -> Resul
     Ok(tps)
 }
 
-fn psql(url: &str, command: &str) -> Result<()> {
-    let out = Command::new("psql")
+/// `psql -c command` with the cluster's own client.
+fn psql(cluster: &Cluster, url: &str, command: &str) -> Result<()> {
+    let out = Command::new(cluster.bin_dir().join("psql"))
         .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-c", command])
         .output()?;
     if out.status.success() {

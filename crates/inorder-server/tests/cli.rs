@@ -107,16 +107,9 @@ fn the_demo_shows_every_user_handled_in_order() {
 
 #[test]
 fn a_bad_configuration_file_is_refused_with_its_line() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("inorder.toml");
-    std::fs::write(&path, "[[topics]]\nname = \"orders\"\nretention = \"forever\"\n").unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_inorder"))
-        .args(["serve", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (code, stderr) =
+        common::serve_refuses("[[topics]]\nname = \"orders\"\nretention = \"forever\"\n");
+    assert_eq!(code, Some(1));
     assert!(stderr.contains("inorder.toml:3:"), "{stderr}");
     assert!(stderr.contains("retention"), "{stderr}");
 }

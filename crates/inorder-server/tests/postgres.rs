@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::{ServerProcess, client, get, post_json};
 use serde_json::json;
 use tokio_postgres::NoTls;
@@ -89,22 +87,9 @@ async fn published_events_land_in_the_table_once_through_a_kill_9() {
 
 #[test]
 fn a_sink_that_cannot_connect_stops_the_server_at_start() {
-    let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let path = dir.path().join("inorder.toml");
-    let text = format!(
-        "data_dir = {:?}\nlisten = \"127.0.0.1:0\"\n{}",
-        dir.path().join("data").display(),
-        config(&format!("postgres://u:pw@127.0.0.1:{port}/db"))
-    );
-    std::fs::write(&path, text).unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_inorder"))
-        .args(["serve", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (_, stderr) =
+        common::serve_refuses(&config(&format!("postgres://u:pw@127.0.0.1:{port}/db")));
     assert!(stderr.contains("subscription archive: starting the postgres sink"), "{stderr}");
     assert!(stderr.contains("cannot connect"), "{stderr}");
     assert!(!stderr.contains("pw@"), "the password leaked: {stderr}");
@@ -112,36 +97,18 @@ fn a_sink_that_cannot_connect_stops_the_server_at_start() {
 
 #[test]
 fn postgres_delivery_settings_are_checked_with_the_key_named() {
-    let dir = tempfile::tempdir().unwrap();
+    let pg = "delivery = \"postgres\"\n[subscriptions.postgres]\nurl = \"postgres://h/db\"\n";
     let cases = [
-        ("delivery = \"postgres\"\n", "subscriptions.archive.delivery"),
-        (
-            "delivery = \"postgres\"\n[subscriptions.postgres]\nurl = \"postgres://h/db\"\ntable = \"Bad\"\n",
-            "subscriptions.archive.postgres.table",
-        ),
-        (
-            "delivery = \"postgres\"\n[subscriptions.postgres]\nurl = \"postgres://h/db\"\ntable = \"t\"\nbatch_size = 0\n",
-            "batch_size",
-        ),
-        (
-            "delivery = \"postgres\"\n[subscriptions.postgres]\nurl = \"postgres://h/db\"\ntable = \"t\"\nttl = \"soon\"\n",
-            "subscriptions.archive.postgres.ttl",
-        ),
+        ("delivery = \"postgres\"\n".to_owned(), "subscriptions.archive.delivery"),
+        (format!("{pg}table = \"Bad\"\n"), "subscriptions.archive.postgres.table"),
+        (format!("{pg}table = \"t\"\nbatch_size = 0\n"), "batch_size"),
+        (format!("{pg}table = \"t\"\nttl = \"soon\"\n"), "subscriptions.archive.postgres.ttl"),
     ];
     for (subscription, expected) in cases {
-        let path = dir.path().join("inorder.toml");
-        let text = format!(
-            "data_dir = {:?}\n[[topics]]\nname = \"orders\"\n[[subscriptions]]\nname = \"archive\"\ntopics = [\"orders\"]\n{subscription}",
-            dir.path().join("data").display()
-        );
-        std::fs::write(&path, text).unwrap();
-        let output = Command::new(env!("CARGO_BIN_EXE_inorder"))
-            .args(["serve", "--config"])
-            .arg(&path)
-            .output()
-            .unwrap();
-        assert!(!output.status.success());
-        let stderr = String::from_utf8_lossy(&output.stderr);
+        let (_, stderr) = common::serve_refuses(&format!(
+            "[[topics]]\nname = \"orders\"\n[[subscriptions]]\nname = \"archive\"\n\
+             topics = [\"orders\"]\n{subscription}"
+        ));
         assert!(stderr.contains(expected), "expected {expected:?} in {stderr}");
     }
 }

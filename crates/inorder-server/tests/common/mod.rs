@@ -183,3 +183,19 @@ pub async fn read_all(server: &ServerProcess, topic: &str) -> Vec<Value> {
         from = body["next"].as_u64().unwrap();
     }
 }
+
+/// Runs `inorder serve` on a file holding `config` and expects it to refuse to start; returns
+/// the exit code and what it printed on stderr.
+pub fn serve_refuses(config: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("inorder.toml");
+    std::fs::write(&path, config).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_inorder"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .current_dir(dir.path()) // the default ./inorder-data, if it gets that far
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "inorder serve started with:\n{config}");
+    (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
+}
