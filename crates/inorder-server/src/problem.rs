@@ -148,6 +148,9 @@ impl From<inorder::Error> for Problem {
                 "Unknown parked event",
                 detail,
             ),
+            E::IdTaken { .. } => {
+                Self::new(StatusCode::CONFLICT, "id-taken", "Event id taken", detail)
+            }
             E::UnknownAction { .. } => Self::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "unknown-action",

@@ -81,6 +81,13 @@ impl Dedupe {
         Claim::Mine(ClaimGuard { dedupe: self, id: id.to_owned(), position, resolved: false })
     }
 
+    /// The position of a published id still held as a claim (`None` if there is no claim, or
+    /// its publish has not appended yet).
+    pub(crate) fn position(&self, id: &str) -> Option<u64> {
+        let claims = self.claims.lock().unwrap_or_else(|e| e.into_inner());
+        claims.get(id).and_then(|holder| *holder.borrow())
+    }
+
     /// Releases the resolved claims of `ids` (they are indexed, or will be from the log).
     pub(crate) fn release<'i>(&self, ids: impl IntoIterator<Item = &'i str>) {
         let mut claims = self.claims.lock().unwrap_or_else(|e| e.into_inner());

@@ -31,7 +31,7 @@ use crate::{
     checkpoint::{self, CommitRequest},
     codec,
     config::{EngineConfig, TopicConfig},
-    dedupe::Claim,
+    dedupe::{Claim, ClaimGuard},
     error::{Error, Result},
     event::Event,
     handler::{Handler, SharedHandler},
@@ -335,12 +335,25 @@ impl Engine {
                 None => append.push((i, guard)),
             }
         }
+        self.append_claimed(&topic, &events, append, &mut positions).await?;
+        Ok(positions)
+    }
+
+    /// Appends the events whose ids this caller claimed (`events[i]` for each claim), resolves
+    /// the claims to their positions (written into `positions`) and queues the ids for indexing.
+    pub(crate) async fn append_claimed(
+        &self,
+        topic: &Arc<TopicRuntime>,
+        events: &[Event],
+        append: Vec<(usize, ClaimGuard<'_>)>,
+        positions: &mut [u64],
+    ) -> Result<()> {
         if append.is_empty() {
-            return Ok(positions);
+            return Ok(());
         }
         let payloads = append.iter().map(|(i, _)| codec::encode(&events[*i])).collect();
         let started = std::time::Instant::now();
-        let range = storage.append(&topic.name, payloads).await?;
+        let range = self.inner.storage.append(&topic.name, payloads).await?;
         metrics::histogram!("inorder_publish_seconds").record(started.elapsed().as_secs_f64());
         metrics::counter!("inorder_published_total", "topic" => topic.name.to_string())
             .increment(append.len() as u64);
@@ -349,14 +362,14 @@ impl Engine {
             positions[i] = position;
             ids.push((guard.resolve(position), position));
         }
-        let job = IndexJob { topic: Arc::clone(&topic), ids };
+        let job = IndexJob { topic: Arc::clone(topic), ids };
         if let Err(mpsc::error::SendError(job)) = self.inner.indexer.send(job).await {
             job.release(); // stopping: the next start indexes these ids from the log
         }
-        Ok(positions)
+        Ok(())
     }
 
-    async fn check_batch(&self, events: &[Event]) -> Result<Arc<TopicRuntime>> {
+    pub(crate) async fn check_batch(&self, events: &[Event]) -> Result<Arc<TopicRuntime>> {
         let Some(first) = events.first() else {
             return Err(Error::InvalidBatch { reason: "a batch needs at least one event".into() });
         };

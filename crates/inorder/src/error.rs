@@ -66,6 +66,16 @@ pub enum Error {
         reason: String,
     },
 
+    /// *Input.* [`Engine::publish_new`](crate::Engine::publish_new): the topic already holds
+    /// (or is publishing) an event with this id; nothing was appended. HTTP 409, `id-taken`.
+    #[error("topic {topic} already holds an event with id {id:?}")]
+    IdTaken {
+        /// The topic.
+        topic: String,
+        /// The first id of the batch that is taken.
+        id: String,
+    },
+
     /// No parked event with this id in the subscription. HTTP 404, `unknown-parked-event`.
     #[error("subscription {subscription} has no parked event at {topic}/{position}")]
     UnknownParked {
@@ -152,6 +162,7 @@ impl Error {
                 | Self::InvalidName(_)
                 | Self::InvalidBatch { .. }
                 | Self::UnknownParked { .. }
+                | Self::IdTaken { .. }
         )
     }
 }

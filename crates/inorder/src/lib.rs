@@ -18,6 +18,7 @@
 
 mod checkpoint;
 pub mod codec;
+mod conditional;
 mod config;
 mod dedupe;
 mod engine;

@@ -22,6 +22,8 @@ pub const EVENT_DATA_BYTES_MAX: usize =
     inorder_log::limits::RECORD_PAYLOAD_BYTES_MAX_DEFAULT as usize - 64 * 1024;
 /// Most events in one `publish_batch`.
 pub const PUBLISH_BATCH_EVENTS_MAX: usize = 1000;
+/// Most event ids looked up by one [`Engine::positions_of`](crate::Engine::positions_of) call.
+pub const LOOKUP_IDS_MAX: usize = 1000;
 /// Most actions a topic may declare (the per-key reorder buffer holds at most one event per
 /// action, so this also bounds it).
 pub const TOPIC_ACTIONS_MAX: usize = 64;
