@@ -37,6 +37,7 @@ use crate::{
     handler::{Handler, SharedHandler},
     indexer::{self, IndexJob},
     limits::{PUBLISH_BATCH_EVENTS_MAX, STREAM_READ_RECORDS_MAX, WAIT_MAX},
+    replay,
     runtime::{SubscriptionRuntime, TopicRuntime},
     state::{ParkedEvent, StreamId},
     storage::{FileStorage, StateOp, Storage},
@@ -50,6 +51,7 @@ pub struct EngineBuilder {
     config: EngineConfig,
     handlers: HashMap<String, SharedHandler>,
     storage: Option<Arc<dyn Storage>>,
+    replay: Vec<String>,
 }
 
 impl EngineBuilder {
@@ -68,6 +70,14 @@ impl EngineBuilder {
     /// Uses `storage` instead of the embedded file storage under `data_dir`.
     pub fn storage(mut self, storage: Arc<dyn Storage>) -> Self {
         self.storage = Some(storage);
+        self
+    }
+
+    /// Replays `subscription` from the first stored event of every topic it consumes: its
+    /// progress is reset (durably) and its handler's [`Handler::on_replay`] called before its
+    /// streams start. How a projector rebuilds its read model.
+    pub fn replay(mut self, subscription: &str) -> Self {
+        self.replay.push(subscription.to_owned());
         self
     }
 
@@ -109,6 +119,7 @@ impl EngineBuilder {
                 Arc::new(opened) as Arc<dyn Storage>
             }
         };
+        replay::reset(storage.as_ref(), &subscriptions, &self.replay).await?;
         let (checkpointer, checkpointer_task) = checkpoint::spawn(Arc::clone(&storage));
         let (shutdown, _) = watch::channel(false);
         let (indexer, indexer_task) = indexer::spawn(Arc::clone(&storage), shutdown.subscribe());
@@ -157,7 +168,7 @@ pub(crate) struct EngineInner {
 impl Engine {
     /// Starts building an engine from `config`.
     pub fn builder(config: EngineConfig) -> EngineBuilder {
-        EngineBuilder { config, handlers: HashMap::new(), storage: None }
+        EngineBuilder { config, handlers: HashMap::new(), storage: None, replay: Vec::new() }
     }
 
     /// The storage the engine runs on.

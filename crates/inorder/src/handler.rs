@@ -82,6 +82,14 @@ pub struct HandlerContext {
 pub trait Handler: Send + Sync + 'static {
     /// Handles one event. Called for one key at a time, in the subscription's order.
     async fn handle(&self, event: &Event, context: &HandlerContext) -> Result<Reply, HandlerError>;
+
+    /// Called when the subscription is replayed from its first event
+    /// ([`EngineBuilder::replay`](crate::EngineBuilder::replay)): after its progress was reset
+    /// and before its streams start. Clear what the handler built (a read model). The default
+    /// does nothing.
+    async fn on_replay(&self) -> Result<(), HandlerError> {
+        Ok(())
+    }
 }
 
 /// A handler made from an async closure; see [`handler_fn`].

@@ -28,6 +28,7 @@ mod handler;
 mod indexer;
 pub mod limits;
 mod reader;
+mod replay;
 mod runtime;
 mod sequencer;
 mod state;
