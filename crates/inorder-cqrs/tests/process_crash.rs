@@ -11,8 +11,6 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    io::{BufRead, BufReader},
-    process::{Command, Stdio},
     time::Duration,
 };
 
@@ -127,31 +125,6 @@ fn child(dir: &str) -> ! {
 }
 
 fn run_child_and_kill(dir: &str) -> Vec<String> {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([TEST, "--exact", "--nocapture"])
-        .env(CHILD_ENV, dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut lines = Vec::new();
-        let mut reader = BufReader::new(stdout);
-        let mut line = String::new();
-        while reader.read_line(&mut line).unwrap() > 0 {
-            if line.ends_with('\n') {
-                lines.push(line.trim_end().to_owned());
-            }
-            line.clear();
-        }
-        lines
-    });
-    let jitter = u64::from(
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos(),
-    ) % 400;
-    std::thread::sleep(Duration::from_millis(500 + jitter));
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
-    reader.join().unwrap()
+    let after = Duration::from_millis(500 + fastrand::u64(0..400));
+    inorder_testpg::child::run_and_kill(TEST, CHILD_ENV, dir, after).unwrap()
 }

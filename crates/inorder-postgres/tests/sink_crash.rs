@@ -7,11 +7,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::time::Duration;
 
 use inorder::{Engine, EngineConfig, Event, FsyncPolicy, SubscriptionConfig, TopicConfig};
 use inorder_postgres::{PostgresSink, SinkConfig};
@@ -97,31 +93,9 @@ fn kill_9_mid_stream_leaves_every_event_in_the_table_exactly_once() {
 }
 
 fn run_child_and_kill(spec: &str) -> Vec<String> {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([TEST, "--exact", "--nocapture"])
-        .env(CHILD_ENV, spec)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut lines = Vec::new();
-        let mut reader = BufReader::new(stdout);
-        let mut line = String::new();
-        while reader.read_line(&mut line).unwrap() > 0 {
-            if line.ends_with('\n') {
-                lines.push(line.trim_end().to_owned());
-            }
-            line.clear();
-        }
-        lines
-    });
     // Wait for the child to be streaming, then kill it at a random moment.
-    std::thread::sleep(Duration::from_millis(700 + fastrand::u64(0..600)));
-    child.kill().unwrap();
-    child.wait().unwrap();
-    reader.join().unwrap()
+    let after = Duration::from_millis(700 + fastrand::u64(0..600));
+    inorder_testpg::child::run_and_kill(TEST, CHILD_ENV, spec, after).unwrap()
 }
 
 fn child(dir: &str, url: &str) -> ! {

@@ -1,4 +1,5 @@
-//! Throw-away PostgreSQL clusters for tests and benchmarks, started from the system's binaries.
+//! Throw-away PostgreSQL clusters for tests and benchmarks, started from the system's binaries;
+//! and the child processes crash tests `kill -9` ([`child`]).
 //!
 //! Postgres code is tested against a real server, never a mock. A [`Cluster`] is `initdb` +
 //! `pg_ctl start` in a temporary directory, on a free loopback port, with trust authentication
@@ -14,6 +15,8 @@
 //! The README's test command starts one cluster for the whole run (the `inorder-testpg` binary,
 //! owned by the test script) and exports its URL as [`SHARED_URL_ENV`]; without it (a plain
 //! `cargo test`) each test process starts its own cluster on first use.
+
+pub mod child;
 
 use std::{
     path::{Path, PathBuf},

@@ -15,8 +15,6 @@ mod common;
 
 use std::{
     collections::{BTreeMap, HashMap},
-    io::{BufRead, BufReader},
-    process::{Command, Stdio},
     sync::Arc,
     time::Duration,
 };
@@ -129,40 +127,9 @@ async fn read_all(engine: &Engine, last: u64) -> Vec<Event> {
 }
 
 fn run_child_and_kill(dir: &str) -> Vec<String> {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "kill_9_loses_no_publish_and_redelivers_only_in_flight_events",
-            "--exact",
-            "--nocapture",
-        ])
-        .env(CHILD_ENV, dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut lines = Vec::new();
-        let mut reader = BufReader::new(stdout);
-        let mut line = String::new();
-        while reader.read_line(&mut line).unwrap() > 0 {
-            if line.ends_with('\n') {
-                lines.push(line.trim_end().to_owned());
-            }
-            line.clear();
-        }
-        lines
-    });
-    std::thread::sleep(Duration::from_millis(400 + fastrand_like(400)));
-    child.kill().unwrap();
-    child.wait().unwrap();
-    reader.join().unwrap()
-}
-
-fn fastrand_like(bound: u64) -> u64 {
-    let nanos =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-    u64::from(nanos) % bound
+    let test = "kill_9_loses_no_publish_and_redelivers_only_in_flight_events";
+    let after = Duration::from_millis(400 + fastrand::u64(0..400));
+    inorder_testpg::child::run_and_kill(test, CHILD_ENV, dir, after).unwrap()
 }
 
 /// Prints each call before and after the work, so the parent knows what was in flight.
