@@ -55,6 +55,8 @@ pub struct FileConfig {
     pub fsync: Option<String>,
     /// Create topics on first publish.
     pub auto_create_topics: Option<bool>,
+    /// Most topics (declared and auto-created); a publish creating one more gets 403.
+    pub max_topics: Option<usize>,
     /// Largest request body (`1MiB`, `512KiB`, or bytes).
     pub body_limit: Option<toml::Value>,
     /// Default lease of pulled events (`30s`).
@@ -240,6 +242,9 @@ impl ServerConfig {
         let mut engine = EngineConfig::new(data_dir);
         engine.fsync = fsync;
         engine.auto_create_topics = file.auto_create_topics.unwrap_or(embedded);
+        if let Some(max) = file.max_topics {
+            engine.max_topics = max;
+        }
         for topic in file.topics {
             let mut config =
                 TopicConfig::new(&topic.name).actions(topic.actions).repeat(topic.repeat);

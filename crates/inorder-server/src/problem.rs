@@ -6,6 +6,7 @@
 //! | `invalid-name` | 400 | a topic or subscription name that is not `[A-Za-z0-9._-]{1,200}` |
 //! | `invalid-request` | 400 | a bad query parameter or request body |
 //! | `unauthorized` | 401 | a missing or wrong bearer token |
+//! | `topic-limit` | 403 | a publish would create a topic beyond `max_topics` |
 //! | `not-found` | 404 | no such route |
 //! | `unknown-topic` | 404 | a topic that does not exist |
 //! | `unknown-subscription` | 404 | a subscription that does not exist |
@@ -148,6 +149,9 @@ impl From<inorder::Error> for Problem {
                 "Unknown parked event",
                 detail,
             ),
+            E::TopicLimit { .. } => {
+                Self::new(StatusCode::FORBIDDEN, "topic-limit", "Topic limit reached", detail)
+            }
             E::IdTaken { .. } => {
                 Self::new(StatusCode::CONFLICT, "id-taken", "Event id taken", detail)
             }

@@ -10,8 +10,9 @@ use inorder_log::{FsyncPolicy, Name};
 use crate::{
     error::{Error, Result},
     limits::{
-        KEYS_IN_FLIGHT_DEFAULT, KEYS_IN_FLIGHT_MAX, RETRY_FACTOR_DEFAULT, RETRY_INITIAL_DEFAULT,
-        RETRY_MAX_ATTEMPTS_DEFAULT, RETRY_MAX_DELAY_DEFAULT, TOPIC_ACTIONS_MAX,
+        KEYS_IN_FLIGHT_DEFAULT, KEYS_IN_FLIGHT_MAX, RETRY_DELAY_MAX, RETRY_FACTOR_DEFAULT,
+        RETRY_INITIAL_DEFAULT, RETRY_MAX_ATTEMPTS_DEFAULT, RETRY_MAX_DELAY_DEFAULT,
+        SEQUENCE_TIMEOUT_MAX, TOPIC_ACTIONS_MAX, TOPICS_DEFAULT_MAX, TOPICS_MAX,
     },
 };
 
@@ -26,6 +27,10 @@ pub struct EngineConfig {
     pub auto_create_topics: bool,
     /// Segment size of topic logs.
     pub segment_bytes: u64,
+    /// Most topics the engine holds (declared, stored and auto-created together): a publish to a
+    /// new topic beyond it is refused with [`Error::TopicLimit`]. Each topic costs open files and
+    /// memory, so anyone who can publish must not be able to create them without end.
+    pub max_topics: usize,
     /// Topics declared up front.
     pub topics: Vec<TopicConfig>,
     /// Subscriptions.
@@ -41,6 +46,7 @@ impl EngineConfig {
             fsync: FsyncPolicy::Group,
             auto_create_topics: false,
             segment_bytes: inorder_log::limits::SEGMENT_BYTES_DEFAULT,
+            max_topics: TOPICS_DEFAULT_MAX,
             topics: Vec::new(),
             subscriptions: Vec::new(),
         }
@@ -65,6 +71,16 @@ impl EngineConfig {
     /// # Errors
     /// [`Error::InvalidConfig`].
     pub fn validate(&self) -> Result<()> {
+        if !(1..=TOPICS_MAX).contains(&self.max_topics) {
+            return Err(Error::config(format!("max_topics must be within 1..={TOPICS_MAX}")));
+        }
+        if self.topics.len() > self.max_topics {
+            return Err(Error::config(format!(
+                "{} topics are declared; max_topics is {}",
+                self.topics.len(),
+                self.max_topics
+            )));
+        }
         let mut topics = BTreeSet::new();
         for topic in &self.topics {
             topic.validate()?;
@@ -157,10 +173,11 @@ impl TopicConfig {
                 )));
             }
         }
-        if self.sequence_timeout.is_some_and(|t| t.is_zero()) {
+        if self.sequence_timeout.is_some_and(|t| t.is_zero() || t > SEQUENCE_TIMEOUT_MAX) {
             return Err(Error::config(format!(
-                "topic {}: sequence_timeout must be positive",
-                self.name
+                "topic {}: sequence_timeout must be positive and at most {}",
+                self.name,
+                humanize(SEQUENCE_TIMEOUT_MAX)
             )));
         }
         Ok(())
@@ -290,6 +307,9 @@ impl RetryPolicy {
         if self.initial > self.max_delay {
             return bad("retry.initial must not exceed retry.max_delay");
         }
+        if self.max_delay > RETRY_DELAY_MAX {
+            return bad(&format!("retry.max_delay must be at most {}", humanize(RETRY_DELAY_MAX)));
+        }
         Ok(())
     }
 }
@@ -391,6 +411,11 @@ impl SubscriptionConfig {
         }
         self.retry.validate(&self.name)
     }
+}
+
+/// A duration as written in messages (`86400s`).
+fn humanize(duration: Duration) -> String {
+    format!("{}s", duration.as_secs())
 }
 
 /// A topic pattern, anchored at both ends.

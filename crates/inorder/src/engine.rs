@@ -279,6 +279,13 @@ impl Engine {
         if let Some(topic) = self.inner.topics.read().unwrap_or_else(|e| e.into_inner()).get(name) {
             return Ok(Arc::clone(topic));
         }
+        let count = self.inner.topics.read().unwrap_or_else(|e| e.into_inner()).len();
+        if count >= self.inner.config.max_topics {
+            return Err(Error::TopicLimit {
+                topic: name.to_string(),
+                max: self.inner.config.max_topics,
+            });
+        }
         tracing::info!(topic = %name, "creating topic on first publish");
         self.register_topic(name.clone(), TopicConfig::new(name.as_str())).await
     }

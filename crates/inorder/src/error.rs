@@ -123,6 +123,16 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// *Input.* A publish would create a topic beyond the engine's `max_topics`; nothing was
+    /// created. Publish to an existing topic, or raise the limit. HTTP 403, `topic-limit`.
+    #[error("topic {topic} would be topic number {}; max_topics is {max}", max + 1)]
+    TopicLimit {
+        /// The topic that was not created.
+        topic: String,
+        /// The limit.
+        max: usize,
+    },
+
     /// The engine is shutting down or stopped. HTTP 503.
     #[error("the engine is stopped")]
     Stopped,
@@ -163,6 +173,7 @@ impl Error {
                 | Self::InvalidBatch { .. }
                 | Self::UnknownParked { .. }
                 | Self::IdTaken { .. }
+                | Self::TopicLimit { .. }
         )
     }
 }

@@ -71,9 +71,24 @@ pub const RETRY_MAX_ATTEMPTS_DEFAULT: u32 = 5;
 /// Longest time `publish_and_wait` and `wait_processed` may be asked to wait.
 pub const WAIT_MAX: Duration = Duration::from_secs(300);
 
+/// Longest delay before a retry: a retry policy's `initial` and `max_delay`, a handler's
+/// [`HandlerError::retry_after`](crate::HandlerError::retry_after) (longer ones are cut to it),
+/// a pull consumer's nack delay.
+pub const RETRY_DELAY_MAX: Duration = Duration::from_secs(24 * 60 * 60);
+/// Longest configurable `sequence_timeout` of a topic.
+pub const SEQUENCE_TIMEOUT_MAX: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+
+/// Default most topics an engine holds; auto-creation beyond it is refused
+/// ([`Error::TopicLimit`](crate::Error::TopicLimit)).
+pub const TOPICS_DEFAULT_MAX: usize = 1024;
+/// Largest configurable `max_topics`.
+pub const TOPICS_MAX: usize = 1 << 20;
+
 /// Parked events returned by one listing.
 pub const PARKED_LIST_MAX: usize = 1000;
 
 const _: () = assert!(STREAM_READ_RECORDS_MAX <= STREAM_PENDING_EVENTS_MAX);
 const _: () = assert!(KEYS_IN_FLIGHT_DEFAULT <= KEYS_IN_FLIGHT_MAX);
+const _: () = assert!(TOPICS_DEFAULT_MAX <= TOPICS_MAX);
+const _: () = assert!(RETRY_MAX_DELAY_DEFAULT.as_secs() <= RETRY_DELAY_MAX.as_secs());
 const _: () = assert!(TOPIC_ACTIONS_MAX <= 64, "actions progress is a 64-bit mask");

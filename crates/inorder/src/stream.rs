@@ -473,7 +473,7 @@ impl Stream {
         match worker.handler_result(&self.ctx, event, attempt, result) {
             AfterCall::Retry { event, attempt, delay } => {
                 self.add_timer(
-                    Instant::now() + delay,
+                    later(Instant::now(), delay),
                     TimerKind::Retry { book_key, event, attempt },
                 );
             }
@@ -526,7 +526,7 @@ impl Stream {
             Some(deadline) => {
                 self.timeouts_armed.insert(book_key.to_owned());
                 let at = if worker.busy {
-                    deadline.max(now + std::time::Duration::from_millis(10))
+                    deadline.max(later(now, std::time::Duration::from_millis(10)))
                 } else {
                     deadline
                 };
@@ -570,6 +570,13 @@ impl Stream {
         self.worker(&book_key, &parked.key).await?.push(item);
         self.drive(&book_key).await
     }
+}
+
+/// `at + delay`, saturating far in the future instead of overflowing (delays come from input).
+pub(crate) fn later(at: Instant, delay: std::time::Duration) -> Instant {
+    const FAR_FUTURE: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 86_400);
+    at.checked_add(delay.min(FAR_FUTURE))
+        .unwrap_or_else(|| at + std::time::Duration::from_secs(86_400))
 }
 
 async fn sleep_until(at: Option<Instant>) {

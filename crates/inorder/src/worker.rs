@@ -23,6 +23,7 @@ use crate::{
     config::FailurePolicy,
     event::{Event, now_micros},
     handler::{HandlerError, Reply},
+    limits::RETRY_DELAY_MAX,
     runtime::{StreamContext, SubscriptionStats},
     sequencer::{Offer, Sequencer},
     state::{KeyState, ParkReason, ParkedEvent},
@@ -133,7 +134,7 @@ impl KeyWorker {
 
     /// When the waiting sequence times out, if it waits and the topic has a timeout.
     pub(crate) fn deadline(&self, timeout: Option<Duration>) -> Option<Instant> {
-        Some(self.waiting_since? + timeout?)
+        Some(crate::stream::later(self.waiting_since?, timeout?))
     }
 
     /// The key's next step. `room` says whether the stream's reorder budget has room.
@@ -203,7 +204,10 @@ impl KeyWorker {
                 Outcome::Handled(reply)
             }
             Err(error) if error.is_retryable() && attempt < retry.max_attempts => {
-                let delay = error.retry_delay().unwrap_or_else(|| retry.delay(attempt));
+                let delay = error
+                    .retry_delay()
+                    .unwrap_or_else(|| retry.delay(attempt))
+                    .min(RETRY_DELAY_MAX);
                 tracing::warn!(stream = %ctx.id, position = event.position, attempt, ?delay, %error, "handler failed; retrying");
                 return AfterCall::Retry { event, attempt: attempt + 1, delay };
             }
