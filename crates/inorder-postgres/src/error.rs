@@ -76,5 +76,30 @@ pub(crate) fn is_transient(error: &tokio_postgres::Error) -> bool {
     }
 }
 
+/// The engine's view of a failure: typed by what retrying can do. Lost connections, conflicts,
+/// shortages and restarts are `transient`; refused data is `refused`; damaged data
+/// (`XX001`/`XX002`) is `corrupt`; anything else (a dropped table, a lost privilege, a bad
+/// setting) needs an operator: `unavailable`.
+impl From<Error> for inorder::Error {
+    fn from(error: Error) -> Self {
+        use inorder::StorageErrorKind as Kind;
+        if matches!(error, Error::Stopped) {
+            return Self::Stopped;
+        }
+        let corrupt = matches!(&error, Error::Query { source, .. }
+            if source.code().is_some_and(|state| matches!(state.code(), "XX001" | "XX002")));
+        let kind = if error.is_transient() {
+            Kind::Transient
+        } else if error.is_refused_data() {
+            Kind::Refused
+        } else if corrupt {
+            Kind::Corrupt
+        } else {
+            Kind::Unavailable
+        };
+        Self::Storage(inorder::StorageError::new(kind, error.to_string()).with_source(error))
+    }
+}
+
 /// What this crate returns.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -193,6 +193,7 @@ fn parked(subscription: &str, topic: &str, position: u64) -> ParkedEvent {
         error: Some("boom".into()),
         attempts: 3,
         parked_at_micros: 42,
+        discarded_at_micros: None,
     }
 }
 
@@ -248,7 +249,7 @@ async fn commits_replace_merge_park_and_index_like_the_file_backend() {
         .unwrap();
     assert_eq!(last_position(&storage, &s, "a").await, Some((2, Progress::Sequence { next: 6 })));
 
-    let state = StreamState { watermark: 7, done_above: vec![9..=11], max_time_micros: -5 };
+    let state = StreamState { watermark: 7, done_above: vec![(9..=11, 3)], max_time_micros: -5 };
     assert_eq!(storage.stream_state(&s).await.unwrap(), None);
     storage
         .commit(vec![StateOp::Stream { stream: s.clone(), state: state.clone() }], true)

@@ -15,9 +15,10 @@
 //! | `unsupported-media-type` | 415 | a body that is neither a CloudEvent nor a batch |
 //! | `unknown-action` | 422 | an action the topic's `actions` list does not have |
 //! | `not-processed-yet` | 425 | the status of a position not yet processed |
-//! | `overloaded` | 503 | too many publishes at once, or a stopped log; retry after `Retry-After` |
+//! | `overloaded` | 503 | too many publishes at once, or the server stopping; retry after `Retry-After` |
+//! | `storage-unavailable` | 503 | the storage failed (a transient failure has `Retry-After`), or the stream asked about has failed |
 //! | `timeout` | 504 | an engine wait that ran out (not the status long-poll, which answers 425) |
-//! | `internal` | 500 | storage failure or corruption (see the server log) |
+//! | `internal` | 500 | corrupt or refusing storage, or a bug (see the server log) |
 
 use axum::{
     http::{HeaderValue, StatusCode, header},
@@ -100,6 +101,20 @@ impl Problem {
             .retry_after(seconds)
     }
 
+    /// 503 `storage-unavailable`: the storage failed; with `Retry-After` when it is transient.
+    pub fn storage_unavailable(detail: impl Into<String>, retry_after: Option<u64>) -> Self {
+        let problem = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage-unavailable",
+            "Storage unavailable",
+            detail,
+        );
+        match retry_after {
+            Some(seconds) => problem.retry_after(seconds),
+            None => problem,
+        }
+    }
+
     /// 500 `internal`.
     pub fn internal(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error", detail)
@@ -171,13 +186,21 @@ impl From<inorder::Error> for Problem {
             E::Timeout { .. } => {
                 Self::new(StatusCode::GATEWAY_TIMEOUT, "timeout", "Timed out", detail)
             }
-            E::Log(ref log)
-                if matches!(log, inorder::LogError::Latched { .. } | inorder::LogError::Closed) =>
-            {
-                Self::overloaded(detail, 1)
-            }
+            E::Storage(ref storage) => match storage.kind() {
+                inorder::StorageErrorKind::Transient => Self::storage_unavailable(detail, Some(1)),
+                inorder::StorageErrorKind::Unavailable => Self::storage_unavailable(detail, None),
+                inorder::StorageErrorKind::Corrupt | inorder::StorageErrorKind::Refused => {
+                    tracing::error!(%detail, "storage error");
+                    Self::internal(detail)
+                }
+            },
+            E::StreamFailed { .. } => Self::storage_unavailable(detail, None),
             E::Stopped => Self::overloaded(detail, 1),
-            E::Log(_) | E::State(_) | E::Decode { .. } | E::InvalidConfig { .. } => {
+            E::Decode { .. }
+            | E::Gap { .. }
+            | E::InvalidConfig { .. }
+            | E::Replay { .. }
+            | E::Internal { .. } => {
                 tracing::error!(%detail, "internal error");
                 Self::internal(detail)
             }

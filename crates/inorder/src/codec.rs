@@ -22,7 +22,9 @@ use bytes::Bytes;
 use inorder_log::Name;
 
 use crate::{
+    error::Error,
     event::{Event, ExtensionValue},
+    storage::StoredRecord,
     wire::{Input, put_str, put_varint, unzigzag, zigzag},
 };
 
@@ -34,6 +36,19 @@ const HAS_SCHEMA: u8 = 4;
 const HAS_CORRELATION: u8 = 8;
 const HAS_CAUSATION: u8 = 16;
 const HAS_SEQUENCE: u8 = 32;
+
+/// Decodes a stored record of `topic`; a record that does not decode is corruption, named by
+/// its topic and position ([`Error::Decode`]).
+///
+/// # Errors
+/// [`Error::Decode`].
+pub fn decode_record(topic: &Name, record: &StoredRecord) -> Result<Event, Error> {
+    decode(topic, record.position, &record.payload).map_err(|reason| Error::Decode {
+        topic: topic.to_string(),
+        position: record.position,
+        reason,
+    })
+}
 
 /// Encodes an event (without topic and position).
 #[must_use]

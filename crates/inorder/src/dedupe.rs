@@ -7,16 +7,17 @@
 //! concurrent publishers of the same id wait for the first one's position, so two appends of one
 //! id can never race; once appended, the claim is kept (resolved) until the indexer has written
 //! the id, so a retry is answered from memory in between.
+//!
+//! A claim is held by a [`ClaimGuard`] that owns a handle on the topic's [`Dedupe`], so it can
+//! outlive the publisher's future: the append task keeps it until the outcome is known (a
+//! publisher that gives up waiting must not release a claim whose append still lands).
 
-use std::{
-    collections::{BTreeSet, HashMap},
-    sync::Mutex,
-};
+use std::{collections::HashMap, sync::Arc};
 
+use parking_lot::Mutex;
 use tokio::sync::watch;
 
-/// How far ahead of its last record the "indexed up to" marker may lag (positions).
-pub(crate) const INDEXED_MARK_EVERY: u64 = 1024;
+use crate::{limits::INDEXED_MARK_POSITIONS, watermark::Watermark};
 
 /// The dedupe state of one topic.
 #[derive(Default)]
@@ -27,31 +28,29 @@ pub(crate) struct Dedupe {
 
 #[derive(Default)]
 struct Indexed {
-    /// Every id at or below this position is in the index.
-    to: u64,
-    /// Indexed positions above `to`.
-    above: BTreeSet<u64>,
-    /// The last `to` written to the state store.
+    /// Positions whose ids are in the index.
+    positions: Watermark,
+    /// The last "indexed up to" mark written to the state store.
     marked: u64,
 }
 
 /// The outcome of claiming an id.
-pub(crate) enum Claim<'a> {
+pub(crate) enum Claim {
     /// This caller publishes the id; dropping the guard releases the claim.
-    Mine(ClaimGuard<'a>),
+    Mine(ClaimGuard),
     /// Another caller is publishing it: wait for its position (`None` if it failed).
     Theirs(watch::Receiver<Option<u64>>),
 }
 
 /// A held claim on an id. Dropped unresolved (the publish failed), it releases the claim.
-pub(crate) struct ClaimGuard<'a> {
-    dedupe: &'a Dedupe,
+pub(crate) struct ClaimGuard {
+    dedupe: Arc<Dedupe>,
     id: String,
     position: watch::Sender<Option<u64>>,
     resolved: bool,
 }
 
-impl ClaimGuard<'_> {
+impl ClaimGuard {
     /// Announces the id's position to waiting publishers and keeps the claim until
     /// [`Dedupe::release`] (after the id is indexed); returns the id.
     pub(crate) fn resolve(mut self, position: u64) -> String {
@@ -61,36 +60,40 @@ impl ClaimGuard<'_> {
     }
 }
 
-impl Drop for ClaimGuard<'_> {
+impl Drop for ClaimGuard {
     fn drop(&mut self) {
         if !self.resolved {
-            self.dedupe.claims.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.id);
+            self.dedupe.claims.lock().remove(&self.id);
         }
     }
 }
 
 impl Dedupe {
     /// Claims `id` for publishing, or reports who holds it.
-    pub(crate) fn claim(&self, id: &str) -> Claim<'_> {
-        let mut claims = self.claims.lock().unwrap_or_else(|e| e.into_inner());
+    pub(crate) fn claim(self: &Arc<Self>, id: &str) -> Claim {
+        let mut claims = self.claims.lock();
         if let Some(holder) = claims.get(id) {
             return Claim::Theirs(holder.subscribe());
         }
         let (position, _) = watch::channel(None);
         claims.insert(id.to_owned(), position.clone());
-        Claim::Mine(ClaimGuard { dedupe: self, id: id.to_owned(), position, resolved: false })
+        Claim::Mine(ClaimGuard {
+            dedupe: Arc::clone(self),
+            id: id.to_owned(),
+            position,
+            resolved: false,
+        })
     }
 
     /// The position of a published id still held as a claim (`None` if there is no claim, or
     /// its publish has not appended yet).
     pub(crate) fn position(&self, id: &str) -> Option<u64> {
-        let claims = self.claims.lock().unwrap_or_else(|e| e.into_inner());
-        claims.get(id).and_then(|holder| *holder.borrow())
+        self.claims.lock().get(id).and_then(|holder| *holder.borrow())
     }
 
     /// Releases the resolved claims of `ids` (they are indexed, or will be from the log).
     pub(crate) fn release<'i>(&self, ids: impl IntoIterator<Item = &'i str>) {
-        let mut claims = self.claims.lock().unwrap_or_else(|e| e.into_inner());
+        let mut claims = self.claims.lock();
         for id in ids {
             claims.remove(id);
         }
@@ -98,22 +101,20 @@ impl Dedupe {
 
     /// Sets the indexed prefix (on start, after the log tail was indexed).
     pub(crate) fn set_indexed(&self, to: u64) {
-        let mut indexed = self.indexed.lock().unwrap_or_else(|e| e.into_inner());
-        *indexed = Indexed { to, above: BTreeSet::new(), marked: to };
+        *self.indexed.lock() = Indexed { positions: Watermark::new(to, ()), marked: to };
     }
 
     /// Records that the ids of `positions` are indexed; returns a new "indexed up to" mark when
     /// it is worth writing.
     pub(crate) fn indexed(&self, positions: impl IntoIterator<Item = u64>) -> Option<u64> {
-        let mut indexed = self.indexed.lock().unwrap_or_else(|e| e.into_inner());
-        indexed.above.extend(positions);
-        while indexed.above.first() == Some(&(indexed.to + 1)) {
-            indexed.above.pop_first();
-            indexed.to += 1;
+        let mut indexed = self.indexed.lock();
+        for position in positions {
+            indexed.positions.insert(position, ());
         }
-        if indexed.to >= indexed.marked + INDEXED_MARK_EVERY {
-            indexed.marked = indexed.to;
-            return Some(indexed.to);
+        let to = indexed.positions.through();
+        if to >= indexed.marked + INDEXED_MARK_POSITIONS {
+            indexed.marked = to;
+            return Some(to);
         }
         None
     }
@@ -125,7 +126,7 @@ mod tests {
 
     #[test]
     fn a_second_claim_waits_for_the_first() {
-        let dedupe = Dedupe::default();
+        let dedupe = Arc::new(Dedupe::default());
         let Claim::Mine(first) = dedupe.claim("id-1") else { panic!("first claim is mine") };
         let Claim::Theirs(mut second) = dedupe.claim("id-1") else { panic!("second must wait") };
         assert_eq!(first.resolve(7), "id-1");
@@ -138,7 +139,7 @@ mod tests {
 
     #[test]
     fn a_failed_publish_releases_its_claim() {
-        let dedupe = Dedupe::default();
+        let dedupe = Arc::new(Dedupe::default());
         let Claim::Mine(first) = dedupe.claim("id-1") else { panic!("first claim is mine") };
         let Claim::Theirs(mut second) = dedupe.claim("id-1") else { panic!("second must wait") };
         drop(first);
@@ -150,7 +151,7 @@ mod tests {
     fn the_indexed_mark_only_covers_a_contiguous_prefix() {
         let dedupe = Dedupe::default();
         dedupe.set_indexed(0);
-        assert_eq!(dedupe.indexed(2..=INDEXED_MARK_EVERY + 5), None, "position 1 is missing");
-        assert_eq!(dedupe.indexed([1]), Some(INDEXED_MARK_EVERY + 5));
+        assert_eq!(dedupe.indexed(2..=INDEXED_MARK_POSITIONS + 5), None, "position 1 is missing");
+        assert_eq!(dedupe.indexed([1]), Some(INDEXED_MARK_POSITIONS + 5));
     }
 }

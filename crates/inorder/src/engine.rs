@@ -19,29 +19,31 @@
 //! ```
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
-    sync::{Arc, RwLock},
-    time::Duration,
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
 };
 
 use inorder_log::{LogOptions, Name};
+use parking_lot::{Mutex, RwLock};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::{
     checkpoint::{self, CommitRequest},
     codec,
     config::{EngineConfig, TopicConfig},
-    dedupe::{Claim, ClaimGuard},
     error::{Error, Result},
     event::Event,
     handler::{Handler, SharedHandler},
     indexer::{self, IndexJob},
-    limits::{PUBLISH_BATCH_EVENTS_MAX, STREAM_READ_RECORDS_MAX, WAIT_MAX},
+    limits::{PARKED_LIST_MAX, STREAM_READ_RECORDS_MAX},
     replay,
     runtime::{SubscriptionRuntime, TopicRuntime},
     state::{ParkedEvent, StreamId},
     storage::{FileStorage, StateOp, Storage},
-    stream::{self, Outcome, StreamHandle, StreamMsg},
+    stream::{
+        handle::{StreamHandle, StreamMsg},
+        supervisor::{self, StreamDeps},
+    },
     waiters::Waiters,
 };
 
@@ -115,7 +117,7 @@ impl EngineBuilder {
                 let opened =
                     tokio::task::spawn_blocking(move || FileStorage::open(&dir, log_options))
                         .await
-                        .map_err(|e| Error::state(format!("opening storage: {e}")))??;
+                        .map_err(|e| Error::Internal { what: format!("opening storage: {e}") })??;
                 Arc::new(opened) as Arc<dyn Storage>
             }
         };
@@ -132,9 +134,9 @@ impl EngineBuilder {
                 subscriptions,
                 streams: RwLock::new(BTreeMap::new()),
                 checkpointer,
-                checkpointer_task: std::sync::Mutex::new(Some(checkpointer_task)),
+                checkpointer_task: Mutex::new(Some(checkpointer_task)),
                 indexer,
-                indexer_task: std::sync::Mutex::new(Some(indexer_task)),
+                indexer_task: Mutex::new(Some(indexer_task)),
                 waiters: Arc::new(Waiters::default()),
                 shutdown,
             }),
@@ -158,9 +160,9 @@ pub(crate) struct EngineInner {
     pub(crate) subscriptions: BTreeMap<Name, Arc<SubscriptionRuntime>>,
     pub(crate) streams: RwLock<BTreeMap<StreamId, StreamHandle>>,
     checkpointer: mpsc::Sender<CommitRequest>,
-    checkpointer_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
-    indexer: mpsc::Sender<IndexJob>,
-    indexer_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    checkpointer_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    pub(crate) indexer: mpsc::Sender<IndexJob>,
+    indexer_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     pub(crate) waiters: Arc<Waiters>,
     shutdown: watch::Sender<bool>,
 }
@@ -212,23 +214,18 @@ impl Engine {
         inner.storage.create_topic(&name).await?;
         let topic = Arc::new(TopicRuntime::new(name.clone(), config));
         self.index_unindexed_ids(&topic).await?;
-        inner
-            .topics
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(name.clone(), Arc::clone(&topic));
+        inner.topics.write().insert(name.clone(), Arc::clone(&topic));
+        let deps = StreamDeps {
+            storage: Arc::clone(&inner.storage),
+            checkpointer: inner.checkpointer.clone(),
+            waiters: Arc::clone(&inner.waiters),
+            shutdown: inner.shutdown.subscribe(),
+        };
         for subscription in inner.subscriptions.values().filter(|s| s.consumes(&name)) {
-            let handle = stream::start(
-                Arc::clone(subscription),
-                Arc::clone(&topic),
-                Arc::clone(&inner.storage),
-                inner.checkpointer.clone(),
-                Arc::clone(&inner.waiters),
-                inner.shutdown.subscribe(),
-            )
-            .await?;
+            let handle =
+                supervisor::start(Arc::clone(subscription), Arc::clone(&topic), deps.clone()).await;
             let id = StreamId { subscription: subscription.name.clone(), topic: name.clone() };
-            inner.streams.write().unwrap_or_else(|e| e.into_inner()).insert(id, handle);
+            inner.streams.write().insert(id, handle);
         }
         Ok(topic)
     }
@@ -246,13 +243,7 @@ impl Engine {
             }
             let mut ops = Vec::with_capacity(records.len() + 1);
             for record in records.iter().filter(|r| r.position <= last) {
-                let event = codec::decode(&topic.name, record.position, &record.payload).map_err(
-                    |reason| Error::Decode {
-                        topic: topic.name.to_string(),
-                        position: record.position,
-                        reason,
-                    },
-                )?;
+                let event = codec::decode_record(&topic.name, record)?;
                 ops.push(StateOp::EventId {
                     topic: topic.name.clone(),
                     id: event.id,
@@ -269,17 +260,17 @@ impl Engine {
 
     /// The runtime of `topic`, creating the topic if auto-creation is on.
     pub(crate) async fn topic(&self, name: &Name) -> Result<Arc<TopicRuntime>> {
-        if let Some(topic) = self.inner.topics.read().unwrap_or_else(|e| e.into_inner()).get(name) {
+        if let Some(topic) = self.inner.topics.read().get(name) {
             return Ok(Arc::clone(topic));
         }
         if !self.inner.config.auto_create_topics {
             return Err(Error::UnknownTopic { topic: name.to_string() });
         }
         let _creating = self.inner.creating.lock().await;
-        if let Some(topic) = self.inner.topics.read().unwrap_or_else(|e| e.into_inner()).get(name) {
+        if let Some(topic) = self.inner.topics.read().get(name) {
             return Ok(Arc::clone(topic));
         }
-        let count = self.inner.topics.read().unwrap_or_else(|e| e.into_inner()).len();
+        let count = self.inner.topics.read().len();
         if count >= self.inner.config.max_topics {
             return Err(Error::TopicLimit {
                 topic: name.to_string(),
@@ -294,181 +285,7 @@ impl Engine {
     pub(crate) fn existing_topic(&self, name: &str) -> Result<Arc<TopicRuntime>> {
         let unknown = || Error::UnknownTopic { topic: name.to_owned() };
         let name = Name::new("topic", name).map_err(|_| unknown())?;
-        self.inner
-            .topics
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&name)
-            .cloned()
-            .ok_or_else(unknown)
-    }
-
-    /// Appends an event; returns its position once durable. An id the topic already holds
-    /// returns the earlier position without appending.
-    ///
-    /// # Errors
-    /// Input errors ([`Error::UnknownTopic`], [`Error::UnknownAction`], [`Error::InvalidEvent`])
-    /// change nothing; [`Error::Log`] if the log failed.
-    pub async fn publish(&self, event: Event) -> Result<u64> {
-        let positions = self.publish_batch(vec![event]).await?;
-        Ok(positions[0])
-    }
-
-    /// Appends events of one topic, all or nothing; returns their positions in order.
-    ///
-    /// # Errors
-    /// As [`Engine::publish`], and [`Error::InvalidBatch`] for an empty or mixed batch.
-    pub async fn publish_batch(&self, events: Vec<Event>) -> Result<Vec<u64>> {
-        let topic = self.check_batch(&events).await?;
-        let storage = &self.inner.storage;
-        let mut positions = vec![0u64; events.len()];
-        let mut mine = Vec::new();
-        let mut theirs = Vec::new();
-        for (i, event) in events.iter().enumerate() {
-            match topic.dedupe.claim(&event.id) {
-                Claim::Mine(guard) => mine.push((i, guard)),
-                Claim::Theirs(position) => theirs.push((i, position)),
-            }
-        }
-        for (i, mut position) in theirs {
-            let found = position.wait_for(Option::is_some).await.map(|p| *p);
-            positions[i] = found.ok().flatten().ok_or_else(|| {
-                Error::state("a concurrent publish of the same event id failed; publish again")
-            })?;
-        }
-        let ids: Vec<String> = mine.iter().map(|(i, _)| events[*i].id.clone()).collect();
-        let known = if ids.is_empty() {
-            Vec::new()
-        } else {
-            storage.event_positions(&topic.name, ids).await?
-        };
-        let mut append = Vec::new();
-        for ((i, guard), known) in mine.into_iter().zip(known) {
-            match known {
-                Some(position) => {
-                    positions[i] = position;
-                    let id = guard.resolve(position);
-                    topic.dedupe.release([id.as_str()]); // already indexed
-                }
-                None => append.push((i, guard)),
-            }
-        }
-        self.append_claimed(&topic, &events, append, &mut positions).await?;
-        Ok(positions)
-    }
-
-    /// Appends the events whose ids this caller claimed (`events[i]` for each claim), resolves
-    /// the claims to their positions (written into `positions`) and queues the ids for indexing.
-    pub(crate) async fn append_claimed(
-        &self,
-        topic: &Arc<TopicRuntime>,
-        events: &[Event],
-        append: Vec<(usize, ClaimGuard<'_>)>,
-        positions: &mut [u64],
-    ) -> Result<()> {
-        if append.is_empty() {
-            return Ok(());
-        }
-        let payloads = append.iter().map(|(i, _)| codec::encode(&events[*i])).collect();
-        let started = std::time::Instant::now();
-        let range = self.inner.storage.append(&topic.name, payloads).await?;
-        metrics::histogram!("inorder_publish_seconds").record(started.elapsed().as_secs_f64());
-        metrics::counter!("inorder_published_total", "topic" => topic.name.to_string())
-            .increment(append.len() as u64);
-        let mut ids = Vec::with_capacity(append.len());
-        for ((i, guard), position) in append.into_iter().zip(range) {
-            positions[i] = position;
-            ids.push((guard.resolve(position), position));
-        }
-        let job = IndexJob { topic: Arc::clone(topic), ids };
-        if let Err(mpsc::error::SendError(job)) = self.inner.indexer.send(job).await {
-            job.release(); // stopping: the next start indexes these ids from the log
-        }
-        Ok(())
-    }
-
-    pub(crate) async fn check_batch(&self, events: &[Event]) -> Result<Arc<TopicRuntime>> {
-        let Some(first) = events.first() else {
-            return Err(Error::InvalidBatch { reason: "a batch needs at least one event".into() });
-        };
-        if events.len() > PUBLISH_BATCH_EVENTS_MAX {
-            return Err(Error::InvalidBatch {
-                reason: format!("{} events; at most {PUBLISH_BATCH_EVENTS_MAX}", events.len()),
-            });
-        }
-        let mut ids = HashSet::with_capacity(events.len());
-        for event in events {
-            if event.topic != first.topic {
-                return Err(Error::InvalidBatch {
-                    reason: "all events of a batch must share a topic".into(),
-                });
-            }
-            if !ids.insert(event.id.as_str()) {
-                return Err(Error::InvalidBatch {
-                    reason: format!("event id {:?} appears twice", event.id),
-                });
-            }
-            event.validate()?;
-        }
-        let topic = self.topic(&first.topic).await?;
-        for event in events {
-            topic.check_action(&event.action)?;
-        }
-        Ok(topic)
-    }
-
-    /// Publishes `event` and waits for the outcome of its handler — for that very event —
-    /// in the topic's only subscription.
-    ///
-    /// # Errors
-    /// [`Error::AmbiguousWait`] if the topic has not exactly one subscription,
-    /// [`Error::Timeout`], and the errors of [`Engine::publish`].
-    pub async fn publish_and_wait(&self, event: Event, timeout: Duration) -> Result<Outcome> {
-        let topic = event.topic.clone();
-        let consumers: Vec<_> = self
-            .inner
-            .subscriptions
-            .values()
-            .filter(|s| s.consumes(&topic))
-            .map(|s| s.name.clone())
-            .collect();
-        match consumers.as_slice() {
-            [only] => self.publish_and_wait_on(event, only.as_str(), timeout).await,
-            _ => Err(Error::AmbiguousWait { topic: topic.to_string(), count: consumers.len() }),
-        }
-    }
-
-    /// Publishes `event` and waits for its outcome in `subscription`.
-    ///
-    /// # Errors
-    /// As [`Engine::publish_and_wait`]; [`Error::UnknownSubscription`].
-    pub async fn publish_and_wait_on(
-        &self,
-        event: Event,
-        subscription: &str,
-        timeout: Duration,
-    ) -> Result<Outcome> {
-        let runtime = self.subscription(subscription)?;
-        let timeout = timeout.min(WAIT_MAX);
-        let mut registration =
-            self.inner.waiters.register(&runtime.name, &event.id).ok_or_else(|| {
-                Error::InvalidBatch {
-                    reason: format!("someone already waits for event {:?}", event.id),
-                }
-            })?;
-        let topic = event.topic.clone();
-        let position = self.publish(event).await?;
-        let id = StreamId { subscription: runtime.name.clone(), topic };
-        if self.processed_by_stream(&id, position) {
-            // Outcomes are delivered before the watermark is published: if it is processed and
-            // nothing was delivered, it was handled before this wait (a deduplicated publish).
-            return Ok(registration.delivered().unwrap_or(Outcome::Deduplicated { position }));
-        }
-        match tokio::time::timeout(timeout, registration.outcome()).await {
-            Ok(Some(outcome)) => Ok(outcome),
-            Ok(None) => Err(Error::Stopped),
-            Err(_) => Err(Error::Timeout { waited: timeout }),
-        }
+        self.inner.topics.read().get(&name).cloned().ok_or_else(unknown)
     }
 
     pub(crate) fn subscription(&self, name: &str) -> Result<Arc<SubscriptionRuntime>> {
@@ -477,7 +294,9 @@ impl Engine {
         self.inner.subscriptions.get(&name).cloned().ok_or_else(unknown)
     }
 
-    /// Parked events of a subscription, ordered by topic and position, after `after`.
+    /// Parked events of a subscription waiting for an operator (not the discarded ones),
+    /// ordered by topic and position, after `after`, at most `max` (capped at
+    /// [`PARKED_LIST_MAX`]).
     ///
     /// # Errors
     /// [`Error::UnknownSubscription`], storage errors.
@@ -488,10 +307,19 @@ impl Engine {
         max: usize,
     ) -> Result<Vec<ParkedEvent>> {
         let runtime = self.subscription(subscription)?;
-        self.inner
-            .storage
-            .parked(&runtime.name, after, max.min(crate::limits::PARKED_LIST_MAX))
-            .await
+        let max = max.clamp(1, PARKED_LIST_MAX);
+        let mut listed = Vec::new();
+        let mut after = after;
+        loop {
+            let page = self.inner.storage.parked(&runtime.name, after.clone(), max).await?;
+            let full = page.len() >= max;
+            after = page.last().map(|p| (p.topic.clone(), p.position));
+            listed.extend(page.into_iter().filter(|p| p.discarded_at_micros.is_none()));
+            if listed.len() >= max || !full {
+                listed.truncate(max);
+                return Ok(listed);
+            }
+        }
     }
 
     /// Hands a parked event to its handler again (through its key's ordering).
@@ -529,7 +357,6 @@ impl Engine {
             .inner
             .streams
             .read()
-            .unwrap_or_else(|e| e.into_inner())
             .get(&id)
             .map(|s| s.inbox.clone())
             .ok_or_else(|| Error::UnknownTopic { topic: topic.to_owned() })?;
@@ -546,16 +373,7 @@ impl Engine {
         let topic = self.existing_topic(topic)?;
         let mut reader = self.inner.storage.reader(&topic.name, from).await?;
         let records = reader.read(max.min(STREAM_READ_RECORDS_MAX)).await?;
-        records
-            .iter()
-            .map(|r| {
-                codec::decode(&topic.name, r.position, &r.payload).map_err(|reason| Error::Decode {
-                    topic: topic.name.to_string(),
-                    position: r.position,
-                    reason,
-                })
-            })
-            .collect()
+        records.iter().map(|record| codec::decode_record(&topic.name, record)).collect()
     }
 
     /// Stops every stream and the checkpointer. In-flight handler calls are abandoned; their
@@ -563,7 +381,7 @@ impl Engine {
     pub async fn shutdown(&self) {
         self.inner.shutdown.send_replace(true);
         let tasks: Vec<_> = {
-            let mut streams = self.inner.streams.write().unwrap_or_else(|e| e.into_inner());
+            let mut streams = self.inner.streams.write();
             std::mem::take(&mut *streams).into_values().map(|s| s.task).collect()
         };
         for task in tasks {
@@ -572,14 +390,13 @@ impl Engine {
         for subscription in self.inner.subscriptions.values() {
             subscription.in_flight.close();
         }
-        let checkpointer =
-            self.inner.checkpointer_task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let checkpointer = self.inner.checkpointer_task.lock().take();
         if let Some(checkpointer) = checkpointer {
             checkpointer.abort();
             let _ = checkpointer.await;
         }
         // The indexer saw the shutdown signal: it writes what is queued and stops.
-        let indexer = self.inner.indexer_task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let indexer = self.inner.indexer_task.lock().take();
         if let Some(indexer) = indexer {
             let _ = indexer.await;
         }

@@ -4,7 +4,7 @@
 //! and problem type it maps to. Variants marked *input* changed nothing: the request was
 //! refused before anything was appended or recorded.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 /// Result alias of the engine.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -103,16 +103,14 @@ pub enum Error {
         count: usize,
     },
 
-    /// The log refused or failed (durability, corruption, latch). HTTP 503 when the log is
-    /// latched, else 500.
+    /// The storage failed; [`StorageError::kind`] says whether to retry (`transient`), or
+    /// whether an operator must act (`corrupt`, `unavailable`, `refused`). HTTP 503
+    /// `storage-unavailable` (with `Retry-After` when transient), 500 `internal` when corrupt.
     #[error(transparent)]
-    Log(inorder_log::Error),
+    Storage(#[from] StorageError),
 
-    /// The state store failed. The engine stops checkpointing; restart it. HTTP 500.
-    #[error("state store: {0}")]
-    State(String),
-
-    /// A stored event could not be decoded: corruption or a bug. Names where it lives.
+    /// A stored event could not be decoded: corruption or a bug. Names where it lives. The
+    /// stream that met it is failed (an operator must repair the log). HTTP 500.
     #[error("event at {topic}/{position} cannot be decoded: {reason}")]
     Decode {
         /// The topic.
@@ -121,6 +119,28 @@ pub enum Error {
         position: u64,
         /// What the decoder found.
         reason: &'static str,
+    },
+
+    /// A stream read position `found` where `expected` should follow: the log misses events.
+    /// Never skipped: the stream is failed as corrupt until an operator repairs the topic.
+    #[error("topic {topic} skips from position {expected} to {found}: events are missing")]
+    Gap {
+        /// The topic.
+        topic: String,
+        /// The position that should have come next.
+        expected: u64,
+        /// The position that came.
+        found: u64,
+    },
+
+    /// The stream of this subscription on this topic has failed and runs no more (see
+    /// `GET /v1/subscriptions`); its operator actions are refused. Repair, then restart. HTTP 503.
+    #[error("stream {stream} has failed: {error}")]
+    StreamFailed {
+        /// The stream (`subscription/topic`).
+        stream: String,
+        /// Why it failed.
+        error: String,
     },
 
     /// *Input.* A publish would create a topic beyond the engine's `max_topics`; nothing was
@@ -133,17 +153,135 @@ pub enum Error {
         max: usize,
     },
 
+    /// A subscription's handler refused to reset for a replay
+    /// ([`Handler::on_replay`](crate::Handler::on_replay)); the engine did not start.
+    #[error("replaying subscription {subscription}: its handler's reset failed: {reason}")]
+    Replay {
+        /// The subscription.
+        subscription: String,
+        /// The handler's message.
+        reason: String,
+    },
+
+    /// An invariant of the engine broke: a bug. The stream that met it restarts (or fails after
+    /// repeated panics); please report it. HTTP 500.
+    #[error("internal error: {what}")]
+    Internal {
+        /// What broke.
+        what: String,
+    },
+
     /// The engine is shutting down or stopped. HTTP 503.
     #[error("the engine is stopped")]
     Stopped,
 }
 
+/// What kind of storage failure: it decides what the engine does about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StorageErrorKind {
+    /// May succeed if tried again: a lost connection, a server restarting, a serialization
+    /// conflict, a pool timeout. Streams restart with capped backoff and count the retries;
+    /// publishes answer 503 with `Retry-After`.
+    Transient,
+    /// Stored data is damaged or inconsistent (a checksum, an undecodable value). Never retried:
+    /// the stream that met it is failed naming where; an operator repairs.
+    Corrupt,
+    /// The storage stopped accepting work until an operator acts: a log latched after an I/O
+    /// error, a full disk, a read-only file system. Streams are failed; publishes answer 503
+    /// `storage-unavailable`; restart once it is fixed.
+    Unavailable,
+    /// The storage refused the operation itself (a constraint, a value it cannot hold): a bug or
+    /// an input that passed validation. Not retried.
+    Refused,
+}
+
+impl StorageErrorKind {
+    /// The kind as written in APIs (`transient`, `corrupt`, `unavailable`, `refused`).
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Transient => "transient",
+            Self::Corrupt => "corrupt",
+            Self::Unavailable => "unavailable",
+            Self::Refused => "refused",
+        }
+    }
+}
+
+impl std::fmt::Display for StorageErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A failure of the storage behind the engine, typed by [`StorageErrorKind`] so that callers
+/// tell a lost connection from corruption. Every backend builds these from its own errors.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("storage ({kind}): {message}")]
+pub struct StorageError {
+    kind: StorageErrorKind,
+    message: String,
+    #[source]
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl StorageError {
+    /// A failure of `kind`; `message` says what was being done and what went wrong.
+    pub fn new(kind: StorageErrorKind, message: impl Into<String>) -> Self {
+        Self { kind, message: message.into(), source: None }
+    }
+
+    /// A [`StorageErrorKind::Transient`] failure.
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self::new(StorageErrorKind::Transient, message)
+    }
+
+    /// A [`StorageErrorKind::Corrupt`] failure.
+    pub fn corrupt(message: impl Into<String>) -> Self {
+        Self::new(StorageErrorKind::Corrupt, message)
+    }
+
+    /// A [`StorageErrorKind::Unavailable`] failure.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StorageErrorKind::Unavailable, message)
+    }
+
+    /// A [`StorageErrorKind::Refused`] failure.
+    pub fn refused(message: impl Into<String>) -> Self {
+        Self::new(StorageErrorKind::Refused, message)
+    }
+
+    /// Keeps the backend's own error as the source.
+    #[must_use]
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Arc::new(source));
+        self
+    }
+
+    /// What kind of failure it is.
+    #[must_use]
+    pub fn kind(&self) -> StorageErrorKind {
+        self.kind
+    }
+
+    /// What was being done and what went wrong.
+    #[must_use]
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
 impl From<inorder_log::Error> for Error {
     fn from(error: inorder_log::Error) -> Self {
-        match error {
-            inorder_log::Error::InvalidName { .. } => Self::InvalidName(error),
-            other => Self::Log(other),
-        }
+        use inorder_log::Error as L;
+        let kind = match &error {
+            L::InvalidName { .. } => return Self::InvalidName(error),
+            L::Closed => return Self::Stopped,
+            L::Corrupt { .. } => StorageErrorKind::Corrupt,
+            L::Io { .. } | L::Latched { .. } | L::Locked { .. } => StorageErrorKind::Unavailable,
+            _ => StorageErrorKind::Refused,
+        };
+        Self::Storage(StorageError::new(kind, error.to_string()).with_source(error))
     }
 }
 
@@ -156,8 +294,21 @@ impl Error {
         Self::InvalidEvent { reason: reason.into(), too_large: false }
     }
 
-    pub(crate) fn state(error: impl std::fmt::Display) -> Self {
-        Self::State(error.to_string())
+    /// What kind of storage failure this is, if it is one (a decode failure or a gap is
+    /// corruption of what the storage holds).
+    #[must_use]
+    pub fn storage_kind(&self) -> Option<StorageErrorKind> {
+        match self {
+            Self::Storage(error) => Some(error.kind()),
+            Self::Decode { .. } | Self::Gap { .. } => Some(StorageErrorKind::Corrupt),
+            _ => None,
+        }
+    }
+
+    /// Whether trying again later may succeed without anyone acting.
+    #[must_use]
+    pub fn is_transient(&self) -> bool {
+        self.storage_kind() == Some(StorageErrorKind::Transient)
     }
 
     /// Whether the error was caused by the request (nothing changed) rather than the engine.

@@ -132,12 +132,16 @@ pub(crate) async fn call(
     match std::panic::AssertUnwindSafe(call).catch_unwind().await {
         Ok(result) => result,
         Err(panic) => {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "handler panicked".to_owned());
-            Err(HandlerError::retry(format!("handler panicked: {message}")))
+            Err(HandlerError::retry(format!("handler panicked: {}", panic_message(panic.as_ref()))))
         }
     }
+}
+
+/// The text of a panic payload.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
 }

@@ -7,15 +7,23 @@
 //! are released only after the write, so at every instant an id is found in the claims, the
 //! index, or not published at all.
 //!
+//! A write the storage refuses is tried again, with a backoff doubling up to
+//! [`INDEX_RETRY_DELAY_MAX`], until it succeeds (counted in `inorder_index_failures_total`):
+//! releasing the claims of unwritten ids would let a retry of them be appended twice. Meanwhile
+//! the bounded queue fills and publishers wait — backpressure, not unbounded memory.
+//!
 //! The index is not durable (the log is): after a crash it is rebuilt from the log, from the last
-//! "indexed up to" mark. The queue is bounded: publishers wait when the indexer falls behind.
+//! "indexed up to" mark. On shutdown the indexer writes what is queued (once) and stops.
 
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
 
 use crate::{
-    limits::{INDEX_QUEUE_JOBS_MAX, INDEX_WRITE_IDS_MAX},
+    limits::{
+        INDEX_QUEUE_JOBS_MAX, INDEX_RETRY_DELAY_MAX, INDEX_WRITE_IDS_MAX,
+        STREAM_RESTART_DELAY_INITIAL,
+    },
     runtime::TopicRuntime,
     storage::{StateOp, Storage},
 };
@@ -63,29 +71,42 @@ pub(crate) fn spawn(
                 count += next.ids.len();
                 batch.push(next);
             }
-            write(storage.as_ref(), batch).await;
+            write(storage.as_ref(), batch, &mut shutdown).await;
         }
     });
     (jobs, task)
 }
 
-/// Writes the ids of `batch`, then releases their claims and advances the "indexed up to" marks.
-async fn write(storage: &dyn Storage, batch: Vec<IndexJob>) {
-    let ops = batch
-        .iter()
-        .flat_map(|job| {
-            job.ids.iter().map(|(id, position)| StateOp::EventId {
-                topic: job.topic.name.clone(),
-                id: id.clone(),
-                position: *position,
+/// Writes the ids of `batch` (trying again until it succeeds or the engine stops), then
+/// releases their claims and advances the "indexed up to" marks.
+async fn write(storage: &dyn Storage, batch: Vec<IndexJob>, shutdown: &mut watch::Receiver<bool>) {
+    let ops = || -> Vec<StateOp> {
+        batch
+            .iter()
+            .flat_map(|job| {
+                job.ids.iter().map(|(id, position)| StateOp::EventId {
+                    topic: job.topic.name.clone(),
+                    id: id.clone(),
+                    position: *position,
+                })
             })
-        })
-        .collect();
-    if let Err(error) = storage.commit(ops, false).await {
-        // The log holds the events; the next start indexes them from the last mark.
-        tracing::warn!(%error, "could not index event ids");
-        batch.into_iter().for_each(IndexJob::release);
-        return;
+            .collect()
+    };
+    let mut delay = STREAM_RESTART_DELAY_INITIAL;
+    while let Err(error) = storage.commit(ops(), false).await {
+        metrics::counter!("inorder_index_failures_total").increment(1);
+        if *shutdown.borrow() {
+            // The log holds the events; the next start indexes them from the last mark.
+            tracing::warn!(%error, "could not index event ids before stopping");
+            batch.into_iter().for_each(IndexJob::release);
+            return;
+        }
+        tracing::warn!(%error, ?delay, "could not index event ids; trying again");
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            _ = shutdown.wait_for(|stop| *stop) => {}
+        }
+        delay = delay.saturating_mul(2).min(INDEX_RETRY_DELAY_MAX);
     }
     let mut marks = Vec::new();
     for job in batch {
@@ -98,6 +119,7 @@ async fn write(storage: &dyn Storage, batch: Vec<IndexJob>) {
     if !marks.is_empty()
         && let Err(error) = storage.commit(marks, false).await
     {
+        // Only the mark is lost: the next start re-indexes from the previous one.
         tracing::warn!(%error, "could not record the id index mark");
     }
 }

@@ -26,18 +26,19 @@ mod error;
 mod event;
 mod handler;
 mod indexer;
+mod info;
 pub mod limits;
-mod reader;
+mod outcome;
+mod publish;
 mod replay;
 mod runtime;
-mod sequencer;
 mod state;
 mod status;
 pub mod storage;
 mod stream;
 mod waiters;
+mod watermark;
 mod wire;
-mod worker;
 
 pub use inorder_log::{Error as LogError, FsyncPolicy, Name};
 
@@ -47,10 +48,12 @@ pub use crate::{
         TopicConfig, TopicPattern,
     },
     engine::{Engine, EngineBuilder},
-    error::{Error, Result},
+    error::{Error, Result, StorageError, StorageErrorKind},
     event::{Event, EventBuilder, ExtensionValue, new_event_id, now_micros},
     handler::{FnHandler, Handler, HandlerContext, HandlerError, Reply, handler_fn},
+    info::{StreamInfo, SubscriptionInfo, TopicInfo},
+    outcome::Outcome,
     state::{KeyState, ParkReason, ParkedEvent, Progress, StreamId, StreamState},
-    status::{ProcessedMark, StreamInfo, SubscriptionInfo, TopicInfo},
-    stream::{Outcome, StreamStatus},
+    status::{EventStatus, ProcessedMark},
+    stream::handle::{StreamHealth, StreamStatus},
 };

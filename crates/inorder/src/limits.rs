@@ -5,7 +5,7 @@ use std::time::Duration;
 /// Longest event id, in bytes.
 pub const EVENT_ID_BYTES_MAX: usize = 256;
 /// Longest event key, in bytes.
-pub const EVENT_KEY_BYTES_MAX: usize = 512;
+pub const EVENT_KEY_BYTES_MAX: usize = 1024;
 /// Longest action (event type), in bytes.
 pub const EVENT_ACTION_BYTES_MAX: usize = 256;
 /// Longest other text attribute (source, subject, ids, extension strings), in bytes.
@@ -38,6 +38,8 @@ pub const STREAM_PENDING_EVENTS_MAX: usize = 16 * 1024;
 pub const STREAM_REORDER_EVENTS_MAX: usize = 64 * 1024;
 /// Records a stream reads from the log at once.
 pub const STREAM_READ_RECORDS_MAX: usize = 1024;
+/// Decoded batches a stream's reader task may have ready ahead of the stream.
+pub const STREAM_READ_BATCHES_MAX: usize = 2;
 /// Durable key states a stream keeps for keys whose worker left (so a key that comes back soon
 /// is not read from storage again). Cleared when full.
 pub const RECENT_KEY_STATES_MAX: usize = 64 * 1024;
@@ -53,6 +55,11 @@ pub const KEYS_IN_FLIGHT_MAX: usize = 65_536;
 pub const INDEX_QUEUE_JOBS_MAX: usize = 1024;
 /// Event ids written to the index at once.
 pub const INDEX_WRITE_IDS_MAX: usize = 16 * 1024;
+/// How far the durable "ids indexed up to" mark may lag the indexed prefix (positions).
+pub const INDEXED_MARK_POSITIONS: u64 = 1024;
+/// Longest pause between attempts to write ids the index refused (doubling from
+/// [`STREAM_RESTART_DELAY_INITIAL`]); publishers wait behind the index queue meanwhile.
+pub const INDEX_RETRY_DELAY_MAX: Duration = Duration::from_secs(5);
 
 /// Commit requests waiting for the checkpointer.
 pub const CHECKPOINT_QUEUE_DEPTH: usize = 4096;
@@ -86,9 +93,52 @@ pub const TOPICS_MAX: usize = 1 << 20;
 
 /// Parked events returned by one listing.
 pub const PARKED_LIST_MAX: usize = 1000;
+/// Longest handler error message kept with a parked event, in bytes (longer ones are cut at a
+/// character boundary): a handler's message must not make a checkpoint unwritable.
+pub const PARKED_ERROR_BYTES_MAX: usize = 4096;
+
+/// First pause before a failed stream is started again (doubling up to
+/// [`STREAM_RESTART_DELAY_MAX`]).
+pub const STREAM_RESTART_DELAY_INITIAL: Duration = Duration::from_millis(50);
+/// Longest pause between restarts of a stream whose storage keeps failing transiently.
+pub const STREAM_RESTART_DELAY_MAX: Duration = Duration::from_secs(10);
+/// Panics in a row (without a checkpoint in between) after which a stream is failed instead of
+/// restarted: a bug that panics on the same event would otherwise loop forever.
+pub const STREAM_PANICS_MAX: u32 = 3;
+/// How soon a key's expired sequence timeout is looked at again while the key is busy.
+pub const STREAM_TIMEOUT_RECHECK: Duration = Duration::from_millis(10);
+/// Longest delay a stream's timer accepts (the timer wheel's horizon is about two years).
+pub const TIMER_DELAY_MAX: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+/// Bytes of the state store's block cache (file backend).
+pub const STATE_CACHE_BYTES: u64 = 32 * 1024 * 1024;
+/// Bytes of one state keyspace's memtable before it is flushed to disk (file backend).
+pub const STATE_MEMTABLE_BYTES: u64 = 16 * 1024 * 1024;
+/// State overlay entries that start a fold into the tree (file backend).
+pub const OVERLAY_ENTRIES_FOLD: usize = 64 * 1024;
+/// State overlay entries beyond which a commit waits for the running fold.
+pub const OVERLAY_ENTRIES_HARD_MAX: usize = 4 * OVERLAY_ENTRIES_FOLD;
+/// Entries written to the tree per batch while folding.
+pub const FOLD_BATCH_ENTRIES: usize = 8 * 1024;
+/// Segment size of the state journal, in bytes (small, so folded parts are purged soon).
+pub const JOURNAL_SEGMENT_BYTES: u64 = 8 * 1024 * 1024;
+/// Largest journal record, in bytes: a state commit of any size is written as contiguous parts
+/// of at most this size, applied only when every part is read back.
+pub const JOURNAL_PART_BYTES_MAX: usize = 1024 * 1024;
 
 const _: () = assert!(STREAM_READ_RECORDS_MAX <= STREAM_PENDING_EVENTS_MAX);
 const _: () = assert!(KEYS_IN_FLIGHT_DEFAULT <= KEYS_IN_FLIGHT_MAX);
 const _: () = assert!(TOPICS_DEFAULT_MAX <= TOPICS_MAX);
+const _: () = assert!(
+    JOURNAL_PART_BYTES_MAX < inorder_log::limits::RECORD_PAYLOAD_BYTES_MAX_DEFAULT as usize,
+    "a journal part must fit one log record"
+);
+const _: () = assert!(
+    EVENT_KEY_BYTES_MAX * 3 + PARKED_ERROR_BYTES_MAX + EVENT_ID_BYTES_MAX + EVENT_ACTION_BYTES_MAX
+        < JOURNAL_PART_BYTES_MAX,
+    "one state entry always fits a journal part"
+);
+const _: () = assert!(RETRY_DELAY_MAX.as_secs() <= TIMER_DELAY_MAX.as_secs());
+const _: () = assert!(SEQUENCE_TIMEOUT_MAX.as_secs() <= TIMER_DELAY_MAX.as_secs());
 const _: () = assert!(RETRY_MAX_DELAY_DEFAULT.as_secs() <= RETRY_DELAY_MAX.as_secs());
 const _: () = assert!(TOPIC_ACTIONS_MAX <= 64, "actions progress is a 64-bit mask");

@@ -47,8 +47,9 @@ pub(crate) async fn reset(
         if !ops.is_empty() {
             storage.commit(ops, true).await?;
         }
-        subscription.handler.on_replay().await.map_err(|e| {
-            Error::state(format!("replaying {name}: its handler's reset failed: {}", e.message()))
+        subscription.handler.on_replay().await.map_err(|e| Error::Replay {
+            subscription: name.clone(),
+            reason: e.message().to_owned(),
         })?;
     }
     Ok(())

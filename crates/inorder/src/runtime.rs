@@ -18,9 +18,9 @@ use crate::{
     error::{Error, Result},
     event::Event,
     handler::{self, HandlerContext, HandlerError, Reply, SharedHandler},
-    sequencer::Contract,
     state::StreamId,
     storage::Storage,
+    stream::sequencer::Contract,
 };
 
 /// A topic as the engine runs it.
@@ -29,7 +29,7 @@ pub(crate) struct TopicRuntime {
     pub config: TopicConfig,
     /// Action name → index in `config.actions`.
     pub action_index: Arc<HashMap<String, u32>>,
-    pub dedupe: Dedupe,
+    pub dedupe: Arc<Dedupe>,
 }
 
 impl TopicRuntime {
@@ -40,7 +40,7 @@ impl TopicRuntime {
             .enumerate()
             .map(|(i, action)| (action.clone(), u32::try_from(i).expect("at most 64 actions")))
             .collect();
-        Self { name, config, action_index: Arc::new(action_index), dedupe: Dedupe::default() }
+        Self { name, config, action_index: Arc::new(action_index), dedupe: Arc::default() }
     }
 
     /// Refuses an action the topic does not list (nothing is appended).
@@ -185,9 +185,5 @@ pub(crate) async fn read_event(
         reader.read(1).await?.into_iter().next().filter(|r| r.position == position).ok_or_else(
             || Error::Decode { topic: topic.to_string(), position, reason: "no such event" },
         )?;
-    codec::decode(topic, position, &record.payload).map_err(|reason| Error::Decode {
-        topic: topic.to_string(),
-        position,
-        reason,
-    })
+    codec::decode_record(topic, &record)
 }

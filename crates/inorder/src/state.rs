@@ -10,6 +10,10 @@ use inorder_log::Name;
 use crate::wire::{Input, put_opt_str, put_str, put_varint, unzigzag, zigzag};
 
 const VERSION: u8 = 1;
+/// Version 2 added the time of each done range.
+const STREAM_STATE_VERSION: u8 = 2;
+/// Version 2 added `discarded_at_micros`.
+const PARKED_VERSION: u8 = 2;
 
 /// A stream: one subscription consuming one topic. Ordering, progress and the watermark are
 /// per stream.
@@ -30,42 +34,46 @@ impl fmt::Display for StreamId {
 /// Durable progress of a stream.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StreamState {
-    /// Every event at or below this position is handled or parked.
+    /// Every event at or below this position is resolved: handled, or parked.
     pub watermark: u64,
-    /// Positions above the watermark that are done too (inclusive ranges, ascending).
-    pub done_above: Vec<RangeInclusive<u64>>,
-    /// Latest event time handled on the stream (microseconds; the topic's process status).
+    /// Positions above the watermark that are resolved too: inclusive ranges, ascending, each
+    /// with the latest event time handled in it (`i64::MIN` if none was handled).
+    pub done_above: Vec<(RangeInclusive<u64>, i64)>,
+    /// The latest event time handled at or below the watermark (microseconds): the topic's
+    /// time mark.
     pub max_time_micros: i64,
 }
 
 impl StreamState {
-    /// Whether `position` is done.
+    /// Whether `position` is resolved.
     #[must_use]
     pub fn is_done(&self, position: u64) -> bool {
-        position <= self.watermark || self.done_above.iter().any(|r| r.contains(&position))
+        position <= self.watermark || self.done_above.iter().any(|(r, _)| r.contains(&position))
     }
 
     /// The storage encoding (versioned), for storage backends.
     #[must_use]
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![VERSION];
+        let mut out = vec![STREAM_STATE_VERSION];
         put_varint(&mut out, self.watermark);
         put_varint(&mut out, zigzag(self.max_time_micros));
         put_varint(&mut out, self.done_above.len() as u64);
-        for range in &self.done_above {
+        for (range, time) in &self.done_above {
             put_varint(&mut out, *range.start());
             put_varint(&mut out, *range.end() - *range.start());
+            put_varint(&mut out, zigzag(*time));
         }
         out
     }
 
-    /// Decodes [`Self::encode`]'s bytes.
+    /// Decodes [`Self::encode`]'s bytes (and version 1, whose ranges carry no time).
     ///
     /// # Errors
     /// What is malformed.
     pub fn decode(bytes: &Bytes) -> Result<Self, &'static str> {
         let mut input = Input::new(bytes);
-        if input.byte()? != VERSION {
+        let version = input.byte()?;
+        if version != 1 && version != STREAM_STATE_VERSION {
             return Err("unknown stream state version");
         }
         let watermark = input.varint()?;
@@ -75,7 +83,8 @@ impl StreamState {
         for _ in 0..count {
             let start = input.varint()?;
             let end = start.checked_add(input.varint()?).ok_or("range overflows")?;
-            done_above.push(start..=end);
+            let time = if version == 1 { i64::MIN } else { unzigzag(input.varint()?) };
+            done_above.push((start..=end, time));
         }
         Ok(Self { watermark, done_above, max_time_micros })
     }
@@ -270,6 +279,9 @@ pub struct ParkedEvent {
     pub attempts: u32,
     /// When it was parked (microseconds since the Unix epoch).
     pub parked_at_micros: i64,
+    /// When an operator discarded it (it will never be handled); `None` while it is parked.
+    /// A discarded event keeps its record, so "was it processed?" still has the right answer.
+    pub discarded_at_micros: Option<i64>,
 }
 
 impl ParkedEvent {
@@ -282,7 +294,7 @@ impl ParkedEvent {
     /// The storage encoding (versioned), for storage backends.
     #[must_use]
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![VERSION];
+        let mut out = vec![PARKED_VERSION];
         put_str(&mut out, &self.event_id);
         put_str(&mut out, &self.key);
         put_str(&mut out, &self.action);
@@ -290,6 +302,13 @@ impl ParkedEvent {
         put_opt_str(&mut out, self.error.as_deref());
         put_varint(&mut out, u64::from(self.attempts));
         put_varint(&mut out, zigzag(self.parked_at_micros));
+        match self.discarded_at_micros {
+            Some(micros) => {
+                out.push(1);
+                put_varint(&mut out, zigzag(micros));
+            }
+            None => out.push(0),
+        }
         out
     }
 
@@ -299,7 +318,8 @@ impl ParkedEvent {
     /// What is malformed.
     pub fn decode(stream: &StreamId, position: u64, bytes: &Bytes) -> Result<Self, &'static str> {
         let mut input = Input::new(bytes);
-        if input.byte()? != VERSION {
+        let version = input.byte()?;
+        if version != 1 && version != PARKED_VERSION {
             return Err("unknown parked event version");
         }
         Ok(Self {
@@ -313,6 +333,14 @@ impl ParkedEvent {
             error: input.opt_string()?,
             attempts: u32::try_from(input.varint()?).map_err(|_| "attempts out of range")?,
             parked_at_micros: unzigzag(input.varint()?),
+            discarded_at_micros: match version {
+                1 => None,
+                _ => match input.byte()? {
+                    0 => None,
+                    1 => Some(unzigzag(input.varint()?)),
+                    _ => return Err("bad presence byte"),
+                },
+            },
         })
     }
 }
@@ -330,8 +358,11 @@ mod tests {
 
     #[test]
     fn state_round_trips() {
-        let state =
-            StreamState { watermark: 41, done_above: vec![43..=45, 50..=50], max_time_micros: -7 };
+        let state = StreamState {
+            watermark: 41,
+            done_above: vec![(43..=45, 9), (50..=50, i64::MIN)],
+            max_time_micros: -7,
+        };
         assert_eq!(StreamState::decode(&Bytes::from(state.encode())).unwrap(), state);
         assert!(state.is_done(41) && state.is_done(44) && state.is_done(50));
         assert!(!state.is_done(42) && !state.is_done(46));
@@ -357,6 +388,7 @@ mod tests {
             error: Some("boom".into()),
             attempts: 3,
             parked_at_micros: 5,
+            discarded_at_micros: Some(6),
         };
         assert_eq!(
             ParkedEvent::decode(&stream(), 12, &Bytes::from(parked.encode())).unwrap(),

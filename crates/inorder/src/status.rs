@@ -1,25 +1,57 @@
-//! Process status: "has this been processed yet?" — by position, by entity and time — and the
-//! engine's topics and subscriptions at a glance.
+//! Process status: "has this been processed yet?" — by position, and by entity and time.
 //!
-//! Every answer comes from durable progress: a stream publishes its watermark and latest event
-//! time only after the checkpoint that recorded them, so a status once true stays true across a
-//! restart. Event times are a monotonic maximum (EventStreamex overwrote them with older values).
+//! **By position**, an event has one of three answers ([`EventStatus`]):
+//!
+//! | what the subscriptions did | answer |
+//! |---|---|
+//! | every one handled it successfully | `Processed` |
+//! | one has not reached it, is handling or retrying it, or holds it behind a parked event of its key (`on_failure = block`) | `Pending` |
+//! | one parked it (failed, duplicate, timeout, …), or an operator discarded it | `Parked`, with the record |
+//!
+//! A parked event is never called processed: the watermark moves past it (so later events are
+//! not held back), but a stream that ever parked looks its positions up in the parked records.
+//!
+//! **By entity and time**, the question is "is everything of `topic` (or `topic/key`) up to
+//! event time T handled?". For a key: the latest event time its handler succeeded on (keys go
+//! in order). For a topic: the latest event time handled *at or below the watermark* — never
+//! the time of a fast later event while an earlier one is still running. Event times are the
+//! producers': the answer assumes they grow with position; a back-dated event appended later is
+//! covered by its position, not by time.
+//!
+//! Every answer comes from durable progress: a stream publishes its watermark and time mark only
+//! after the checkpoint that recorded them, so a status once true stays true across a restart.
 //! Waiting is event-driven: waiters sleep on the streams' status watches, no polling loop.
 
 use std::time::Duration;
 
 use futures_util::future::select_all;
-use inorder_log::Name;
 use tokio::sync::watch;
 
 use crate::{
-    config::Ordering,
     engine::Engine,
     error::{Error, Result},
     limits::WAIT_MAX,
-    state::StreamId,
-    stream::StreamStatus,
+    state::{ParkReason, ParkedEvent, StreamId},
+    stream::handle::StreamStatus,
 };
+
+/// A change of one of the watches a status wait sleeps on.
+type Change<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<(), watch::error::RecvError>> + Send + 'a>,
+>;
+
+/// Whether an event has been processed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventStatus {
+    /// Every subscription asked about handled it successfully.
+    Processed,
+    /// Not yet: not appended or not reached, being handled or retried, or waiting behind a
+    /// parked event of its key (it runs once an operator retries or discards that one).
+    Pending,
+    /// A subscription parked it, or an operator discarded it: it will not be handled unless an
+    /// operator retries it. The record says why.
+    Parked(ParkedEvent),
+}
 
 /// What has been processed of an entity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,51 +60,6 @@ pub struct ProcessedMark {
     pub position: u64,
     /// The latest event time processed, microseconds since the Unix epoch.
     pub time_micros: i64,
-}
-
-/// A topic and its extent.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TopicInfo {
-    /// Name.
-    pub name: String,
-    /// First position still stored.
-    pub first_position: u64,
-    /// Last durable position.
-    pub last_position: u64,
-    /// Its actions contract (empty: any action).
-    pub actions: Vec<String>,
-    /// Subscriptions consuming it.
-    pub subscriptions: Vec<String>,
-}
-
-/// One stream of a subscription.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StreamInfo {
-    /// The topic.
-    pub topic: String,
-    /// Its status.
-    pub status: StreamStatus,
-    /// The topic's last position.
-    pub last_position: u64,
-    /// Events not yet processed (`last_position - watermark`).
-    pub lag: u64,
-}
-
-/// A subscription at a glance.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SubscriptionInfo {
-    /// Name.
-    pub name: String,
-    /// Ordering.
-    pub ordering: Ordering,
-    /// One entry per topic consumed.
-    pub streams: Vec<StreamInfo>,
-    /// Successful handler calls since start.
-    pub handled: u64,
-    /// Failed handler calls since start.
-    pub failed_attempts: u64,
-    /// Events parked since start.
-    pub parked: u64,
 }
 
 /// The subject of an entity query: `topic` or `topic/key`.
@@ -107,7 +94,7 @@ impl Engine {
         let topic = self.existing_topic(topic)?;
         let only =
             subscription.map(|s| self.subscription(s).map(|s| s.name.clone())).transpose()?;
-        let streams = self.inner.streams.read().unwrap_or_else(|e| e.into_inner());
+        let streams = self.inner.streams.read();
         let watches: Vec<_> = streams
             .iter()
             .filter(|(id, _)| {
@@ -126,48 +113,88 @@ impl Engine {
     }
 
     pub(crate) fn processed_by_stream(&self, id: &StreamId, position: u64) -> bool {
-        let streams = self.inner.streams.read().unwrap_or_else(|e| e.into_inner());
+        let streams = self.inner.streams.read();
         streams.get(id).is_some_and(|s| s.status.borrow().watermark >= position)
     }
 
-    /// Whether every subscription of `topic` has processed (handled or parked) `position`.
-    /// A position not yet appended is not processed.
+    /// Whether every subscription of `topic` handled `position` successfully (see
+    /// [`Engine::event_status`]: a parked event is not processed).
     ///
     /// # Errors
-    /// [`Error::UnknownTopic`].
+    /// [`Error::UnknownTopic`], storage errors.
     pub async fn processed(&self, topic: &str, position: u64) -> Result<bool> {
-        self.processed_narrowed(topic, position, None).await
+        Ok(self.event_status(topic, position, None).await? == EventStatus::Processed)
     }
 
-    /// Whether `subscription` has processed `position` of `topic`.
+    /// Whether `subscription` handled `position` of `topic` successfully.
     ///
     /// # Errors
-    /// [`Error::UnknownTopic`], [`Error::UnknownSubscription`].
+    /// [`Error::UnknownTopic`], [`Error::UnknownSubscription`], storage errors.
     pub async fn processed_by(
         &self,
         subscription: &str,
         topic: &str,
         position: u64,
     ) -> Result<bool> {
-        self.processed_narrowed(topic, position, Some(subscription)).await
+        Ok(self.event_status(topic, position, Some(subscription)).await? == EventStatus::Processed)
     }
 
-    async fn processed_narrowed(
+    /// What became of `position` of `topic` in every subscription (or in `subscription`).
+    ///
+    /// # Errors
+    /// [`Error::UnknownTopic`], [`Error::UnknownSubscription`], storage errors.
+    pub async fn event_status(
         &self,
         topic: &str,
         position: u64,
         subscription: Option<&str>,
-    ) -> Result<bool> {
+    ) -> Result<EventStatus> {
         let watches = self.status_watches(topic, subscription)?;
+        self.status_of(topic, position, &watches).await
+    }
+
+    async fn status_of(
+        &self,
+        topic: &str,
+        position: u64,
+        watches: &[(StreamId, watch::Receiver<StreamStatus>)],
+    ) -> Result<EventStatus> {
         let (_, last) = self.inner.storage.positions(&self.existing_topic(topic)?.name).await?;
-        Ok(position <= last && watches.iter().all(|(_, w)| w.borrow().watermark >= position))
+        if position > last {
+            return Ok(EventStatus::Pending);
+        }
+        let mut answer = EventStatus::Processed;
+        for (id, watch) in watches {
+            let (watermark, may_have_parked) = {
+                let status = watch.borrow();
+                (status.watermark, status.may_have_parked())
+            };
+            if watermark < position {
+                answer = EventStatus::Pending;
+                continue;
+            }
+            if !may_have_parked {
+                continue;
+            }
+            match self.inner.storage.parked_event(id, position).await? {
+                Some(parked)
+                    if parked.reason == ParkReason::Blocked
+                        && parked.discarded_at_micros.is_none() =>
+                {
+                    answer = EventStatus::Pending;
+                }
+                Some(parked) => return Ok(EventStatus::Parked(parked)),
+                None => {}
+            }
+        }
+        Ok(answer)
     }
 
     /// Waits until `position` of `topic` is processed (by `subscription`, or by all), at most
-    /// `timeout`; returns whether it is.
+    /// `timeout`; returns whether it is. A parked event ends the wait early (`false`).
     ///
     /// # Errors
-    /// [`Error::UnknownTopic`], [`Error::UnknownSubscription`].
+    /// [`Error::UnknownTopic`], [`Error::UnknownSubscription`], storage errors.
     pub async fn wait_processed(
         &self,
         topic: &str,
@@ -175,19 +202,43 @@ impl Engine {
         subscription: Option<&str>,
         timeout: Duration,
     ) -> Result<bool> {
+        let status = self.wait_event_status(topic, position, subscription, timeout).await?;
+        Ok(status == EventStatus::Processed)
+    }
+
+    /// Waits until `position` of `topic` is no longer pending (processed, or parked), at most
+    /// `timeout` (capped at [`WAIT_MAX`]); returns the status then.
+    ///
+    /// # Errors
+    /// [`Error::UnknownTopic`], [`Error::UnknownSubscription`], storage errors.
+    pub async fn wait_event_status(
+        &self,
+        topic: &str,
+        position: u64,
+        subscription: Option<&str>,
+        timeout: Duration,
+    ) -> Result<EventStatus> {
+        let deadline = tokio::time::Instant::now() + timeout.min(WAIT_MAX);
         let name = self.existing_topic(topic)?.name.clone();
         let mut watches = self.status_watches(topic, subscription)?;
-        let wait_all = async {
-            let mut appended = self.inner.storage.watch(&name).await?;
-            appended.wait_for(|last| *last >= position).await.map_err(|_| Error::Stopped)?;
+        let mut appended = self.inner.storage.watch(&name).await?;
+        loop {
+            appended.mark_unchanged();
             for (_, watch) in &mut watches {
-                watch.wait_for(|s| s.watermark >= position).await.map_err(|_| Error::Stopped)?;
+                watch.mark_unchanged();
             }
-            Ok::<_, Error>(())
-        };
-        match tokio::time::timeout(timeout.min(WAIT_MAX), wait_all).await {
-            Ok(result) => result.map(|()| true),
-            Err(_) => Ok(false),
+            let status = self.status_of(topic, position, &watches).await?;
+            if status != EventStatus::Pending {
+                return Ok(status);
+            }
+            let mut changes: Vec<Change<'_>> =
+                watches.iter_mut().map(|(_, w)| Box::pin(w.changed()) as Change<'_>).collect();
+            changes.push(Box::pin(appended.changed()));
+            match tokio::time::timeout_at(deadline, select_all(changes)).await {
+                Ok((Ok(()), _, _)) => {}
+                Ok((Err(_), _, _)) => return Err(Error::Stopped),
+                Err(_) => return Ok(EventStatus::Pending),
+            }
         }
     }
 
@@ -204,7 +255,7 @@ impl Engine {
         for (id, watch) in &watches {
             let mark = match &entity {
                 Entity::Topic(_) => {
-                    let status = *watch.borrow();
+                    let status = watch.borrow();
                     (status.watermark > 0).then_some(ProcessedMark {
                         position: status.watermark,
                         time_micros: status.max_time_micros,
@@ -271,88 +322,6 @@ impl Engine {
                 Err(_) => return Ok(false),
             }
         }
-    }
-
-    /// Every topic with its extent and consumers.
-    ///
-    /// # Errors
-    /// Storage errors.
-    pub async fn topics(&self) -> Result<Vec<TopicInfo>> {
-        let topics: Vec<_> = {
-            let topics = self.inner.topics.read().unwrap_or_else(|e| e.into_inner());
-            let mut list: Vec<_> = topics.values().cloned().collect();
-            list.sort_by(|a, b| a.name.cmp(&b.name));
-            list
-        };
-        let mut infos = Vec::with_capacity(topics.len());
-        for topic in topics {
-            let (first, last) = self.inner.storage.positions(&topic.name).await?;
-            let subscriptions = self
-                .inner
-                .subscriptions
-                .values()
-                .filter(|s| s.consumes(&topic.name))
-                .map(|s| s.name.to_string())
-                .collect();
-            infos.push(TopicInfo {
-                name: topic.name.to_string(),
-                first_position: first,
-                last_position: last,
-                actions: topic.config.actions.clone(),
-                subscriptions,
-            });
-        }
-        Ok(infos)
-    }
-
-    /// Every subscription with its streams' progress.
-    ///
-    /// # Errors
-    /// Storage errors.
-    pub async fn subscriptions(&self) -> Result<Vec<SubscriptionInfo>> {
-        let statuses: Vec<(StreamId, StreamStatus)> = {
-            let streams = self.inner.streams.read().unwrap_or_else(|e| e.into_inner());
-            streams.iter().map(|(id, s)| (id.clone(), *s.status.borrow())).collect()
-        };
-        let mut infos = Vec::new();
-        for subscription in self.inner.subscriptions.values() {
-            let mut streams = Vec::new();
-            for (id, status) in
-                statuses.iter().filter(|(id, _)| id.subscription == subscription.name)
-            {
-                let (_, last) = self.inner.storage.positions(&id.topic).await?;
-                streams.push(StreamInfo {
-                    topic: id.topic.to_string(),
-                    status: *status,
-                    last_position: last,
-                    lag: last.saturating_sub(status.watermark),
-                });
-            }
-            let stats = &subscription.stats;
-            let load = |counter: &std::sync::atomic::AtomicU64| {
-                counter.load(std::sync::atomic::Ordering::Relaxed)
-            };
-            infos.push(SubscriptionInfo {
-                name: subscription.name.to_string(),
-                ordering: subscription.config.ordering,
-                streams,
-                handled: load(&stats.handled),
-                failed_attempts: load(&stats.failed_attempts),
-                parked: load(&stats.parked),
-            });
-        }
-        Ok(infos)
-    }
-
-    /// The names of the subscriptions consuming `topic`.
-    #[must_use]
-    pub fn subscriptions_of(&self, topic: &Name) -> Vec<String> {
-        self.inner
-            .subscriptions
-            .values()
-            .filter(|s| s.consumes(topic))
-            .map(|s| s.name.to_string())
-            .collect()
     }
 }
 

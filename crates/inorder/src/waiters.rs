@@ -7,16 +7,15 @@
 
 use std::{
     collections::HashMap,
-    sync::{
-        Mutex,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::atomic::{AtomicUsize, Ordering},
 };
 
 use inorder_log::Name;
 use tokio::sync::oneshot;
 
-use crate::stream::Outcome;
+use parking_lot::Mutex;
+
+use crate::outcome::Outcome;
 
 /// Waiting callers by (subscription, event id).
 #[derive(Default)]
@@ -47,7 +46,7 @@ impl Registration<'_> {
 
 impl Drop for Registration<'_> {
     fn drop(&mut self) {
-        let mut waiting = self.waiters.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        let mut waiting = self.waiters.waiting.lock();
         if waiting.remove(&self.key).is_some() {
             self.waiters.count.fetch_sub(1, Ordering::Release);
         }
@@ -59,7 +58,7 @@ impl Waiters {
     /// waits for it.
     pub(crate) fn register(&self, subscription: &Name, id: &str) -> Option<Registration<'_>> {
         let key = (subscription.clone(), id.to_owned());
-        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        let mut waiting = self.waiting.lock();
         if waiting.contains_key(&key) {
             return None;
         }
@@ -76,7 +75,7 @@ impl Waiters {
         }
         let key = (subscription.clone(), id.to_owned());
         let sender = {
-            let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+            let mut waiting = self.waiting.lock();
             let sender = waiting.remove(&key);
             if sender.is_some() {
                 self.count.fetch_sub(1, Ordering::Release);

@@ -14,9 +14,12 @@ use std::{
 };
 
 use common::{
-    Behaviour, Fixture, PATIENCE, Recorder, RecordingHandler, publish, settle, subscription,
+    Behaviour, Fixture, PATIENCE, Recorder, RecordingHandler, eventually, parked_reason, processed,
+    publish, settle, subscription,
 };
-use inorder::{FailurePolicy, HandlerError, ParkReason, Reply, RetryPolicy, TopicConfig};
+use inorder::{
+    EventStatus, FailurePolicy, HandlerError, ParkReason, Reply, RetryPolicy, TopicConfig,
+};
 
 fn quick_retries(max_attempts: u32) -> RetryPolicy {
     RetryPolicy {
@@ -65,7 +68,11 @@ async fn a_failing_event_is_retried_with_growing_delays_then_parked() {
     let engine =
         fixture.start(vec![("s", RecordingHandler::with(&recorder, fail_bad(&failing)))]).await;
     publish(&engine, "t", "k", "bad").await;
-    settle(&engine, "t", 1).await;
+    let status = settle(&engine, "t", 1).await;
+    assert!(
+        matches!(&status, EventStatus::Parked(p) if p.reason == ParkReason::Failed && p.attempts == 4),
+        "a parked event is not processed: {status:?}"
+    );
     let attempts: Vec<u32> = recorder.calls().iter().map(|c| c.attempt).collect();
     assert_eq!(attempts, [1, 2, 3, 4]);
     assert!(started.elapsed() >= Duration::from_millis(20 + 40 + 80), "backoff waited");
@@ -82,7 +89,7 @@ async fn a_permanent_error_parks_at_once() {
     let behaviour: Behaviour = Arc::new(|_, _| Err(HandlerError::permanent("invalid order")));
     let engine = fixture.start(vec![("s", RecordingHandler::with(&recorder, behaviour))]).await;
     publish(&engine, "t", "k", "a").await;
-    settle(&engine, "t", 1).await;
+    assert!(matches!(settle(&engine, "t", 1).await, EventStatus::Parked(_)));
     assert_eq!(recorder.calls().len(), 1, "no retry for a permanent error");
 }
 
@@ -96,7 +103,8 @@ async fn skip_moves_the_key_on_past_a_parked_event() {
     for action in ["ok1", "bad", "ok2"] {
         publish(&engine, "t", "k", action).await;
     }
-    settle(&engine, "t", 3).await;
+    processed(&engine, "t", 3).await;
+    assert!(matches!(settle(&engine, "t", 2).await, EventStatus::Parked(_)));
     assert_eq!(recorder.actions_of("k"), ["ok1", "ok2"]);
 }
 
@@ -111,9 +119,19 @@ async fn block_holds_the_key_until_an_operator_retries_then_runs_the_rest_in_ord
         publish(&engine, "t", "k", action).await;
     }
     publish(&engine, "t", "other", "ok").await;
-    settle(&engine, "t", 5).await;
+    processed(&engine, "t", 5).await;
+    eventually("the followers are parked as blocked", || async {
+        parked_reason(&engine, "s", "t", 4).await == Some(ParkReason::Blocked)
+    })
+    .await;
     assert_eq!(recorder.actions_of("k"), ["ok1"], "the key waits behind the parked event");
     assert_eq!(recorder.actions_of("other"), ["ok"], "other keys are not blocked");
+    for follower in [3, 4] {
+        let status = engine.event_status("t", follower, None).await.unwrap();
+        assert_eq!(status, EventStatus::Pending, "a blocked follower is pending, not processed");
+    }
+    let status = engine.event_status("t", 2, None).await.unwrap();
+    assert!(matches!(status, EventStatus::Parked(ref p) if p.reason == ParkReason::Failed));
     let reasons: Vec<_> = engine
         .parked("s", None, 10)
         .await
@@ -130,13 +148,20 @@ async fn block_holds_the_key_until_an_operator_retries_then_runs_the_rest_in_ord
     let engine =
         fixture.restart(vec![("s", RecordingHandler::with(&recorder, fail_bad(&failing)))]).await;
     publish(&engine, "t", "k", "ok4").await;
-    settle(&engine, "t", 6).await;
+    eventually("the new follower is blocked too", || async {
+        parked_reason(&engine, "s", "t", 6).await == Some(ParkReason::Blocked)
+    })
+    .await;
     assert_eq!(recorder.actions_of("k"), ["ok1"]);
+    assert_eq!(engine.event_status("t", 6, None).await.unwrap(), EventStatus::Pending);
 
     failing.store(false, AtomicOrdering::SeqCst);
     engine.retry_parked("s", "t", 2).await.unwrap();
-    wait_for(|| recorder.actions_of("k").len() == 5).await;
+    processed(&engine, "t", 6).await;
     assert_eq!(recorder.actions_of("k"), ["ok1", "bad", "ok2", "ok3", "ok4"]);
+    for position in 1..=6 {
+        assert_eq!(engine.event_status("t", position, None).await.unwrap(), EventStatus::Processed);
+    }
     wait_for(|| no_parked(&engine)).await;
     assert_eq!(recorder.overlaps(), 0);
 }
@@ -158,10 +183,19 @@ async fn discarding_the_blocking_event_releases_the_key() {
     for action in ["bad", "ok1", "ok2"] {
         publish(&engine, "t", "k", action).await;
     }
-    settle(&engine, "t", 3).await;
+    eventually("the followers are blocked", || async {
+        parked_reason(&engine, "s", "t", 3).await == Some(ParkReason::Blocked)
+    })
+    .await;
     engine.discard_parked("s", "t", 1).await.unwrap();
-    wait_for(|| recorder.actions_of("k") == ["ok1", "ok2"]).await;
+    processed(&engine, "t", 3).await;
+    assert_eq!(recorder.actions_of("k"), ["ok1", "ok2"]);
     wait_for(|| no_parked(&engine)).await;
+    let status = engine.event_status("t", 1, None).await.unwrap();
+    assert!(
+        matches!(&status, EventStatus::Parked(p) if p.discarded_at_micros.is_some()),
+        "a discarded event was never handled: {status:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -173,7 +207,7 @@ async fn parked_events_survive_a_restart_and_can_be_retried_or_discarded() {
         fixture.start(vec![("s", RecordingHandler::with(&recorder, fail_bad(&failing)))]).await;
     publish(&engine, "t", "k1", "bad").await;
     publish(&engine, "t", "k2", "bad").await;
-    settle(&engine, "t", 2).await;
+    assert!(matches!(settle(&engine, "t", 2).await, EventStatus::Parked(_)));
     let engine =
         fixture.restart(vec![("s", RecordingHandler::with(&recorder, fail_bad(&failing)))]).await;
     let parked = engine.parked("s", None, 10).await.unwrap();
@@ -186,6 +220,10 @@ async fn parked_events_survive_a_restart_and_can_be_retried_or_discarded() {
     wait_for(|| no_parked(&engine)).await;
     assert_eq!(recorder.actions_of("k1").len(), 1);
     assert!(recorder.actions_of("k2").is_empty());
+    processed(&engine, "t", 1).await;
+    assert!(matches!(engine.event_status("t", 2, None).await.unwrap(), EventStatus::Parked(_)));
+    let err = engine.retry_parked("s", "t", 2).await.unwrap_err();
+    assert!(matches!(err, inorder::Error::UnknownParked { position: 2, .. }), "discarded: {err}");
 
     let err = engine.retry_parked("s", "t", 99).await.unwrap_err();
     assert!(matches!(err, inorder::Error::UnknownParked { position: 99, .. }), "{err}");
@@ -204,7 +242,7 @@ async fn a_panicking_handler_is_a_failure_not_a_crash() {
     let engine = fixture.start(vec![("s", RecordingHandler::with(&recorder, behaviour))]).await;
     publish(&engine, "t", "k", "boom").await;
     publish(&engine, "t", "k", "fine").await;
-    settle(&engine, "t", 2).await;
+    processed(&engine, "t", 2).await;
     let parked = engine.parked("s", None, 10).await.unwrap();
     assert_eq!(parked.len(), 1);
     assert!(parked[0].error.as_deref().unwrap().contains("handler bug"), "{:?}", parked[0].error);

@@ -104,7 +104,9 @@ async fn patterns_match_whole_topic_names_only() {
     settle(&engine, "user.created", 1).await;
     assert_eq!(engine.subscriptions_of(&"superuser.x".parse().unwrap()), Vec::<String>::new());
     assert_eq!(engine.subscriptions_of(&"user.created".parse().unwrap()), ["users"]);
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let streams: Vec<String> =
+        engine.subscriptions().await.unwrap()[0].streams.iter().map(|s| s.topic.clone()).collect();
+    assert_eq!(streams, ["user.created"], "no stream reads the topics the pattern does not match");
     assert_eq!(recorder.calls().len(), 1, "only user.created matched: {:?}", recorder.calls());
 }
 

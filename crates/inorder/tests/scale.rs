@@ -79,7 +79,7 @@ async fn a_million_keys_leave_no_workers_and_bounded_memory() {
 
     let deadline = tokio::time::Instant::now() + common::PATIENCE;
     let status = loop {
-        let status = engine.subscriptions().await.unwrap()[0].streams[0].status;
+        let status = engine.subscriptions().await.unwrap()[0].streams[0].status.clone();
         if status.live_workers == 0 || tokio::time::Instant::now() > deadline {
             break status;
         }

@@ -155,10 +155,11 @@ impl Appender {
         let last = to_u64(row.get(0))?;
         let count = u64::try_from(payloads.len()).unwrap_or(u64::MAX);
         if last < count {
-            return Err(inorder::Error::State(format!(
+            return Err(inorder::StorageError::corrupt(format!(
                 "topic {}: counter {last} below the {count} events appended",
                 self.topic
-            )));
+            ))
+            .into());
         }
         self.watches.advance(self.topic.as_str(), last);
         Ok(last)
@@ -172,6 +173,7 @@ fn same_error(error: &inorder::Error) -> inorder::Error {
             inorder::Error::UnknownTopic { topic: topic.clone() }
         }
         inorder::Error::Stopped => inorder::Error::Stopped,
-        other => inorder::Error::State(other.to_string()),
+        inorder::Error::Storage(error) => inorder::Error::Storage(error.clone()),
+        other => inorder::Error::Internal { what: other.to_string() },
     }
 }

@@ -326,5 +326,5 @@ fn unzip3<A, B, C>(items: impl Iterator<Item = (A, B, C)>) -> (Vec<A>, Vec<B>, V
 
 /// A stored value that does not decode.
 pub(crate) fn corrupt(what: &str, reason: &str) -> inorder::Error {
-    inorder::Error::State(format!("corrupt {what} in the postgres storage: {reason}"))
+    inorder::StorageError::corrupt(format!("{what} in the postgres storage: {reason}")).into()
 }

@@ -43,7 +43,7 @@ use std::{
 use bytes::Bytes;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use inorder::{
-    KeyState, Name, ParkedEvent, StreamId, StreamState,
+    KeyState, Name, ParkedEvent, StorageError, StreamId, StreamState,
     storage::{StateOp, Storage, TopicReader},
 };
 use tokio::sync::{Mutex, watch};
@@ -225,10 +225,11 @@ impl Storage for PgStorage {
         payloads: Vec<Bytes>,
     ) -> inorder::Result<RangeInclusive<u64>> {
         if payloads.is_empty() || payloads.len() > STORAGE_APPEND_RECORDS_MAX {
-            return Err(inorder::Error::State(format!(
+            return Err(StorageError::refused(format!(
                 "an append takes 1 to {STORAGE_APPEND_RECORDS_MAX} events, not {}",
                 payloads.len()
-            )));
+            ))
+            .into());
         }
         if self.closed.load(Ordering::Acquire) {
             return Err(inorder::Error::Stopped);
@@ -427,30 +428,34 @@ impl Storage for PgStorage {
     }
 }
 
-/// Maps a driver error to the engine's (the driver's errors never hold the URL).
+/// Maps a driver error to the engine's, typed (the driver's errors never hold the URL).
 pub(crate) fn db_error(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> inorder::Error {
-    move |source| inorder::Error::State(Error::Query { what, source }.to_string())
+    move |source| inorder::Error::from(Error::Query { what, source })
 }
 
-/// Maps a pool error: a closed pool means the storage was closed.
+/// Maps a pool error: a closed pool means the storage was closed; waiting too long for a
+/// connection is worth another try.
 pub(crate) fn pool_error(error: PoolError) -> inorder::Error {
     match error {
         PoolError::Closed => inorder::Error::Stopped,
         PoolError::Backend(source) => db_error("connect")(source),
-        other => inorder::Error::State(format!("postgres connection pool: {other}")),
+        PoolError::Timeout(_) => {
+            StorageError::transient(format!("postgres connection pool: {error}")).into()
+        }
+        other => StorageError::unavailable(format!("postgres connection pool: {other}")).into(),
     }
-}
-
-fn range_error(value: impl std::fmt::Display) -> inorder::Error {
-    inorder::Error::State(format!("postgres storage: {value} is out of range"))
 }
 
 /// A position for a `bigint` column.
 pub(crate) fn to_i64(position: u64) -> inorder::Result<i64> {
-    i64::try_from(position).map_err(|_| range_error(position))
+    i64::try_from(position).map_err(|_| {
+        StorageError::refused(format!("postgres storage: position {position} is out of range"))
+            .into()
+    })
 }
 
-/// A position read from a `bigint` column.
+/// A position read from a `bigint` column (a negative one is damage).
 pub(crate) fn to_u64(position: i64) -> inorder::Result<u64> {
-    u64::try_from(position).map_err(|_| range_error(position))
+    u64::try_from(position)
+        .map_err(|_| commit::corrupt("position", &format!("{position} is negative")))
 }

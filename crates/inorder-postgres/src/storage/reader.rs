@@ -41,10 +41,11 @@ impl TopicReader for PgTopicReader {
         for row in rows {
             let position = to_u64(row.get(0))?;
             if position != self.next {
-                return Err(inorder::Error::State(format!(
-                    "postgres storage: topic {} has no event at {} but one at {position}",
-                    self.topic, self.next
-                )));
+                return Err(inorder::Error::Gap {
+                    topic: self.topic.to_string(),
+                    expected: self.next,
+                    found: position,
+                });
             }
             let payload: Vec<u8> = row.get(1);
             records.push(StoredRecord { position, payload: payload.into() });

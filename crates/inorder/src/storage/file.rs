@@ -16,24 +16,33 @@ use std::{
     collections::HashMap,
     ops::RangeInclusive,
     path::{Path, PathBuf},
-    sync::{Arc, RwLock},
+    sync::Arc,
 };
 
 use bytes::Bytes;
 use inorder_log::{Log, LogOptions, Name, ReadLimits, Reader};
+use parking_lot::RwLock;
 use tokio::sync::watch;
 
 use super::{
     StateOp, Storage, StoredRecord, TopicReader,
-    state_store::{
-        Space, StateStore, blocking, corrupt, id_key, ids_indexed_key, key_key, parked_key,
-        read_u64, stream_key,
-    },
+    keys::{Space, id_key, ids_indexed_key, key_key, parked_key, split_parked_key, stream_key},
+    state_store::{StateStore, blocking, corrupt, read_u64},
 };
 use crate::{
-    error::{Error, Result},
+    error::{Error, Result, StorageError},
     state::{KeyState, ParkedEvent, StreamId, StreamState},
 };
+
+/// A file-system failure of the storage's directories: the storage is unavailable.
+fn fs_error(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.display().to_string();
+    move |error| {
+        Error::Storage(
+            StorageError::unavailable(format!("{what} {path}: {error}")).with_source(error),
+        )
+    }
+}
 
 /// The embedded storage backend.
 pub struct FileStorage {
@@ -56,10 +65,10 @@ impl FileStorage {
     /// Opens (or creates) the storage under `data_dir`.
     ///
     /// # Errors
-    /// [`Error::Log`] or [`Error::State`] if the directories cannot be created or opened.
+    /// [`Error::Storage`] if the directories cannot be created or opened.
     pub fn open(data_dir: &Path, log_options: LogOptions) -> Result<Self> {
         let topics_dir = data_dir.join("topics");
-        std::fs::create_dir_all(&topics_dir).map_err(Error::state)?;
+        std::fs::create_dir_all(&topics_dir).map_err(fs_error("creating", &topics_dir))?;
         let state = StateStore::open(&data_dir.join("state"))?;
         Ok(Self {
             topics_dir,
@@ -71,16 +80,16 @@ impl FileStorage {
     }
 
     fn state(&self) -> Result<Arc<StateStore>> {
-        self.state.read().unwrap_or_else(|e| e.into_inner()).clone().ok_or(Error::Stopped)
+        self.state.read().clone().ok_or(Error::Stopped)
     }
 
     /// The open log of `topic`, opening it if its directory exists (or `create`).
     async fn log(&self, topic: &Name, create: bool) -> Result<Log> {
-        if let Some(log) = self.logs.read().unwrap_or_else(|e| e.into_inner()).get(topic) {
+        if let Some(log) = self.logs.read().get(topic) {
             return Ok(log.clone());
         }
         let _opening = self.opening.lock().await;
-        if let Some(log) = self.logs.read().unwrap_or_else(|e| e.into_inner()).get(topic) {
+        if let Some(log) = self.logs.read().get(topic) {
             return Ok(log.clone());
         }
         let dir = self.topics_dir.join(topic.as_str());
@@ -89,7 +98,7 @@ impl FileStorage {
         }
         let options = self.log_options;
         let log = blocking(move || Log::open(dir, options).map_err(Error::from)).await?;
-        self.logs.write().unwrap_or_else(|e| e.into_inner()).insert(topic.clone(), log.clone());
+        self.logs.write().insert(topic.clone(), log.clone());
         Ok(log)
     }
 }
@@ -102,8 +111,10 @@ struct FileTopicReader {
 #[async_trait::async_trait]
 impl TopicReader for FileTopicReader {
     async fn read(&mut self, max: usize) -> Result<Vec<StoredRecord>> {
-        let mut reader =
-            self.reader.take().ok_or_else(|| Error::state("reader lost after a panic"))?;
+        let mut reader = self
+            .reader
+            .take()
+            .ok_or_else(|| Error::Internal { what: "a topic reader was lost by a panic".into() })?;
         let (reader, records) = blocking(move || {
             let records = reader.read(ReadLimits::records(max)).map_err(Error::from);
             Ok((reader, records))
@@ -122,14 +133,6 @@ impl TopicReader for FileTopicReader {
     }
 }
 
-/// Splits a parked key (after the `subscription\0` prefix) into topic and position.
-fn split_parked_key(rest: &[u8]) -> Option<(Name, u64)> {
-    let split = rest.iter().position(|b| *b == 0)?;
-    let topic = Name::new("topic", std::str::from_utf8(&rest[..split]).ok()?).ok()?;
-    let position = u64::from_be_bytes(rest.get(split + 1..)?.try_into().ok()?);
-    Some((topic, position))
-}
-
 #[async_trait::async_trait]
 impl Storage for FileStorage {
     fn backend(&self) -> &'static str {
@@ -140,9 +143,9 @@ impl Storage for FileStorage {
         let dir = self.topics_dir.clone();
         blocking(move || {
             let mut topics = Vec::new();
-            for entry in std::fs::read_dir(&dir).map_err(Error::state)? {
-                let entry = entry.map_err(Error::state)?;
-                if entry.file_type().map_err(Error::state)?.is_dir()
+            for entry in std::fs::read_dir(&dir).map_err(fs_error("listing", &dir))? {
+                let entry = entry.map_err(fs_error("listing", &dir))?;
+                if entry.file_type().map_err(fs_error("listing", &dir))?.is_dir()
                     && let Some(name) = entry.file_name().to_str()
                     && let Ok(topic) = Name::new("topic", name)
                 {
@@ -251,14 +254,8 @@ impl Storage for FileStorage {
     }
 
     async fn close(&self) {
-        let logs: Vec<Log> = self
-            .logs
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain()
-            .map(|(_, log)| log)
-            .collect();
-        let state = self.state.write().unwrap_or_else(|e| e.into_inner()).take();
+        let logs: Vec<Log> = self.logs.write().drain().map(|(_, log)| log).collect();
+        let state = self.state.write().take();
         if let Some(state) = &state {
             state.close().await;
         }

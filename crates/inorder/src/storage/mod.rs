@@ -5,11 +5,19 @@
 //! *state*: stream progress, key state, parked events and the event-id index, changed only by
 //! [`Storage::commit`] of a batch of [`StateOp`]s (atomic; durable when `durable` is set).
 //!
+//! Every failure is an [`Error::Storage`](crate::Error::Storage) whose
+//! [`StorageErrorKind`](crate::StorageErrorKind) the backend chooses: `transient` (worth trying
+//! again: a lost connection, a serialization conflict), `corrupt` (damaged data: never retried),
+//! `unavailable` (needs an operator: a latched log, a full disk) or `refused`. The engine's
+//! supervisors restart streams on transient failures and fail them visibly on the others.
+//!
 //! The engine never knows which backend it runs on. [`FileStorage`] (the embedded default) keeps
 //! each topic in an `inorder-log` and the state in a fjall LSM tree; the Postgres backend
 //! implements the same trait with tables.
 
 mod file;
+mod journal;
+mod keys;
 mod state_store;
 
 use std::ops::RangeInclusive;
@@ -109,7 +117,9 @@ pub trait Storage: Send + Sync + 'static {
     /// A watch of the last durable position, changed on every append.
     async fn watch(&self, topic: &Name) -> Result<watch::Receiver<u64>>;
 
-    /// Applies a batch of state changes atomically; durable on return when `durable`.
+    /// Applies a batch of state changes atomically, whatever its size (the checkpointer merges
+    /// many streams' changes; a burst can be hundreds of megabytes); durable on return when
+    /// `durable`.
     async fn commit(&self, ops: Vec<StateOp>, durable: bool) -> Result<()>;
     /// A stream's progress, if it ever committed any.
     async fn stream_state(&self, stream: &StreamId) -> Result<Option<StreamState>>;

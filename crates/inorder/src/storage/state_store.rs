@@ -15,81 +15,53 @@
 //! ```
 //!
 //! Journal records hold *resolved* entries (a max-merge is already applied), so replaying one
-//! that the tree already holds changes nothing. The overlay is bounded: past
-//! [`OVERLAY_ENTRIES_HARD_MAX`] a commit waits for the running fold.
+//! that the tree already holds changes nothing. A commit of any size is one atomic step: it is
+//! written as journal parts applied all or nothing ([`super::journal`]). The overlay is bounded:
+//! past [`OVERLAY_ENTRIES_HARD_MAX`] a commit waits for the running fold.
+//!
+//! The fold's "folded up to" mark is the end of the **contiguous prefix** of journal positions
+//! already applied to the overlay ([`Watermark`]): commits append concurrently and may apply in
+//! either order, and purging a journal record whose commit is not yet in the overlay would lose
+//! it at the next crash. A fold that fails puts its entries back under newer ones, so reads
+//! never go stale.
 
-use std::{
-    collections::BTreeMap,
-    path::Path,
-    sync::{Arc, Mutex, MutexGuard},
-};
+use std::{collections::BTreeMap, path::Path, sync::Arc};
 
 use bytes::Bytes;
-use inorder_log::{FsyncPolicy, Log, LogOptions, Name, ReadLimits};
+use inorder_log::{FsyncPolicy, Log, LogOptions, ReadLimits};
+use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::Notify;
 
-use super::StateOp;
+use super::{
+    StateOp,
+    journal::{Assembler, encode_commit},
+    keys::{FOLDED_KEY, Space, id_key, ids_indexed_key, key_key, parked_key, stream_key},
+};
 use crate::{
-    error::{Error, Result},
-    state::{KeyState, StreamId},
-    wire::{Input, put_varint},
+    error::{Error, Result, StorageError},
+    limits::{
+        FOLD_BATCH_ENTRIES, JOURNAL_SEGMENT_BYTES, OVERLAY_ENTRIES_FOLD, OVERLAY_ENTRIES_HARD_MAX,
+        STATE_CACHE_BYTES, STATE_MEMTABLE_BYTES,
+    },
+    state::KeyState,
+    watermark::Watermark,
 };
 
-/// Bytes of fjall's block cache.
-const STATE_CACHE_BYTES: u64 = 32 * 1024 * 1024;
-/// Bytes of one keyspace's memtable before it is flushed to disk.
-const STATE_MEMTABLE_BYTES: u64 = 16 * 1024 * 1024;
-/// Overlay entries that start a fold.
-pub(crate) const OVERLAY_ENTRIES_FOLD: usize = 64 * 1024;
-/// Overlay entries beyond which a commit waits for the running fold.
-pub(crate) const OVERLAY_ENTRIES_HARD_MAX: usize = 4 * OVERLAY_ENTRIES_FOLD;
-/// Entries written to the tree per batch while folding.
-const FOLD_BATCH_ENTRIES: usize = 8 * 1024;
-/// Segment size of the journal (small, so folded parts are purged soon).
-const JOURNAL_SEGMENT_BYTES: u64 = 8 * 1024 * 1024;
-/// Meta key: the last journal position folded into the tree.
-const FOLDED_KEY: &[u8] = b"journal-folded";
-
-/// The keyspaces of the state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub(crate) enum Space {
-    Streams,
-    Keys,
-    Parked,
-    Ids,
-    Meta,
-}
-
-impl Space {
-    const ALL: [Self; 5] = [Self::Streams, Self::Keys, Self::Parked, Self::Ids, Self::Meta];
-
-    fn code(self) -> u8 {
-        match self {
-            Self::Streams => 0,
-            Self::Keys => 1,
-            Self::Parked => 2,
-            Self::Ids => 3,
-            Self::Meta => 4,
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Self::Streams => "streams",
-            Self::Keys => "keys",
-            Self::Parked => "parked",
-            Self::Ids => "ids",
-            Self::Meta => "meta",
-        }
-    }
-}
-
 /// Byte-level changes: `None` removes the key.
-type Entries = BTreeMap<(Space, Vec<u8>), Option<Vec<u8>>>;
+pub(crate) type Entries = BTreeMap<(Space, Vec<u8>), Option<Vec<u8>>>;
 
 struct Tree {
     db: fjall::Database,
     spaces: [fjall::Keyspace; 5],
+}
+
+/// A failure of the tree (fjall): I/O underneath, so the storage is unavailable.
+fn tree_error(what: &'static str) -> impl FnOnce(fjall::Error) -> Error {
+    move |error| {
+        Error::Storage(
+            StorageError::unavailable(format!("state tree: {what}: {error}")).with_source(error),
+        )
+    }
 }
 
 impl Tree {
@@ -98,7 +70,11 @@ impl Tree {
     }
 
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Bytes>> {
-        Ok(self.space(space).get(key).map_err(Error::state)?.map(|v| Bytes::copy_from_slice(&v)))
+        Ok(self
+            .space(space)
+            .get(key)
+            .map_err(tree_error("read"))?
+            .map(|v| Bytes::copy_from_slice(&v)))
     }
 
     /// Writes entries in batches; the last batch (with `extra`) is durable if asked.
@@ -116,13 +92,15 @@ impl Tree {
             }
             count += 1;
             if count % FOLD_BATCH_ENTRIES == 0 {
-                std::mem::replace(&mut batch, self.db.batch()).commit().map_err(Error::state)?;
+                std::mem::replace(&mut batch, self.db.batch())
+                    .commit()
+                    .map_err(tree_error("write"))?;
             }
         }
         if durable {
             batch = batch.durability(Some(fjall::PersistMode::SyncData));
         }
-        batch.commit().map_err(Error::state)
+        batch.commit().map_err(tree_error("write"))
     }
 }
 
@@ -130,8 +108,8 @@ struct Layers {
     active: Entries,
     /// The overlay being folded into the tree, still read until the fold is done.
     folding: Option<Arc<Entries>>,
-    /// The last journal position applied to `active`.
-    journal_position: u64,
+    /// Journal positions applied to `active` (or to the tree): the fold's mark is its prefix.
+    applied: Watermark,
 }
 
 /// The state store: journal, overlay, tree.
@@ -148,12 +126,12 @@ impl StateStore {
         let db = fjall::Database::builder(dir.join("tree"))
             .cache_size(STATE_CACHE_BYTES)
             .open()
-            .map_err(Error::state)?;
+            .map_err(tree_error("open"))?;
         let spaces = Space::ALL.map(|space| {
             db.keyspace(space.name(), || {
                 fjall::KeyspaceCreateOptions::default().max_memtable_size(STATE_MEMTABLE_BYTES)
             })
-            .map_err(Error::state)
+            .map_err(tree_error("open keyspace"))
         });
         let [a, b, c, d, e] = spaces;
         let tree = Arc::new(Tree { spaces: [a?, b?, c?, d?, e?], db });
@@ -165,6 +143,7 @@ impl StateStore {
         let journal = Log::open(dir.join("journal"), options)?;
         let folded = read_u64(tree.get(Space::Meta, FOLDED_KEY)?)?.unwrap_or(0);
         let mut active = Entries::new();
+        let mut assembler = Assembler::default();
         let mut reader = journal.reader(folded + 1);
         loop {
             let records = reader.read(ReadLimits::default())?;
@@ -172,19 +151,28 @@ impl StateStore {
                 break;
             }
             for record in records {
-                decode_entries(&record.payload, &mut active).map_err(|e| {
-                    Error::state(format!("journal record {}: {e}", record.position))
+                let commit = assembler.push(&record.payload).map_err(|e| {
+                    StorageError::corrupt(format!("state journal record {}: {e}", record.position))
                 })?;
+                active.extend(commit.into_iter().flatten());
             }
         }
+        assembler.finish();
         let journal_position = journal.last_position();
-        tracing::debug!(replayed = active.len(), folded, journal_position, "state store opened");
-        let layers = Layers { active, folding: None, journal_position };
+        tracing::debug!(
+            replayed = active.len(),
+            folded,
+            journal_position,
+            dropped = assembler.dropped,
+            "state store opened"
+        );
+        let layers =
+            Layers { active, folding: None, applied: Watermark::new(journal_position, ()) };
         Ok(Self { tree, journal, layers: Mutex::new(layers), folded: Notify::new() })
     }
 
     fn lock(&self) -> MutexGuard<'_, Layers> {
-        self.layers.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.layers.lock()
     }
 
     /// A value, through the overlay.
@@ -219,7 +207,7 @@ impl StateStore {
         };
         for entry in self.tree.space(space).range::<Vec<u8>, _>((start, std::ops::Bound::Unbounded))
         {
-            let (key, value) = entry.into_inner().map_err(Error::state)?;
+            let (key, value) = entry.into_inner().map_err(tree_error("scan"))?;
             if !key.starts_with(prefix) {
                 break;
             }
@@ -265,11 +253,11 @@ impl StateStore {
             self.folded.notified().await;
         }
         let entries = self.resolve(ops)?;
-        let positions = self.journal.append([encode_entries(&entries)]).await?;
+        let positions = self.journal.append(encode_commit(&entries)).await?;
         let fold = {
             let mut layers = self.lock();
             layers.active.extend(entries);
-            layers.journal_position = *positions.end();
+            layers.applied.insert_range(*positions.start(), *positions.end(), ());
             layers.active.len() >= OVERLAY_ENTRIES_FOLD && layers.folding.is_none()
         };
         if fold {
@@ -292,7 +280,9 @@ impl StateStore {
             }
             let frozen = Arc::new(std::mem::take(&mut layers.active));
             layers.folding = Some(Arc::clone(&frozen));
-            (frozen, layers.journal_position)
+            // Only a prefix of applied commits may be purged from the journal: a commit that
+            // appended but has not reached the overlay yet must stay there for replay.
+            (frozen, layers.applied.through())
         };
         let tree = Arc::clone(&self.tree);
         let written = Arc::clone(&frozen);
@@ -302,7 +292,16 @@ impl StateStore {
             tree.write(written.iter().chain(std::iter::once((&mark_entry.0, &mark_entry.1))), true)
         })
         .await;
-        self.lock().folding = None;
+        {
+            let mut layers = self.lock();
+            layers.folding = None;
+            if result.is_err() {
+                // Not in the tree: keep serving the frozen entries, under anything newer.
+                for (key, value) in frozen.iter() {
+                    layers.active.entry(key.clone()).or_insert_with(|| value.clone());
+                }
+            }
+        }
         self.folded.notify_waiters();
         result?;
         self.journal.purge(mark + 1).await?;
@@ -370,45 +369,12 @@ pub(crate) async fn blocking<T: Send + 'static>(
 ) -> Result<T> {
     tokio::task::spawn_blocking(work)
         .await
-        .map_err(|e| Error::state(format!("storage task: {e}")))?
+        .map_err(|e| Error::Internal { what: format!("a storage task ended: {e}") })?
 }
 
-fn encode_entries(entries: &Entries) -> Bytes {
-    let mut out = Vec::with_capacity(entries.len() * 48);
-    for ((space, key), value) in entries {
-        out.push(space.code());
-        put_varint(&mut out, key.len() as u64);
-        out.extend_from_slice(key);
-        match value {
-            Some(value) => {
-                out.push(1);
-                put_varint(&mut out, value.len() as u64);
-                out.extend_from_slice(value);
-            }
-            None => out.push(0),
-        }
-    }
-    Bytes::from(out)
-}
-
-fn decode_entries(bytes: &Bytes, into: &mut Entries) -> Result<(), &'static str> {
-    let mut input = Input::new(bytes);
-    while !input.is_done() {
-        let code = input.byte()?;
-        let space = Space::ALL.into_iter().find(|s| s.code() == code).ok_or("unknown keyspace")?;
-        let key = input.bytes()?.to_vec();
-        let value = match input.byte()? {
-            0 => None,
-            1 => Some(input.bytes()?.to_vec()),
-            _ => return Err("bad presence byte"),
-        };
-        into.insert((space, key), value);
-    }
-    Ok(())
-}
-
+/// A value the state store cannot decode: corruption.
 pub(crate) fn corrupt(what: &str, reason: &str) -> Error {
-    Error::State(format!("corrupt {what} in the state store: {reason}"))
+    Error::Storage(StorageError::corrupt(format!("{what} in the state store: {reason}")))
 }
 
 pub(crate) fn read_u64(raw: Option<Bytes>) -> Result<Option<u64>> {
@@ -420,46 +386,12 @@ pub(crate) fn read_u64(raw: Option<Bytes>) -> Result<Option<u64>> {
     .transpose()
 }
 
-pub(crate) fn stream_key(stream: &StreamId) -> Vec<u8> {
-    let mut key =
-        Vec::with_capacity(stream.subscription.as_str().len() + stream.topic.as_str().len() + 1);
-    key.extend_from_slice(stream.subscription.as_str().as_bytes());
-    key.push(0);
-    key.extend_from_slice(stream.topic.as_str().as_bytes());
-    key
-}
-
-pub(crate) fn key_key(stream: &StreamId, key: &str) -> Vec<u8> {
-    let mut bytes = stream_key(stream);
-    bytes.push(0);
-    bytes.extend_from_slice(key.as_bytes());
-    bytes
-}
-
-pub(crate) fn parked_key(stream: &StreamId, position: u64) -> Vec<u8> {
-    let mut bytes = stream_key(stream);
-    bytes.push(0);
-    bytes.extend_from_slice(&position.to_be_bytes());
-    bytes
-}
-
-pub(crate) fn id_key(topic: &Name, id: &str) -> Vec<u8> {
-    let mut bytes = topic.as_str().as_bytes().to_vec();
-    bytes.push(0);
-    bytes.extend_from_slice(id.as_bytes());
-    bytes
-}
-
-pub(crate) fn ids_indexed_key(topic: &Name) -> Vec<u8> {
-    let mut bytes = b"ids-indexed\0".to_vec();
-    bytes.extend_from_slice(topic.as_str().as_bytes());
-    bytes
-}
-
 #[cfg(test)]
 mod tests {
+    use inorder_log::Name;
+
     use super::*;
-    use crate::state::StreamState;
+    use crate::state::{StreamId, StreamState};
 
     fn stream() -> StreamId {
         StreamId { subscription: "s".parse().unwrap(), topic: "t".parse().unwrap() }

@@ -1,171 +1,275 @@
-//! A stream's progress: finished events recorded for the next checkpoint, the watermark, and
-//! what happens once a checkpoint is durable (keys go on, waiters get outcomes, status is
-//! published). Only the stream task calls these; see the parent module.
+//! A stream's progress: which positions it read, which are resolved, the watermark, and the
+//! checkpoints that make them durable.
+//!
+//! - Positions arrive from the reader strictly in order: a position that does not follow the
+//!   last one is a **gap** — events are missing from the log — and stops the stream as
+//!   corrupt; nothing is ever skipped.
+//! - Resolved positions (handled, or parked) go into a [`Watermark`]: the prefix is the
+//!   watermark, the rest are ranges, so memory is bounded by the unresolved positions.
+//! - Every read event is counted from the moment it is read until the checkpoint recording its
+//!   resolution is durable ([`Progress::in_progress`]), so the stream's read budget also bounds
+//!   what waits for a checkpoint while another is in flight.
+//! - A checkpoint carries the recorded state changes and the stream's durable progress; when it
+//!   is durable its keys go on, waiters get their outcomes, and only then is the watermark
+//!   published ([`Committed`]).
 
-use std::collections::BTreeSet;
+use tokio::sync::{mpsc, oneshot};
 
-use tokio::sync::oneshot;
-
-use super::{Done, Outcome, Stream, StreamStatus};
+use super::worker::Record;
 use crate::{
     checkpoint::CommitRequest,
     error::{Error, Result},
-    state::StreamState,
+    outcome::Outcome,
+    state::{StreamId, StreamState},
     storage::StateOp,
+    watermark::{MaxTime, Watermark},
 };
 
+/// The progress of one stream incarnation.
+pub(super) struct Progress {
+    /// Resolved positions; the prefix is the watermark, its mark the topic's time mark.
+    done: Watermark<MaxTime>,
+    /// The next position the reader must hand over.
+    read_position: u64,
+    /// Events read and not yet recorded: in key queues, reorder buffers, handler calls.
+    open: usize,
+    /// Events recorded and not yet durable (in `next` or `in_flight`).
+    unsaved: usize,
+    next: NextCheckpoint,
+    in_flight: Option<InFlight>,
+    /// Parked events (not discarded) and discarded ones, as stored.
+    parked: u64,
+    discarded: u64,
+}
+
 #[derive(Default)]
-pub(super) struct NextCheckpoint {
-    pub(super) ops: Vec<StateOp>,
+struct NextCheckpoint {
+    ops: Vec<StateOp>,
     keys: Vec<String>,
     outcomes: Vec<(String, Outcome)>,
+    /// Fresh events recorded in it.
+    events: usize,
     dirty: bool,
 }
 
-pub(super) struct InFlight {
-    pub(super) done: oneshot::Receiver<Result<()>>,
+struct InFlight {
+    done: oneshot::Receiver<Result<()>>,
     watermark: u64,
-    max_time_micros: i64,
+    time_mark: i64,
     keys: Vec<String>,
     outcomes: Vec<(String, Outcome)>,
+    events: usize,
 }
 
-impl Stream {
-    /// Records finished events of a key for the next checkpoint; the key waits for it.
-    pub(super) fn record(&mut self, book_key: &str, items: Vec<Done>, ops: Vec<StateOp>) {
-        for op in &ops {
-            match op {
-                StateOp::Park(parked)
-                    if items.iter().any(|d| d.fresh && d.position == parked.position) =>
-                {
-                    self.parked += 1;
-                }
-                StateOp::Unpark { .. } => self.parked = self.parked.saturating_sub(1),
-                _ => {}
-            }
+/// A durable checkpoint: what may now go on and be published.
+pub(super) struct Committed {
+    /// The watermark and time mark it made durable.
+    pub watermark: u64,
+    pub time_mark: i64,
+    /// Keys whose completion it held: they may take their next step.
+    pub keys: Vec<String>,
+    /// Outcomes for `publish_and_wait` callers.
+    pub outcomes: Vec<(String, Outcome)>,
+}
+
+impl Progress {
+    /// Progress resuming from durable `state`; the reader starts after the watermark.
+    pub(super) fn resume(state: &StreamState, watermark: u64, parked: u64, discarded: u64) -> Self {
+        let done = Watermark::with_ranges(
+            watermark,
+            MaxTime(state.max_time_micros),
+            state.done_above.iter().map(|(range, time)| (range.clone(), MaxTime(*time))),
+        );
+        Self {
+            read_position: done.through() + 1,
+            done,
+            open: 0,
+            unsaved: 0,
+            next: NextCheckpoint::default(),
+            in_flight: None,
+            parked,
+            discarded,
         }
+    }
+
+    /// Events read whose resolution is not yet durable.
+    pub(super) fn in_progress(&self) -> usize {
+        self.open + self.unsaved
+    }
+
+    /// The watermark (resolved, maybe not yet durable).
+    pub(super) fn watermark(&self) -> u64 {
+        self.done.through()
+    }
+
+    /// The latest event time handled at or below the watermark.
+    pub(super) fn time_mark(&self) -> i64 {
+        self.done.mark().0
+    }
+
+    /// The next position the stream reads.
+    pub(super) fn read_position(&self) -> u64 {
+        self.read_position
+    }
+
+    /// Ranges resolved above the watermark.
+    pub(super) fn done_ranges(&self) -> usize {
+        self.done.range_count()
+    }
+
+    /// Parked (not discarded) and discarded events.
+    pub(super) fn parked(&self) -> (u64, u64) {
+        (self.parked, self.discarded)
+    }
+
+    /// Takes the next position read from the topic: `Ok(true)` if it must be handled,
+    /// `Ok(false)` if it was resolved before a restart.
+    ///
+    /// # Errors
+    /// [`Error::Gap`] if it does not follow the previous position.
+    pub(super) fn accept(&mut self, id: &StreamId, position: u64) -> Result<bool> {
+        if position != self.read_position {
+            return Err(Error::Gap {
+                topic: id.topic.to_string(),
+                expected: self.read_position,
+                found: position,
+            });
+        }
+        self.read_position += 1;
+        if self.done.contains(position) {
+            return Ok(false);
+        }
+        self.open += 1;
+        Ok(true)
+    }
+
+    /// Records what a key finished, for the next checkpoint.
+    pub(super) fn record(&mut self, book_key: &str, record: Record, keep_outcomes: bool) {
+        let Record { items, ops, unparked, discarded } = record;
         for done in items {
             if done.fresh {
-                self.pending.remove(&done.position);
-                self.mark_done(done.position);
+                debug_assert!(self.open > 0, "a fresh event was counted open when read");
+                self.open -= 1;
+                self.unsaved += 1;
+                self.next.events += 1;
+                if matches!(done.outcome, Outcome::Parked { .. }) {
+                    self.parked += 1;
+                }
+                let time = match done.outcome {
+                    Outcome::Handled(_) => MaxTime(done.time_micros),
+                    _ => MaxTime::default(),
+                };
+                let before = self.done.through();
+                self.done.insert(done.position, time);
+                debug_assert!(self.done.through() >= before, "the watermark only grows");
             }
-            if matches!(done.outcome, Outcome::Handled(_)) {
-                self.max_time_micros = self.max_time_micros.max(done.time_micros);
-            }
-            if self.waiters.any() {
+            if keep_outcomes {
                 self.next.outcomes.push((done.event_id, done.outcome));
             }
         }
+        self.parked = self.parked.saturating_sub(unparked);
+        self.discarded += discarded;
         self.next.ops.extend(ops);
         self.next.keys.push(book_key.to_owned());
         self.next.dirty = true;
     }
 
-    pub(super) fn mark_done(&mut self, position: u64) {
-        if position <= self.watermark {
-            return;
-        }
-        self.done_above.insert(position);
-        while self.done_above.first() == Some(&(self.watermark + 1)) {
-            self.done_above.pop_first();
-            self.watermark += 1;
-            self.next.dirty = true;
-        }
-    }
-
     /// Sends the next checkpoint if none is in flight and there is something to make durable.
-    pub(super) async fn checkpoint(&mut self) {
+    pub(super) async fn checkpoint(
+        &mut self,
+        id: &StreamId,
+        checkpointer: &mpsc::Sender<CommitRequest>,
+    ) -> Result<()> {
         if self.in_flight.is_some() || !self.next.dirty {
-            return;
+            return Ok(());
         }
         let next = std::mem::take(&mut self.next);
         let mut ops = next.ops;
-        ops.push(StateOp::Stream {
-            stream: self.ctx.id.clone(),
-            state: StreamState {
-                watermark: self.watermark,
-                done_above: ranges(&self.done_above),
-                max_time_micros: self.max_time_micros,
-            },
-        });
+        ops.push(StateOp::Stream { stream: id.clone(), state: self.durable_state() });
         let (done, is_done) = oneshot::channel();
-        if self.checkpointer.send(CommitRequest { ops, done }).await.is_err() {
-            return; // the engine is stopping
-        }
+        checkpointer.send(CommitRequest { ops, done }).await.map_err(|_| Error::Stopped)?;
         self.in_flight = Some(InFlight {
             done: is_done,
-            watermark: self.watermark,
-            max_time_micros: self.max_time_micros,
+            watermark: self.done.through(),
+            time_mark: self.done.mark().0,
             keys: next.keys,
             outcomes: next.outcomes,
+            events: next.events,
         });
-    }
-
-    /// A checkpoint is durable: its keys go on, waiters get their outcomes, status is published.
-    pub(super) async fn on_committed(&mut self, result: Result<()>) -> Result<()> {
-        let in_flight = self.in_flight.take().expect("a checkpoint was in flight");
-        result?;
-        for key in &in_flight.keys {
-            if let Some(worker) = self.processbook.get_mut(key) {
-                worker.busy = false;
-            }
-        }
-        for key in &in_flight.keys {
-            self.drive(key).await?;
-        }
-        if self.waiters.any() {
-            for (id, outcome) in &in_flight.outcomes {
-                self.waiters.deliver(&self.ctx.id.subscription, id, outcome);
-            }
-        }
-        self.commits += 1;
-        let status = StreamStatus {
-            watermark: in_flight.watermark,
-            max_time_micros: in_flight.max_time_micros,
-            commits: self.commits,
-            read_position: self.read_position,
-            pending: self.pending.len(),
-            live_workers: self.processbook.len(),
-            parked: self.parked,
-        };
-        self.status.send_replace(status);
-        let labels = [
-            ("subscription", self.ctx.id.subscription.to_string()),
-            ("topic", self.ctx.id.topic.to_string()),
-        ];
-        metrics::gauge!("inorder_live_workers", &labels).set(status.live_workers as f64);
-        metrics::gauge!("inorder_watermark", &labels).set(status.watermark as f64);
         Ok(())
     }
-}
 
-pub(super) async fn wait(in_flight: &mut Option<InFlight>) -> Result<()> {
-    match in_flight {
-        Some(in_flight) => (&mut in_flight.done).await.unwrap_or(Err(Error::Stopped)),
-        None => std::future::pending().await,
-    }
-}
-
-/// Compresses a set of positions into inclusive ranges.
-fn ranges(positions: &BTreeSet<u64>) -> Vec<std::ops::RangeInclusive<u64>> {
-    let mut ranges: Vec<std::ops::RangeInclusive<u64>> = Vec::new();
-    for &position in positions {
-        match ranges.last_mut() {
-            Some(last) if *last.end() + 1 == position => *last = *last.start()..=position,
-            _ => ranges.push(position..=position),
+    fn durable_state(&self) -> StreamState {
+        StreamState {
+            watermark: self.done.through(),
+            done_above: self.done.ranges().map(|(range, time)| (range, time.0)).collect(),
+            max_time_micros: self.done.mark().0,
         }
     }
-    ranges
+
+    /// Waits for the checkpoint in flight (pending while there is none).
+    pub(super) async fn committed(&mut self) -> Result<Committed> {
+        let Some(in_flight) = self.in_flight.as_mut() else {
+            return std::future::pending().await;
+        };
+        let result = (&mut in_flight.done).await.unwrap_or(Err(Error::Stopped));
+        let in_flight = self.in_flight.take().expect("a checkpoint was in flight");
+        result?;
+        self.unsaved -= in_flight.events;
+        Ok(Committed {
+            watermark: in_flight.watermark,
+            time_mark: in_flight.time_mark,
+            keys: in_flight.keys,
+            outcomes: in_flight.outcomes,
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stream::worker::Done;
+
+    fn id() -> StreamId {
+        StreamId { subscription: "s".parse().unwrap(), topic: "t".parse().unwrap() }
+    }
+
+    fn handled(position: u64, time_micros: i64) -> Record {
+        let outcome = Outcome::Handled(serde_json::Value::Null);
+        let done =
+            Done { position, event_id: format!("e{position}"), time_micros, fresh: true, outcome };
+        Record { items: vec![done], ..Record::default() }
+    }
 
     #[test]
-    fn positions_compress_into_ranges() {
-        let set: BTreeSet<u64> = [3, 4, 5, 9, 11, 12].into_iter().collect();
-        assert_eq!(ranges(&set), vec![3..=5, 9..=9, 11..=12]);
-        assert!(ranges(&BTreeSet::new()).is_empty());
+    fn a_position_that_does_not_follow_on_is_a_gap() {
+        let mut progress = Progress::resume(&StreamState::default(), 0, 0, 0);
+        assert!(progress.accept(&id(), 1).unwrap());
+        let error = progress.accept(&id(), 3).unwrap_err();
+        assert!(matches!(error, Error::Gap { expected: 2, found: 3, .. }), "{error}");
+    }
+
+    #[test]
+    fn positions_resolved_before_a_restart_are_skipped_once_read() {
+        let state =
+            StreamState { watermark: 2, done_above: vec![(4..=5, 70)], max_time_micros: 10 };
+        let mut progress = Progress::resume(&state, 2, 0, 0);
+        assert_eq!(progress.read_position(), 3);
+        assert!(progress.accept(&id(), 3).unwrap(), "3 was not resolved");
+        assert!(!progress.accept(&id(), 4).unwrap() && !progress.accept(&id(), 5).unwrap());
+        progress.record("k", handled(3, 20), false);
+        assert_eq!(progress.watermark(), 5);
+        assert_eq!(progress.durable_state().max_time_micros, 70, "the ranges' times joined in");
+    }
+
+    #[test]
+    fn the_time_mark_waits_for_the_earlier_slow_event() {
+        let mut progress = Progress::resume(&StreamState::default(), 0, 0, 0);
+        progress.accept(&id(), 1).unwrap();
+        progress.accept(&id(), 2).unwrap();
+        progress.record("fast", handled(2, 200), false);
+        assert_eq!((progress.watermark(), progress.durable_state().max_time_micros), (0, 0));
+        progress.record("slow", handled(1, 100), false);
+        assert_eq!((progress.watermark(), progress.durable_state().max_time_micros), (2, 200));
     }
 }

@@ -16,8 +16,8 @@ use std::{
 };
 
 use inorder::{
-    Engine, EngineBuilder, EngineConfig, Event, Handler, HandlerContext, HandlerError, Reply,
-    SubscriptionConfig, TopicConfig,
+    Engine, EngineBuilder, EngineConfig, Event, EventStatus, Handler, HandlerContext, HandlerError,
+    ParkReason, Reply, SubscriptionConfig, TopicConfig,
 };
 use inorder_postgres::{PgStorage, PgStorageOptions};
 
@@ -247,10 +247,40 @@ pub async fn publish(engine: &Engine, topic: &str, key: &str, action: &str) -> u
     engine.publish(event(topic, key, action)).await.unwrap()
 }
 
-/// Waits until every subscription of `topic` processed `position`; fails the test otherwise.
-pub async fn settle(engine: &Engine, topic: &str, position: u64) {
-    assert!(
-        engine.wait_processed(topic, position, None, PATIENCE).await.unwrap(),
-        "{topic}/{position} was not processed within {PATIENCE:?}"
-    );
+/// Waits until `position` of `topic` is no longer pending — handled by every subscription, or
+/// parked by one — and returns which; fails the test if it stays pending.
+pub async fn settle(engine: &Engine, topic: &str, position: u64) -> EventStatus {
+    let status = engine.wait_event_status(topic, position, None, PATIENCE).await.unwrap();
+    assert_ne!(status, EventStatus::Pending, "{topic}/{position} still pending after {PATIENCE:?}");
+    status
+}
+
+/// Waits until every subscription of `topic` handled `position`; fails the test otherwise.
+pub async fn processed(engine: &Engine, topic: &str, position: u64) {
+    let status = settle(engine, topic, position).await;
+    assert_eq!(status, EventStatus::Processed, "{topic}/{position}");
+}
+
+/// The reason `position` of `topic` is parked by `subscription`, if it is.
+pub async fn parked_reason(
+    engine: &Engine,
+    subscription: &str,
+    topic: &str,
+    position: u64,
+) -> Option<ParkReason> {
+    let parked = engine.parked(subscription, None, 1000).await.unwrap();
+    parked.iter().find(|p| p.topic.as_str() == topic && p.position == position).map(|p| p.reason)
+}
+
+/// Waits (polling) until `condition` holds; fails the test after [`PATIENCE`].
+pub async fn eventually<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while !condition().await {
+        assert!(std::time::Instant::now() < deadline, "{what}: not within {PATIENCE:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }

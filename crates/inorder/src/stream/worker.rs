@@ -7,10 +7,11 @@
 //! the key may go on, runs the handler call it asks for on another task, and hands the result
 //! back to [`KeyWorker::handler_result`].
 //!
-//! The key goes on only after its last completion is **durable** (the stream clears
-//! [`KeyWorker::busy`] when the checkpoint holding it is committed): after a crash, at most the
-//! one event a key had in flight is handed to the handler again. A worker with nothing queued,
-//! nothing waiting and nothing in flight is removed by the stream.
+//! The worker is **busy** from the step it hands out (a handler call, or events to record) until
+//! the stream reports the checkpoint holding the key's completion **durable**
+//! ([`KeyWorker::committed`]); only the worker itself sets and clears it. So after a crash, at
+//! most the one event a key had in flight is handed to the handler again. A worker with nothing
+//! queued, nothing waiting and nothing in flight is removed by the stream.
 
 use std::{
     collections::{HashSet, VecDeque},
@@ -19,37 +20,64 @@ use std::{
 
 use tokio::time::Instant;
 
+use super::{
+    sequencer::{Offer, Sequencer},
+    timers::later,
+};
 use crate::{
     config::FailurePolicy,
     event::{Event, now_micros},
     handler::{HandlerError, Reply},
-    limits::RETRY_DELAY_MAX,
+    limits::{PARKED_ERROR_BYTES_MAX, RETRY_DELAY_MAX},
+    outcome::Outcome,
     runtime::{StreamContext, SubscriptionStats},
-    sequencer::{Offer, Sequencer},
     state::{KeyState, ParkReason, ParkedEvent},
     storage::StateOp,
-    stream::{Done, Outcome},
 };
+
+/// One event a key finished with.
+#[derive(Debug)]
+pub(super) struct Done {
+    pub position: u64,
+    pub event_id: String,
+    pub time_micros: i64,
+    /// False for an operator retry of a parked event (already done for the watermark).
+    pub fresh: bool,
+    pub outcome: Outcome,
+}
+
+/// What a key finished, to be made durable in the next checkpoint before the key goes on.
+#[derive(Debug, Default)]
+pub(super) struct Record {
+    /// The events finished.
+    pub items: Vec<Done>,
+    /// Their state changes (parks, the key's state).
+    pub ops: Vec<StateOp>,
+    /// Parked events this record removes (retried successfully, or discarded).
+    pub unparked: u64,
+    /// Of those, discarded by an operator.
+    pub discarded: u64,
+}
 
 /// What a stream hands to a key.
 #[derive(Debug)]
-pub(crate) enum Item {
+pub(super) enum Item {
     /// A new event from the log.
     Event(Event),
     /// An operator retries this parked event.
     Retry(Event),
-    /// An operator discards the parked event at this position.
-    Discard(u64),
+    /// An operator discards this parked event.
+    Discard(ParkedEvent),
 }
 
 /// What a key does next.
 #[derive(Debug)]
 #[allow(clippy::large_enum_variant)] // transient; boxing `Call`, the common case, would allocate per event
-pub(crate) enum Step {
+pub(super) enum Step {
     /// Call the handler (attempt `attempt`).
     Call { event: Event, attempt: u32 },
     /// These events are finished: record them (and the key's state) durably.
-    Finished { items: Vec<Done>, ops: Vec<StateOp> },
+    Finished(Record),
     /// List the key's blocked followers after this position, then ask again.
     LoadFollowers { after: u64 },
     /// Nothing to do until something arrives (or a sequence times out).
@@ -59,24 +87,25 @@ pub(crate) enum Step {
 /// What to do after a handler call.
 #[derive(Debug)]
 #[allow(clippy::large_enum_variant)] // transient, like `Step`
-pub(crate) enum AfterCall {
+pub(super) enum AfterCall {
     /// Call again after `delay`.
     Retry { event: Event, attempt: u32, delay: Duration },
     /// Record these (see [`Step::Finished`]).
-    Finished { items: Vec<Done>, ops: Vec<StateOp> },
+    Finished(Record),
 }
 
 /// One active key of a stream.
 #[derive(Debug)]
-pub(crate) struct KeyWorker {
+pub(super) struct KeyWorker {
     /// The event key (for `none` ordering the processbook entry is per event, this is still the
     /// event's key).
     key: String,
     state: KeyState,
     sequencer: Option<Sequencer>,
     queue: VecDeque<Item>,
-    /// A handler call, a backoff or a checkpoint is in progress.
-    pub busy: bool,
+    /// A handler call, a backoff or a checkpoint is in progress: set by the steps that start
+    /// one, cleared by [`KeyWorker::committed`].
+    busy: bool,
     /// When the sequencer started waiting for a missing event.
     waiting_since: Option<Instant>,
     /// Parked events to replay (blocked followers released by an unblock).
@@ -93,7 +122,7 @@ pub(crate) struct KeyWorker {
 
 impl KeyWorker {
     /// A worker for `key`, resuming from its durable `state`.
-    pub(crate) fn new(ctx: &StreamContext, key: String, state: KeyState, merge: bool) -> Self {
+    pub(super) fn new(ctx: &StreamContext, key: String, state: KeyState, merge: bool) -> Self {
         let sequencer = ctx
             .topic
             .contract(ctx.subscription.config.ordering)
@@ -114,17 +143,27 @@ impl KeyWorker {
     }
 
     /// Queues an item; the stream asks for the next step when the key is not busy.
-    pub(crate) fn push(&mut self, item: Item) {
+    pub(super) fn push(&mut self, item: Item) {
         self.queue.push_back(item);
     }
 
     /// Events waiting in the reorder buffer.
-    pub(crate) fn buffered(&self) -> usize {
+    pub(super) fn buffered(&self) -> usize {
         self.sequencer.as_ref().map_or(0, Sequencer::buffered)
     }
 
+    /// Whether a handler call, a backoff or a checkpoint is in progress.
+    pub(super) fn is_busy(&self) -> bool {
+        self.busy
+    }
+
+    /// The checkpoint holding the key's last completion is durable: it may go on.
+    pub(super) fn committed(&mut self) {
+        self.busy = false;
+    }
+
     /// Whether the worker can be removed: nothing queued, waiting, replaying or in progress.
-    pub(crate) fn is_idle(&self) -> bool {
+    pub(super) fn is_idle(&self) -> bool {
         !self.busy
             && self.queue.is_empty()
             && self.replay.is_empty()
@@ -133,13 +172,19 @@ impl KeyWorker {
     }
 
     /// When the waiting sequence times out, if it waits and the topic has a timeout.
-    pub(crate) fn deadline(&self, timeout: Option<Duration>) -> Option<Instant> {
-        Some(crate::stream::later(self.waiting_since?, timeout?))
+    pub(super) fn deadline(&self, timeout: Option<Duration>) -> Option<Instant> {
+        Some(later(self.waiting_since?, timeout?))
     }
 
     /// The key's next step. `room` says whether the stream's reorder budget has room.
-    pub(crate) fn next_step(&mut self, ctx: &StreamContext, room: bool) -> Step {
+    pub(super) fn next_step(&mut self, ctx: &StreamContext, room: bool) -> Step {
         debug_assert!(!self.busy, "a busy key takes no step");
+        let step = self.step(ctx, room);
+        self.busy = matches!(step, Step::Call { .. } | Step::Finished(_));
+        step
+    }
+
+    fn step(&mut self, ctx: &StreamContext, room: bool) -> Step {
         loop {
             if let Some(event) = self.replay.pop_front() {
                 match self.offer(ctx, event, room) {
@@ -157,7 +202,7 @@ impl KeyWorker {
             let step = match item {
                 Item::Event(event) => self.offer(ctx, event, room),
                 Item::Retry(event) => self.retry(ctx, event, room),
-                Item::Discard(position) => self.discard(ctx, position),
+                Item::Discard(parked) => self.discard(ctx, parked),
             };
             if !matches!(step, Step::Wait) {
                 return step;
@@ -188,15 +233,17 @@ impl KeyWorker {
     }
 
     /// The handler returned for `event` on attempt `attempt`.
-    pub(crate) fn handler_result(
+    pub(super) fn handler_result(
         &mut self,
         ctx: &StreamContext,
         event: Event,
         attempt: u32,
         result: Result<Reply, HandlerError>,
     ) -> AfterCall {
+        debug_assert!(self.busy, "a handler result for a key that had no call");
         let retry = ctx.subscription.config.retry;
         let mut ops = Vec::with_capacity(2);
+        let mut unparked = 0;
         let outcome = match result {
             Ok(reply) => {
                 self.state.last_time_micros = self.state.last_time_micros.max(event.time_micros);
@@ -212,7 +259,7 @@ impl KeyWorker {
                 return AfterCall::Retry { event, attempt: attempt + 1, delay };
             }
             Err(error) => {
-                let message = error.message().to_owned();
+                let message = cut(error.message(), PARKED_ERROR_BYTES_MAX).to_owned();
                 let parked =
                     parked_event(ctx, &event, ParkReason::Failed, Some(message.clone()), attempt);
                 ops.push(StateOp::Park(parked));
@@ -227,6 +274,7 @@ impl KeyWorker {
         };
         if ops.is_empty() && self.retried.contains(&event.position) {
             ops.push(StateOp::Unpark { stream: ctx.id.clone(), position: event.position });
+            unparked = 1;
         }
         if self.retrying_blocker == Some(event.position) {
             self.retrying_blocker = None;
@@ -237,7 +285,7 @@ impl KeyWorker {
         self.state.last_position = self.state.last_position.max(event.position);
         let done = self.done(&event, outcome);
         ops.push(self.key_op(ctx));
-        AfterCall::Finished { items: vec![done], ops }
+        AfterCall::Finished(Record { items: vec![done], ops, unparked, discarded: 0 })
     }
 
     /// Marks the event done in the key's progress (handled, or parked and skipped).
@@ -272,15 +320,18 @@ impl KeyWorker {
         }
         count_parked(ctx, items.len());
         ops.push(self.key_op(ctx));
-        Step::Finished { items, ops }
+        Step::Finished(Record { items, ops, ..Record::default() })
     }
 
     /// The waiting sequence timed out: park everything it holds.
-    pub(crate) fn expire(&mut self, ctx: &StreamContext) -> Step {
+    pub(super) fn expire(&mut self, ctx: &StreamContext) -> Step {
+        debug_assert!(!self.busy, "a busy key's sequence does not expire");
         let waiting = self.sequencer.as_mut().map(Sequencer::drain).unwrap_or_default();
         self.waiting_since = None;
         tracing::info!(stream = %ctx.id, key = self.key, parked = waiting.len(), "sequence timed out");
-        self.park(ctx, waiting, ParkReason::Timeout, None)
+        let step = self.park(ctx, waiting, ParkReason::Timeout, None);
+        self.busy = matches!(step, Step::Finished(_));
+        step
     }
 
     /// An operator retries a parked event.
@@ -295,9 +346,12 @@ impl KeyWorker {
         self.offer(ctx, event, room)
     }
 
-    /// An operator discards a parked event; if it blocked the key, the key moves on.
-    fn discard(&mut self, ctx: &StreamContext, position: u64) -> Step {
-        let mut ops = vec![StateOp::Unpark { stream: ctx.id.clone(), position }];
+    /// An operator discards a parked event (its record stays, marked discarded, so its status
+    /// keeps saying it was never handled); if it blocked the key, the key moves on.
+    fn discard(&mut self, ctx: &StreamContext, parked: ParkedEvent) -> Step {
+        let position = parked.position;
+        let discarded = ParkedEvent { discarded_at_micros: Some(now_micros()), ..parked };
+        let mut ops = vec![StateOp::Park(discarded)];
         if self.state.blocked_by == Some(position) {
             // The blocker was the key's next event: skip it in the sequence.
             self.state.blocked_by = None;
@@ -308,11 +362,11 @@ impl KeyWorker {
             self.followers_after = Some(position);
         }
         ops.push(self.key_op(ctx));
-        Step::Finished { items: Vec::new(), ops }
+        Step::Finished(Record { items: Vec::new(), ops, unparked: 1, discarded: 1 })
     }
 
     /// Queues the key's blocked followers found in storage (one page; `more` after `last`).
-    pub(crate) fn followers(&mut self, events: Vec<Event>, more_after: Option<u64>) {
+    pub(super) fn followers(&mut self, events: Vec<Event>, more_after: Option<u64>) {
         for event in events {
             self.retried.insert(event.position);
             self.replay.push_back(event);
@@ -340,12 +394,12 @@ impl KeyWorker {
     }
 
     /// The key and its state, when the worker leaves.
-    pub(crate) fn into_state(self) -> (String, KeyState) {
+    pub(super) fn into_state(self) -> (String, KeyState) {
         (self.key, self.state)
     }
 
     /// The key's name.
-    pub(crate) fn key(&self) -> &str {
+    pub(super) fn key(&self) -> &str {
         &self.key
     }
 }
@@ -356,8 +410,20 @@ fn count_parked(ctx: &StreamContext, n: usize) {
     ctx.subscription.metrics.parked.increment(n);
 }
 
+/// `text` cut to at most `max` bytes at a character boundary.
+fn cut(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// A parked-event record for `event`.
-pub(crate) fn parked_event(
+fn parked_event(
     ctx: &StreamContext,
     event: &Event,
     reason: ParkReason,
@@ -375,5 +441,6 @@ pub(crate) fn parked_event(
         error,
         attempts,
         parked_at_micros: now_micros(),
+        discarded_at_micros: None,
     }
 }

@@ -15,9 +15,19 @@ use crate::{
     storage::Storage,
 };
 
+/// A task handle that aborts the task when dropped: a stream incarnation that ends (or
+/// unwinds) takes its reader with it.
+pub(super) struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Reads `topic` from `from` on into `batches` until the receiver is gone or reading fails (the
 /// error is sent as the last batch).
-pub(crate) async fn read_events(
+pub(super) async fn read_events(
     storage: Arc<dyn Storage>,
     topic: Name,
     from: u64,
@@ -48,16 +58,8 @@ pub(crate) async fn read_events(
             }
             continue;
         }
-        let decoded: Result<Vec<Event>> = records
-            .iter()
-            .map(|r| {
-                codec::decode(&topic, r.position, &r.payload).map_err(|reason| Error::Decode {
-                    topic: topic.to_string(),
-                    position: r.position,
-                    reason,
-                })
-            })
-            .collect();
+        let decoded: Result<Vec<Event>> =
+            records.iter().map(|record| codec::decode_record(&topic, record)).collect();
         let failed = decoded.is_err();
         if batches.send(decoded).await.is_err() || failed {
             return;

@@ -1,0 +1,103 @@
+//! What the engine sees of a running stream: its status (published after every durable
+//! checkpoint and on every change of health), its inbox for operator commands, its task.
+
+use std::sync::Arc;
+
+use tokio::{
+    sync::{mpsc, oneshot, watch},
+    task::JoinHandle,
+};
+
+use crate::error::Result;
+
+/// Operator commands to a stream.
+#[derive(Debug)]
+pub(crate) enum StreamMsg {
+    /// Retry a parked event.
+    Retry { position: u64, reply: oneshot::Sender<Result<()>> },
+    /// Discard a parked event.
+    Discard { position: u64, reply: oneshot::Sender<Result<()>> },
+}
+
+/// Whether a stream runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum StreamHealth {
+    /// It reads and handles events.
+    #[default]
+    Running,
+    /// It failed transiently (its storage did) and is started again with backoff.
+    Retrying {
+        /// Restarts since it last made progress.
+        restarts: u32,
+        /// The last failure.
+        error: Arc<str>,
+    },
+    /// It cannot go on (corrupt or unavailable storage, a gap in the log, repeated panics) and
+    /// handles nothing until an operator repairs and restarts the engine.
+    Failed {
+        /// Why.
+        error: Arc<str>,
+    },
+}
+
+impl StreamHealth {
+    /// `running`, `retrying` or `failed`, as written in APIs.
+    #[must_use]
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Retrying { .. } => "retrying",
+            Self::Failed { .. } => "failed",
+        }
+    }
+
+    /// The last error, unless it runs.
+    #[must_use]
+    pub fn error(&self) -> Option<&str> {
+        match self {
+            Self::Running => None,
+            Self::Retrying { error, .. } | Self::Failed { error } => Some(error),
+        }
+    }
+}
+
+/// A stream's status.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamStatus {
+    /// Every position at or below it is resolved (handled or parked), durably.
+    pub watermark: u64,
+    /// The latest event time handled at or below the watermark (microseconds): the topic's
+    /// time mark for entity status.
+    pub max_time_micros: i64,
+    /// Checkpoints so far (changes on every checkpoint; status waiters re-check on it).
+    pub commits: u64,
+    /// The next position the stream will read.
+    pub read_position: u64,
+    /// Events read whose resolution is not yet durable.
+    pub pending: usize,
+    /// Keys with a live worker.
+    pub live_workers: usize,
+    /// Parked events waiting for an operator.
+    pub parked: u64,
+    /// Parked events an operator discarded.
+    pub discarded: u64,
+    /// Ranges of resolved positions above the watermark (how fragmented the progress is: holes
+    /// are events still waiting, e.g. a key waiting for a missing action).
+    pub done_ranges: usize,
+    /// Whether it runs.
+    pub health: StreamHealth,
+}
+
+impl StreamStatus {
+    /// Whether an event at `position` may be parked in this stream (else no need to look).
+    pub(crate) fn may_have_parked(&self) -> bool {
+        self.parked > 0 || self.discarded > 0
+    }
+}
+
+/// The engine's handle on a running stream.
+pub(crate) struct StreamHandle {
+    pub inbox: mpsc::Sender<StreamMsg>,
+    pub status: watch::Receiver<StreamStatus>,
+    pub task: JoinHandle<()>,
+}

@@ -1,0 +1,407 @@
+//! One incarnation of a stream: the task that reads a topic for a subscription and drives its
+//! keys, from the durable progress it opened with until it stops or fails.
+//!
+//! It owns, without locks: the [`Processbook`] of live key workers, the [`Calls`] in flight, the
+//! [`Timers`], and the [`Progress`] (watermark and checkpoints). Its loop takes, in priority
+//! order: shutdown, a durable checkpoint, finished handler calls, free permits, timers, operator
+//! commands, and new events — reading stops while [`STREAM_PENDING_EVENTS_MAX`] events are in
+//! progress (events waiting in reorder buffers have their own budget,
+//! [`STREAM_REORDER_EVENTS_MAX`], so waiting for a missing action never stops the reading that
+//! would bring it).
+//!
+//! Any error ends the incarnation and goes to the [supervisor](super::supervisor), which
+//! decides between a restart (from durable progress, as after a crash) and failing the stream.
+
+use std::sync::Arc;
+
+use tokio::{
+    sync::{mpsc, watch},
+    time::Instant,
+};
+
+use super::{
+    calls::{CallResult, Calls},
+    handle::{StreamHealth, StreamMsg, StreamStatus},
+    processbook::Processbook,
+    progress::{Committed, Progress},
+    reader::{AbortOnDrop, read_events},
+    timers::{Timer, Timers, later},
+    worker::{AfterCall, Item, KeyWorker, Step},
+};
+use crate::{
+    checkpoint::CommitRequest,
+    config::{Ordering, StartFrom},
+    error::{Error, Result},
+    event::Event,
+    limits::{
+        PARKED_LIST_MAX, STREAM_PENDING_EVENTS_MAX, STREAM_READ_BATCHES_MAX,
+        STREAM_REORDER_EVENTS_MAX, STREAM_TIMEOUT_RECHECK,
+    },
+    runtime::{StreamContext, read_event},
+    state::{KeyState, ParkReason},
+    waiters::Waiters,
+};
+
+/// What a stream incarnation keeps across restarts: its inbox, its published status, the
+/// shutdown signal.
+pub(super) struct StreamIo {
+    pub inbox: mpsc::Receiver<StreamMsg>,
+    pub status: watch::Sender<StreamStatus>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// One incarnation of a stream.
+pub(super) struct Stream {
+    ctx: Arc<StreamContext>,
+    checkpointer: mpsc::Sender<CommitRequest>,
+    waiters: Arc<Waiters>,
+    batches: mpsc::Receiver<Result<Vec<Event>>>,
+    _reader: AbortOnDrop,
+    progress: Progress,
+    book: Processbook,
+    calls: Calls,
+    timers: Timers,
+}
+
+impl Stream {
+    /// Loads the stream's durable progress and starts reading after its watermark.
+    pub(super) async fn open(
+        ctx: &Arc<StreamContext>,
+        checkpointer: &mpsc::Sender<CommitRequest>,
+        waiters: &Arc<Waiters>,
+    ) -> Result<Self> {
+        let storage = &ctx.storage;
+        let stored = storage.stream_state(&ctx.id).await?;
+        let (first, last) = storage.positions(&ctx.topic.name).await?;
+        let watermark = match (&stored, ctx.subscription.config.start) {
+            (Some(state), _) => state.watermark,
+            (None, StartFrom::Earliest) => 0,
+            (None, StartFrom::Latest) => last,
+        }
+        .max(first.saturating_sub(1));
+        let (parked, discarded) = count_parked(ctx).await?;
+        let progress = Progress::resume(&stored.unwrap_or_default(), watermark, parked, discarded);
+        let (batch_sender, batches) = mpsc::channel(STREAM_READ_BATCHES_MAX);
+        let reader = tokio::spawn(read_events(
+            Arc::clone(storage),
+            ctx.topic.name.clone(),
+            progress.read_position(),
+            batch_sender,
+        ));
+        tracing::info!(stream = %ctx.id, watermark, last, parked, "stream starting");
+        Ok(Self {
+            ctx: Arc::clone(ctx),
+            checkpointer: checkpointer.clone(),
+            waiters: Arc::clone(waiters),
+            batches,
+            _reader: AbortOnDrop(reader),
+            progress,
+            book: Processbook::default(),
+            calls: Calls::new(Arc::clone(&ctx.subscription)),
+            timers: Timers::default(),
+        })
+    }
+
+    /// The status this incarnation starts with.
+    pub(super) fn status(&self, commits: u64) -> StreamStatus {
+        let (parked, discarded) = self.progress.parked();
+        StreamStatus {
+            watermark: self.progress.watermark(),
+            max_time_micros: self.progress.time_mark(),
+            commits,
+            read_position: self.progress.read_position(),
+            pending: self.progress.in_progress(),
+            live_workers: self.book.len(),
+            parked,
+            discarded,
+            done_ranges: self.progress.done_ranges(),
+            health: StreamHealth::Running,
+        }
+    }
+
+    /// Runs until shutdown (`Ok`) or the first error.
+    pub(super) async fn run(mut self, io: &mut StreamIo) -> Result<()> {
+        loop {
+            let can_read =
+                self.progress.in_progress() - self.book.buffered() < STREAM_PENDING_EVENTS_MAX;
+            tokio::select! {
+                biased;
+                changed = io.shutdown.changed() => {
+                    if changed.is_err() || *io.shutdown.borrow() {
+                        return Ok(());
+                    }
+                }
+                committed = self.progress.committed() => self.on_committed(committed?, io).await?,
+                call = self.calls.next() => if let Some(call) = call? {
+                    self.on_call_result(call).await?;
+                    // Take every other finished call now: one trip round the loop per call
+                    // costs more than the call's own bookkeeping.
+                    while let Some(call) = self.calls.try_next() {
+                        self.on_call_result(call?).await?;
+                    }
+                },
+                timer = self.timers.next() => self.on_timer(timer).await?,
+                Some(message) = io.inbox.recv() => self.on_message(message).await,
+                batch = self.batches.recv(), if can_read => match batch {
+                    Some(events) => self.on_events(events?).await?,
+                    None => return Ok(()),
+                },
+            }
+            self.progress.checkpoint(&self.ctx.id, &self.checkpointer).await?;
+        }
+    }
+
+    async fn on_events(&mut self, events: Vec<Event>) -> Result<()> {
+        for event in events {
+            if !self.progress.accept(&self.ctx.id, event.position)? {
+                continue; // resolved before the restart
+            }
+            let book_key = self.book_key(&event);
+            self.ensure_worker(&book_key, &event.key).await?;
+            self.book.update(&book_key, |worker| worker.push(Item::Event(event)));
+            self.drive(&book_key).await?;
+        }
+        Ok(())
+    }
+
+    /// The processbook entry of an event: its key, or (without per-key order) the event itself.
+    fn book_key(&self, event: &Event) -> String {
+        match self.ctx.subscription.config.ordering {
+            Ordering::None => format!("#{}", event.position),
+            _ => event.key.clone(),
+        }
+    }
+
+    fn unordered(&self) -> bool {
+        self.ctx.subscription.config.ordering == Ordering::None
+    }
+
+    /// Creates the worker of `book_key` (loading the key's durable state) if it has none.
+    async fn ensure_worker(&mut self, book_key: &str, key: &str) -> Result<()> {
+        if self.book.contains(book_key) {
+            return Ok(());
+        }
+        let state = if self.unordered() {
+            KeyState::default()
+        } else if let Some(state) = self.book.take_recent(key) {
+            state
+        } else {
+            self.ctx.storage.key_state(&self.ctx.id, key).await?.unwrap_or_default()
+        };
+        let worker = KeyWorker::new(&self.ctx, key.to_owned(), state, self.unordered());
+        self.book.insert(book_key.to_owned(), worker);
+        Ok(())
+    }
+
+    /// Lets a key take its next step, as long as it is not busy.
+    async fn drive(&mut self, book_key: &str) -> Result<()> {
+        loop {
+            let room = self.book.buffered() < STREAM_REORDER_EVENTS_MAX;
+            let ctx = Arc::clone(&self.ctx);
+            let step = self.book.update(book_key, |worker| {
+                (!worker.is_busy()).then(|| worker.next_step(&ctx, room))
+            });
+            let Some(Some(step)) = step else { return Ok(()) };
+            match step {
+                Step::Call { event, attempt } => {
+                    self.calls.start(book_key.to_owned(), event, attempt);
+                    return Ok(());
+                }
+                Step::Finished(record) => {
+                    self.progress.record(book_key, record, self.waiters.any());
+                    return Ok(());
+                }
+                Step::LoadFollowers { after } => {
+                    let key = self.book.get(book_key).map(|w| w.key().to_owned());
+                    let Some(key) = key else { return Ok(()) };
+                    let (events, more) = self.followers(&key, after).await?;
+                    self.book.update(book_key, |worker| worker.followers(events, more));
+                }
+                Step::Wait => {
+                    let timeout = self.ctx.topic.config.sequence_timeout;
+                    match self.book.get(book_key).and_then(|w| w.deadline(timeout)) {
+                        Some(deadline) => self.timers.arm_timeout(book_key, deadline),
+                        None => self.book.remove_idle(book_key, !self.unordered()),
+                    }
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// One page of `key`'s parked `blocked` followers after `after`, read back from the log.
+    async fn followers(&self, key: &str, after: u64) -> Result<(Vec<Event>, Option<u64>)> {
+        let ctx = &self.ctx;
+        let page = ctx
+            .storage
+            .parked(&ctx.id.subscription, Some((ctx.id.topic.clone(), after)), PARKED_LIST_MAX)
+            .await?;
+        let more =
+            (page.len() >= PARKED_LIST_MAX).then(|| page.last().map(|p| p.position)).flatten();
+        let mut events = Vec::new();
+        for parked in page.into_iter().take_while(|p| p.topic == ctx.id.topic) {
+            if parked.key == key
+                && parked.reason == ParkReason::Blocked
+                && parked.discarded_at_micros.is_none()
+            {
+                events
+                    .push(read_event(ctx.storage.as_ref(), &ctx.id.topic, parked.position).await?);
+            }
+        }
+        Ok((events, more))
+    }
+
+    async fn on_call_result(&mut self, call: CallResult) -> Result<()> {
+        let CallResult { book_key, event, attempt, result } = call;
+        let ctx = Arc::clone(&self.ctx);
+        let after = self
+            .book
+            .update(&book_key, |worker| worker.handler_result(&ctx, event, attempt, result))
+            .ok_or_else(|| Error::Internal {
+                what: format!("no worker for key {book_key} after its handler call"),
+            })?;
+        match after {
+            AfterCall::Retry { event, attempt, delay } => {
+                self.timers.retry(delay, book_key, event, attempt);
+            }
+            AfterCall::Finished(record) => {
+                self.progress.record(&book_key, record, self.waiters.any());
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_timer(&mut self, timer: Timer) -> Result<()> {
+        match timer {
+            Timer::Retry { book_key, event, attempt } => {
+                self.calls.start(book_key, event, attempt);
+                Ok(())
+            }
+            Timer::Timeout { book_key } => self.expire(&book_key, Instant::now()).await,
+        }
+    }
+
+    /// A key's sequence timeout fired: park what waits if the deadline passed, else re-arm.
+    async fn expire(&mut self, book_key: &str, now: Instant) -> Result<()> {
+        let timeout = self.ctx.topic.config.sequence_timeout;
+        let Some(worker) = self.book.get(book_key) else { return Ok(()) };
+        match (worker.deadline(timeout), worker.is_busy()) {
+            (Some(deadline), false) if deadline <= now => {
+                let ctx = Arc::clone(&self.ctx);
+                if let Some(Step::Finished(record)) =
+                    self.book.update(book_key, |worker| worker.expire(&ctx))
+                {
+                    self.progress.record(book_key, record, self.waiters.any());
+                }
+            }
+            // Busy: look again shortly after its step is durable.
+            (Some(deadline), busy) => {
+                let at =
+                    if busy { deadline.max(later(now, STREAM_TIMEOUT_RECHECK)) } else { deadline };
+                self.timers.arm_timeout(book_key, at);
+            }
+            (None, _) => self.drive(book_key).await?,
+        }
+        Ok(())
+    }
+
+    async fn on_message(&mut self, message: StreamMsg) {
+        match message {
+            StreamMsg::Retry { position, reply } => {
+                let _ = reply.send(self.operate(position, true).await);
+            }
+            StreamMsg::Discard { position, reply } => {
+                let _ = reply.send(self.operate(position, false).await);
+            }
+        }
+    }
+
+    /// Hands an operator's retry or discard of a parked event to its key.
+    async fn operate(&mut self, position: u64, retry: bool) -> Result<()> {
+        let ctx = Arc::clone(&self.ctx);
+        let unknown = || Error::UnknownParked {
+            subscription: ctx.id.subscription.to_string(),
+            topic: ctx.id.topic.to_string(),
+            position,
+        };
+        let parked = ctx.storage.parked_event(&ctx.id, position).await?.ok_or_else(unknown)?;
+        if parked.discarded_at_micros.is_some() {
+            return Err(unknown());
+        }
+        let key = parked.key.clone();
+        let book_key = match ctx.subscription.config.ordering {
+            Ordering::None => format!("#{position}"),
+            _ => key.clone(),
+        };
+        let item = if retry {
+            Item::Retry(ctx.read_event(position).await?)
+        } else {
+            Item::Discard(parked)
+        };
+        self.ensure_worker(&book_key, &key).await?;
+        self.book.update(&book_key, |worker| worker.push(item));
+        self.drive(&book_key).await
+    }
+
+    /// A checkpoint is durable: its keys go on, waiters get their outcomes, status is published.
+    async fn on_committed(&mut self, committed: Committed, io: &mut StreamIo) -> Result<()> {
+        let Committed { watermark, time_mark, keys, outcomes } = committed;
+        for key in &keys {
+            self.book.update(key, KeyWorker::committed);
+        }
+        for key in &keys {
+            self.drive(key).await?;
+        }
+        if self.waiters.any() {
+            for (id, outcome) in &outcomes {
+                self.waiters.deliver(&self.ctx.id.subscription, id, outcome);
+            }
+        }
+        let (parked, discarded) = self.progress.parked();
+        io.status.send_modify(|status| {
+            debug_assert!(watermark >= status.watermark, "the published watermark only grows");
+            *status = StreamStatus {
+                watermark,
+                max_time_micros: time_mark,
+                commits: status.commits + 1,
+                read_position: self.progress.read_position(),
+                pending: self.progress.in_progress(),
+                live_workers: self.book.len(),
+                parked,
+                discarded,
+                done_ranges: self.progress.done_ranges(),
+                health: StreamHealth::Running,
+            };
+        });
+        let labels = [
+            ("subscription", self.ctx.id.subscription.to_string()),
+            ("topic", self.ctx.id.topic.to_string()),
+        ];
+        metrics::gauge!("inorder_live_workers", &labels).set(self.book.len() as f64);
+        metrics::gauge!("inorder_watermark", &labels).set(watermark as f64);
+        Ok(())
+    }
+}
+
+/// Counts the parked (not discarded) and the discarded events of a stream.
+async fn count_parked(ctx: &StreamContext) -> Result<(u64, u64)> {
+    let id = &ctx.id;
+    let (mut parked, mut discarded) = (0, 0);
+    let mut after = Some((id.topic.clone(), 0));
+    loop {
+        let page = ctx.storage.parked(&id.subscription, after.clone(), PARKED_LIST_MAX).await?;
+        let full = page.len() >= PARKED_LIST_MAX;
+        let mine: Vec<_> = page.iter().take_while(|p| p.topic == id.topic).collect();
+        for p in &mine {
+            if p.discarded_at_micros.is_some() {
+                discarded += 1;
+            } else {
+                parked += 1;
+            }
+        }
+        if !full || mine.len() < page.len() {
+            return Ok((parked, discarded));
+        }
+        after = mine.last().map(|p| (p.topic.clone(), p.position));
+    }
+}
