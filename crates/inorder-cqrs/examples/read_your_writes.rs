@@ -6,18 +6,14 @@
 //!
 //! Run: `cargo run -p inorder-cqrs --example read_your_writes`
 
-use std::{
-    collections::BTreeMap,
-    path::Path,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{collections::BTreeMap, path::Path, sync::Arc, time::Duration};
 
 use inorder::{Engine, EngineConfig, Event, HandlerError};
 use inorder_cqrs::{
     Aggregate, BusOptions, CommandBus, Dispatch, DomainEvent, Projection, Projector, StartMode,
     projector::follow_rebuild,
 };
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
@@ -108,7 +104,7 @@ impl Projector for PostCounts {
         }
         let decoded: PostEvent = serde_json::from_slice(&event.data)
             .map_err(|e| HandlerError::permanent(e.to_string()))?;
-        let mut rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
+        let mut rows = self.rows.lock();
         let row = rows.entry(event.key.clone()).or_default();
         match decoded {
             PostEvent::Published { title } => row.0 = title,
@@ -118,7 +114,7 @@ impl Projector for PostCounts {
     }
 
     async fn reset(&self) -> Result<(), HandlerError> {
-        self.rows.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.rows.lock().clear();
         Ok(())
     }
 }
@@ -134,7 +130,7 @@ pub async fn get_post(
     if !engine.processed_by("post_counts", "posts", seen).await? {
         return Ok((425, "Too Early: the projection has not caught up yet".into()));
     }
-    let rows = counts.rows.lock().unwrap_or_else(|e| e.into_inner());
+    let rows = counts.rows.lock();
     Ok(match rows.get(id) {
         Some((title, comments)) => (200, format!("{title}: {comments} comments")),
         None => (404, "no such post".into()),
