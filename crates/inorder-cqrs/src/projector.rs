@@ -11,7 +11,7 @@
 //! A failed projection blocks its key (`on_failure = block`): a read model that skipped an
 //! event would silently be wrong; an operator retries or discards the parked event.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use inorder::{
@@ -19,7 +19,10 @@ use inorder::{
     SubscriptionConfig,
 };
 
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    limits::REBUILD_POLL_INTERVAL,
+};
 
 /// Keeps a read model.
 #[async_trait::async_trait]
@@ -104,9 +107,6 @@ impl<P: Projector> Handler for ProjectorHandler<P> {
     }
 }
 
-/// How often [`follow_rebuild`] looks at the projection's progress.
-pub const FOLLOW_POLL: Duration = Duration::from_millis(100);
-
 /// Waits until projection `name` has processed every event that existed when called, showing
 /// a progress bar (events/s, ETA) on the terminal when `show`; returns how many events that
 /// was.
@@ -139,7 +139,7 @@ pub async fn follow_rebuild(engine: &Engine, name: &str, show: bool) -> Result<u
             bar.finish_with_message(format!("rebuilt {name}"));
             return Ok(total);
         }
-        tokio::time::sleep(FOLLOW_POLL).await;
+        tokio::time::sleep(REBUILD_POLL_INTERVAL).await;
     }
 }
 

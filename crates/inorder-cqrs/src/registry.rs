@@ -16,16 +16,16 @@ use std::{
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use crate::store::Loaded;
+use crate::{
+    limits::{EVICT_SLACK_DIVISOR, SWEEP_INTERVAL_MIN, SWEEPS_PER_IDLE_TIMEOUT},
+    store::Loaded,
+};
 
 /// One live aggregate: `None` until loaded (or after a failure made its state uncertain).
 pub(crate) struct Slot<A> {
     pub(crate) state: tokio::sync::Mutex<Option<Loaded<A>>>,
     last_used: Mutex<Instant>,
 }
-
-/// Over capacity, a further `capacity / EVICT_SLACK_DIVISOR` idle entries go with the excess.
-const EVICT_SLACK_DIVISOR: usize = 10;
 
 pub(crate) struct Registry<A> {
     live: Mutex<HashMap<String, Arc<Slot<A>>>>,
@@ -56,7 +56,7 @@ impl<A: Send + 'static> Registry<A> {
         *slot.last_used.lock() = Instant::now();
         let excess = live.len().saturating_sub(self.capacity);
         if excess > 0 {
-            // Evicting a tenth more than needed keeps the sort off most calls at capacity.
+            // Evicting some slack beyond the excess keeps the sort off most calls at capacity.
             Self::evict_lru(&mut live, excess + self.capacity / EVICT_SLACK_DIVISOR);
         }
         slot
@@ -99,7 +99,7 @@ fn idle_since<A>(slot: &Slot<A>) -> Instant {
 }
 
 async fn sweep<A: Send + 'static>(registry: Weak<Registry<A>>, idle_timeout: Duration) {
-    let every = (idle_timeout / 2).max(Duration::from_millis(10));
+    let every = (idle_timeout / SWEEPS_PER_IDLE_TIMEOUT).max(SWEEP_INTERVAL_MIN);
     loop {
         tokio::time::sleep(every).await;
         let Some(registry) = registry.upgrade() else { return };
