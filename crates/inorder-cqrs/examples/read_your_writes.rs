@@ -2,16 +2,18 @@
 //! commands; the `post_counts` projector keeps a read model of each post with its number of
 //! comments; an HTTP-style read answers `425 Too Early` while the projection has not processed
 //! the caller's last write, then `200`. Strong dispatch returns only once the projector has it.
-//! Finally the read model is rebuilt from the first event with a progress bar.
+//! Finally the read model is rebuilt from the first event; the library reports the rebuild's
+//! progress and this program draws it as a bar with events/s and ETA.
 //!
 //! Run: `cargo run -p inorder-cqrs --example read_your_writes`
 
 use std::{collections::BTreeMap, path::Path, sync::Arc, time::Duration};
 
+use indicatif::{ProgressBar, ProgressStyle};
 use inorder::{Engine, EngineConfig, Event, HandlerError};
 use inorder_cqrs::{
-    Aggregate, BusOptions, CommandBus, Dispatch, DomainEvent, Projection, Projector, StartMode,
-    projector::follow_rebuild,
+    Aggregate, BusOptions, CommandBus, Dispatch, DomainEvent, Projection, Projector,
+    RebuildProgress, StartMode, projector::follow_rebuild,
 };
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -149,6 +151,21 @@ fn start(
     projection.install(Engine::builder(config), mode)
 }
 
+/// Waits for the rebuild of projection `name`, drawing its progress on the terminal (events/s,
+/// ETA; nothing when stderr is not a terminal); returns how many events it replayed.
+pub async fn follow_rebuild_with_a_bar(engine: &Engine, name: &str) -> Result<u64, BoxError> {
+    let style =
+        ProgressStyle::with_template("{msg} {wide_bar} {pos}/{len} events ({per_sec}, ETA {eta})")?;
+    let bar = ProgressBar::new(0).with_style(style).with_message(format!("rebuilding {name}"));
+    let replayed = follow_rebuild(engine, name, |progress: RebuildProgress| {
+        bar.set_length(progress.total);
+        bar.set_position(progress.handled);
+    })
+    .await?;
+    bar.finish_with_message(format!("rebuilt {name}"));
+    Ok(replayed)
+}
+
 /// Writes, reads early and late, strong dispatch, then a rebuild; returns the answers.
 pub async fn run(dir: &Path) -> Result<Vec<(u16, String)>, BoxError> {
     let gate = Arc::new(Semaphore::new(0));
@@ -176,7 +193,7 @@ pub async fn run(dir: &Path) -> Result<Vec<(u16, String)>, BoxError> {
     let rebuilt = Arc::new(PostCounts::default());
     let projection = Projection::new("post_counts", ["posts"], Arc::clone(&rebuilt));
     let engine = start(dir, &projection, StartMode::Rebuild).start().await?;
-    let replayed = follow_rebuild(&engine, "post_counts", true).await?;
+    let replayed = follow_rebuild_with_a_bar(&engine, "post_counts").await?;
     println!("rebuilt post_counts from {replayed} events");
     answers.push(get_post(&engine, &rebuilt, "p-1", written.positions[0]).await?);
     engine.shutdown().await;

@@ -9,7 +9,7 @@
 //! - [`cross`]: [`CrossAggregate`]s — state over many keys and topics, rebuilt on start,
 //!   validating commands.
 //! - [`projector`]: [`Projection`]s keep read models, resume from their checkpoint or rebuild
-//!   from the first event.
+//!   from the first event, reporting the rebuild's [`RebuildProgress`] to a callback.
 //! - [`process`]: [`ProcessManager`]s emit events effectively once, hydrate before they accept
 //!   anything, and stop on an event out of sequence.
 //! - [`scheduler`]: the [`DailyCycler`] — `system.cycled` once per date, catching up after
@@ -35,7 +35,7 @@ pub use crate::{
     cross::{CrossAggregate, CrossStream},
     error::{CommandError, Error, Result},
     process::{Emit, ProcessHandle, ProcessManager},
-    projector::{Projection, Projector, StartMode},
+    projector::{Projection, Projector, RebuildProgress, StartMode},
     scheduler::{Clock, DailyCycler, ManualClock, SystemClock},
     store::{Loaded, Metadata},
 };
