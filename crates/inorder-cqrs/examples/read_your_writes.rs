@@ -36,7 +36,7 @@ pub enum PostCommand {
 }
 
 /// Events of a post.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PostEvent {
     /// Published.
     Published { title: String },
@@ -54,7 +54,7 @@ impl DomainEvent for PostEvent {
 }
 
 /// Why a post refuses a command.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PostError {
     /// Publish twice.
     #[error("already published")]

@@ -14,6 +14,8 @@
 //!   anything, and stop on an event out of sequence.
 //! - [`scheduler`]: the [`DailyCycler`] — `system.cycled` once per date, catching up after
 //!   downtime, on an injectable clock.
+//! - [`testing`]: [`AggregateSpec`](testing::AggregateSpec) — given events, when a command, then
+//!   these events or this refusal: an aggregate's rules tested without an engine.
 //!
 //! See `ARCHITECTURE.md` (the CQRS codemap) for how they fit on the engine.
 #![warn(missing_docs)]
@@ -28,6 +30,7 @@ pub mod projector;
 mod registry;
 pub mod scheduler;
 pub mod store;
+pub mod testing;
 
 pub use crate::{
     aggregate::{Aggregate, DomainEvent},
