@@ -4,16 +4,12 @@
 //!
 //! Run: `cargo run -p inorder-cqrs --example purchase_flow`
 
-use std::{
-    collections::BTreeMap,
-    path::Path,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{collections::BTreeMap, path::Path, sync::Arc, time::Duration};
 
 use inorder::{
     Engine, EngineConfig, Event, Ordering, Reply, SubscriptionConfig, TopicConfig, handler_fn,
 };
+use parking_lot::Mutex;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -37,7 +33,7 @@ pub async fn run(dir: &Path) -> Result<BTreeMap<String, Vec<String>>, BoxError> 
                 let seen = Arc::clone(&seen);
                 async move {
                     println!("handled {:<8} {}", event.key, event.action);
-                    let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut seen = seen.lock();
                     seen.entry(event.key.clone()).or_default().push(event.action.clone());
                     Ok(Reply::Null)
                 }
@@ -56,7 +52,7 @@ pub async fn run(dir: &Path) -> Result<BTreeMap<String, Vec<String>>, BoxError> 
         return Err("the purchases were not handled in time".into());
     }
     engine.shutdown().await;
-    let handled = handled.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let handled = handled.lock().clone();
     Ok(handled)
 }
 

@@ -2,22 +2,20 @@
 //! commands; the `post_counts` projector keeps a read model of each post with its number of
 //! comments; an HTTP-style read answers `425 Too Early` while the projection has not processed
 //! the caller's last write, then `200`. Strong dispatch returns only once the projector has it.
-//! Finally the read model is rebuilt from the first event with a progress bar.
+//! Finally the read model is rebuilt from the first event; the library reports the rebuild's
+//! progress and this program draws it as a bar with events/s and ETA.
 //!
 //! Run: `cargo run -p inorder-cqrs --example read_your_writes`
 
-use std::{
-    collections::BTreeMap,
-    path::Path,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{collections::BTreeMap, path::Path, sync::Arc, time::Duration};
 
+use indicatif::{ProgressBar, ProgressStyle};
 use inorder::{Engine, EngineConfig, Event, HandlerError};
 use inorder_cqrs::{
-    Aggregate, BusOptions, CommandBus, Dispatch, DomainEvent, Projection, Projector, StartMode,
-    projector::follow_rebuild,
+    Aggregate, BusOptions, CommandBus, Dispatch, DomainEvent, Projection, Projector,
+    RebuildProgress, StartMode, projector::follow_rebuild,
 };
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
@@ -38,7 +36,7 @@ pub enum PostCommand {
 }
 
 /// Events of a post.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PostEvent {
     /// Published.
     Published { title: String },
@@ -56,7 +54,7 @@ impl DomainEvent for PostEvent {
 }
 
 /// Why a post refuses a command.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PostError {
     /// Publish twice.
     #[error("already published")]
@@ -108,7 +106,7 @@ impl Projector for PostCounts {
         }
         let decoded: PostEvent = serde_json::from_slice(&event.data)
             .map_err(|e| HandlerError::permanent(e.to_string()))?;
-        let mut rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
+        let mut rows = self.rows.lock();
         let row = rows.entry(event.key.clone()).or_default();
         match decoded {
             PostEvent::Published { title } => row.0 = title,
@@ -118,7 +116,7 @@ impl Projector for PostCounts {
     }
 
     async fn reset(&self) -> Result<(), HandlerError> {
-        self.rows.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.rows.lock().clear();
         Ok(())
     }
 }
@@ -134,7 +132,7 @@ pub async fn get_post(
     if !engine.processed_by("post_counts", "posts", seen).await? {
         return Ok((425, "Too Early: the projection has not caught up yet".into()));
     }
-    let rows = counts.rows.lock().unwrap_or_else(|e| e.into_inner());
+    let rows = counts.rows.lock();
     Ok(match rows.get(id) {
         Some((title, comments)) => (200, format!("{title}: {comments} comments")),
         None => (404, "no such post".into()),
@@ -151,6 +149,21 @@ fn start(
         config = config.topic(topic);
     }
     projection.install(Engine::builder(config), mode)
+}
+
+/// Waits for the rebuild of projection `name`, drawing its progress on the terminal (events/s,
+/// ETA; nothing when stderr is not a terminal); returns how many events it replayed.
+pub async fn follow_rebuild_with_a_bar(engine: &Engine, name: &str) -> Result<u64, BoxError> {
+    let style =
+        ProgressStyle::with_template("{msg} {wide_bar} {pos}/{len} events ({per_sec}, ETA {eta})")?;
+    let bar = ProgressBar::new(0).with_style(style).with_message(format!("rebuilding {name}"));
+    let replayed = follow_rebuild(engine, name, |progress: RebuildProgress| {
+        bar.set_length(progress.total);
+        bar.set_position(progress.handled);
+    })
+    .await?;
+    bar.finish_with_message(format!("rebuilt {name}"));
+    Ok(replayed)
 }
 
 /// Writes, reads early and late, strong dispatch, then a rebuild; returns the answers.
@@ -180,7 +193,7 @@ pub async fn run(dir: &Path) -> Result<Vec<(u16, String)>, BoxError> {
     let rebuilt = Arc::new(PostCounts::default());
     let projection = Projection::new("post_counts", ["posts"], Arc::clone(&rebuilt));
     let engine = start(dir, &projection, StartMode::Rebuild).start().await?;
-    let replayed = follow_rebuild(&engine, "post_counts", true).await?;
+    let replayed = follow_rebuild_with_a_bar(&engine, "post_counts").await?;
     println!("rebuilt post_counts from {replayed} events");
     answers.push(get_post(&engine, &rebuilt, "p-1", written.positions[0]).await?);
     engine.shutdown().await;

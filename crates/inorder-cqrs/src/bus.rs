@@ -21,8 +21,9 @@ use crate::{
     aggregate::{Aggregate, snapshot_topic},
     error::{CommandError, Error, Result},
     limits::{
-        COMMAND_RETRIES_DEFAULT, COMMAND_RETRIES_MAX, IDLE_TIMEOUT_DEFAULT,
-        LIVE_AGGREGATES_DEFAULT, SNAPSHOT_EVERY_DEFAULT, STRONG_TIMEOUT_DEFAULT,
+        COMMAND_RETRIES_DEFAULT, COMMAND_RETRIES_MAX, CONFLICT_BACKOFF_INITIAL,
+        CONFLICT_BACKOFF_MAX, IDLE_TIMEOUT_DEFAULT, LIVE_AGGREGATES_DEFAULT,
+        SNAPSHOT_EVERY_DEFAULT, STRONG_TIMEOUT_DEFAULT,
     },
     registry::Registry,
     store::{self, Loaded, Metadata},
@@ -276,9 +277,7 @@ impl<A: Aggregate> CommandBus<A> {
                     let caught = store::catch_up(&self.engine, id, loaded).await?;
                     if caught == 0 {
                         // The winner's append is still in flight: give it a moment.
-                        let wait = 1u64 << attempts.min(6);
-                        tokio::time::sleep(Duration::from_millis(fastrand::u64(wait / 2..=wait)))
-                            .await;
+                        tokio::time::sleep(conflict_backoff(attempts)).await;
                     }
                 }
                 Err(other) => return Err(other.into()),
@@ -326,5 +325,32 @@ impl<A: Aggregate> CommandBus<A> {
     /// periodically); returns how many.
     pub fn evict_idle(&self) -> usize {
         self.registry.evict_idle()
+    }
+}
+
+/// How long a writer waits after losing race number `attempt` (1, 2, …) when there is nothing to
+/// catch up yet: [`CONFLICT_BACKOFF_INITIAL`] doubled per attempt up to [`CONFLICT_BACKOFF_MAX`],
+/// less a random part of up to half (so racing writers spread out).
+fn conflict_backoff(attempt: u32) -> Duration {
+    let doublings = attempt.saturating_sub(1).min(u32::BITS - 1);
+    let full = CONFLICT_BACKOFF_INITIAL.saturating_mul(1 << doublings).min(CONFLICT_BACKOFF_MAX);
+    let full_micros = u64::try_from(full.as_micros()).unwrap_or(u64::MAX);
+    Duration::from_micros(fastrand::u64(full_micros / 2..=full_micros))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn after_a_lost_race_the_wait_doubles_from_2_ms_up_to_64_ms_less_up_to_half() {
+        let full_millis = [(1, 2), (2, 4), (3, 8), (4, 16), (5, 32), (6, 64), (7, 64), (101, 64)];
+        for (attempt, full) in full_millis {
+            let full = Duration::from_millis(full);
+            for _ in 0..100 {
+                let wait = conflict_backoff(attempt);
+                assert!(full / 2 <= wait && wait <= full, "attempt {attempt}: {wait:?}");
+            }
+        }
     }
 }

@@ -9,11 +9,13 @@
 //! - [`cross`]: [`CrossAggregate`]s — state over many keys and topics, rebuilt on start,
 //!   validating commands.
 //! - [`projector`]: [`Projection`]s keep read models, resume from their checkpoint or rebuild
-//!   from the first event.
+//!   from the first event, reporting the rebuild's [`RebuildProgress`] to a callback.
 //! - [`process`]: [`ProcessManager`]s emit events effectively once, hydrate before they accept
 //!   anything, and stop on an event out of sequence.
 //! - [`scheduler`]: the [`DailyCycler`] — `system.cycled` once per date, catching up after
 //!   downtime, on an injectable clock.
+//! - [`testing`]: [`AggregateSpec`](testing::AggregateSpec) — given events, when a command, then
+//!   these events or this refusal: an aggregate's rules tested without an engine.
 //!
 //! See `ARCHITECTURE.md` (the CQRS codemap) for how they fit on the engine.
 #![warn(missing_docs)]
@@ -28,6 +30,7 @@ pub mod projector;
 mod registry;
 pub mod scheduler;
 pub mod store;
+pub mod testing;
 
 pub use crate::{
     aggregate::{Aggregate, DomainEvent},
@@ -35,7 +38,7 @@ pub use crate::{
     cross::{CrossAggregate, CrossStream},
     error::{CommandError, Error, Result},
     process::{Emit, ProcessHandle, ProcessManager},
-    projector::{Projection, Projector, StartMode},
+    projector::{Projection, Projector, RebuildProgress, StartMode},
     scheduler::{Clock, DailyCycler, ManualClock, SystemClock},
     store::{Loaded, Metadata},
 };

@@ -20,7 +20,7 @@
 //! backup) stops the manager with [`Error::OutOfSequence`] naming both positions; it never
 //! handles such an event silently.
 //!
-//! A handler error is retried with backoff ([`HANDLE_ATTEMPTS_MAX`] attempts), then stops the
+//! A handler error is retried with backoff ([`PROCESS_HANDLE_ATTEMPTS_MAX`] attempts), then stops the
 //! manager with [`Error::Handler`]: skipping would break the process.
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
@@ -30,13 +30,8 @@ use tokio::{sync::watch, task::JoinHandle};
 
 use crate::{
     error::{Error, Result},
-    limits::READ_BATCH_EVENTS,
+    limits::{PROCESS_HANDLE_ATTEMPTS_MAX, PROCESS_HANDLE_RETRY_DELAY_INITIAL, READ_BATCH_EVENTS},
 };
-
-/// Attempts of one `handle` call before the manager stops.
-pub const HANDLE_ATTEMPTS_MAX: u32 = 5;
-/// Delay before the second attempt (doubled for each next one).
-pub const HANDLE_RETRY_INITIAL: Duration = Duration::from_millis(50);
 
 /// An event a manager emits (the runner gives it its id, causation and correlation).
 #[derive(Debug, Clone, PartialEq)]
@@ -75,7 +70,7 @@ pub trait ProcessManager: Send + Sync + 'static {
     /// crash it runs again for the same event and state.
     ///
     /// # Errors
-    /// Retried ([`HANDLE_ATTEMPTS_MAX`] attempts), then the manager stops.
+    /// Retried ([`PROCESS_HANDLE_ATTEMPTS_MAX`] attempts), then the manager stops.
     fn handle(&self, state: &Self::State, event: &Event) -> Result<Vec<Emit>, HandlerError>;
 
     /// Folds `event` into the state (after `handle`, and during hydration).
@@ -280,8 +275,8 @@ impl<M: ProcessManager> Runner<M> {
         let emits = loop {
             match self.manager.handle(&self.state, event) {
                 Ok(emits) => break emits,
-                Err(error) if error.is_retryable() && attempt < HANDLE_ATTEMPTS_MAX => {
-                    let delay = HANDLE_RETRY_INITIAL * 2u32.pow(attempt - 1);
+                Err(error) if error.is_retryable() && attempt < PROCESS_HANDLE_ATTEMPTS_MAX => {
+                    let delay = PROCESS_HANDLE_RETRY_DELAY_INITIAL * 2u32.pow(attempt - 1);
                     tracing::warn!(manager = %self.name, position = event.position, %error, attempt, "retrying");
                     tokio::time::sleep(error.retry_delay().unwrap_or(delay)).await;
                     attempt += 1;

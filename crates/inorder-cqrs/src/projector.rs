@@ -6,20 +6,26 @@
 //! ([`StartMode::FromCheckpoint`]). [`StartMode::Rebuild`] replays the subscription from the
 //! first event: the engine resets the progress durably, then [`Projector::reset`] clears the
 //! read model, then the events flow again (see the engine's `replay`).
-//! [`follow_rebuild`] shows how far a rebuild is: a progress bar with events/s and ETA.
+//! [`follow_rebuild`] waits for a rebuild and reports how far it is ([`RebuildProgress`]) to a
+//! callback; the library draws nothing. A program shows the reports its own way (the
+//! `read_your_writes` example draws a bar with events/s and ETA), a service exports them as
+//! metrics. A callback rather than a channel: the reports matter only to whoever waits for the
+//! rebuild, and a callback reaches it on its own task without a spawned task or a buffer.
 //!
 //! A failed projection blocks its key (`on_failure = block`): a read model that skipped an
 //! event would silently be wrong; an operator retries or discards the parked event.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
-use indicatif::{ProgressBar, ProgressStyle};
 use inorder::{
     Engine, EngineBuilder, Event, FailurePolicy, Handler, HandlerContext, HandlerError, Reply,
     SubscriptionConfig,
 };
 
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    limits::REBUILD_POLL_INTERVAL,
+};
 
 /// Keeps a read model.
 #[async_trait::async_trait]
@@ -104,29 +110,46 @@ impl<P: Projector> Handler for ProjectorHandler<P> {
     }
 }
 
-/// How often [`follow_rebuild`] looks at the projection's progress.
-pub const FOLLOW_POLL: Duration = Duration::from_millis(100);
+/// How far a rebuild is, as [`follow_rebuild`] reports it to its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RebuildProgress {
+    /// Events of the rebuild the projection has processed (never more than `total`).
+    pub handled: u64,
+    /// Events the rebuild replays: every event of the projection's topics that existed when
+    /// [`follow_rebuild`] was called.
+    pub total: u64,
+}
 
-/// Waits until projection `name` has processed every event that existed when called, showing
-/// a progress bar (events/s, ETA) on the terminal when `show`; returns how many events that
-/// was.
+impl RebuildProgress {
+    /// Whether every event of the rebuild has been processed.
+    #[must_use]
+    pub fn is_done(&self) -> bool {
+        self.handled >= self.total
+    }
+}
+
+/// Waits until projection `name` has processed every event that existed when called; returns
+/// how many events that was.
+///
+/// `on_progress` hears how far it is: once at the start, then each time the projection's
+/// progress (looked at every [`REBUILD_POLL_INTERVAL`]) has moved — never twice the same; the
+/// last report is done ([`RebuildProgress::is_done`]). It runs on the caller's task between two
+/// looks, so keep it short: move a progress bar, set a gauge, log a line; `|_| {}` just waits.
 ///
 /// # Errors
 /// [`Error::Config`] for an unknown projection, engine errors.
-pub async fn follow_rebuild(engine: &Engine, name: &str, show: bool) -> Result<u64> {
+pub async fn follow_rebuild(
+    engine: &Engine,
+    name: &str,
+    mut on_progress: impl FnMut(RebuildProgress),
+) -> Result<u64> {
     let targets: Vec<(String, u64)> =
         streams(engine, name).await?.into_iter().map(|s| (s.topic, s.last_position)).collect();
     let total: u64 = targets.iter().map(|(_, last)| last).sum();
-    let bar = if show { ProgressBar::new(total) } else { ProgressBar::hidden() };
-    if let Ok(style) =
-        ProgressStyle::with_template("{msg} {wide_bar} {pos}/{len} events ({per_sec}, ETA {eta})")
-    {
-        bar.set_style(style);
-    }
-    bar.set_message(format!("rebuilding {name}"));
+    let mut reported = None;
     loop {
         let streams = streams(engine, name).await?;
-        let done: u64 = targets
+        let handled: u64 = targets
             .iter()
             .map(|(topic, target)| {
                 let watermark =
@@ -134,12 +157,15 @@ pub async fn follow_rebuild(engine: &Engine, name: &str, show: bool) -> Result<u
                 watermark.min(*target)
             })
             .sum();
-        bar.set_position(done);
-        if done >= total {
-            bar.finish_with_message(format!("rebuilt {name}"));
+        let progress = RebuildProgress { handled, total };
+        if reported != Some(progress) {
+            on_progress(progress);
+            reported = Some(progress);
+        }
+        if progress.is_done() {
             return Ok(total);
         }
-        tokio::time::sleep(FOLLOW_POLL).await;
+        tokio::time::sleep(REBUILD_POLL_INTERVAL).await;
     }
 }
 

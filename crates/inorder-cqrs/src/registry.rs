@@ -9,22 +9,23 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, Weak},
+    sync::{Arc, Weak},
     time::Duration,
 };
 
+use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use crate::store::Loaded;
+use crate::{
+    limits::{EVICT_SLACK_DIVISOR, SWEEP_INTERVAL_MIN, SWEEPS_PER_IDLE_TIMEOUT},
+    store::Loaded,
+};
 
 /// One live aggregate: `None` until loaded (or after a failure made its state uncertain).
 pub(crate) struct Slot<A> {
     pub(crate) state: tokio::sync::Mutex<Option<Loaded<A>>>,
     last_used: Mutex<Instant>,
 }
-
-/// Over capacity, a further `capacity / EVICT_SLACK_DIVISOR` idle entries go with the excess.
-const EVICT_SLACK_DIVISOR: usize = 10;
 
 pub(crate) struct Registry<A> {
     live: Mutex<HashMap<String, Arc<Slot<A>>>>,
@@ -45,17 +46,17 @@ impl<A: Send + 'static> Registry<A> {
 
     /// The slot of `id`, created empty if it is not live.
     pub(crate) fn get(&self, id: &str) -> Arc<Slot<A>> {
-        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        let mut live = self.live.lock();
         let slot = Arc::clone(live.entry(id.to_owned()).or_insert_with(|| {
             Arc::new(Slot {
                 state: tokio::sync::Mutex::new(None),
                 last_used: Mutex::new(Instant::now()),
             })
         }));
-        *slot.last_used.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        *slot.last_used.lock() = Instant::now();
         let excess = live.len().saturating_sub(self.capacity);
         if excess > 0 {
-            // Evicting a tenth more than needed keeps the sort off most calls at capacity.
+            // Evicting some slack beyond the excess keeps the sort off most calls at capacity.
             Self::evict_lru(&mut live, excess + self.capacity / EVICT_SLACK_DIVISOR);
         }
         slot
@@ -63,13 +64,13 @@ impl<A: Send + 'static> Registry<A> {
 
     /// How many aggregates are live.
     pub(crate) fn len(&self) -> usize {
-        self.live.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.live.lock().len()
     }
 
     /// Evicts the entries idle for the idle timeout; returns how many.
     pub(crate) fn evict_idle(&self) -> usize {
         let now = Instant::now();
-        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        let mut live = self.live.lock();
         let before = live.len();
         live.retain(|_, slot| in_use(slot) || idle_since(slot) + self.idle_timeout > now);
         before - live.len()
@@ -94,11 +95,11 @@ fn in_use<A>(slot: &Arc<Slot<A>>) -> bool {
 }
 
 fn idle_since<A>(slot: &Slot<A>) -> Instant {
-    *slot.last_used.lock().unwrap_or_else(|e| e.into_inner())
+    *slot.last_used.lock()
 }
 
 async fn sweep<A: Send + 'static>(registry: Weak<Registry<A>>, idle_timeout: Duration) {
-    let every = (idle_timeout / 2).max(Duration::from_millis(10));
+    let every = (idle_timeout / SWEEPS_PER_IDLE_TIMEOUT).max(SWEEP_INTERVAL_MIN);
     loop {
         tokio::time::sleep(every).await;
         let Some(registry) = registry.upgrade() else { return };
@@ -138,7 +139,7 @@ mod tests {
         drop(registry.get("a")); // a is now the most recent
         tokio::time::sleep(Duration::from_millis(2)).await;
         drop(registry.get("c"));
-        let live = registry.live.lock().unwrap_or_else(|e| e.into_inner());
+        let live = registry.live.lock();
         let mut ids: Vec<_> = live.keys().cloned().collect();
         ids.sort();
         assert_eq!(ids, ["a", "c"]);

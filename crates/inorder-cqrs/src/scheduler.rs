@@ -14,7 +14,7 @@
 //! - **Catch-up, in order.** A run finds the last cycled date (once per process, by scanning the
 //!   topic; then from memory) and publishes every due date after it in ascending order, so an
 //!   outage of five days produces five events on restart, oldest first. At most
-//!   [`CATCH_UP_DATES_MAX`] dates are published per run; the spawned loop continues at once with
+//!   [`CYCLER_CATCH_UP_DATES_MAX`] dates are published per run; the spawned loop continues at once with
 //!   the rest. A cycler that has never cycled starts at [`DailyCyclerConfig::first_date`], or
 //!   else at the latest due date only — it does not replay history since the epoch.
 //! - **No overlap.** Runs of one cycler are serialised, and the spawned loop schedules the next
@@ -42,7 +42,10 @@ use tracing::Instrument;
 
 use crate::{
     error::{Error, Result},
-    limits::READ_BATCH_EVENTS,
+    limits::{
+        CYCLER_CATCH_UP_DATES_MAX, CYCLER_CHECK_EVERY_DEFAULT, CYCLER_HOUR_DEFAULT,
+        CYCLER_HOUR_MAX, CYCLER_TOPIC_DEFAULT, READ_BATCH_EVENTS,
+    },
 };
 
 /// The action of the daily event.
@@ -53,21 +56,6 @@ pub const CYCLER_KEY: &str = "daily-cycler";
 pub const CYCLED_ID_PREFIX: &str = "system.cycled/";
 /// The CloudEvents `source` of the daily events.
 pub const CYCLER_SOURCE: &str = "inorder-cqrs/daily-cycler";
-/// The topic the daily events go to unless configured.
-pub const TOPIC_DEFAULT: &str = "system";
-/// The local hour a date is due at unless configured (midnight).
-pub const HOUR_DEFAULT: i8 = 0;
-/// The largest configurable hour.
-pub const HOUR_MAX: i8 = 23;
-/// How often the spawned loop checks for due dates unless configured.
-pub const CHECK_EVERY_DEFAULT: Duration = Duration::from_secs(60 * 60);
-/// The most dates one run publishes; a longer backlog continues in the next run (the spawned
-/// loop starts it at once). A year of downtime fits one run.
-pub const CATCH_UP_DATES_MAX: usize = 366;
-
-const _: () = assert!(READ_BATCH_EVENTS <= inorder::limits::STREAM_READ_RECORDS_MAX);
-const _: () = assert!(READ_BATCH_EVENTS > 0 && CATCH_UP_DATES_MAX >= 366);
-const _: () = assert!(HOUR_DEFAULT >= 0 && HOUR_DEFAULT <= HOUR_MAX);
 
 /// The source of "now" and of waiting, injectable so that tests control time.
 #[async_trait::async_trait]
@@ -201,16 +189,16 @@ impl Drop for Registered<'_> {
 /// What [`DailyCycler`] publishes, where, and when. Build from [`Default`] with the setters.
 #[derive(Debug, Clone)]
 pub struct DailyCyclerConfig {
-    /// The topic of the daily events (default [`TOPIC_DEFAULT`]). The engine must accept it:
+    /// The topic of the daily events (default [`CYCLER_TOPIC_DEFAULT`]). The engine must accept it:
     /// declared with action `system.cycled` allowed, or auto-created.
     pub topic: String,
-    /// The local hour, `0..=23`, at which a date becomes due (default [`HOUR_DEFAULT`]).
+    /// The local hour, `0..=23`, at which a date becomes due (default [`CYCLER_HOUR_DEFAULT`]).
     pub hour: i8,
     /// The time zone the date and the hour are read in (default UTC). Use an IANA zone
     /// (`TimeZone::get("Europe/Paris")`) rather than a fixed offset to follow DST.
     pub time_zone: TimeZone,
     /// How long the spawned loop waits after a run completes before checking again (default
-    /// [`CHECK_EVERY_DEFAULT`]). The lag between a date becoming due and its event is at most
+    /// [`CYCLER_CHECK_EVERY_DEFAULT`]). The lag between a date becoming due and its event is at most
     /// this plus the run time.
     pub check_every: Duration,
     /// The first date to cycle when none was ever cycled (and no date before it is ever
@@ -221,10 +209,10 @@ pub struct DailyCyclerConfig {
 impl Default for DailyCyclerConfig {
     fn default() -> Self {
         Self {
-            topic: TOPIC_DEFAULT.to_owned(),
-            hour: HOUR_DEFAULT,
+            topic: CYCLER_TOPIC_DEFAULT.to_owned(),
+            hour: CYCLER_HOUR_DEFAULT,
             time_zone: TimeZone::UTC,
-            check_every: CHECK_EVERY_DEFAULT,
+            check_every: CYCLER_CHECK_EVERY_DEFAULT,
             first_date: None,
         }
     }
@@ -272,9 +260,9 @@ impl DailyCyclerConfig {
     /// [`Error::Config`] for an hour outside `0..=23`, a zero `check_every`, an invalid topic
     /// name, or a `first_date` whose due instant is out of range.
     pub fn validate(&self) -> Result<()> {
-        if !(0..=HOUR_MAX).contains(&self.hour) {
+        if !(0..=CYCLER_HOUR_MAX).contains(&self.hour) {
             return Err(Error::Config(format!(
-                "daily cycler: hour {} is not in 0..={HOUR_MAX}",
+                "daily cycler: hour {} is not in 0..={CYCLER_HOUR_MAX}",
                 self.hour
             )));
         }
@@ -372,7 +360,7 @@ impl DailyCycler {
         &self.config
     }
 
-    /// Publishes every due date not cycled yet, ascending (at most [`CATCH_UP_DATES_MAX`]);
+    /// Publishes every due date not cycled yet, ascending (at most [`CYCLER_CATCH_UP_DATES_MAX`]);
     /// returns the dates this call published itself. Dates someone else cycled meanwhile are
     /// skipped. Concurrent calls on one cycler run one after the other.
     ///
@@ -440,12 +428,12 @@ impl DailyCycler {
         };
         let mut attempted = 0;
         while date <= latest_due {
-            if attempted == CATCH_UP_DATES_MAX {
+            if attempted == CYCLER_CATCH_UP_DATES_MAX {
                 tracing::warn!(
                     topic = %self.config.topic,
                     next = %date,
                     %latest_due,
-                    "daily cycler: more than {CATCH_UP_DATES_MAX} dates due; continuing in the next run"
+                    "daily cycler: more than {CYCLER_CATCH_UP_DATES_MAX} dates due; continuing in the next run"
                 );
                 run.behind = true;
                 break;

@@ -19,7 +19,10 @@ use serde::{Deserialize, Serialize};
 use crate::{
     aggregate::{Aggregate, DomainEvent, snapshot_topic},
     error::{Error, Result},
-    limits::{AGGREGATE_ID_BYTES_MAX, SNAPSHOT_LOOKUP_SLOTS, STREAM_LOOKUP_VERSIONS},
+    limits::{
+        AGGREGATE_ID_BYTES_MAX, INVALID_ID_QUOTED_CHARS_MAX, SNAPSHOT_LOOKUP_SLOTS,
+        STREAM_LOOKUP_VERSIONS,
+    },
 };
 
 /// An aggregate's state at a version.
@@ -65,7 +68,7 @@ pub(crate) fn check_id(id: &str) -> Result<()> {
     } else {
         return Ok(());
     };
-    Err(Error::InvalidId { id: id.chars().take(64).collect(), reason })
+    Err(Error::InvalidId { id: id.chars().take(INVALID_ID_QUOTED_CHARS_MAX).collect(), reason })
 }
 
 fn stream_name<A: Aggregate>(id: &str) -> String {

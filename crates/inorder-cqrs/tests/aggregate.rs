@@ -1,4 +1,5 @@
-//! Aggregates and the command bus: validation before append, rebuilding from events, optimistic
+//! Aggregates and the command bus: the `Account` rules as given/when/then specs (no engine),
+//! then through the bus — validation before append, rebuilding from events, optimistic
 //! concurrency with bounded retries, snapshots and their schema, the registry, dispatch
 //! consistency.
 
@@ -11,14 +12,57 @@ use std::{
     time::Duration,
 };
 
-use common::{APPLIED, Account, AccountCommand::*, AccountError, AccountEvent, config, start};
+use common::{
+    APPLIED, Account,
+    AccountCommand::*,
+    AccountError::{self, InsufficientFunds, ZeroAmount},
+    AccountEvent::{self, Deposited, Granted},
+    config, start,
+};
 use inorder::{Engine, HandlerError, Reply, SubscriptionConfig, handler_fn};
 use inorder_cqrs::{
     Aggregate, BusOptions, CommandBus, CommandError, Dispatch, Error, aggregate::snapshot_topic,
+    testing::AggregateSpec,
 };
 
 fn bus(engine: &Engine) -> CommandBus<Account> {
     CommandBus::new(engine.clone(), BusOptions::default()).unwrap()
+}
+
+type AccountSpec = AggregateSpec<Account>;
+
+#[test]
+fn spec_a_new_account_takes_a_deposit() {
+    AccountSpec::given_no_events().when(Deposit(50)).then_expect_events([Deposited { amount: 50 }]);
+}
+
+#[test]
+fn spec_a_grant_within_the_funds_is_granted() {
+    AccountSpec::given([Deposited { amount: 50 }])
+        .when(Grant(30))
+        .then_expect_events([Granted { amount: 30 }]);
+    AccountSpec::given([Deposited { amount: 50 }, Granted { amount: 30 }])
+        .when(Grant(20))
+        .then_expect_events([Granted { amount: 20 }]);
+}
+
+#[test]
+fn spec_a_grant_with_insufficient_funds_is_refused_naming_what_is_available() {
+    AccountSpec::given([Deposited { amount: 50 }])
+        .when(Grant(80))
+        .then_expect_error(InsufficientFunds { available: 50, requested: 80 });
+    AccountSpec::given([Deposited { amount: 100 }, Granted { amount: 60 }])
+        .when(Grant(50))
+        .then_expect_error(InsufficientFunds { available: 40, requested: 50 });
+    AccountSpec::given_no_events()
+        .when(Grant(1))
+        .then_expect_error_message("insufficient funds: 0 available, 1 requested");
+}
+
+#[test]
+fn spec_zero_amounts_are_refused() {
+    AccountSpec::given_no_events().when(Deposit(0)).then_expect_error(ZeroAmount);
+    AccountSpec::given([Deposited { amount: 50 }]).when(Grant(0)).then_expect_error(ZeroAmount);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

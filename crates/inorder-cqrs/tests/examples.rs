@@ -1,4 +1,5 @@
 //! Every example runs here, and its outcome is checked: the examples are part of the contract.
+//! The `Post` aggregate of `read_your_writes` also has its rules checked as given/when/then specs.
 
 #![allow(clippy::unwrap_used, dead_code, missing_docs)]
 
@@ -10,6 +11,14 @@ mod membership;
 mod purchase_flow;
 #[path = "../examples/read_your_writes.rs"]
 mod read_your_writes;
+
+use inorder_cqrs::testing::AggregateSpec;
+use read_your_writes::{
+    Post,
+    PostCommand::*,
+    PostError::{AlreadyPublished, NotPublished},
+    PostEvent::*,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn purchase_flow_handles_each_users_actions_in_the_topics_order() {
@@ -61,4 +70,27 @@ async fn read_your_writes_answers_425_until_the_projection_caught_up_then_200() 
     assert_eq!(answers[1].1, "Hello: 1 comments");
     assert_eq!(answers[2].1, "Hello: 2 comments", "strong dispatch: the write is visible");
     assert_eq!(answers[3].1, "Hello: 2 comments", "the rebuilt read model is the same");
+}
+
+type PostSpec = AggregateSpec<Post>;
+
+#[test]
+fn spec_a_new_post_is_published_with_its_title() {
+    PostSpec::given_no_events()
+        .when(Publish("Hello".into()))
+        .then_expect_events([Published { title: "Hello".into() }]);
+}
+
+#[test]
+fn spec_a_published_post_takes_comments_but_is_not_published_again() {
+    let published = || PostSpec::given([Published { title: "Hello".into() }]);
+    published()
+        .when(Comment("first!".into()))
+        .then_expect_events([Commented { text: "first!".into() }]);
+    published().when(Publish("Hello again".into())).then_expect_error(AlreadyPublished);
+}
+
+#[test]
+fn spec_a_post_that_was_never_published_takes_no_comment() {
+    PostSpec::given_no_events().when(Comment("first!".into())).then_expect_error(NotPublished);
 }

@@ -9,9 +9,8 @@ use std::{future::Future, sync::Arc, time::Duration};
 use inorder::{Engine, EngineConfig, Event, FsyncPolicy};
 use inorder_cqrs::{
     Clock, DailyCycler, Error, ManualClock,
-    scheduler::{
-        CATCH_UP_DATES_MAX, CYCLED_ACTION, CYCLER_KEY, CYCLER_SOURCE, DailyCyclerConfig, cycled_id,
-    },
+    limits::CYCLER_CATCH_UP_DATES_MAX,
+    scheduler::{CYCLED_ACTION, CYCLER_KEY, CYCLER_SOURCE, DailyCyclerConfig, cycled_id},
 };
 use jiff::{Timestamp, civil::Date, tz::TimeZone};
 
@@ -292,10 +291,10 @@ async fn a_backlog_longer_than_one_run_allows_continues_in_order() {
     let clock = ManualClock::new(instant("2024-02-05T00:00:00Z"));
     let config = DailyCyclerConfig::default().first_date(date("2022-01-01"));
     let all = dates("2022-01-01", "2024-02-05");
-    assert!(all.len() > 2 * CATCH_UP_DATES_MAX, "the loop needs more than one run");
+    assert!(all.len() > 2 * CYCLER_CATCH_UP_DATES_MAX, "the loop needs more than one run");
 
     let first_run = cycler(&engine, config.clone(), &clock).run_once().await.unwrap();
-    assert_eq!(first_run, all[..CATCH_UP_DATES_MAX], "the oldest dates first");
+    assert_eq!(first_run, all[..CYCLER_CATCH_UP_DATES_MAX], "the oldest dates first");
     // The loop does not wait a check period while behind: it is done before it first sleeps.
     let handle = cycler(&engine, config, &clock).spawn();
     within("the catch-up", clock.until_sleepers(1)).await;
