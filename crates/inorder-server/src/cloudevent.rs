@@ -23,6 +23,8 @@ mod members;
 
 use members::{Items, Members};
 
+use crate::limits::{EVENT_CORE_MEMBERS_MAX, EVENT_SOURCE_DEFAULT};
+
 /// Why a request is not a CloudEvent (answered 400 `invalid-cloudevent`).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -31,8 +33,6 @@ pub struct InvalidEvent(pub String);
 fn invalid(message: impl Into<String>) -> InvalidEvent {
     InvalidEvent(message.into())
 }
-
-const DEFAULT_SOURCE: &str = "/inorder";
 
 /// Attributes with a meaning of their own (not kept as extensions), in the order
 /// `from_members` unpacks them.
@@ -48,6 +48,11 @@ const CORE: [&str; 10] = [
     "data",
     "data_base64",
 ];
+
+/// Extensions with a meaning of their own (they fill the event's fields).
+const MAPPED_EXTENSIONS: [&str; 4] = ["partitionkey", "sequence", "correlationid", "causationid"];
+
+const _: () = assert!(CORE.len() + MAPPED_EXTENSIONS.len() <= EVENT_CORE_MEMBERS_MAX);
 
 /// One event in structured mode.
 ///
@@ -220,7 +225,7 @@ impl Parts<'_> {
     fn build(self) -> Result<Event, InvalidEvent> {
         let mut key = self.subject.clone().unwrap_or_default();
         let mut builder: EventBuilder = Event::builder(self.topic, String::new(), self.action)
-            .source(self.source.unwrap_or_else(|| DEFAULT_SOURCE.to_owned()))
+            .source(self.source.unwrap_or_else(|| EVENT_SOURCE_DEFAULT.to_owned()))
             .data(self.data, self.content_type);
         if let Some(id) = self.id {
             builder = builder.id(id);

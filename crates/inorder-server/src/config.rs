@@ -29,19 +29,10 @@ mod postgres;
 
 use self::postgres::sink_config;
 pub use self::postgres::{PostgresSinkFile, StorageChoice, StorageFile};
-
-/// Default address the server listens on.
-pub const LISTEN_DEFAULT: &str = "127.0.0.1:7070";
-/// Default data directory.
-pub const DATA_DIR_DEFAULT: &str = "./inorder-data";
-/// Default largest request body.
-pub const BODY_LIMIT_DEFAULT: &str = "1MiB";
-/// Default lease of a pulled event before it is redelivered.
-pub const LEASE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
-/// Default attempts of a pulled event before it is parked.
-pub const PULL_MAX_ATTEMPTS_DEFAULT: u32 = 5;
-/// Default publish requests handled at once before the server answers 503.
-pub const PUBLISH_IN_FLIGHT_DEFAULT: usize = 1024;
+use crate::limits::{
+    BODY_LIMIT_BYTES_DEFAULT, DATA_DIR_DEFAULT, LEASE_TIMEOUT_DEFAULT, LISTEN_DEFAULT,
+    PUBLISH_IN_FLIGHT_DEFAULT, PULL_MAX_ATTEMPTS_DEFAULT,
+};
 
 /// The file as written.
 #[derive(Debug, Deserialize, Default)]
@@ -216,7 +207,7 @@ impl ServerConfig {
 
     fn from_file(file: FileConfig, embedded: bool) -> anyhow::Result<Self> {
         let data_dir = file.data_dir.unwrap_or_else(|| PathBuf::from(DATA_DIR_DEFAULT));
-        let listen_text = file.listen.unwrap_or_else(|| LISTEN_DEFAULT.to_owned());
+        let listen_text = file.listen.unwrap_or_else(|| LISTEN_DEFAULT.to_string());
         let listen = listen_text
             .parse()
             .with_context(|| format!("listen: {listen_text:?} is not an address"))?;
@@ -231,7 +222,7 @@ impl ServerConfig {
             None => LEASE_TIMEOUT_DEFAULT,
         };
         let body_limit_bytes = match &file.body_limit {
-            None => byte_size(BODY_LIMIT_DEFAULT)?,
+            None => BODY_LIMIT_BYTES_DEFAULT,
             Some(toml::Value::Integer(n)) => {
                 usize::try_from(*n).context("body_limit must be positive")?
             }

@@ -25,6 +25,8 @@ use axum::{
 };
 use serde_json::json;
 
+use crate::limits::RETRY_AFTER_SECONDS;
+
 /// The base of every problem type URI.
 pub const TYPE_BASE: &str = "https://inorder.dev/problems/";
 
@@ -174,9 +176,9 @@ impl From<inorder::Error> for Problem {
             E::Log(ref log)
                 if matches!(log, inorder::LogError::Latched { .. } | inorder::LogError::Closed) =>
             {
-                Self::overloaded(detail, 1)
+                Self::overloaded(detail, RETRY_AFTER_SECONDS)
             }
-            E::Stopped => Self::overloaded(detail, 1),
+            E::Stopped => Self::overloaded(detail, RETRY_AFTER_SECONDS),
             E::Log(_) | E::State(_) | E::Decode { .. } | E::InvalidConfig { .. } => {
                 tracing::error!(%detail, "internal error");
                 Self::internal(detail)

@@ -29,8 +29,7 @@ use tokio::{
     time::Instant,
 };
 
-/// Most events one pull may lease.
-pub const PULL_MAX: usize = 1000;
+use crate::limits::PULL_EVENTS_MAX;
 
 /// What a consumer decided about a leased event.
 #[derive(Debug)]
@@ -119,12 +118,12 @@ impl PullQueue {
             let notified = self.offered.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let leased = self.take(max.clamp(1, PULL_MAX));
+            let leased = self.take(max.clamp(1, PULL_EVENTS_MAX));
             if !leased.is_empty() || Instant::now() >= deadline {
                 return leased;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return self.take(max.clamp(1, PULL_MAX));
+                return self.take(max.clamp(1, PULL_EVENTS_MAX));
             }
         }
     }

@@ -27,10 +27,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use subtle::ConstantTimeEq;
 use tokio::sync::{Semaphore, watch};
 
-use crate::{problem::Problem, pull::PullQueue};
-
-/// Longest any request may wait (status and pull long-polls).
-pub const HTTP_WAIT_MAX: Duration = Duration::from_secs(30);
+use crate::{limits::HTTP_WAIT_MAX, problem::Problem, pull::PullQueue};
 
 /// What every handler shares.
 pub struct AppState {

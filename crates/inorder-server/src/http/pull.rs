@@ -13,8 +13,9 @@ use serde_json::json;
 use super::{AppState, body, json_body, name, stopped, wait};
 use crate::{
     cloudevent,
+    limits::{PULL_EVENTS_DEFAULT, PULL_EVENTS_MAX},
     problem::Problem,
-    pull::{PULL_MAX, PullQueue},
+    pull::PullQueue,
 };
 
 /// Body of `pull`.
@@ -59,9 +60,9 @@ pub async fn pull(
     let raw = body(raw)?;
     let request: PullRequest =
         if raw.is_empty() { PullRequest { max: None, wait: None } } else { json_body(&raw)? };
-    let max = request.max.unwrap_or(10);
-    if max == 0 || max > PULL_MAX {
-        return Err(Problem::invalid_request(format!("max must be within 1..={PULL_MAX}")));
+    let max = request.max.unwrap_or(PULL_EVENTS_DEFAULT);
+    if max == 0 || max > PULL_EVENTS_MAX {
+        return Err(Problem::invalid_request(format!("max must be within 1..={PULL_EVENTS_MAX}")));
     }
     let wait = wait(request.wait.as_deref())?;
     let leased = tokio::select! {

@@ -1,0 +1,92 @@
+//! Every limit and default of the server, named, with its unit last, in one place.
+
+use std::{
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    time::Duration,
+};
+
+use inorder::limits::{PARKED_LIST_MAX, WAIT_MAX};
+
+// HTTP
+
+/// Longest wait a request may ask for: `wait` of the status, read and pull routes (longer ones
+/// are cut to it); the wait also ends early when the server stops.
+pub const HTTP_WAIT_MAX: Duration = Duration::from_secs(30);
+/// Events one pull leases when its body names no `max`.
+pub const PULL_EVENTS_DEFAULT: usize = 10;
+/// Most events one pull may lease.
+pub const PULL_EVENTS_MAX: usize = 1000;
+/// Events one read of a topic returns when its query names no `limit`.
+pub const READ_EVENTS_DEFAULT: usize = 100;
+/// Most events one read of a topic returns.
+pub const READ_EVENTS_MAX: usize = 1000;
+/// Parked events one listing returns when its query names no `limit` (the most is the engine's
+/// [`PARKED_LIST_MAX`]).
+pub const PARKED_LIST_DEFAULT: usize = 100;
+/// `Retry-After` of a `425 Too Early` and of a `503 overloaded`, in seconds.
+pub const RETRY_AFTER_SECONDS: u64 = 1;
+
+// Structured CloudEvents
+
+/// Members of a structured event with a meaning of their own (`specversion`, `id`, `data`, …,
+/// `partitionkey`, `sequence`), with room to spare.
+pub const EVENT_CORE_MEMBERS_MAX: usize = 16;
+/// Most members of one structured event: the core attributes and the most extensions.
+pub const EVENT_MEMBERS_MAX: usize = EVENT_CORE_MEMBERS_MAX + inorder::limits::EVENT_EXTENSIONS_MAX;
+/// Events of a batch allocated for before they are read (the array's length is not known
+/// until its end; the most is the engine's `PUBLISH_BATCH_EVENTS_MAX`).
+pub const BATCH_EVENTS_PREALLOCATED: usize = 128;
+/// `source` of an event published without one.
+pub const EVENT_SOURCE_DEFAULT: &str = "/inorder";
+
+// Configuration (`inorder.toml`)
+
+/// Address the server listens on by default.
+pub const LISTEN_DEFAULT: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 7070));
+/// Data directory by default.
+pub const DATA_DIR_DEFAULT: &str = "./inorder-data";
+/// Largest request body by default (`body_limit`), in bytes; larger bodies get 413.
+pub const BODY_LIMIT_BYTES_DEFAULT: usize = 1 << 20;
+/// Publish requests handled at once by default (`publish_in_flight`); more get 503.
+pub const PUBLISH_IN_FLIGHT_DEFAULT: usize = 1024;
+/// Lease of a pulled event by default (`lease_timeout`): un-acked longer, it is redelivered.
+pub const LEASE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
+/// Attempts of a pulled event before it is parked, by default (`max_attempts`).
+pub const PULL_MAX_ATTEMPTS_DEFAULT: u32 = 5;
+
+// CLI
+
+/// Server the CLI talks to by default: the one [`LISTEN_DEFAULT`] starts.
+pub const SERVER_URL_DEFAULT: &str = "http://127.0.0.1:7070";
+/// Events `inorder publish` sends per request when reading stdin.
+pub const PUBLISH_STDIN_BATCH_EVENTS: usize = 100;
+/// Events `inorder tail` asks for per request.
+pub const TAIL_READ_EVENTS: usize = 500;
+/// How long one request of `inorder tail --follow` waits for new events.
+pub const TAIL_FOLLOW_WAIT: Duration = Duration::from_secs(10);
+/// Users of `inorder demo` by default.
+pub const DEMO_USERS_DEFAULT: usize = 3;
+/// Most users of `inorder demo`.
+pub const DEMO_USERS_MAX: usize = 64;
+/// How long the demo's handler works on one event (so that keys visibly interleave).
+pub const DEMO_HANDLER_DELAY: Duration = Duration::from_millis(15);
+/// How long the demo waits for every event to be processed.
+pub const DEMO_TIMEOUT: Duration = Duration::from_secs(30);
+
+const _: () = assert!(HTTP_WAIT_MAX.as_secs() <= WAIT_MAX.as_secs(), "the engine would cut it");
+const _: () = assert!(TAIL_FOLLOW_WAIT.as_secs() <= HTTP_WAIT_MAX.as_secs());
+const _: () = assert!(PULL_EVENTS_DEFAULT <= PULL_EVENTS_MAX);
+const _: () =
+    assert!(READ_EVENTS_DEFAULT <= READ_EVENTS_MAX && TAIL_READ_EVENTS <= READ_EVENTS_MAX);
+const _: () = assert!(PARKED_LIST_DEFAULT <= PARKED_LIST_MAX);
+const _: () = assert!(DEMO_USERS_DEFAULT <= DEMO_USERS_MAX);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cli_talks_to_the_default_listen_address() {
+        assert_eq!(SERVER_URL_DEFAULT, format!("http://{LISTEN_DEFAULT}"));
+    }
+}
