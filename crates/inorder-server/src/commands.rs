@@ -2,7 +2,7 @@
 
 use std::{
     io::{BufRead, IsTerminal},
-    sync::{Arc, Mutex},
+    sync::Arc,
 };
 
 use anyhow::{Context, bail};
@@ -11,6 +11,7 @@ use inorder::{
     Engine, EngineConfig, Event, Ordering, Reply, SubscriptionConfig, TopicConfig, handler_fn,
     limits::PARKED_LIST_MAX,
 };
+use parking_lot::Mutex;
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -287,10 +288,7 @@ pub async fn demo(users: usize) -> anyhow::Result<()> {
                 "  handled    {:<8} {:<15} (position {})",
                 event.key, event.action, event.position
             );
-            recorded
-                .lock()
-                .map_err(|e| e.to_string())?
-                .push((event.key.clone(), event.action.clone()));
+            recorded.lock().push((event.key.clone(), event.action.clone()));
             tokio::time::sleep(DEMO_HANDLER_DELAY).await;
             Ok(Reply::Null)
         }
@@ -319,7 +317,7 @@ pub async fn demo(users: usize) -> anyhow::Result<()> {
         bail!("the demo did not finish in {}", humantime::format_duration(DEMO_TIMEOUT));
     }
     println!("Order each user's handler saw:");
-    let seen = seen.lock().map_err(|e| anyhow::anyhow!("{e}"))?.clone();
+    let seen = seen.lock().clone();
     let mut all_in_order = true;
     let mut keys: Vec<&String> = seen.iter().map(|(k, _)| k).collect();
     keys.sort();

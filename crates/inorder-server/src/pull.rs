@@ -19,11 +19,12 @@
 use std::{
     cmp::Reverse,
     collections::{BinaryHeap, HashMap, VecDeque},
-    sync::{Arc, Mutex, MutexGuard},
+    sync::Arc,
     time::Duration,
 };
 
 use inorder::{Event, Handler, HandlerContext, HandlerError, Reply};
+use parking_lot::{Mutex, MutexGuard};
 use tokio::{
     sync::{Notify, oneshot},
     time::Instant,
@@ -108,7 +109,7 @@ impl PullQueue {
     }
 
     fn lock(&self) -> MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.queue.lock()
     }
 
     /// Leases up to `max` offered events, waiting up to `wait` for the first.
