@@ -272,10 +272,20 @@ impl Parts<'_> {
     }
 }
 
+/// The essence of a media type: `application/json` of `application/json; charset=utf-8`. Media
+/// types are case-insensitive: compare it with `eq_ignore_ascii_case`.
+pub(crate) fn media_type_essence(media_type: &str) -> &str {
+    media_type.split(';').next().unwrap_or_default().trim()
+}
+
+/// Whether data of this content type is JSON (no content type is JSON, as CloudEvents says).
 fn is_json(content_type: Option<&str>) -> bool {
-    content_type.is_none_or(|t| {
-        let essence = t.split(';').next().unwrap_or_default().trim();
-        essence == "application/json" || essence.ends_with("+json") || essence == "text/json"
+    content_type.is_none_or(|media_type| {
+        let essence = media_type_essence(media_type);
+        let suffix = essence.len().checked_sub("+json".len()).and_then(|at| essence.get(at..));
+        essence.eq_ignore_ascii_case("application/json")
+            || essence.eq_ignore_ascii_case("text/json")
+            || suffix.is_some_and(|suffix| suffix.eq_ignore_ascii_case("+json"))
     })
 }
 
@@ -380,6 +390,20 @@ mod tests {
         assert_eq!(out["position"], 0);
         out.as_object_mut().unwrap().remove("position");
         assert_eq!(out, body);
+    }
+
+    #[test]
+    fn media_types_are_compared_without_case_or_parameters() {
+        for json in [None, Some("application/json"), Some("Application/JSON; charset=utf-8")] {
+            assert!(is_json(json), "{json:?}");
+        }
+        for json in ["text/json", "application/cloudevents+JSON", " application/ld+json ;x=1"] {
+            assert!(is_json(Some(json)), "{json}");
+        }
+        for other in ["text/plain", "json", "+jso", "application/octet-stream", ""] {
+            assert!(!is_json(Some(other)), "{other}");
+        }
+        assert_eq!(media_type_essence(" text/plain ; charset=utf-8"), "text/plain");
     }
 
     #[test]

@@ -27,7 +27,9 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use subtle::ConstantTimeEq;
 use tokio::sync::{Semaphore, watch};
 
-use crate::{limits::HTTP_WAIT_MAX, problem::Problem, pull::PullQueue};
+use crate::{
+    cloudevent::media_type_essence, limits::HTTP_WAIT_MAX, problem::Problem, pull::PullQueue,
+};
 
 /// What every handler shares.
 pub struct AppState {
@@ -138,10 +140,11 @@ pub(crate) fn wait(raw: Option<&str>) -> Result<Duration, Problem> {
     }
 }
 
-/// The essence of the Content-Type (`application/json` of `application/json; charset=utf-8`).
+/// The essence of the Content-Type, in lower case (`application/json` of
+/// `Application/JSON; charset=utf-8`).
 pub(crate) fn content_type(headers: &HeaderMap) -> Option<String> {
     let value = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
-    Some(value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase())
+    Some(media_type_essence(value).to_ascii_lowercase())
 }
 
 /// Resolves when the server stops.
