@@ -1,17 +1,23 @@
 //! Every limit and default of the server, named, with its unit last, in one place.
+//!
+//! Every duration that comes from an HTTP body or query has a maximum; above it HTTP answers 400
+//! `invalid-request` naming the field and the maximum, and nothing is computed from it.
 
 use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     time::Duration,
 };
 
-use inorder::limits::{PARKED_LIST_MAX, WAIT_MAX};
+use inorder::limits::{PARKED_LIST_MAX, RETRY_DELAY_MAX, WAIT_MAX};
 
 // HTTP
 
-/// Longest wait a request may ask for: `wait` of the status, read and pull routes (longer ones
-/// are cut to it); the wait also ends early when the server stops.
+/// Longest wait a request may ask for: `wait` of the status, read and pull routes. More is
+/// refused with 400; the wait also ends early when the server stops.
 pub const HTTP_WAIT_MAX: Duration = Duration::from_secs(30);
+/// Longest delay of a nack: a nack becomes the handler's retry-after, so it is the engine's
+/// longest retry delay. More is refused with 400.
+pub const NACK_DELAY_MAX: Duration = RETRY_DELAY_MAX;
 /// Events one pull leases when its body names no `max`.
 pub const PULL_EVENTS_DEFAULT: usize = 10;
 /// Most events one pull may lease.

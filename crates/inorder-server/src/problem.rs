@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | `invalid-cloudevent` | 400 | malformed JSON, a bad attribute, a bad batch |
 //! | `invalid-name` | 400 | a topic or subscription name that is not `[A-Za-z0-9._-]{1,200}` |
-//! | `invalid-request` | 400 | a bad query parameter or request body |
+//! | `invalid-request` | 400 | a bad query parameter or request body, a duration above its maximum |
 //! | `unauthorized` | 401 | a missing or wrong bearer token |
 //! | `topic-limit` | 403 | a publish would create a topic beyond `max_topics` |
 //! | `not-found` | 404 | no such route |
@@ -105,6 +105,12 @@ impl Problem {
     /// 500 `internal`.
     pub fn internal(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error", detail)
+    }
+
+    /// What went wrong, as the answer's `detail` says it.
+    #[cfg(test)]
+    pub fn detail(&self) -> &str {
+        &self.detail
     }
 
     fn retry_after(mut self, seconds: u64) -> Self {

@@ -112,19 +112,27 @@ impl PullQueue {
         self.queue.lock()
     }
 
-    /// Leases up to `max` offered events, waiting up to `wait` for the first.
+    /// Leases up to `max` offered events (at most [`PULL_EVENTS_MAX`]), waiting up to `wait`
+    /// for the first.
     pub async fn pull(&self, max: usize, wait: Duration) -> Vec<Leased> {
-        let deadline = Instant::now() + wait;
+        let max = max.clamp(1, PULL_EVENTS_MAX);
+        // The route checked `wait` against HTTP_WAIT_MAX; past the clock's range means forever.
+        let deadline = Instant::now().checked_add(wait);
         loop {
             let notified = self.offered.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let leased = self.take(max.clamp(1, PULL_EVENTS_MAX));
-            if !leased.is_empty() || Instant::now() >= deadline {
+            let leased = self.take(max);
+            if !leased.is_empty() || deadline.is_some_and(|deadline| Instant::now() >= deadline) {
                 return leased;
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return self.take(max.clamp(1, PULL_EVENTS_MAX));
+            match deadline {
+                Some(deadline) => {
+                    if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                        return self.take(max);
+                    }
+                }
+                None => notified.await,
             }
         }
     }
