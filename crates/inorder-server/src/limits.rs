@@ -1,7 +1,14 @@
 //! Every limit and default of the server, named, with its unit last, in one place.
 //!
-//! Every duration that comes from an HTTP body or query has a maximum; above it HTTP answers 400
-//! `invalid-request` naming the field and the maximum, and nothing is computed from it.
+//! Every duration that comes from outside — an HTTP body or query, a key of `inorder.toml` — has
+//! a maximum here or in the crate that owns it; above it HTTP answers 400 `invalid-request` and
+//! the configuration is refused with `inorder.toml:LINE: key: …`, both naming the maximum. The
+//! maxima owned elsewhere are used as they are: [`inorder::limits::SEQUENCE_TIMEOUT_MAX`] (a
+//! topic's `sequence_timeout`), [`inorder::limits::RETRY_DELAY_MAX`] (behind [`NACK_DELAY_MAX`])
+//! and [`inorder_postgres::limits::SINK_BATCH_TIMEOUT_MAX`] (a sink's `batch_timeout`).
+//!
+//! Nothing is computed from a duration before it is checked against its maximum, and deadlines
+//! are computed with checked arithmetic all the same.
 
 use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
@@ -55,10 +62,19 @@ pub const DATA_DIR_DEFAULT: &str = "./inorder-data";
 pub const BODY_LIMIT_BYTES_DEFAULT: usize = 1 << 20;
 /// Publish requests handled at once by default (`publish_in_flight`); more get 503.
 pub const PUBLISH_IN_FLIGHT_DEFAULT: usize = 1024;
+/// Most configurable `publish_in_flight` (each holds a request body).
+pub const PUBLISH_IN_FLIGHT_MAX: usize = 64 * 1024;
 /// Lease of a pulled event by default (`lease_timeout`): un-acked longer, it is redelivered.
 pub const LEASE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
+/// Longest configurable `lease_timeout`. A consumer that needs an event longer should ack it
+/// and keep track of its work itself.
+pub const LEASE_TIMEOUT_MAX: Duration = Duration::from_secs(24 * 60 * 60);
 /// Attempts of a pulled event before it is parked, by default (`max_attempts`).
 pub const PULL_MAX_ATTEMPTS_DEFAULT: u32 = 5;
+/// Longest configurable `ttl` of a Postgres sink: a century (of humantime's 365.25-day years).
+/// The sweeper computes its cut-off with checked arithmetic; the maximum is there so that a typo
+/// is refused, not obeyed.
+pub const SINK_TTL_MAX: Duration = Duration::from_secs(100 * 31_557_600);
 
 // CLI
 
@@ -86,6 +102,9 @@ const _: () =
     assert!(READ_EVENTS_DEFAULT <= READ_EVENTS_MAX && TAIL_READ_EVENTS <= READ_EVENTS_MAX);
 const _: () = assert!(PARKED_LIST_DEFAULT <= PARKED_LIST_MAX);
 const _: () = assert!(DEMO_USERS_DEFAULT <= DEMO_USERS_MAX);
+const _: () = assert!(PUBLISH_IN_FLIGHT_DEFAULT <= PUBLISH_IN_FLIGHT_MAX);
+const _: () = assert!(PUBLISH_IN_FLIGHT_MAX <= tokio::sync::Semaphore::MAX_PERMITS);
+const _: () = assert!(LEASE_TIMEOUT_DEFAULT.as_secs() <= LEASE_TIMEOUT_MAX.as_secs());
 
 #[cfg(test)]
 mod tests {
