@@ -95,6 +95,14 @@ pub const DEMO_HANDLER_DELAY: Duration = Duration::from_millis(15);
 /// How long the demo waits for every event to be processed.
 pub const DEMO_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The longest delay tokio-util's `DelayQueue` accepts (its timer wheel: six levels of 64 slots
+/// of 1 ms); a longer one panics. Lease deadlines live in one.
+pub const DELAY_QUEUE_DELAY_MAX: Duration = Duration::from_millis((1 << 36) - 1);
+/// A pull queue's `DelayQueue` is replaced when it is empty and older than this: its timer wheel
+/// measures deadlines from its creation and, idle, does not advance, so after
+/// [`DELAY_QUEUE_DELAY_MAX`] of idleness its next insertion would panic.
+pub const DELAY_QUEUE_RENEW_AGE: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
 const _: () = assert!(HTTP_WAIT_MAX.as_secs() <= WAIT_MAX.as_secs(), "the engine would cut it");
 const _: () = assert!(TAIL_FOLLOW_WAIT.as_secs() <= HTTP_WAIT_MAX.as_secs());
 const _: () = assert!(PULL_EVENTS_DEFAULT <= PULL_EVENTS_MAX);
@@ -105,6 +113,10 @@ const _: () = assert!(DEMO_USERS_DEFAULT <= DEMO_USERS_MAX);
 const _: () = assert!(PUBLISH_IN_FLIGHT_DEFAULT <= PUBLISH_IN_FLIGHT_MAX);
 const _: () = assert!(PUBLISH_IN_FLIGHT_MAX <= tokio::sync::Semaphore::MAX_PERMITS);
 const _: () = assert!(LEASE_TIMEOUT_DEFAULT.as_secs() <= LEASE_TIMEOUT_MAX.as_secs());
+const _: () = assert!(
+    LEASE_TIMEOUT_MAX.as_secs() + DELAY_QUEUE_RENEW_AGE.as_secs() < DELAY_QUEUE_DELAY_MAX.as_secs(),
+    "a lease inserted into the oldest DelayQueue still fits its wheel"
+);
 
 #[cfg(test)]
 mod tests {
