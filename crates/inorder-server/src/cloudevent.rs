@@ -23,6 +23,8 @@ mod members;
 
 use members::{Items, Members};
 
+use crate::limits::{EVENT_CORE_MEMBERS_MAX, EVENT_SOURCE_DEFAULT};
+
 /// Why a request is not a CloudEvent (answered 400 `invalid-cloudevent`).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -31,8 +33,6 @@ pub struct InvalidEvent(pub String);
 fn invalid(message: impl Into<String>) -> InvalidEvent {
     InvalidEvent(message.into())
 }
-
-const DEFAULT_SOURCE: &str = "/inorder";
 
 /// Attributes with a meaning of their own (not kept as extensions), in the order
 /// `from_members` unpacks them.
@@ -48,6 +48,11 @@ const CORE: [&str; 10] = [
     "data",
     "data_base64",
 ];
+
+/// Extensions with a meaning of their own (they fill the event's fields).
+const MAPPED_EXTENSIONS: [&str; 4] = ["partitionkey", "sequence", "correlationid", "causationid"];
+
+const _: () = assert!(CORE.len() + MAPPED_EXTENSIONS.len() <= EVENT_CORE_MEMBERS_MAX);
 
 /// One event in structured mode.
 ///
@@ -220,7 +225,7 @@ impl Parts<'_> {
     fn build(self) -> Result<Event, InvalidEvent> {
         let mut key = self.subject.clone().unwrap_or_default();
         let mut builder: EventBuilder = Event::builder(self.topic, String::new(), self.action)
-            .source(self.source.unwrap_or_else(|| DEFAULT_SOURCE.to_owned()))
+            .source(self.source.unwrap_or_else(|| EVENT_SOURCE_DEFAULT.to_owned()))
             .data(self.data, self.content_type);
         if let Some(id) = self.id {
             builder = builder.id(id);
@@ -267,10 +272,20 @@ impl Parts<'_> {
     }
 }
 
+/// The essence of a media type: `application/json` of `application/json; charset=utf-8`. Media
+/// types are case-insensitive: compare it with `eq_ignore_ascii_case`.
+pub(crate) fn media_type_essence(media_type: &str) -> &str {
+    media_type.split(';').next().unwrap_or_default().trim()
+}
+
+/// Whether data of this content type is JSON (no content type is JSON, as CloudEvents says).
 fn is_json(content_type: Option<&str>) -> bool {
-    content_type.is_none_or(|t| {
-        let essence = t.split(';').next().unwrap_or_default().trim();
-        essence == "application/json" || essence.ends_with("+json") || essence == "text/json"
+    content_type.is_none_or(|media_type| {
+        let essence = media_type_essence(media_type);
+        let suffix = essence.len().checked_sub("+json".len()).and_then(|at| essence.get(at..));
+        essence.eq_ignore_ascii_case("application/json")
+            || essence.eq_ignore_ascii_case("text/json")
+            || suffix.is_some_and(|suffix| suffix.eq_ignore_ascii_case("+json"))
     })
 }
 
@@ -375,6 +390,20 @@ mod tests {
         assert_eq!(out["position"], 0);
         out.as_object_mut().unwrap().remove("position");
         assert_eq!(out, body);
+    }
+
+    #[test]
+    fn media_types_are_compared_without_case_or_parameters() {
+        for json in [None, Some("application/json"), Some("Application/JSON; charset=utf-8")] {
+            assert!(is_json(json), "{json:?}");
+        }
+        for json in ["text/json", "application/cloudevents+JSON", " application/ld+json ;x=1"] {
+            assert!(is_json(Some(json)), "{json}");
+        }
+        for other in ["text/plain", "json", "+jso", "application/octet-stream", ""] {
+            assert!(!is_json(Some(other)), "{other}");
+        }
+        assert_eq!(media_type_essence(" text/plain ; charset=utf-8"), "text/plain");
     }
 
     #[test]

@@ -2,22 +2,26 @@
 
 use std::{
     io::{BufRead, IsTerminal},
-    sync::{Arc, Mutex},
-    time::Duration,
+    sync::Arc,
 };
 
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use inorder::{
     Engine, EngineConfig, Event, Ordering, Reply, SubscriptionConfig, TopicConfig, handler_fn,
+    limits::PARKED_LIST_MAX,
 };
+use parking_lot::Mutex;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::client::Client;
-
-/// Events sent per request when publishing from stdin.
-const STDIN_BATCH_EVENTS: usize = 100;
+use crate::{
+    client::Client,
+    limits::{
+        DEMO_HANDLER_DELAY, DEMO_TIMEOUT, DEMO_USERS_MAX, PUBLISH_STDIN_BATCH_EVENTS,
+        TAIL_FOLLOW_WAIT, TAIL_READ_EVENTS,
+    },
+};
 
 /// What `inorder publish` sends.
 pub struct PublishArgs {
@@ -73,7 +77,7 @@ pub async fn publish(client: &Client, args: PublishArgs) -> anyhow::Result<()> {
     progress.set_style(ProgressStyle::with_template(
         "{spinner} {pos} events published ({per_sec}) {msg}",
     )?);
-    let mut batch = Vec::with_capacity(STDIN_BATCH_EVENTS);
+    let mut batch = Vec::with_capacity(PUBLISH_STDIN_BATCH_EVENTS);
     let (mut first, mut last) = (None, None);
     let flush = |batch: &mut Vec<Value>| {
         let body = Value::Array(std::mem::take(batch)).to_string();
@@ -90,7 +94,7 @@ pub async fn publish(client: &Client, args: PublishArgs) -> anyhow::Result<()> {
         let data: Value = serde_json::from_str(&line)
             .with_context(|| format!("line {}: not JSON", number + 1))?;
         batch.push(cloudevent(&args, data, None)?);
-        if batch.len() == STDIN_BATCH_EVENTS {
+        if batch.len() == PUBLISH_STDIN_BATCH_EVENTS {
             let (_, answer) = client.send(flush(&mut batch)).await?;
             note_positions(&answer, &mut first, &mut last, &progress);
         }
@@ -129,9 +133,12 @@ pub async fn tail(
 ) -> anyhow::Result<()> {
     let mut printed = 0u64;
     loop {
-        let wait = if follow { "&wait=10s" } else { "" };
-        let answer =
-            client.get(&format!("/v1/topics/{topic}/events?from={from}&limit=500{wait}")).await?;
+        let wait = match follow {
+            true => format!("&wait={}", humantime::format_duration(TAIL_FOLLOW_WAIT)),
+            false => String::new(),
+        };
+        let path = format!("/v1/topics/{topic}/events?from={from}&limit={TAIL_READ_EVENTS}{wait}");
+        let answer = client.get(&path).await?;
         let events = answer["events"].as_array().cloned().unwrap_or_default();
         for event in &events {
             println!("{event}");
@@ -223,8 +230,9 @@ pub async fn parked(
 ) -> anyhow::Result<()> {
     match (action, id) {
         ("list", _) => {
-            let answer =
-                client.get(&format!("/v1/subscriptions/{subscription}/parked?limit=1000")).await?;
+            let answer = client
+                .get(&format!("/v1/subscriptions/{subscription}/parked?limit={PARKED_LIST_MAX}"))
+                .await?;
             for parked in answer["parked"].as_array().into_iter().flatten() {
                 println!(
                     "{:<28} {:<18} key={} action={} attempts={} {}",
@@ -280,17 +288,15 @@ pub async fn demo(users: usize) -> anyhow::Result<()> {
                 "  handled    {:<8} {:<15} (position {})",
                 event.key, event.action, event.position
             );
-            recorded
-                .lock()
-                .map_err(|e| e.to_string())?
-                .push((event.key.clone(), event.action.clone()));
-            tokio::time::sleep(Duration::from_millis(15)).await;
+            recorded.lock().push((event.key.clone(), event.action.clone()));
+            tokio::time::sleep(DEMO_HANDLER_DELAY).await;
             Ok(Reply::Null)
         }
     });
     let engine = Engine::builder(config).handler("purchases", handler).start().await?;
     let names = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"];
-    let users: Vec<&str> = names.iter().copied().cycle().take(users.clamp(1, 64)).collect();
+    let users: Vec<&str> =
+        names.iter().copied().cycle().take(users.clamp(1, DEMO_USERS_MAX)).collect();
     // Each user gets another out-of-order permutation; users are interleaved.
     let orders = [[2, 1, 0], [1, 2, 0], [2, 0, 1], [0, 2, 1], [1, 0, 2]];
     println!("Topic user_purchase requires, per user: {}.", ACTIONS.join(" → "));
@@ -307,11 +313,11 @@ pub async fn demo(users: usize) -> anyhow::Result<()> {
             println!("  published  {key:<8} {action:<15} (position {last})");
         }
     }
-    if !engine.wait_processed("user_purchase", last, None, Duration::from_secs(30)).await? {
-        bail!("the demo did not finish in 30s");
+    if !engine.wait_processed("user_purchase", last, None, DEMO_TIMEOUT).await? {
+        bail!("the demo did not finish in {}", humantime::format_duration(DEMO_TIMEOUT));
     }
     println!("Order each user's handler saw:");
-    let seen = seen.lock().map_err(|e| anyhow::anyhow!("{e}"))?.clone();
+    let seen = seen.lock().clone();
     let mut all_in_order = true;
     let mut keys: Vec<&String> = seen.iter().map(|(k, _)| k).collect();
     keys.sort();

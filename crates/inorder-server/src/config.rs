@@ -8,7 +8,10 @@
 //! one (numbers, booleans, arrays), else as a string; a comma list becomes an array of strings
 //! where the key expects one.
 //!
-//! A bad file is refused with the file name, line and key: `inorder.toml:12: unknown field ...`.
+//! The file is read by serde: closed choices are enums, durations and counts are checked
+//! against their limits ([`crate::limits`]) while they are read ([`values`]). So a bad file is
+//! refused with the file name, line and key, `inorder.toml:12: subscriptions.s.ordering: unknown
+//! variant ...` ([`source`]), and nothing the server computes from a value can overflow.
 
 use std::{
     collections::BTreeMap,
@@ -19,29 +22,25 @@ use std::{
 
 use anyhow::{Context, bail};
 use inorder::{
-    EngineConfig, FailurePolicy, FsyncPolicy, Ordering, RetryPolicy, StartFrom, SubscriptionConfig,
-    TopicConfig, limits::KEYS_IN_FLIGHT_MAX,
+    EngineConfig, RetryPolicy, SubscriptionConfig, TopicConfig, limits::KEYS_IN_FLIGHT_MAX,
 };
 use inorder_postgres::SinkConfig;
 use serde::Deserialize;
 
 mod postgres;
+mod source;
+mod values;
 
-use self::postgres::sink_config;
 pub use self::postgres::{PostgresSinkFile, StorageChoice, StorageFile};
-
-/// Default address the server listens on.
-pub const LISTEN_DEFAULT: &str = "127.0.0.1:7070";
-/// Default data directory.
-pub const DATA_DIR_DEFAULT: &str = "./inorder-data";
-/// Default largest request body.
-pub const BODY_LIMIT_DEFAULT: &str = "1MiB";
-/// Default lease of a pulled event before it is redelivered.
-pub const LEASE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
-/// Default attempts of a pulled event before it is parked.
-pub const PULL_MAX_ATTEMPTS_DEFAULT: u32 = 5;
-/// Default publish requests handled at once before the server answers 503.
-pub const PUBLISH_IN_FLIGHT_DEFAULT: usize = 1024;
+use self::{
+    postgres::sink_config,
+    source::Source,
+    values::{DeliveryFile, FsyncFile, OnFailureFile, OrderingFile, StartFile},
+};
+use crate::limits::{
+    BODY_LIMIT_BYTES_DEFAULT, DATA_DIR_DEFAULT, LEASE_TIMEOUT_DEFAULT, LISTEN_DEFAULT,
+    PUBLISH_IN_FLIGHT_DEFAULT, PULL_MAX_ATTEMPTS_DEFAULT,
+};
 
 /// The file as written.
 #[derive(Debug, Deserialize, Default)]
@@ -50,18 +49,22 @@ pub struct FileConfig {
     /// Where logs and state live.
     pub data_dir: Option<PathBuf>,
     /// Address to listen on.
-    pub listen: Option<String>,
+    pub listen: Option<SocketAddr>,
     /// `always`, `group` or `never`.
-    pub fsync: Option<String>,
+    pub fsync: Option<FsyncFile>,
     /// Create topics on first publish.
     pub auto_create_topics: Option<bool>,
     /// Most topics (declared and auto-created); a publish creating one more gets 403.
+    #[serde(default, deserialize_with = "values::max_topics")]
     pub max_topics: Option<usize>,
     /// Largest request body (`1MiB`, `512KiB`, or bytes).
-    pub body_limit: Option<toml::Value>,
+    #[serde(default, deserialize_with = "values::body_limit")]
+    pub body_limit: Option<usize>,
     /// Default lease of pulled events (`30s`).
-    pub lease_timeout: Option<String>,
+    #[serde(default, deserialize_with = "values::lease_timeout")]
+    pub lease_timeout: Option<Duration>,
     /// Publish requests handled at once; more get 503.
+    #[serde(default, deserialize_with = "values::publish_in_flight")]
     pub publish_in_flight: Option<usize>,
     /// Where topics and state live: `file` (the embedded default) or `postgres`.
     pub storage: Option<StorageFile>,
@@ -98,7 +101,8 @@ pub struct TopicFile {
     #[serde(default)]
     pub repeat: bool,
     /// How long a sequence may wait for a missing event (`10m`).
-    pub sequence_timeout: Option<String>,
+    #[serde(default, deserialize_with = "values::sequence_timeout")]
+    pub sequence_timeout: Option<Duration>,
 }
 
 /// `[[subscriptions]]`.
@@ -114,21 +118,21 @@ pub struct SubscriptionFile {
     #[serde(default)]
     pub topic_patterns: Vec<String>,
     /// `fifo`, `actions`, `sequence` or `none`.
+    pub ordering: Option<OrderingFile>,
+    /// `pull` (HTTP consumers, the default) or `postgres` (the batch sink).
     #[serde(default)]
-    pub ordering: Option<String>,
-    /// `pull` (HTTP consumers) or `postgres` (the batch sink).
-    #[serde(default)]
-    pub delivery: Option<String>,
+    pub delivery: DeliveryFile,
     /// `[subscriptions.postgres]`: the sink's settings, for `delivery = "postgres"`.
     pub postgres: Option<PostgresSinkFile>,
     /// Keys handled (leased) at once.
     pub max_keys_in_flight: Option<usize>,
     /// `block` or `skip`.
-    pub on_failure: Option<String>,
+    pub on_failure: Option<OnFailureFile>,
     /// `earliest` or `latest`.
-    pub start: Option<String>,
+    pub start: Option<StartFile>,
     /// Lease of pulled events (`30s`).
-    pub lease_timeout: Option<String>,
+    #[serde(default, deserialize_with = "values::lease_timeout")]
+    pub lease_timeout: Option<Duration>,
     /// Attempts before an event is parked.
     pub max_attempts: Option<u32>,
 }
@@ -186,13 +190,12 @@ impl ServerConfig {
     /// publish, then environment overrides.
     ///
     /// # Errors
-    /// A bad override.
+    /// A bad override, naming its key.
     pub fn embedded_default() -> anyhow::Result<Self> {
         let mut value = toml::Value::Table(toml::Table::new());
         apply_env_overrides(&mut value, std::env::vars())?;
-        let file: FileConfig =
-            value.try_into().context("environment overrides do not fit the configuration")?;
-        Self::from_file(file, true)
+        let source = Source::overridden(None, &value)?;
+        Self::from_file(source.deserialize()?, true, &source)
     }
 
     /// Reads `path`, applies environment overrides, and checks everything.
@@ -202,45 +205,21 @@ impl ServerConfig {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
-        let mut value: toml::Value = toml::from_str(&text).map_err(|e| located(path, &text, &e))?;
+        let mut source = Source::file(path, text);
+        let mut value: toml::Value = source.deserialize()?;
         // Without overrides, deserialize from the text itself so errors keep their line.
-        let file: FileConfig = if apply_env_overrides(&mut value, std::env::vars())? == 0 {
-            toml::from_str(&text).map_err(|e| located(path, &text, &e))?
-        } else {
-            value
-                .try_into()
-                .with_context(|| format!("{} (with INORDER_* overrides)", path.display()))?
-        };
-        Self::from_file(file, false)
+        if apply_env_overrides(&mut value, std::env::vars())? > 0 {
+            source = Source::overridden(Some(path), &value)?;
+        }
+        Self::from_file(source.deserialize()?, false, &source)
     }
 
-    fn from_file(file: FileConfig, embedded: bool) -> anyhow::Result<Self> {
-        let data_dir = file.data_dir.unwrap_or_else(|| PathBuf::from(DATA_DIR_DEFAULT));
-        let listen_text = file.listen.unwrap_or_else(|| LISTEN_DEFAULT.to_owned());
-        let listen = listen_text
-            .parse()
-            .with_context(|| format!("listen: {listen_text:?} is not an address"))?;
-        let fsync: FsyncPolicy = file
-            .fsync
-            .as_deref()
-            .unwrap_or("group")
-            .parse()
-            .map_err(|e| anyhow::anyhow!("fsync: {e}"))?;
-        let default_lease = match &file.lease_timeout {
-            Some(text) => duration("lease_timeout", text)?,
-            None => LEASE_TIMEOUT_DEFAULT,
-        };
-        let body_limit_bytes = match &file.body_limit {
-            None => byte_size(BODY_LIMIT_DEFAULT)?,
-            Some(toml::Value::Integer(n)) => {
-                usize::try_from(*n).context("body_limit must be positive")?
-            }
-            Some(toml::Value::String(text)) => byte_size(text).context("body_limit")?,
-            Some(other) => bail!("body_limit: expected a size like \"1MiB\", got {other}"),
-        };
-        let storage = StorageChoice::from_file(file.storage)?;
-        let mut engine = EngineConfig::new(data_dir);
-        engine.fsync = fsync;
+    fn from_file(file: FileConfig, embedded: bool, source: &Source) -> anyhow::Result<Self> {
+        let default_lease = file.lease_timeout.unwrap_or(LEASE_TIMEOUT_DEFAULT);
+        let storage = StorageChoice::from_file(file.storage, source)?;
+        let mut engine =
+            EngineConfig::new(file.data_dir.unwrap_or_else(|| PathBuf::from(DATA_DIR_DEFAULT)));
+        engine.fsync = file.fsync.unwrap_or_default().into();
         engine.auto_create_topics = file.auto_create_topics.unwrap_or(embedded);
         if let Some(max) = file.max_topics {
             engine.max_topics = max;
@@ -248,56 +227,40 @@ impl ServerConfig {
         for topic in file.topics {
             let mut config =
                 TopicConfig::new(&topic.name).actions(topic.actions).repeat(topic.repeat);
-            if let Some(text) = &topic.sequence_timeout {
-                config = config.sequence_timeout(duration(
-                    &format!("topics.{}.sequence_timeout", topic.name),
-                    text,
-                )?);
-            }
+            config.sequence_timeout = topic.sequence_timeout;
             engine.topics.push(config);
         }
         let mut subscriptions = BTreeMap::new();
         for sub in file.subscriptions {
-            let at = |key: &str| format!("subscriptions.{}.{key}", sub.name);
-            let delivery = match (sub.delivery.as_deref().unwrap_or("pull"), &sub.postgres) {
-                ("pull", None) => Delivery::Pull,
-                ("postgres", Some(postgres)) => {
-                    Delivery::Postgres(sink_config(postgres, &at("postgres"))?)
+            let delivery = match (sub.delivery, &sub.postgres) {
+                (DeliveryFile::Pull, None) => Delivery::Pull,
+                (DeliveryFile::Postgres, Some(postgres)) => {
+                    Delivery::Postgres(sink_config(postgres, &sub.name, source)?)
                 }
-                ("postgres", None) => {
-                    bail!(
-                        "{}: delivery = \"postgres\" needs a [subscriptions.postgres] table",
-                        at("delivery")
-                    )
+                (DeliveryFile::Postgres, None) => {
+                    return Err(source.key_error(
+                        &["subscriptions", &sub.name, "delivery"],
+                        "delivery = \"postgres\" needs a [subscriptions.postgres] table",
+                    ));
                 }
-                ("pull", Some(_)) => {
-                    bail!("{}: only for delivery = \"postgres\"", at("postgres"))
-                }
-                (other, _) => {
-                    bail!("{}: unknown delivery {other:?} (pull, postgres)", at("delivery"))
+                (DeliveryFile::Pull, Some(_)) => {
+                    return Err(source.key_error(
+                        &["subscriptions", &sub.name, "postgres"],
+                        "only for delivery = \"postgres\"",
+                    ));
                 }
             };
-            let lease_timeout = match &sub.lease_timeout {
-                Some(text) => duration(&at("lease_timeout"), text)?,
-                None => default_lease,
-            };
-            let mut config = SubscriptionConfig::new(&sub.name, sub.topics.clone());
-            config.topic_patterns = sub.topic_patterns.clone();
-            if let Some(ordering) = &sub.ordering {
-                config.ordering = ordering
-                    .parse::<Ordering>()
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", at("ordering")))?;
+            let mut config = SubscriptionConfig::new(&sub.name, sub.topics);
+            config.topic_patterns = sub.topic_patterns;
+            if let Some(ordering) = sub.ordering {
+                config.ordering = ordering.into();
             }
-            if let Some(policy) = &sub.on_failure {
-                config.on_failure = policy
-                    .parse::<FailurePolicy>()
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", at("on_failure")))?;
+            if let Some(policy) = sub.on_failure {
+                config.on_failure = policy.into();
             }
-            config.start = match sub.start.as_deref() {
-                None | Some("earliest") => StartFrom::Earliest,
-                Some("latest") => StartFrom::Latest,
-                Some(other) => bail!("{}: expected earliest or latest, got {other:?}", at("start")),
-            };
+            if let Some(start) = sub.start {
+                config.start = start.into();
+            }
             match &delivery {
                 // A pulled event is redelivered as soon as its lease expires or it is nacked
                 // (with the nack's delay); after max_attempts it is parked.
@@ -322,52 +285,21 @@ impl ServerConfig {
             if let Some(limit) = sub.max_keys_in_flight {
                 config.max_keys_in_flight = limit;
             }
-            subscriptions
-                .insert(sub.name.clone(), SubscriptionServerConfig { delivery, lease_timeout });
+            let lease_timeout = sub.lease_timeout.unwrap_or(default_lease);
+            subscriptions.insert(sub.name, SubscriptionServerConfig { delivery, lease_timeout });
             engine.subscriptions.push(config);
         }
-        engine.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+        engine.validate().map_err(|e| source.whole_error(e))?;
         Ok(Self {
             engine,
-            listen,
-            body_limit_bytes,
+            listen: file.listen.unwrap_or(LISTEN_DEFAULT),
+            body_limit_bytes: file.body_limit.unwrap_or(BODY_LIMIT_BYTES_DEFAULT),
             publish_in_flight: file.publish_in_flight.unwrap_or(PUBLISH_IN_FLIGHT_DEFAULT),
             tokens: file.auth.tokens,
             subscriptions,
             storage,
         })
     }
-}
-
-/// A TOML error with file and line.
-fn located(path: &Path, text: &str, error: &toml::de::Error) -> anyhow::Error {
-    let before = |start: usize| &text[..start.min(text.len())];
-    let line = error.span().map_or(0, |span| before(span.start).matches('\n').count() + 1);
-    anyhow::anyhow!("{}:{line}: {}", path.display(), error.message())
-}
-
-fn duration(key: &str, text: &str) -> anyhow::Result<Duration> {
-    humantime::parse_duration(text)
-        .with_context(|| format!("{key}: {text:?} is not a duration like \"30s\""))
-}
-
-/// Parses `1MiB`, `512KiB`, `2MB`, `1000`.
-pub fn byte_size(text: &str) -> anyhow::Result<usize> {
-    let text = text.trim();
-    let digits = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (number, unit) = text.split_at(digits);
-    let number: usize =
-        number.parse().with_context(|| format!("{text:?} is not a size like \"1MiB\""))?;
-    let factor = match unit.trim() {
-        "" | "B" => 1,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        "KB" | "kB" => 1000,
-        "MB" => 1_000_000,
-        other => bail!("{text:?}: unknown unit {other:?} (B, KiB, MiB, GiB, KB, MB)"),
-    };
-    number.checked_mul(factor).context("size too large")
 }
 
 /// Applies `INORDER_*` variables to the configuration value; returns how many applied.
@@ -439,6 +371,8 @@ fn set_path(value: &mut toml::Value, path: &[String], new: toml::Value) -> anyho
 
 #[cfg(test)]
 mod tests {
+    use inorder::Ordering;
+
     use super::*;
 
     fn load(text: &str) -> anyhow::Result<ServerConfig> {
@@ -527,11 +461,125 @@ delivery = "pull"
         assert_eq!(value["publish_in_flight"].as_integer(), Some(7));
     }
 
+    /// Loads `text` and expects it refused with exactly `expected` after the file's name.
+    fn refused(text: &str, expected: &str) {
+        let error = format!("{:#}", load(text).unwrap_err());
+        let (_, after) = error.split_once("inorder.toml").unwrap();
+        assert_eq!(after, expected, "{text}");
+    }
+
     #[test]
-    fn sizes_parse_with_units() {
-        assert_eq!(byte_size("1MiB").unwrap(), 1 << 20);
-        assert_eq!(byte_size("512KiB").unwrap(), 512 << 10);
-        assert_eq!(byte_size("1000").unwrap(), 1000);
-        assert!(byte_size("1XB").is_err());
+    fn every_value_is_checked_with_its_line_and_key() {
+        refused(
+            "fsync = \"sometimes\"\n",
+            ":1: fsync: unknown variant `sometimes`, expected one of `always`, `group`, `never`",
+        );
+        refused(
+            "[[subscriptions]]\nname = \"s\"\n\nordering = \"random\"\n",
+            ":4: subscriptions.s.ordering: unknown variant `random`, expected one of `fifo`, `actions`, `sequence`, `none`",
+        );
+        refused(
+            "[[subscriptions]]\nname = \"s\"\non_failure = \"retry\"\n",
+            ":3: subscriptions.s.on_failure: unknown variant `retry`, expected `block` or `skip`",
+        );
+        refused(
+            "[[subscriptions]]\nname = \"s\"\nstart = \"now\"\n",
+            ":3: subscriptions.s.start: unknown variant `now`, expected `earliest` or `latest`",
+        );
+        refused(
+            "[[subscriptions]]\nname = \"s\"\ndelivery = \"webhook\"\n",
+            ":3: subscriptions.s.delivery: unknown variant `webhook`, expected `pull` or `postgres`",
+        );
+        refused("listen = \"nowhere\"\n", ":1: listen: invalid socket address syntax");
+        refused(
+            "body_limit = \"1XB\"\n",
+            ":1: body_limit: \"1XB\": unknown unit \"XB\" (B, KiB, MiB, GiB, KB, MB)",
+        );
+        refused("body_limit = -1\n", ":1: body_limit: -1 is not a size");
+        refused(
+            "publish_in_flight = 0\n",
+            ":1: publish_in_flight: must be within 1..=65536, got 0",
+        );
+        refused(
+            "storage = \"disk\"\n",
+            ":1: storage: unknown variant `disk`, expected `file` or `postgres`",
+        );
+    }
+
+    #[test]
+    fn every_duration_has_a_maximum_named_with_its_line_and_key() {
+        refused(
+            "lease_timeout = \"10000000000000000000s\"\n",
+            ":1: lease_timeout: must be at most 1day",
+        );
+        refused("lease_timeout = \"0s\"\n", ":1: lease_timeout: must be at least 1ms");
+        refused(
+            "lease_timeout = \"soon\"\n",
+            ":1: lease_timeout: invalid value: string \"soon\", expected a duration",
+        );
+        refused(
+            "[[topics]]\nname = \"t\"\nsequence_timeout = \"10000000000000000000s\"\n",
+            ":3: topics.t.sequence_timeout: must be at most 30days",
+        );
+        refused(
+            "[[topics]]\nname = \"t\"\n[[subscriptions]]\nname = \"s\"\ntopics = [\"t\"]\nlease_timeout = \"2days\"\n",
+            ":6: subscriptions.s.lease_timeout: must be at most 1day",
+        );
+        let sink = "[[topics]]\nname = \"t\"\n[[subscriptions]]\nname = \"s\"\ntopics = [\"t\"]\n\
+                    delivery = \"postgres\"\n[subscriptions.postgres]\nurl = \"postgres://h/db\"\ntable = \"t\"\n";
+        refused(
+            &format!("{sink}batch_timeout = \"61s\"\n"),
+            ":10: subscriptions.s.postgres.batch_timeout: must be at most 1m",
+        );
+        refused(
+            &format!("{sink}ttl = \"1000years\"\n"),
+            ":10: subscriptions.s.postgres.ttl: must be at most 100years",
+        );
+        let config = load(&format!("{sink}batch_timeout = \"60s\"\nttl = \"7d\"\n")).unwrap();
+        let Delivery::Postgres(sink) = &config.subscriptions["s"].delivery else {
+            panic!("a sink")
+        };
+        assert_eq!(
+            (sink.batch_timeout, sink.ttl),
+            (Duration::from_secs(60), Some(Duration::from_secs(7 * 86_400)))
+        );
+    }
+
+    #[test]
+    fn delivery_and_storage_rules_name_the_key_and_its_line() {
+        let subscription =
+            "[[topics]]\nname = \"t\"\n[[subscriptions]]\nname = \"s\"\ntopics = [\"t\"]\n";
+        refused(
+            &format!("{subscription}delivery = \"postgres\"\n"),
+            ":6: subscriptions.s.delivery: delivery = \"postgres\" needs a [subscriptions.postgres] table",
+        );
+        refused(
+            &format!(
+                "{subscription}[subscriptions.postgres]\nurl = \"postgres://h/db\"\ntable = \"t\"\n"
+            ),
+            ":6: subscriptions.s.postgres: only for delivery = \"postgres\"",
+        );
+        refused(
+            "[storage]\nbackend = \"postgres\"\n",
+            ":1: storage: the postgres backend needs [storage.postgres] with a url",
+        );
+        refused(
+            "[storage]\nbackend = \"file\"\n[storage.postgres]\nurl = \"postgres://h/db\"\n",
+            ":3: storage.postgres: only for backend = \"postgres\"",
+        );
+        assert_eq!(load("storage = \"file\"\n").unwrap().storage, StorageChoice::File);
+    }
+
+    #[test]
+    fn overrides_are_checked_naming_the_key() {
+        let mut value: toml::Value = toml::from_str("[[subscriptions]]\nname = \"s\"\n").unwrap();
+        let vars = [("INORDER_SUBSCRIPTIONS__S__LEASE_TIMEOUT".to_owned(), "2days".to_owned())];
+        apply_env_overrides(&mut value, vars).unwrap();
+        let source = Source::overridden(Some(Path::new("inorder.toml")), &value).unwrap();
+        let error = source.deserialize::<FileConfig>().unwrap_err();
+        assert_eq!(
+            format!("{error:#}"),
+            "inorder.toml with INORDER_* overrides: subscriptions.s.lease_timeout: must be at most 1day"
+        );
     }
 }

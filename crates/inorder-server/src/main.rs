@@ -9,6 +9,7 @@ mod cloudevent;
 mod commands;
 mod config;
 mod http;
+mod limits;
 mod problem;
 mod pull;
 mod serve;
@@ -17,7 +18,12 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::{client::Client, commands::PublishArgs, config::ServerConfig};
+use crate::{
+    client::Client,
+    commands::PublishArgs,
+    config::ServerConfig,
+    limits::{DEMO_USERS_DEFAULT, SERVER_URL_DEFAULT},
+};
 
 /// mimalloc: the server's hot paths allocate many small, short-lived buffers across threads
 /// (events, JSON, channel messages), the case glibc malloc handles worst.
@@ -29,7 +35,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(name = "inorder", version, propagate_version = true)]
 struct Cli {
     /// The server to talk to.
-    #[arg(long, global = true, env = "INORDER_SERVER", default_value = "http://127.0.0.1:7070")]
+    #[arg(long, global = true, env = "INORDER_SERVER", default_value = SERVER_URL_DEFAULT)]
     server: String,
     /// Bearer token, when the server requires one.
     #[arg(long, global = true, env = "INORDER_TOKEN", hide_env_values = true)]
@@ -106,7 +112,7 @@ enum Command {
     /// Run the purchase-flow demo in-process: actions published out of order, handled in order.
     Demo {
         /// How many users.
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = DEMO_USERS_DEFAULT)]
         users: usize,
     },
     /// Benchmarks.

@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | `invalid-cloudevent` | 400 | malformed JSON, a bad attribute, a bad batch |
 //! | `invalid-name` | 400 | a topic or subscription name that is not `[A-Za-z0-9._-]{1,200}` |
-//! | `invalid-request` | 400 | a bad query parameter or request body |
+//! | `invalid-request` | 400 | a bad query parameter or request body, a duration above its maximum |
 //! | `unauthorized` | 401 | a missing or wrong bearer token |
 //! | `topic-limit` | 403 | a publish would create a topic beyond `max_topics` |
 //! | `not-found` | 404 | no such route |
@@ -25,6 +25,8 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde_json::json;
+
+use crate::limits::RETRY_AFTER_SECONDS;
 
 /// The base of every problem type URI.
 pub const TYPE_BASE: &str = "https://inorder.dev/problems/";
@@ -120,6 +122,12 @@ impl Problem {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error", detail)
     }
 
+    /// What went wrong, as the answer's `detail` says it.
+    #[cfg(test)]
+    pub fn detail(&self) -> &str {
+        &self.detail
+    }
+
     fn retry_after(mut self, seconds: u64) -> Self {
         self.retry_after_seconds = Some(seconds);
         self
@@ -187,7 +195,9 @@ impl From<inorder::Error> for Problem {
                 Self::new(StatusCode::GATEWAY_TIMEOUT, "timeout", "Timed out", detail)
             }
             E::Storage(ref storage) => match storage.kind() {
-                inorder::StorageErrorKind::Transient => Self::storage_unavailable(detail, Some(1)),
+                inorder::StorageErrorKind::Transient => {
+                    Self::storage_unavailable(detail, Some(RETRY_AFTER_SECONDS))
+                }
                 inorder::StorageErrorKind::Unavailable => Self::storage_unavailable(detail, None),
                 inorder::StorageErrorKind::Corrupt | inorder::StorageErrorKind::Refused => {
                     tracing::error!(%detail, "storage error");
@@ -195,7 +205,7 @@ impl From<inorder::Error> for Problem {
                 }
             },
             E::StreamFailed { .. } => Self::storage_unavailable(detail, None),
-            E::Stopped => Self::overloaded(detail, 1),
+            E::Stopped => Self::overloaded(detail, RETRY_AFTER_SECONDS),
             E::Decode { .. }
             | E::Gap { .. }
             | E::InvalidConfig { .. }

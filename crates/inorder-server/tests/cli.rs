@@ -113,3 +113,27 @@ fn a_bad_configuration_file_is_refused_with_its_line() {
     assert!(stderr.contains("inorder.toml:3:"), "{stderr}");
     assert!(stderr.contains("retention"), "{stderr}");
 }
+
+#[test]
+fn a_duration_above_its_maximum_is_refused_at_start_with_its_line_key_and_maximum() {
+    let cases = [
+        (
+            "lease_timeout = \"10000000000000000000s\"\n",
+            "inorder.toml:1: lease_timeout: must be at most 1day",
+        ),
+        (
+            "[[topics]]\nname = \"orders\"\nsequence_timeout = \"10000000000000000000s\"\n",
+            "inorder.toml:3: topics.orders.sequence_timeout: must be at most 30days",
+        ),
+        (
+            "[[topics]]\nname = \"orders\"\n[[subscriptions]]\nname = \"s\"\ntopics = [\"orders\"]\n\
+             lease_timeout = \"25h\"\n",
+            "inorder.toml:6: subscriptions.s.lease_timeout: must be at most 1day",
+        ),
+    ];
+    for (config, expected) in cases {
+        let (code, stderr) = common::serve_refuses(config);
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(stderr.contains(expected), "expected {expected:?} in {stderr}");
+    }
+}

@@ -283,3 +283,27 @@ async fn too_many_publishes_at_once_get_503_with_retry_after() {
         "only accepted events were appended"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_above_the_maximum_is_refused_naming_the_field_and_the_maximum() {
+    let server = ServerProcess::start(ORDERS);
+    let (status, body) = post_event(&server, "orders", &event("order.created", "o-1")).await;
+    assert_eq!(status, 201, "{body}");
+    let too_long = [
+        client().get(server.url("/v1/status/orders/1?wait=31s")),
+        client().get(server.url("/v1/status/orders/1?wait=10000000000000000000s")),
+        client().get(server.url("/v1/topics/orders/events?from=2&wait=31s")),
+        client().post(server.url("/v1/subscriptions/billing/pull")).body(r#"{"wait":"31s"}"#),
+    ];
+    for request in too_long {
+        let (status, body) = decode(request.send().await.unwrap()).await;
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(body["type"], "https://inorder.dev/problems/invalid-request");
+        let detail = body["detail"].as_str().unwrap();
+        assert!(detail.starts_with("wait: ") && detail.ends_with("the maximum of 30s"), "{body}");
+    }
+    // Nothing was leased by the refused pull: the event is still there to pull.
+    let messages = pull(&server, "billing", 10, "5s").await;
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0]["attempt"], 1);
+}

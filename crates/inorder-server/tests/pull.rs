@@ -181,3 +181,30 @@ async fn nack_expiry_and_ack_work_the_same_in_every_ordering_mode() {
         assert_eq!(get(&server, "/v1/status/t/1?wait=2s").await.0, 200, "{ordering}: acked");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nack_delay_above_the_maximum_is_refused_and_the_subscription_goes_on() {
+    let server = ServerProcess::start(&config("fifo", ""));
+    publish(&server, "first", "k1").await;
+    let leased = pull(&server, "s", 1, "2s").await;
+    let lease = lease_and_type(&leased[0]).0;
+    let (status, body) = post_json(
+        &server,
+        "/v1/subscriptions/s/nack",
+        &json!({"leases": [lease], "delay": "10000000000000000000s"}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["type"], "https://inorder.dev/problems/invalid-request");
+    assert_eq!(body["detail"], r#"delay: "10000000000000000000s" is above the maximum of 1day"#);
+    // The refused nack changed nothing: the lease is still held and can be acked.
+    assert_eq!(ack(&server, "s", &[lease]).await["acked"], 1);
+    assert_eq!(get(&server, "/v1/status/t/1?wait=5s").await.0, 200, "the acked event is processed");
+    // And the subscription goes on with another key's event.
+    let position = publish(&server, "second", "k2").await;
+    let next = pull(&server, "s", 1, "5s").await;
+    assert_eq!((types(&next), next[0]["attempt"].clone()), (vec!["second".to_owned()], json!(1)));
+    ack(&server, "s", &[lease_and_type(&next[0]).0]).await;
+    let (status, body) = get(&server, &format!("/v1/status/t/{position}?wait=5s")).await;
+    assert_eq!(status, 200, "{body}");
+}

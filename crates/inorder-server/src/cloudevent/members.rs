@@ -3,19 +3,18 @@
 //!
 //! `data` in particular is never parsed into a tree and re-serialized: its bytes are kept as
 //! sent (serde_json still checks they are valid JSON). Both readers are bounded: an object may
-//! have at most [`MEMBERS_MAX`] members, a batch at most [`PUBLISH_BATCH_EVENTS_MAX`] events.
+//! have at most [`EVENT_MEMBERS_MAX`] members, a batch at most [`PUBLISH_BATCH_EVENTS_MAX`] events.
 
 use std::{borrow::Cow, fmt};
 
-use inorder::limits::{EVENT_EXTENSIONS_MAX, PUBLISH_BATCH_EVENTS_MAX};
+use inorder::limits::PUBLISH_BATCH_EVENTS_MAX;
 use serde::{
     Deserialize, Deserializer,
     de::{self, MapAccess, SeqAccess, Visitor},
 };
 use serde_json::value::RawValue;
 
-/// Most members of one structured event: the core attributes and the most extensions.
-pub const MEMBERS_MAX: usize = 16 + EVENT_EXTENSIONS_MAX;
+use crate::limits::{BATCH_EVENTS_PREALLOCATED, EVENT_CORE_MEMBERS_MAX, EVENT_MEMBERS_MAX};
 
 /// A JSON object's members in body order, values unparsed.
 pub struct Members<'a>(pub Vec<(Cow<'a, str>, &'a RawValue)>);
@@ -54,11 +53,11 @@ impl<'de> Deserialize<'de> for Members<'de> {
                 f.write_str("a JSON object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut members = Vec::with_capacity(16);
+                let mut members = Vec::with_capacity(EVENT_CORE_MEMBERS_MAX);
                 while let Some(Name(name)) = map.next_key()? {
-                    if members.len() == MEMBERS_MAX {
+                    if members.len() == EVENT_MEMBERS_MAX {
                         return Err(de::Error::custom(format!(
-                            "more than {MEMBERS_MAX} attributes"
+                            "more than {EVENT_MEMBERS_MAX} attributes"
                         )));
                     }
                     members.push((name, map.next_value::<&RawValue>()?));
@@ -79,7 +78,8 @@ impl<'de> Deserialize<'de> for Items<'de> {
                 f.write_str("a JSON array")
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(128));
+                let mut items =
+                    Vec::with_capacity(seq.size_hint().unwrap_or(0).min(BATCH_EVENTS_PREALLOCATED));
                 while let Some(item) = seq.next_element::<&RawValue>()? {
                     if items.len() == PUBLISH_BATCH_EVENTS_MAX {
                         return Err(de::Error::custom(format!(
@@ -110,7 +110,7 @@ mod tests {
     #[test]
     fn objects_and_batches_are_bounded() {
         let wide: String =
-            (0..=MEMBERS_MAX).map(|i| format!("\"a{i}\":1")).collect::<Vec<_>>().join(",");
+            (0..=EVENT_MEMBERS_MAX).map(|i| format!("\"a{i}\":1")).collect::<Vec<_>>().join(",");
         let error = serde_json::from_str::<Members<'_>>(&format!("{{{wide}}}")).err().unwrap();
         assert!(error.to_string().contains("attributes"), "{error}");
         let long = vec!["{}"; PUBLISH_BATCH_EVENTS_MAX + 1].join(",");

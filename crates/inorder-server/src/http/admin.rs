@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{AppState, name};
-use crate::problem::Problem;
+use crate::{limits::PARKED_LIST_DEFAULT, problem::Problem};
 
 /// `GET /v1/topics`.
 pub async fn topics(State(state): State<Arc<AppState>>) -> Result<Response, Problem> {
@@ -85,7 +85,8 @@ pub async fn parked(
     name("subscription", &subscription)?;
     let Query(query) = query.map_err(|e| Problem::invalid_request(e.body_text()))?;
     let after = query.after.as_deref().map(parse_parked_id).transpose()?;
-    let limit = query.limit.unwrap_or(100).clamp(1, inorder::limits::PARKED_LIST_MAX);
+    let limit =
+        query.limit.unwrap_or(PARKED_LIST_DEFAULT).clamp(1, inorder::limits::PARKED_LIST_MAX);
     let parked = state.engine.parked(&subscription, after, limit).await?;
     let next = (parked.len() == limit).then(|| parked.last().map(parked_id)).flatten();
     let items: Vec<Value> = parked

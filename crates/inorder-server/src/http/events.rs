@@ -12,10 +12,11 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{AppState, body, content_type, name, stopped, wait};
-use crate::{cloudevent, problem::Problem};
-
-/// Most events one read returns.
-pub const READ_LIMIT_MAX: usize = 1000;
+use crate::{
+    cloudevent,
+    limits::{READ_EVENTS_DEFAULT, READ_EVENTS_MAX, RETRY_AFTER_SECONDS},
+    problem::Problem,
+};
 
 const POSITION_HEADER: HeaderName = HeaderName::from_static("inorder-position");
 
@@ -50,7 +51,7 @@ pub async fn publish(
     .map_err(|e| Problem::invalid_event(e.0))?;
     let _permit = Arc::clone(&state.publish_permits)
         .try_acquire_owned()
-        .map_err(|_| Problem::overloaded("too many publishes in flight", 1))?;
+        .map_err(|_| Problem::overloaded("too many publishes in flight", RETRY_AFTER_SECONDS))?;
     let position = state.engine.publish(event).await?;
     let mut response = (StatusCode::CREATED, Json(json!({ "position": position }))).into_response();
     if let Ok(value) = HeaderValue::from_str(&format!("{topic}/{position}")) {
@@ -80,7 +81,7 @@ pub async fn publish_batch(
         cloudevent::parse_batch(&raw, topic.as_str()).map_err(|e| Problem::invalid_event(e.0))?;
     let _permit = Arc::clone(&state.publish_permits)
         .try_acquire_owned()
-        .map_err(|_| Problem::overloaded("too many publishes in flight", 1))?;
+        .map_err(|_| Problem::overloaded("too many publishes in flight", RETRY_AFTER_SECONDS))?;
     let positions = state.engine.publish_batch(events).await?;
     Ok((StatusCode::CREATED, Json(json!({ "positions": positions }))).into_response())
 }
@@ -103,7 +104,7 @@ pub async fn read(
     let topic = name("topic", &topic)?;
     let Query(query) = query.map_err(|e| Problem::invalid_request(e.body_text()))?;
     let from = query.from.unwrap_or(1).max(1);
-    let limit = query.limit.unwrap_or(100).clamp(1, READ_LIMIT_MAX);
+    let limit = query.limit.unwrap_or(READ_EVENTS_DEFAULT).clamp(1, READ_EVENTS_MAX);
     let wait = wait(query.wait.as_deref())?;
     let mut events = state.engine.read(topic.as_str(), from, limit).await?;
     if events.is_empty() && !wait.is_zero() {

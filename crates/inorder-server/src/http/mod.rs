@@ -3,8 +3,12 @@
 //!
 //! Every error is `application/problem+json` ([`crate::problem`]). Names in paths are validated
 //! before anything touches the disk. Bodies are capped (`body_limit`, 413 above it); publishes
-//! in flight are capped (`publish_in_flight`, 503 with `Retry-After` above it); long-polls are
-//! capped at [`HTTP_WAIT_MAX`] and end early when the server stops.
+//! in flight are capped (`publish_in_flight`, 503 with `Retry-After` above it). Every duration a
+//! request names has a maximum ([`crate::limits`]): a long-poll's `wait` at most
+//! [`HTTP_WAIT_MAX`], a nack's `delay` at most
+//! [`NACK_DELAY_MAX`](crate::limits::NACK_DELAY_MAX); above it the answer is 400
+//! `invalid-request` naming the field and the maximum. Long-polls end early when the server
+//! stops.
 
 mod admin;
 mod events;
@@ -27,10 +31,9 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use subtle::ConstantTimeEq;
 use tokio::sync::{Semaphore, watch};
 
-use crate::{problem::Problem, pull::PullQueue};
-
-/// Longest any request may wait (status and pull long-polls).
-pub const HTTP_WAIT_MAX: Duration = Duration::from_secs(30);
+use crate::{
+    cloudevent::media_type_essence, limits::HTTP_WAIT_MAX, problem::Problem, pull::PullQueue,
+};
 
 /// What every handler shares.
 pub struct AppState {
@@ -131,23 +134,55 @@ pub(crate) fn json_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<
         .map_err(|e| Problem::invalid_request(format!("malformed JSON body: {e}")))
 }
 
-/// A duration query or body parameter (`2s`, `500ms`), capped at [`HTTP_WAIT_MAX`].
-pub(crate) fn wait(raw: Option<&str>) -> Result<Duration, Problem> {
-    match raw {
-        None => Ok(Duration::ZERO),
-        Some(text) => humantime::parse_duration(text).map(|d| d.min(HTTP_WAIT_MAX)).map_err(|e| {
-            Problem::invalid_request(format!("wait: {text:?} is not a duration like \"2s\": {e}"))
-        }),
+/// A duration parameter of a query or body (`2s`, `500ms`) named `field`: absent is zero; above
+/// `max` it is refused, naming the field and the maximum.
+pub(crate) fn duration(field: &str, raw: Option<&str>, max: Duration) -> Result<Duration, Problem> {
+    let Some(text) = raw else { return Ok(Duration::ZERO) };
+    let duration = humantime::parse_duration(text).map_err(|e| {
+        Problem::invalid_request(format!("{field}: {text:?} is not a duration like \"2s\": {e}"))
+    })?;
+    if duration > max {
+        return Err(Problem::invalid_request(format!(
+            "{field}: {text:?} is above the maximum of {}",
+            humantime::format_duration(max)
+        )));
     }
+    Ok(duration)
 }
 
-/// The essence of the Content-Type (`application/json` of `application/json; charset=utf-8`).
+/// The `wait` of a long-poll, at most [`HTTP_WAIT_MAX`].
+pub(crate) fn wait(raw: Option<&str>) -> Result<Duration, Problem> {
+    duration("wait", raw, HTTP_WAIT_MAX)
+}
+
+/// The essence of the Content-Type, in lower case (`application/json` of
+/// `Application/JSON; charset=utf-8`).
 pub(crate) fn content_type(headers: &HeaderMap) -> Option<String> {
     let value = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
-    Some(value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase())
+    Some(media_type_essence(value).to_ascii_lowercase())
 }
 
 /// Resolves when the server stops.
 pub(crate) async fn stopped(mut stopping: watch::Receiver<bool>) {
     let _ = stopping.wait_for(|stopping| *stopping).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_duration_is_refused_above_its_maximum_naming_both() {
+        let max = Duration::from_secs(30);
+        assert_eq!(duration("wait", None, max).unwrap(), Duration::ZERO);
+        assert_eq!(duration("wait", Some("30s"), max).unwrap(), max, "the maximum itself is fine");
+        for (text, expected) in [
+            ("31s", r#"wait: "31s" is above the maximum of 30s"#),
+            ("10000000000000000000s", "above the maximum of 30s"),
+            ("soon", r#"wait: "soon" is not a duration"#),
+        ] {
+            let problem = duration("wait", Some(text), max).unwrap_err();
+            assert!(problem.detail().contains(expected), "{text}: {problem:?}");
+        }
+    }
 }

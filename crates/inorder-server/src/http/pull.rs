@@ -1,6 +1,6 @@
 //! Pull consumers: `pull`, `ack`, `nack` (see [`crate::pull`]).
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use axum::{
     Json,
@@ -10,11 +10,12 @@ use axum::{
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{AppState, body, json_body, name, stopped, wait};
+use super::{AppState, body, duration, json_body, name, stopped, wait};
 use crate::{
     cloudevent,
+    limits::{NACK_DELAY_MAX, PULL_EVENTS_DEFAULT, PULL_EVENTS_MAX},
     problem::Problem,
-    pull::{PULL_MAX, PullQueue},
+    pull::PullQueue,
 };
 
 /// Body of `pull`.
@@ -59,9 +60,9 @@ pub async fn pull(
     let raw = body(raw)?;
     let request: PullRequest =
         if raw.is_empty() { PullRequest { max: None, wait: None } } else { json_body(&raw)? };
-    let max = request.max.unwrap_or(10);
-    if max == 0 || max > PULL_MAX {
-        return Err(Problem::invalid_request(format!("max must be within 1..={PULL_MAX}")));
+    let max = request.max.unwrap_or(PULL_EVENTS_DEFAULT);
+    if max == 0 || max > PULL_EVENTS_MAX {
+        return Err(Problem::invalid_request(format!("max must be within 1..={PULL_EVENTS_MAX}")));
     }
     let wait = wait(request.wait.as_deref())?;
     let leased = tokio::select! {
@@ -103,11 +104,7 @@ pub async fn nack(
 ) -> Result<Response, Problem> {
     let queue = queue(&state, &subscription)?;
     let request = settle_request(raw)?;
-    let delay = match request.delay.as_deref() {
-        None => Duration::ZERO,
-        Some(text) => humantime::parse_duration(text)
-            .map_err(|e| Problem::invalid_request(format!("delay: {text:?}: {e}")))?,
-    };
+    let delay = duration("delay", request.delay.as_deref(), NACK_DELAY_MAX)?;
     let settled = queue.nack(&request.leases, delay);
     Ok(Json(json!({ "nacked": settled.settled, "unknown": settled.unknown })).into_response())
 }

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{AppState, name, stopped, wait};
-use crate::problem::Problem;
+use crate::{limits::RETRY_AFTER_SECONDS, problem::Problem};
 
 /// Query of the status route.
 #[derive(Debug, Deserialize)]
@@ -56,6 +56,9 @@ pub async fn status(
         Ok(Json(json!({ "topic": topic.as_str(), "position": position, "processed": true }))
             .into_response())
     } else {
-        Err(Problem::not_processed_yet(format!("{topic}/{position} is not processed yet"), 1))
+        Err(Problem::not_processed_yet(
+            format!("{topic}/{position} is not processed yet"),
+            RETRY_AFTER_SECONDS,
+        ))
     }
 }
