@@ -1,7 +1,7 @@
 //! The CLI's HTTP client for a running server.
 
 use anyhow::bail;
-use reqwest::{Method, RequestBuilder, Response};
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde_json::Value;
 
 /// Talks to one server.
@@ -26,13 +26,23 @@ impl Client {
         }
     }
 
-    /// Sends and returns the JSON body; an error answer becomes an error naming the problem.
+    /// Sends and returns the JSON body; an error answer becomes an error naming the problem
+    /// (but 425 Too Early, which is an answer).
     pub async fn send(&self, request: RequestBuilder) -> anyhow::Result<(u16, Value)> {
+        self.send_answering(request, &[StatusCode::TOO_EARLY]).await
+    }
+
+    /// As [`Client::send`], but the statuses in `answers` come back like a success.
+    pub async fn send_answering(
+        &self,
+        request: RequestBuilder,
+        answers: &[StatusCode],
+    ) -> anyhow::Result<(u16, Value)> {
         let response = request
             .send()
             .await
             .map_err(|e| anyhow::anyhow!("cannot reach the server at {}: {e}", self.base))?;
-        decode(response).await
+        decode(response, answers).await
     }
 
     /// GET `path` as JSON.
@@ -41,11 +51,12 @@ impl Client {
     }
 }
 
-async fn decode(response: Response) -> anyhow::Result<(u16, Value)> {
+async fn decode(response: Response, answers: &[StatusCode]) -> anyhow::Result<(u16, Value)> {
+    let answer = answers.contains(&response.status());
     let status = response.status().as_u16();
     let text = response.text().await?;
     let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    if status >= 400 && status != 425 {
+    if status >= 400 && !answer {
         let detail = value.get("detail").and_then(Value::as_str).unwrap_or_default();
         let title = value.get("title").and_then(Value::as_str).unwrap_or("error");
         bail!("{status} {title}: {detail}");

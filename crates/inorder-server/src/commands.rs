@@ -12,7 +12,7 @@ use inorder::{
     limits::PARKED_LIST_MAX,
 };
 use parking_lot::Mutex;
-use reqwest::Method;
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::{
@@ -154,13 +154,24 @@ pub async fn tail(
     }
 }
 
-/// `inorder status TOPIC/POSITION`: exit code 0 when processed, 2 when not yet.
+/// What `inorder status` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusAnswer {
+    /// Processed (exit code 0).
+    Processed,
+    /// Not yet (exit code 2).
+    NotYet,
+    /// Parked or discarded: it will not be processed unless an operator retries it (exit code 3).
+    Parked,
+}
+
+/// `inorder status TOPIC/POSITION`: processed, not yet, or parked (and why).
 pub async fn status(
     client: &Client,
     target: &str,
     wait: Option<&str>,
     subscription: Option<&str>,
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<StatusAnswer> {
     let (topic, position) = target.rsplit_once('/').context("give the target as TOPIC/POSITION")?;
     let mut path = format!("/v1/status/{topic}/{position}?");
     if let Some(wait) = wait {
@@ -169,10 +180,23 @@ pub async fn status(
     if let Some(subscription) = subscription {
         path.push_str(&format!("subscription={subscription}"));
     }
-    let (status, _) = client.send(client.request(Method::GET, &path)).await?;
-    let processed = status == 200;
-    println!("{topic}/{position}: {}", if processed { "processed" } else { "not processed yet" });
-    Ok(processed)
+    let answers = [StatusCode::TOO_EARLY, StatusCode::CONFLICT];
+    let (status, body) =
+        client.send_answering(client.request(Method::GET, &path), &answers).await?;
+    let answer = match StatusCode::from_u16(status) {
+        Ok(StatusCode::OK) => StatusAnswer::Processed,
+        Ok(StatusCode::CONFLICT) => StatusAnswer::Parked,
+        _ => StatusAnswer::NotYet,
+    };
+    match answer {
+        StatusAnswer::Processed => println!("{topic}/{position}: processed"),
+        StatusAnswer::NotYet => println!("{topic}/{position}: not processed yet"),
+        StatusAnswer::Parked => println!(
+            "{topic}/{position}: parked ({})",
+            body["detail"].as_str().unwrap_or("no detail")
+        ),
+    }
+    Ok(answer)
 }
 
 /// `inorder topics`.

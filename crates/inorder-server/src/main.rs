@@ -20,7 +20,7 @@ use clap::{Parser, Subcommand};
 
 use crate::{
     client::Client,
-    commands::PublishArgs,
+    commands::{PublishArgs, StatusAnswer},
     config::ServerConfig,
     limits::{DEMO_USERS_DEFAULT, SERVER_URL_DEFAULT},
 };
@@ -84,7 +84,8 @@ enum Command {
         #[arg(long)]
         limit: Option<u64>,
     },
-    /// Whether TOPIC/POSITION is processed (exit code 0) or not yet (exit code 2).
+    /// Whether TOPIC/POSITION is processed (exit code 0), not yet (2), or parked (3: it will not
+    /// be processed unless an operator retries it).
     Status {
         /// TOPIC/POSITION.
         target: String,
@@ -169,9 +170,13 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             commands::tail(&client, &topic, from, follow, limit).await?;
         }
         Command::Status { target, wait, subscription } => {
-            if !commands::status(&client, &target, wait.as_deref(), subscription.as_deref()).await?
-            {
-                return Ok(std::process::ExitCode::from(2));
+            let answer =
+                commands::status(&client, &target, wait.as_deref(), subscription.as_deref())
+                    .await?;
+            match answer {
+                StatusAnswer::Processed => {}
+                StatusAnswer::NotYet => return Ok(std::process::ExitCode::from(2)),
+                StatusAnswer::Parked => return Ok(std::process::ExitCode::from(3)),
             }
         }
         Command::Topics => commands::topics(&client).await?,

@@ -1,5 +1,8 @@
 //! Errors as `application/problem+json` (RFC 9457), each with a stable `type` URI.
 //!
+//! A problem may carry extension members beside `type`, `title`, `status` and `detail`, for a
+//! client to act on without parsing `detail`; the table names them.
+//!
 //! | type | status | when |
 //! |---|---|---|
 //! | `invalid-cloudevent` | 400 | malformed JSON, a bad attribute, a bad batch |
@@ -11,6 +14,7 @@
 //! | `unknown-topic` | 404 | a topic that does not exist |
 //! | `unknown-subscription` | 404 | a subscription that does not exist |
 //! | `unknown-parked-event` | 404 | no parked event with that id |
+//! | `event-parked` | 409 | the status of an event a subscription parked or an operator discarded; members `subscription`, `reason`, `parked_id` (`{topic}:{position}`, for the parked routes), `error` (the handler's last, or null), `attempts`, `discarded` |
 //! | `payload-too-large` | 413 | a body over the limit, or event data over the event limit |
 //! | `unsupported-media-type` | 415 | a body that is neither a CloudEvent nor a batch |
 //! | `unknown-action` | 422 | an action the topic's `actions` list does not have |
@@ -24,7 +28,7 @@ use axum::{
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use serde_json::json;
+use serde_json::{Map, Value};
 
 use crate::limits::RETRY_AFTER_SECONDS;
 
@@ -39,7 +43,12 @@ pub struct Problem {
     title: &'static str,
     detail: String,
     retry_after_seconds: Option<u64>,
+    /// Extension members, written beside the standard ones.
+    members: Map<String, Value>,
 }
+
+/// The members RFC 9457 defines; an extension member never takes one of these names.
+const STANDARD_MEMBERS: [&str; 5] = ["type", "title", "status", "detail", "instance"];
 
 impl Problem {
     fn new(
@@ -48,7 +57,25 @@ impl Problem {
         title: &'static str,
         detail: impl Into<String>,
     ) -> Self {
-        Self { status, kind, title, detail: detail.into(), retry_after_seconds: None }
+        Self {
+            status,
+            kind,
+            title,
+            detail: detail.into(),
+            retry_after_seconds: None,
+            members: Map::new(),
+        }
+    }
+
+    /// The same problem with the extension member `name` (documented in the table above).
+    ///
+    /// # Panics
+    /// If `name` is a standard member (`type`, `title`, …): a bug in the caller.
+    #[must_use]
+    pub fn with_member(mut self, name: &'static str, value: impl Into<Value>) -> Self {
+        assert!(!STANDARD_MEMBERS.contains(&name), "{name} is a standard problem member");
+        self.members.insert(name.to_owned(), value.into());
+        self
     }
 
     /// 400 `invalid-cloudevent`.
@@ -97,6 +124,12 @@ impl Problem {
             .retry_after(seconds)
     }
 
+    /// 409 `event-parked`: the event will not be processed unless an operator retries it; the
+    /// caller adds the members that say why.
+    pub fn event_parked(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "event-parked", "Event parked", detail)
+    }
+
     /// 503 `overloaded`, retry after `seconds`.
     pub fn overloaded(detail: impl Into<String>, seconds: u64) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "Overloaded", detail)
@@ -136,12 +169,12 @@ impl Problem {
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
-        let body = json!({
-            "type": format!("{TYPE_BASE}{}", self.kind),
-            "title": self.title,
-            "status": self.status.as_u16(),
-            "detail": self.detail,
-        });
+        let mut body = self.members;
+        body.insert("type".to_owned(), format!("{TYPE_BASE}{}", self.kind).into());
+        body.insert("title".to_owned(), self.title.into());
+        body.insert("status".to_owned(), self.status.as_u16().into());
+        body.insert("detail".to_owned(), self.detail.into());
+        let body = Value::Object(body);
         let mut response = (self.status, body.to_string()).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
@@ -215,5 +248,42 @@ impl From<inorder::Error> for Problem {
                 Self::internal(detail)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body(problem: Problem) -> (StatusCode, Value) {
+        let response = problem.into_response();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 16).await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[tokio::test]
+    async fn extension_members_are_written_beside_the_standard_ones() {
+        let problem = Problem::event_parked("t/1 was parked")
+            .with_member("reason", "failed")
+            .with_member("attempts", 3)
+            .with_member("error", Value::Null);
+        let (status, body) = body(problem).await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert_eq!(
+            body,
+            serde_json::json!({
+                "type": "https://inorder.dev/problems/event-parked", "title": "Event parked",
+                "status": 409, "detail": "t/1 was parked",
+                "reason": "failed", "attempts": 3, "error": null,
+            })
+        );
+    }
+
+    #[test]
+    fn a_member_never_replaces_a_standard_one() {
+        let replaced =
+            std::panic::catch_unwind(|| Problem::event_parked("x").with_member("status", 200));
+        assert!(replaced.is_err(), "with_member(\"status\") must be refused");
     }
 }

@@ -5,12 +5,9 @@
 
 mod common;
 
-use std::{
-    io::Write,
-    process::{Command, Output, Stdio},
-};
+use std::process::Command;
 
-use common::{ServerProcess, ack, lease_and_type, pull};
+use common::{ServerProcess, ack, inorder, lease_and_type, pull, stdout};
 
 const CONFIG: &str = r#"
 [[topics]]
@@ -21,26 +18,6 @@ name = "audit"
 topics = ["orders"]
 delivery = "pull"
 "#;
-
-fn inorder(server: &ServerProcess, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_inorder"))
-        .arg("--server")
-        .arg(&server.base)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    input.write_all(stdin.unwrap_or_default().as_bytes()).unwrap();
-    drop(input);
-    child.wait_with_output().unwrap()
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_tail_status_and_topics_through_the_cli() {

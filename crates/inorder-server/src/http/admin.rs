@@ -65,7 +65,7 @@ pub struct ParkedQuery {
 }
 
 /// A parked event's id in URLs: `{topic}:{position}`.
-fn parked_id(parked: &ParkedEvent) -> String {
+pub(super) fn parked_id(parked: &ParkedEvent) -> String {
     format!("{}:{}", parked.topic, parked.position)
 }
 

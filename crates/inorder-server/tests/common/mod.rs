@@ -2,9 +2,9 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::{
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Write},
     path::PathBuf,
-    process::{Child, Command, ExitStatus, Stdio},
+    process::{Child, Command, ExitStatus, Output, Stdio},
     time::Duration,
 };
 
@@ -198,4 +198,51 @@ pub fn serve_refuses(config: &str) -> (Option<i32>, String) {
         .unwrap();
     assert!(!output.status.success(), "inorder serve started with:\n{config}");
     (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+/// Runs the `inorder` CLI against `server` with `args`, feeding it `stdin`.
+pub fn inorder(server: &ServerProcess, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_inorder"))
+        .arg("--server")
+        .arg(&server.base)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.unwrap_or_default().as_bytes()).unwrap();
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+/// What a command printed on stdout.
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Asks `check` every 50 ms until it returns `Some`, for at most `within`; panics naming `what`
+/// (with the last thing seen) if it never does.
+pub async fn eventually<T>(
+    what: &str,
+    within: Duration,
+    mut check: impl AsyncFnMut() -> Result<T, String>,
+) -> T {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        match check().await {
+            Ok(found) => return found,
+            Err(seen) if std::time::Instant::now() >= deadline => {
+                panic!("{what}: not within {within:?}; last seen: {seen}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// The short `type` of a problem body (`event-parked` of `https://inorder.dev/problems/event-parked`).
+pub fn problem_type(body: &Value) -> &str {
+    let kind = body["type"].as_str().unwrap_or_else(|| panic!("not a problem: {body}"));
+    kind.strip_prefix("https://inorder.dev/problems/").unwrap_or(kind)
 }
