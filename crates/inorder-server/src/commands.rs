@@ -213,36 +213,44 @@ pub async fn topics(client: &Client) -> anyhow::Result<()> {
         println!(
             "{:<32} {:>10} {:>10}  {}",
             topic["name"].as_str().unwrap_or_default(),
-            topic["first_position"],
-            topic["last_position"],
+            cell(&topic["first_position"]),
+            cell(&topic["last_position"]),
             subscriptions.join(", ")
         );
     }
     Ok(())
 }
 
-/// `inorder subscriptions`.
+/// `inorder subscriptions`: one line per stream, its state last, followed by its error when it
+/// is not running.
 pub async fn subscriptions(client: &Client) -> anyhow::Result<()> {
     let answer = client.get("/v1/subscriptions").await?;
     println!(
-        "{:<24} {:<24} {:>10} {:>10} {:>8} {:>9} {:>7}",
+        "{:<24} {:<24} {:>10} {:>10} {:>8} {:>9} {:>7}  state",
         "subscription", "topic", "watermark", "last", "lag", "in-flight", "parked"
     );
     for subscription in answer["subscriptions"].as_array().into_iter().flatten() {
         for topic in subscription["topics"].as_array().into_iter().flatten() {
+            let state = topic["state"].as_str().unwrap_or("unknown");
+            let error = topic["error"].as_str().map(|e| format!(": {e}")).unwrap_or_default();
             println!(
-                "{:<24} {:<24} {:>10} {:>10} {:>8} {:>9} {:>7}",
+                "{:<24} {:<24} {:>10} {:>10} {:>8} {:>9} {:>7}  {state}{error}",
                 subscription["name"].as_str().unwrap_or_default(),
                 topic["topic"].as_str().unwrap_or_default(),
-                topic["watermark"],
-                topic["last_position"],
-                topic["lag"],
-                topic["in_flight"],
-                topic["parked"]
+                cell(&topic["watermark"]),
+                cell(&topic["last_position"]),
+                cell(&topic["lag"]),
+                cell(&topic["in_flight"]),
+                cell(&topic["parked"])
             );
         }
     }
     Ok(())
+}
+
+/// A JSON value as a table cell: `Value`'s own `Display` ignores the column width.
+fn cell(value: &Value) -> String {
+    value.to_string()
 }
 
 /// `inorder parked list|retry|discard`.

@@ -21,6 +21,7 @@
 //! | `not-processed-yet` | 425 | the status of a position not yet processed |
 //! | `overloaded` | 503 | too many publishes at once, or the server stopping; retry after `Retry-After` |
 //! | `storage-unavailable` | 503 | the storage failed (a transient failure has `Retry-After`), or the stream asked about has failed |
+//! | `not-ready` | 503 | `GET /readyz` while a stream is failed; member `failed`: `[{"stream": "subscription/topic", "error": "…"}]` |
 //! | `timeout` | 504 | an engine wait that ran out (not the status long-poll, which answers 425) |
 //! | `internal` | 500 | corrupt or refusing storage, or a bug (see the server log) |
 
@@ -128,6 +129,11 @@ impl Problem {
     /// caller adds the members that say why.
     pub fn event_parked(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "event-parked", "Event parked", detail)
+    }
+
+    /// 503 `not-ready`: a stream is failed; the caller adds the `failed` member.
+    pub fn not_ready(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "not-ready", "Not ready", detail)
     }
 
     /// 503 `overloaded`, retry after `seconds`.

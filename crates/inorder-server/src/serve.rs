@@ -32,6 +32,22 @@ fn metrics_handle() -> Option<PrometheusHandle> {
     HANDLE.get_or_init(|| PrometheusBuilder::new().install_recorder().ok()).clone()
 }
 
+/// Registers the engine's health gauge before the engine starts, so `/metrics` shows
+/// `inorder_streams_failed 0` from the first scrape (the engine touches it only when a stream
+/// fails, and an alert on a series that does not exist never fires). Adding zero cannot undo a
+/// stream the engine already counted.
+fn register_health_metrics() {
+    metrics::describe_gauge!(
+        "inorder_streams_failed",
+        "Streams (subscription x topic) that failed and handle nothing until repaired"
+    );
+    metrics::describe_counter!(
+        "inorder_stream_restarts_total",
+        "Restarts of a stream after a transient failure"
+    );
+    metrics::gauge!("inorder_streams_failed").increment(0.0);
+}
+
 /// Starts the engine and the HTTP server; it runs until `shutdown` resolves.
 ///
 /// # Errors
@@ -41,6 +57,7 @@ pub async fn start(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<Server> {
     let metrics = metrics_handle();
+    register_health_metrics();
     let mut builder = Engine::builder(config.engine.clone());
     let mut pulls = HashMap::new();
     let mut deliveries = HashMap::new();

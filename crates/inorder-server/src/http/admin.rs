@@ -7,7 +7,7 @@ use axum::{
     extract::{Path, Query, State, rejection::QueryRejection},
     response::{IntoResponse, Response},
 };
-use inorder::{Name, ParkedEvent};
+use inorder::{Name, ParkedEvent, StreamHealth};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -31,7 +31,9 @@ pub async fn topics(State(state): State<Arc<AppState>>) -> Result<Response, Prob
     Ok(Json(json!({ "topics": topics })).into_response())
 }
 
-/// `GET /v1/subscriptions`: position, watermark, lag, in-flight and parked counts per topic.
+/// `GET /v1/subscriptions`: per topic stream its health (`state`, `error`, `restarts` while
+/// retrying), position, watermark, lag, in-flight, parked and discarded counts; per
+/// subscription the worst state of its streams.
 pub async fn subscriptions(State(state): State<Arc<AppState>>) -> Result<Response, Problem> {
     let mut list = Vec::new();
     for info in state.engine.subscriptions().await? {
@@ -39,22 +41,42 @@ pub async fn subscriptions(State(state): State<Arc<AppState>>) -> Result<Respons
             .streams
             .iter()
             .map(|s| {
-                json!({
-                    "topic": s.topic, "position": s.status.read_position.saturating_sub(1),
+                let health = &s.status.health;
+                let mut stream = json!({
+                    "topic": s.topic, "state": health.as_str(), "error": health.error(),
+                    "position": s.status.read_position.saturating_sub(1),
                     "watermark": s.status.watermark, "last_position": s.last_position, "lag": s.lag,
-                    "in_flight": s.status.pending, "live_workers": s.status.live_workers, "parked": s.status.parked,
-                })
+                    "in_flight": s.status.pending, "live_workers": s.status.live_workers,
+                    "parked": s.status.parked, "discarded": s.status.discarded,
+                });
+                if let StreamHealth::Retrying { restarts, .. } = health {
+                    stream["restarts"] = json!(restarts);
+                }
+                stream
             })
             .collect();
+        let overall = overall_state(info.streams.iter().map(|s| &s.status.health));
         let (offered, leased) = state.pulls.get(&info.name).map_or((0, 0), |q| q.sizes());
         list.push(json!({
-            "name": info.name, "ordering": format!("{:?}", info.ordering).to_lowercase(),
+            "name": info.name, "state": overall,
+            "ordering": format!("{:?}", info.ordering).to_lowercase(),
             "delivery": state.deliveries.get(&info.name).copied().unwrap_or("handler"),
             "topics": streams, "handled": info.handled, "failed_attempts": info.failed_attempts,
             "parked_since_start": info.parked, "offered": offered, "leased": leased,
         }));
     }
     Ok(Json(json!({ "subscriptions": list })).into_response())
+}
+
+/// A subscription's state: the worst of its streams' (failed > retrying > running); `running`
+/// without streams (a pattern that matches no topic yet).
+fn overall_state<'a>(streams: impl IntoIterator<Item = &'a StreamHealth>) -> &'static str {
+    let severity = |health: &&StreamHealth| match health {
+        StreamHealth::Running => 0,
+        StreamHealth::Retrying { .. } => 1,
+        StreamHealth::Failed { .. } => 2,
+    };
+    streams.into_iter().max_by_key(severity).map_or("running", StreamHealth::as_str)
 }
 
 /// Query of the parked listing.
@@ -123,4 +145,24 @@ pub async fn discard_parked(
     let (topic, position) = parse_parked_id(&id)?;
     state.engine.discard_parked(&subscription, topic.as_str(), position).await?;
     Ok(Json(json!({ "discarded": id })).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_subscription_is_as_bad_as_its_worst_stream() {
+        let running = StreamHealth::Running;
+        let retrying = StreamHealth::Retrying { restarts: 2, error: "timed out".into() };
+        let failed = StreamHealth::Failed { error: "corrupt".into() };
+        let check = |streams: &[&StreamHealth], expected: &str| {
+            assert_eq!(overall_state(streams.iter().copied()), expected, "{streams:?}");
+        };
+        check(&[], "running");
+        check(&[&running, &running], "running");
+        check(&[&running, &retrying, &running], "retrying");
+        check(&[&failed, &retrying], "failed");
+        check(&[&retrying, &running, &failed], "failed");
+    }
 }

@@ -1,8 +1,11 @@
 //! `GET /metrics`: Prometheus text format.
 //!
 //! Counters and histograms are recorded where things happen (the engine's handler calls and
-//! publishes, every HTTP request); gauges that describe state — lag, live workers, parked
-//! events, records per fsync — are refreshed from the engine when scraped.
+//! publishes, stream restarts, every HTTP request); gauges that describe state — lag, live
+//! workers, parked events, records per fsync — are refreshed from the engine when scraped. The
+//! engine keeps `inorder_streams_failed` itself; the server registers it at 0 before the engine
+//! starts, and each stream's `inorder_stream_restarts_total` at 0 when scraped, so both series
+//! exist before anything goes wrong.
 
 use std::sync::Arc;
 
@@ -29,6 +32,7 @@ pub async fn render(State(state): State<Arc<AppState>>) -> Result<Response, Prob
             metrics::gauge!("inorder_live_workers", &labels).set(stream.status.live_workers as f64);
             metrics::gauge!("inorder_parked", &labels).set(stream.status.parked as f64);
             metrics::gauge!("inorder_watermark", &labels).set(stream.status.watermark as f64);
+            metrics::counter!("inorder_stream_restarts_total", &labels).increment(0);
         }
     }
     for topic in state.engine.topics().await? {

@@ -1,5 +1,5 @@
 //! The HTTP API (see README "HTTP API"): CloudEvents in, events and status out, pull consumers,
-//! administration, health and metrics.
+//! administration, health (`/healthz` liveness, `/readyz` readiness) and metrics.
 //!
 //! Every error is `application/problem+json` ([`crate::problem`]). Names in paths are validated
 //! before anything touches the disk. Bodies are capped (`body_limit`, 413 above it); publishes
@@ -12,6 +12,7 @@
 
 mod admin;
 mod events;
+mod health;
 mod metrics;
 mod pull;
 mod status;
@@ -56,7 +57,8 @@ pub struct AppState {
 /// The router with every route and middleware.
 pub fn router(state: Arc<AppState>, body_limit_bytes: usize) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::render))
         .route("/v1/topics", get(admin::topics))
         .route("/v1/topics/{topic}/events", post(events::publish).get(events::read))
@@ -76,10 +78,14 @@ pub fn router(state: Arc<AppState>, body_limit_bytes: usize) -> Router {
         .with_state(state)
 }
 
-/// Requires a bearer token on every route but `/healthz` when tokens are configured. Tokens are
-/// compared in constant time.
+/// The routes that need no token even when tokens are configured: liveness and readiness probes
+/// (a kubelet or load balancer carries none), which tell nothing but whether streams failed.
+const OPEN_ROUTES: [&str; 2] = ["/healthz", "/readyz"];
+
+/// Requires a bearer token on every route but [`OPEN_ROUTES`] when tokens are configured.
+/// Tokens are compared in constant time.
 async fn authorize(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
-    if state.tokens.is_empty() || request.uri().path() == "/healthz" {
+    if state.tokens.is_empty() || OPEN_ROUTES.contains(&request.uri().path()) {
         return next.run(request).await;
     }
     let presented = request
