@@ -158,7 +158,15 @@ async fn a_stream_that_meets_a_corrupt_record_is_failed_and_visible_everywhere()
     assert_eq!(streams[0]["error"], error);
     assert_eq!((&streams[1]["topic"], &streams[1]["state"]), (&json!("fine"), &json!("running")));
     assert_eq!(streams[1]["error"], Value::Null);
-    assert!(metrics(&server).await.lines().any(|l| l == "inorder_streams_failed 1"));
+    let scraped = metrics(&server).await;
+    assert!(scraped.lines().any(|l| l == "inorder_streams_failed 1"), "{scraped}");
+    let restarts = |l: &&str| {
+        l.starts_with("inorder_stream_restarts_total{")
+            && l.contains(r#"subscription="s""#)
+            && l.contains(r#"topic="broken""#)
+    };
+    let line = scraped.lines().find(restarts).unwrap_or_else(|| panic!("{scraped}"));
+    assert!(line.ends_with("} 0"), "corruption is not retried: {line}");
 
     let cli = inorder(&server, &["subscriptions"], None);
     assert!(cli.status.success(), "{cli:?}");
