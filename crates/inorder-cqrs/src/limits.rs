@@ -81,6 +81,9 @@ pub const CYCLER_CHECK_EVERY_DEFAULT: Duration = Duration::from_secs(60 * 60);
 /// The most dates one run publishes; a longer backlog continues in the next run (the spawned
 /// loop starts it at once). A year of downtime fits one run.
 pub const CYCLER_CATCH_UP_DATES_MAX: usize = 366;
+/// Longest a cycler waits for another cycler's publish of a date to land before it goes on to
+/// the next date (so dates reach the log in order, whoever publishes them).
+pub const CYCLER_OTHER_PUBLISH_WAIT: Duration = Duration::from_secs(10);
 
 /// The longest decimal `u64` (a version or a slot number in an event id), in bytes.
 const U64_DECIMAL_BYTES_MAX: usize = 20;

@@ -44,7 +44,7 @@ use crate::{
     error::{Error, Result},
     limits::{
         CYCLER_CATCH_UP_DATES_MAX, CYCLER_CHECK_EVERY_DEFAULT, CYCLER_HOUR_DEFAULT,
-        CYCLER_HOUR_MAX, CYCLER_TOPIC_DEFAULT, READ_BATCH_EVENTS,
+        CYCLER_HOUR_MAX, CYCLER_OTHER_PUBLISH_WAIT, CYCLER_TOPIC_DEFAULT, READ_BATCH_EVENTS,
     },
 };
 
@@ -465,6 +465,25 @@ impl DailyCycler {
         Ok((start <= latest_due).then_some(start))
     }
 
+    /// Waits until the event `id`, which another cycler is publishing, is in the log: the next
+    /// date must not land before it.
+    async fn landed(&self, id: &str) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + CYCLER_OTHER_PUBLISH_WAIT;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let found = self.engine.positions_of(&self.config.topic, vec![id.to_owned()]).await?;
+            if found.first().copied().flatten().is_some() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(id, "another cycler's publish did not land in time");
+                return Err(inorder::Error::Timeout { waited: CYCLER_OTHER_PUBLISH_WAIT }.into());
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+
     /// Publishes date `date`'s event; `false` if it was already cycled.
     async fn cycle(&self, date: Date) -> Result<bool> {
         let topic = &self.config.topic;
@@ -490,7 +509,8 @@ impl DailyCycler {
                     Ok(true)
                 }
                 Err(inorder::Error::IdTaken { .. }) => {
-                    tracing::debug!("already cycled by another cycler");
+                    tracing::debug!("already cycled, or being cycled, by another cycler");
+                    self.landed(&cycled_id(date)).await?;
                     Ok(false)
                 }
                 Err(error) => Err(error.into()),

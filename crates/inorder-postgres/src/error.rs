@@ -97,7 +97,8 @@ impl From<Error> for inorder::Error {
         } else {
             Kind::Unavailable
         };
-        Self::Storage(inorder::StorageError::new(kind, error.to_string()).with_source(error))
+        // The message carries the driver's text: no source, or error chains print it twice.
+        Self::Storage(inorder::StorageError::new(kind, error.to_string()))
     }
 }
 

@@ -31,7 +31,7 @@ use crate::{
     checkpoint::{self, CommitRequest},
     codec,
     config::{EngineConfig, TopicConfig},
-    error::{Error, Result},
+    error::{Error, Result, StorageErrorKind},
     event::Event,
     handler::{Handler, SharedHandler},
     indexer::{self, IndexJob},
@@ -209,11 +209,29 @@ impl Engine {
     }
 
     /// Creates (if needed) and registers a topic, rebuilds its id index, starts its streams.
+    ///
+    /// A topic whose storage is damaged (its log does not open, or an event to index does not
+    /// decode) is registered as **failed**: publishes to it are refused with the damage, and
+    /// its streams start and fail visibly — the engine and its other topics run on.
     async fn register_topic(&self, name: Name, config: TopicConfig) -> Result<Arc<TopicRuntime>> {
         let inner = &self.inner;
-        inner.storage.create_topic(&name).await?;
-        let topic = Arc::new(TopicRuntime::new(name.clone(), config));
-        self.index_unindexed_ids(&topic).await?;
+        let opened = async {
+            inner.storage.create_topic(&name).await?;
+            self.index_unindexed_ids(&name).await
+        };
+        let topic = match opened.await {
+            Ok(indexed) => {
+                let topic = TopicRuntime::new(name.clone(), config, None);
+                topic.dedupe.set_indexed(indexed);
+                topic
+            }
+            Err(error) if error.storage_kind() == Some(StorageErrorKind::Corrupt) => {
+                tracing::error!(topic = %name, %error, "topic is damaged; it takes no events");
+                TopicRuntime::new(name.clone(), config, Some(error.to_string()))
+            }
+            Err(error) => return Err(error),
+        };
+        let topic = Arc::new(topic);
         inner.topics.write().insert(name.clone(), Arc::clone(&topic));
         let deps = StreamDeps {
             storage: Arc::clone(&inner.storage),
@@ -231,11 +249,12 @@ impl Engine {
     }
 
     /// Indexes the ids of events appended after the index's last mark (a crash can leave some).
-    async fn index_unindexed_ids(&self, topic: &TopicRuntime) -> Result<()> {
+    /// Returns the position up to which every id is indexed: the topic's last.
+    async fn index_unindexed_ids(&self, topic: &Name) -> Result<u64> {
         let storage = &self.inner.storage;
-        let indexed = storage.ids_indexed_to(&topic.name).await?;
-        let (_, last) = storage.positions(&topic.name).await?;
-        let mut reader = storage.reader(&topic.name, indexed + 1).await?;
+        let indexed = storage.ids_indexed_to(topic).await?;
+        let (_, last) = storage.positions(topic).await?;
+        let mut reader = storage.reader(topic, indexed + 1).await?;
         while reader.next_position() <= last {
             let records = reader.read(STREAM_READ_RECORDS_MAX).await?;
             if records.is_empty() {
@@ -243,19 +262,18 @@ impl Engine {
             }
             let mut ops = Vec::with_capacity(records.len() + 1);
             for record in records.iter().filter(|r| r.position <= last) {
-                let event = codec::decode_record(&topic.name, record)?;
+                let event = codec::decode_record(topic, record)?;
                 ops.push(StateOp::EventId {
-                    topic: topic.name.clone(),
+                    topic: topic.clone(),
                     id: event.id,
                     position: record.position,
                 });
             }
             let to = records.last().map_or(indexed, |r| r.position.min(last));
-            ops.push(StateOp::IdsIndexedTo { topic: topic.name.clone(), position: to });
+            ops.push(StateOp::IdsIndexedTo { topic: topic.clone(), position: to });
             storage.commit(ops, false).await?;
         }
-        topic.dedupe.set_indexed(last);
-        Ok(())
+        Ok(last)
     }
 
     /// The runtime of `topic`, creating the topic if auto-creation is on.

@@ -251,7 +251,8 @@ impl StorageError {
         Self::new(StorageErrorKind::Refused, message)
     }
 
-    /// Keeps the backend's own error as the source.
+    /// Keeps the backend's own error as the source (when the message does not already carry
+    /// its text: error chains print both).
     #[must_use]
     pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
         self.source = Some(Arc::new(source));
@@ -281,7 +282,8 @@ impl From<inorder_log::Error> for Error {
             L::Io { .. } | L::Latched { .. } | L::Locked { .. } => StorageErrorKind::Unavailable,
             _ => StorageErrorKind::Refused,
         };
-        Self::Storage(StorageError::new(kind, error.to_string()).with_source(error))
+        // The message carries the log's own text: no source, or error chains print it twice.
+        Self::Storage(StorageError::new(kind, error.to_string()))
     }
 }
 

@@ -125,6 +125,8 @@ pub const JOURNAL_SEGMENT_BYTES: u64 = 8 * 1024 * 1024;
 /// Largest journal record, in bytes: a state commit of any size is written as contiguous parts
 /// of at most this size, applied only when every part is read back.
 pub const JOURNAL_PART_BYTES_MAX: usize = 1024 * 1024;
+/// Journal parts written by one log append (a larger commit takes several appends).
+pub const JOURNAL_PARTS_PER_APPEND: usize = 16;
 
 const _: () = assert!(STREAM_READ_RECORDS_MAX <= STREAM_PENDING_EVENTS_MAX);
 const _: () = assert!(KEYS_IN_FLIGHT_DEFAULT <= KEYS_IN_FLIGHT_MAX);
@@ -137,6 +139,10 @@ const _: () = assert!(
     EVENT_KEY_BYTES_MAX * 3 + PARKED_ERROR_BYTES_MAX + EVENT_ID_BYTES_MAX + EVENT_ACTION_BYTES_MAX
         < JOURNAL_PART_BYTES_MAX,
     "one state entry always fits a journal part"
+);
+const _: () = assert!(
+    JOURNAL_PARTS_PER_APPEND * JOURNAL_PART_BYTES_MAX <= inorder_log::limits::APPEND_BYTES_MAX,
+    "one append of journal parts fits the log's append limit"
 );
 const _: () = assert!(RETRY_DELAY_MAX.as_secs() <= TIMER_DELAY_MAX.as_secs());
 const _: () = assert!(SEQUENCE_TIMEOUT_MAX.as_secs() <= TIMER_DELAY_MAX.as_secs());

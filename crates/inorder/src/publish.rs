@@ -151,6 +151,7 @@ impl Engine {
             event.validate()?;
         }
         let topic = self.topic(&first.topic).await?;
+        topic.check_usable()?;
         for event in events {
             topic.check_action(&event.action)?;
         }

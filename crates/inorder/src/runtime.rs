@@ -15,7 +15,7 @@ use crate::{
     codec,
     config::{Ordering, SubscriptionConfig, TopicConfig, TopicPattern},
     dedupe::Dedupe,
-    error::{Error, Result},
+    error::{Error, Result, StorageError},
     event::Event,
     handler::{self, HandlerContext, HandlerError, Reply, SharedHandler},
     state::StreamId,
@@ -30,17 +30,31 @@ pub(crate) struct TopicRuntime {
     /// Action name → index in `config.actions`.
     pub action_index: Arc<HashMap<String, u32>>,
     pub dedupe: Arc<Dedupe>,
+    /// Why the topic takes no events, if its storage is damaged.
+    pub failure: Option<String>,
 }
 
 impl TopicRuntime {
-    pub(crate) fn new(name: Name, config: TopicConfig) -> Self {
+    pub(crate) fn new(name: Name, config: TopicConfig, failure: Option<String>) -> Self {
         let action_index = config
             .actions
             .iter()
             .enumerate()
             .map(|(i, action)| (action.clone(), u32::try_from(i).expect("at most 64 actions")))
             .collect();
-        Self { name, config, action_index: Arc::new(action_index), dedupe: Arc::default() }
+        Self { name, config, action_index: Arc::new(action_index), dedupe: Arc::default(), failure }
+    }
+
+    /// Refuses events while the topic's storage is damaged.
+    pub(crate) fn check_usable(&self) -> Result<()> {
+        match &self.failure {
+            None => Ok(()),
+            Some(failure) => Err(StorageError::corrupt(format!(
+                "topic {} takes no events until it is repaired: {failure}",
+                self.name
+            ))
+            .into()),
+        }
     }
 
     /// Refuses an action the topic does not list (nothing is appended).

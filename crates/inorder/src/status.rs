@@ -8,8 +8,14 @@
 //! | one has not reached it, is handling or retrying it, or holds it behind a parked event of its key (`on_failure = block`) | `Pending` |
 //! | one parked it (failed, duplicate, timeout, …), or an operator discarded it | `Parked`, with the record |
 //!
-//! A parked event is never called processed: the watermark moves past it (so later events are
-//! not held back), but a stream that ever parked looks its positions up in the parked records.
+//! The answers come from the **watermark**, a contiguous prefix: `Processed` for position `p`
+//! also says that every earlier event of the topic is resolved (handled or parked) — what a
+//! client waiting for "my write is in the read model" and a test waiting for "everything so far"
+//! both need. So a key waiting for a missing action holds back the answers for later positions
+//! of its topic until it is resolved or its `sequence_timeout` parks it; its progress above the
+//! watermark is visible in [`StreamStatus::done_above`]. A parked event is never called
+//! processed: the watermark moves past it (so later events are not held back), but a stream that
+//! ever parked looks its positions up in the parked records.
 //!
 //! **By entity and time**, the question is "is everything of `topic` (or `topic/key`) up to
 //! event time T handled?". For a key: the latest event time its handler succeeded on (keys go
@@ -32,7 +38,7 @@ use crate::{
     error::{Error, Result},
     limits::WAIT_MAX,
     state::{ParkReason, ParkedEvent, StreamId},
-    stream::handle::StreamStatus,
+    stream::handle::{StreamHealth, StreamStatus},
 };
 
 /// A change of one of the watches a status wait sleeps on.
@@ -142,7 +148,9 @@ impl Engine {
     /// What became of `position` of `topic` in every subscription (or in `subscription`).
     ///
     /// # Errors
-    /// [`Error::UnknownTopic`], [`Error::UnknownSubscription`], storage errors.
+    /// [`Error::UnknownTopic`], [`Error::UnknownSubscription`], storage errors, and
+    /// [`Error::StreamFailed`] when a failed stream has not resolved the position (it never
+    /// will until repaired).
     pub async fn event_status(
         &self,
         topic: &str,
@@ -165,11 +173,19 @@ impl Engine {
         }
         let mut answer = EventStatus::Processed;
         for (id, watch) in watches {
-            let (watermark, may_have_parked) = {
+            let (resolved, may_have_parked, failed) = {
                 let status = watch.borrow();
-                (status.watermark, status.may_have_parked())
+                let failed = match &status.health {
+                    StreamHealth::Failed { error } => Some(error.to_string()),
+                    _ => None,
+                };
+                (status.watermark >= position, status.may_have_parked(), failed)
             };
-            if watermark < position {
+            if let (false, Some(error)) = (resolved, failed) {
+                // It will not get there: say so instead of "not yet" forever.
+                return Err(Error::StreamFailed { stream: id.to_string(), error });
+            }
+            if !resolved {
                 answer = EventStatus::Pending;
                 continue;
             }

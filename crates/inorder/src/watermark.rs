@@ -98,11 +98,6 @@ impl<M: Mark> Watermark<M> {
         self.above.iter().map(|(start, (end, mark))| (*start..=*end, *mark))
     }
 
-    /// How many ranges are kept above the prefix.
-    pub(crate) fn range_count(&self) -> usize {
-        self.above.len()
-    }
-
     /// Marks `position` done with `mark`; returns whether the prefix advanced.
     pub(crate) fn insert(&mut self, position: u64, mark: M) -> bool {
         self.insert_range(position, position, mark)
@@ -153,9 +148,9 @@ mod tests {
         for position in 2..=1_000_000 {
             assert!(!watermark.insert(position, ()), "position 1 is missing");
         }
-        assert_eq!((watermark.through(), watermark.range_count()), (0, 1));
+        assert_eq!((watermark.through(), watermark.ranges().count()), (0, 1));
         assert!(watermark.insert(1, ()));
-        assert_eq!((watermark.through(), watermark.range_count()), (1_000_000, 0));
+        assert_eq!((watermark.through(), watermark.ranges().count()), (1_000_000, 0));
     }
 
     #[test]

@@ -76,7 +76,7 @@ fn kill_9_loses_no_publish_and_redelivers_only_in_flight_events() {
             Engine::builder(config(&dir_str)).handler("s", RecordingHandler::ok(&recorder)).start().await.unwrap();
         let last = engine.topics().await.unwrap()[0].last_position;
         assert!(last >= *published.keys().last().unwrap(), "an acknowledged publish is missing");
-        assert!(engine.wait_processed("t", last, None, common::PATIENCE).await.unwrap());
+        common::settle(&engine, "t", last).await;
         let events = read_all(&engine, last).await;
         for (position, key) in &published {
             assert_eq!(&events[usize::try_from(*position - 1).unwrap()].key, key, "event {position} kept its key");

@@ -248,3 +248,34 @@ async fn a_panicking_handler_is_a_failure_not_a_crash() {
     assert!(parked[0].error.as_deref().unwrap().contains("handler bug"), "{:?}", parked[0].error);
     assert_eq!(recorder.actions_of("k"), ["fine"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_retry_after_from_a_handler_delays_its_key_and_panics_nothing() {
+    let recorder = Arc::new(Recorder::default());
+    let mut fixture = fixture(FailurePolicy::Skip, 5);
+    let behaviour: Behaviour = Arc::new(|event, _| {
+        if event.key == "stuck" {
+            Err(HandlerError::retry_after("come back much later", Duration::MAX))
+        } else {
+            Ok(Reply::Null)
+        }
+    });
+    let engine = fixture.start(vec![("s", RecordingHandler::with(&recorder, behaviour))]).await;
+    publish(&engine, "t", "stuck", "a").await;
+    eventually("the stuck key's first call failed", || async {
+        recorder.calls().iter().any(|c| c.key == "stuck")
+    })
+    .await;
+    for i in 0..10 {
+        publish(&engine, "t", &format!("k{i}"), "a").await;
+    }
+    eventually("every other key is handled, durably", || async {
+        let info = engine.subscriptions().await.unwrap();
+        *info[0].streams[0].status.done_above == [2..=11]
+    })
+    .await;
+    let info = engine.subscriptions().await.unwrap();
+    assert_eq!(info[0].streams[0].status.health, inorder::StreamHealth::Running);
+    assert_eq!(engine.event_status("t", 1, None).await.unwrap(), EventStatus::Pending);
+    assert_eq!(recorder.actions_of("stuck").len(), 0, "its retry waits (cut to RETRY_DELAY_MAX)");
+}

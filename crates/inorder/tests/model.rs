@@ -164,10 +164,7 @@ async fn run(ops: Vec<Op>, fail_one_in: u64) {
         }
     }
     for (topic, last) in [("f", last_f), ("p", last_p)] {
-        assert!(
-            engine.wait_processed(topic, last, None, common::PATIENCE).await.unwrap(),
-            "{topic}/{last}"
-        );
+        common::settle(&engine, topic, last).await;
     }
     engine.shutdown().await;
 

@@ -158,3 +158,64 @@ async fn auto_created_topics_appear_on_first_publish_only_when_enabled() {
     let names: Vec<_> = engine.topics().await.unwrap().into_iter().map(|t| t.name).collect();
     assert_eq!(names, ["brand-new", "orders"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_dropped_at_any_point_keeps_its_claim_so_its_retry_is_stored_once() {
+    let recorder = Arc::new(Recorder::default());
+    let mut fixture =
+        Fixture::new(|c| c.topic(TopicConfig::new("t")).subscription(subscription("s", "t")));
+    let engine = fixture.start(vec![("s", RecordingHandler::ok(&recorder))]).await;
+    const PUBLISHES: u64 = 300;
+    let mut dropped = 0;
+    for i in 0..PUBLISHES {
+        let event =
+            Event::builder("t", format!("k{}", i % 7), "a").id(format!("id-{i}")).build().unwrap();
+        // An HTTP client that times out: the publish future is dropped somewhere in flight,
+        // after a varying number of polls, while the rest of the runtime goes on.
+        let mut publishing = Box::pin(engine.publish(event.clone()));
+        let polls = (i * 7919) % 12;
+        let mut finished = false;
+        for _ in 0..polls {
+            if futures_util::FutureExt::now_or_never(publishing.as_mut()).is_some() {
+                finished = true;
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        drop(publishing);
+        if !finished {
+            dropped += 1;
+        }
+        engine.publish(event).await.unwrap(); // its retry
+    }
+    assert!(dropped > PUBLISHES / 10, "only {dropped} publishes were dropped in flight");
+    let events = engine.read("t", 1, 1000).await.unwrap();
+    let mut ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+    let stored = ids.len();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), usize::try_from(PUBLISHES).unwrap(), "every id is stored");
+    assert_eq!(stored, ids.len(), "and stored once: {} duplicates", stored - ids.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_creation_stops_at_max_topics_and_creates_nothing_more() {
+    let recorder = Arc::new(Recorder::default());
+    let mut fixture = Fixture::new(|mut c| {
+        c.auto_create_topics = true;
+        c.max_topics = 3;
+        c
+    });
+    let engine = fixture.builder().await.start().await.unwrap();
+    fixture.engine = Some(engine.clone());
+    drop(recorder);
+    for topic in ["a", "b", "c"] {
+        publish(&engine, topic, "k", "x").await;
+    }
+    let error = engine.publish(event("d", "k", "x")).await.unwrap_err();
+    assert!(matches!(error, Error::TopicLimit { max: 3, .. }), "{error}");
+    assert!(error.is_input_error());
+    let topics: Vec<String> = engine.topics().await.unwrap().into_iter().map(|t| t.name).collect();
+    assert_eq!(topics, ["a", "b", "c"]);
+    assert_eq!(publish(&engine, "a", "k", "x").await, 2, "existing topics still take events");
+}

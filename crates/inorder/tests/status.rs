@@ -13,8 +13,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Behaviour, Fixture, Recorder, RecordingHandler, settle, subscription};
-use inorder::{Event, HandlerError, Reply, TopicConfig};
+use common::{Behaviour, Fixture, Recorder, RecordingHandler, processed, settle, subscription};
+use inorder::{Event, HandlerError, Reply, RetryPolicy, TopicConfig};
 
 fn two_subscriptions() -> Fixture {
     Fixture::new(|c| {
@@ -67,8 +67,11 @@ async fn a_position_is_processed_only_when_every_subscription_processed_it() {
             engine.wait_processed("posts", position, None, common::PATIENCE).await
         })
     };
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(!waiter.is_finished());
+    common::eventually("the slow subscription's handler has failed on the event", || async {
+        recorder.calls().iter().any(|c| c.position == position && !c.ok)
+    })
+    .await;
+    assert!(!waiter.is_finished(), "the slow subscription has not handled it");
     open.store(true, AtomicOrdering::SeqCst);
     assert!(waiter.await.unwrap().unwrap());
     assert!(engine.processed("posts", position).await.unwrap());
@@ -150,4 +153,50 @@ async fn unknown_topics_and_subscriptions_are_typed_errors() {
         engine.processed_by("nope", "posts", 1).await,
         Err(inorder::Error::UnknownSubscription { .. })
     ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_topic_time_mark_waits_for_an_earlier_slow_event() {
+    let recorder = Arc::new(Recorder::default());
+    let open = Arc::new(AtomicBool::new(false));
+    let retry = RetryPolicy {
+        initial: Duration::from_millis(5),
+        max_delay: Duration::from_millis(20),
+        max_attempts: 100_000,
+        ..RetryPolicy::default()
+    };
+    let mut fixture = Fixture::new(|c| {
+        c.topic(TopicConfig::new("posts")).subscription(subscription("s", "posts").retry(retry))
+    });
+    let slow_first: Behaviour = {
+        let open = Arc::clone(&open);
+        Arc::new(move |event, _| {
+            if event.key == "p-1" && !open.load(AtomicOrdering::SeqCst) {
+                Err(HandlerError::retry("still working"))
+            } else {
+                Ok(Reply::Null)
+            }
+        })
+    };
+    let engine = fixture.start(vec![("s", RecordingHandler::with(&recorder, slow_first))]).await;
+    engine.publish(event_at("p-0", 50)).await.unwrap();
+    processed(&engine, "posts", 1).await;
+    engine.publish(event_at("p-1", 100)).await.unwrap();
+    engine.publish(event_at("p-2", 200)).await.unwrap();
+    common::eventually("p-2 is handled, durably", || async {
+        *engine.subscriptions().await.unwrap()[0].streams[0].status.done_above == [3..=3]
+    })
+    .await;
+    assert!(!engine.processed("posts", 2).await.unwrap());
+    assert!(engine.processed_entity("posts", 50).await.unwrap());
+    assert!(
+        !engine.processed_entity("posts", 100).await.unwrap(),
+        "the topic is not processed up to time 100 while the event at 100 is not handled"
+    );
+    assert!(!engine.processed_entity("posts", 200).await.unwrap());
+    assert!(engine.processed_entity("posts/p-2", 200).await.unwrap(), "its own key is");
+
+    open.store(true, AtomicOrdering::SeqCst);
+    processed(&engine, "posts", 3).await;
+    assert!(engine.wait_processed_entity("posts", 200, common::PATIENCE).await.unwrap());
 }

@@ -37,11 +37,7 @@ use crate::{
 /// A file-system failure of the storage's directories: the storage is unavailable.
 fn fs_error(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
     let path = path.display().to_string();
-    move |error| {
-        Error::Storage(
-            StorageError::unavailable(format!("{what} {path}: {error}")).with_source(error),
-        )
-    }
+    move |error| Error::Storage(StorageError::unavailable(format!("{what} {path}: {error}")))
 }
 
 /// The embedded storage backend.

@@ -2,18 +2,22 @@
 //! nothing.
 //!
 //! A commit of any size must be durable in one step, but a journal record is bounded
-//! ([`JOURNAL_PART_BYTES_MAX`]). So a commit's entries are encoded into parts appended together
-//! (one log append: contiguous positions, one fsync), each part saying its index and the count:
+//! ([`JOURNAL_PART_BYTES_MAX`]) and so is one log append. So a commit's entries are encoded into
+//! parts, appended in order (in as few appends as the log takes), each part naming its commit
+//! and saying its index and the count:
 //!
 //! ```text
-//! part:  [PART_MARKER u8][index varint][count varint][entry]*
+//! part:  [PART_MARKER u8][commit varint][index varint][count varint][entry]*
 //! entry: [space u8][key len varint][key][0 | 1 [value len varint][value]]
 //! ```
 //!
-//! Replay ([`Assembler`]) applies a commit only when all its parts were read, in order. A commit
-//! whose last parts are missing (power lost mid-append; never acknowledged) is dropped, whether
-//! it ends the journal or later commits were appended after a restart. Records written before
-//! parts existed start with a keyspace byte (below [`PART_MARKER`]) and are whole commits.
+//! Commits are numbered from the journal's last position when it was opened, one number per
+//! commit; every commit appends at least one record, so a number is never reused, across
+//! restarts included. Parts of concurrent commits may interleave in the journal; replay
+//! ([`Assembler`]) applies a commit when all its parts were read, in order. A commit whose last
+//! parts are missing (power lost or an append failed; never acknowledged) is dropped, wherever
+//! it is in the journal. Records written before parts existed start with a keyspace byte (below
+//! [`PART_MARKER`]) and are whole commits.
 
 use bytes::Bytes;
 
@@ -26,8 +30,8 @@ use crate::{
 /// First byte of a part (keyspace bytes, which began records before parts existed, are < 5).
 const PART_MARKER: u8 = 0xC1;
 
-/// Encodes `entries` as the parts of one commit.
-pub(crate) fn encode_commit(entries: &Entries) -> Vec<Bytes> {
+/// Encodes `entries` as the parts of commit number `commit`.
+pub(crate) fn encode_commit(commit: u64, entries: &Entries) -> Vec<Bytes> {
     let mut bodies: Vec<Vec<u8>> = vec![Vec::new()];
     for ((space, key), value) in entries {
         let mut entry = Vec::with_capacity(key.len() + value.as_ref().map_or(0, Vec::len) + 12);
@@ -58,6 +62,7 @@ pub(crate) fn encode_commit(entries: &Entries) -> Vec<Bytes> {
         .map(|(index, body)| {
             let mut part = Vec::with_capacity(body.len() + PART_HEADER_BYTES_MAX);
             part.push(PART_MARKER);
+            put_varint(&mut part, commit);
             put_varint(&mut part, index as u64);
             put_varint(&mut part, count);
             part.extend_from_slice(&body);
@@ -66,14 +71,20 @@ pub(crate) fn encode_commit(entries: &Entries) -> Vec<Bytes> {
         .collect()
 }
 
-/// Room for a part's header: the marker and two varints.
-const PART_HEADER_BYTES_MAX: usize = 1 + 2 * 10;
+/// Room for a part's header: the marker and three varints.
+const PART_HEADER_BYTES_MAX: usize = 1 + 3 * 10;
+
+/// A commit being read back: its part count, the next part index, its entries.
+struct Partial {
+    count: u64,
+    next: u64,
+    entries: Entries,
+}
 
 /// Reassembles commits from journal records read in order.
 #[derive(Default)]
 pub(crate) struct Assembler {
-    /// The commit being read: its part count, the next part index, its entries.
-    partial: Option<(u64, u64, Entries)>,
+    partials: std::collections::HashMap<u64, Partial>,
     /// Incomplete commits dropped.
     pub dropped: u64,
 }
@@ -85,45 +96,41 @@ impl Assembler {
         if record.first() != Some(&PART_MARKER) {
             let mut entries = Entries::new();
             decode_entries(&mut input, &mut entries)?;
-            self.drop_partial();
             return Ok(Some(entries));
         }
         input.byte()?;
+        let commit = input.varint()?;
         let index = input.varint()?;
         let count = input.varint()?;
         if count == 0 || index >= count {
             return Err("part index out of its count");
         }
         if index == 0 {
-            self.drop_partial();
-            self.partial = Some((count, 0, Entries::new()));
-        }
-        match self.partial.as_mut() {
-            Some((expected, next, entries)) if *expected == count && *next == index => {
-                decode_entries(&mut input, entries)?;
-                *next += 1;
-            }
-            // A part whose commit's first parts are missing: the rest of a dropped commit.
-            _ => {
-                self.drop_partial();
-                return Ok(None);
+            let fresh = Partial { count, next: 0, entries: Entries::new() };
+            if self.partials.insert(commit, fresh).is_some() {
+                self.dropped += 1; // a commit number cannot restart: the earlier one was cut
             }
         }
-        if self.partial.as_ref().is_some_and(|(count, next, _)| next == count) {
-            return Ok(self.partial.take().map(|(_, _, entries)| entries));
+        let Some(partial) = self.partials.get_mut(&commit) else {
+            return Ok(None); // the rest of a commit whose first part is gone
+        };
+        if partial.count != count || partial.next != index {
+            self.partials.remove(&commit);
+            self.dropped += 1;
+            return Ok(None);
+        }
+        decode_entries(&mut input, &mut partial.entries)?;
+        partial.next += 1;
+        if partial.next == partial.count {
+            return Ok(self.partials.remove(&commit).map(|partial| partial.entries));
         }
         Ok(None)
     }
 
-    /// The journal ended: a commit still missing parts was never acknowledged.
+    /// The journal ended: commits still missing parts were never acknowledged.
     pub(crate) fn finish(&mut self) {
-        self.drop_partial();
-    }
-
-    fn drop_partial(&mut self) {
-        if self.partial.take().is_some() {
-            self.dropped += 1;
-        }
+        self.dropped += self.partials.len() as u64;
+        self.partials.clear();
     }
 }
 
@@ -163,7 +170,7 @@ mod tests {
     #[test]
     fn a_commit_larger_than_a_record_is_split_and_reassembled() {
         let big = entries(3_000, 1_000);
-        let parts = encode_commit(&big);
+        let parts = encode_commit(7, &big);
         assert!(parts.len() >= 3, "{} parts", parts.len());
         assert!(parts.iter().all(|p| p.len() <= JOURNAL_PART_BYTES_MAX));
         assert_eq!(replay(&parts), (vec![big], 0));
@@ -171,19 +178,34 @@ mod tests {
 
     #[test]
     fn a_commit_missing_its_last_part_is_dropped_even_with_commits_after_it() {
-        let big = encode_commit(&entries(3_000, 1_000));
+        let big = encode_commit(1, &entries(3_000, 1_000));
         let small = entries(2, 10);
         let mut records = big[..big.len() - 1].to_vec();
-        records.extend(encode_commit(&small));
+        records.extend(encode_commit(2, &small));
         assert_eq!(replay(&records), (vec![small], 1));
         assert_eq!(replay(&big[..1]), (vec![], 1), "a torn commit at the end");
     }
 
     #[test]
+    fn parts_of_concurrent_commits_may_interleave() {
+        let (first, second) = (entries(3_000, 1_000), entries(2_000, 900));
+        let (a, b) = (encode_commit(1, &first), encode_commit(2, &second));
+        let mut records = Vec::new();
+        for i in 0..a.len().max(b.len()) {
+            records.extend(a.get(i).cloned());
+            records.extend(b.get(i).cloned());
+        }
+        let (commits, dropped) = replay(&records);
+        assert_eq!(dropped, 0);
+        assert_eq!(commits.len(), 2);
+        assert!(commits.contains(&first) && commits.contains(&second));
+    }
+
+    #[test]
     fn records_from_before_parts_are_whole_commits() {
         let small = entries(3, 5);
-        let part = encode_commit(&small).remove(0);
-        let old = part.slice(3..); // marker, index 0 and count 1 are one byte each
+        let part = encode_commit(9, &small).remove(0);
+        let old = part.slice(4..); // marker, commit 9, index 0 and count 1 are one byte each
         assert_eq!(replay(&[old]), (vec![small], 0));
     }
 }

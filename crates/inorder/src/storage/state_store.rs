@@ -40,8 +40,8 @@ use super::{
 use crate::{
     error::{Error, Result, StorageError},
     limits::{
-        FOLD_BATCH_ENTRIES, JOURNAL_SEGMENT_BYTES, OVERLAY_ENTRIES_FOLD, OVERLAY_ENTRIES_HARD_MAX,
-        STATE_CACHE_BYTES, STATE_MEMTABLE_BYTES,
+        FOLD_BATCH_ENTRIES, JOURNAL_PARTS_PER_APPEND, JOURNAL_SEGMENT_BYTES, OVERLAY_ENTRIES_FOLD,
+        OVERLAY_ENTRIES_HARD_MAX, STATE_CACHE_BYTES, STATE_MEMTABLE_BYTES,
     },
     state::KeyState,
     watermark::Watermark,
@@ -57,11 +57,7 @@ struct Tree {
 
 /// A failure of the tree (fjall): I/O underneath, so the storage is unavailable.
 fn tree_error(what: &'static str) -> impl FnOnce(fjall::Error) -> Error {
-    move |error| {
-        Error::Storage(
-            StorageError::unavailable(format!("state tree: {what}: {error}")).with_source(error),
-        )
-    }
+    move |error| Error::Storage(StorageError::unavailable(format!("state tree: {what}: {error}")))
 }
 
 impl Tree {
@@ -118,6 +114,8 @@ pub(crate) struct StateStore {
     journal: Log,
     layers: Mutex<Layers>,
     folded: Notify,
+    /// The next commit's number (see [`super::journal`]).
+    commits: std::sync::atomic::AtomicU64,
 }
 
 impl StateStore {
@@ -168,7 +166,8 @@ impl StateStore {
         );
         let layers =
             Layers { active, folding: None, applied: Watermark::new(journal_position, ()) };
-        Ok(Self { tree, journal, layers: Mutex::new(layers), folded: Notify::new() })
+        let commits = std::sync::atomic::AtomicU64::new(journal_position + 1);
+        Ok(Self { tree, journal, layers: Mutex::new(layers), folded: Notify::new(), commits })
     }
 
     fn lock(&self) -> MutexGuard<'_, Layers> {
@@ -253,11 +252,29 @@ impl StateStore {
             self.folded.notified().await;
         }
         let entries = self.resolve(ops)?;
-        let positions = self.journal.append(encode_commit(&entries)).await?;
+        let number = self.commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let parts = encode_commit(number, &entries);
+        let mut appended = Vec::with_capacity(parts.len().div_ceil(JOURNAL_PARTS_PER_APPEND));
+        for chunk in parts.chunks(JOURNAL_PARTS_PER_APPEND) {
+            match self.journal.append(chunk.to_vec()).await {
+                Ok(positions) => appended.push(positions),
+                Err(error) => {
+                    // The parts written are an incomplete commit, dropped on replay: they must
+                    // not hold the fold mark back.
+                    let mut layers = self.lock();
+                    for positions in appended {
+                        layers.applied.insert_range(*positions.start(), *positions.end(), ());
+                    }
+                    return Err(error.into());
+                }
+            }
+        }
         let fold = {
             let mut layers = self.lock();
             layers.active.extend(entries);
-            layers.applied.insert_range(*positions.start(), *positions.end(), ());
+            for positions in appended {
+                layers.applied.insert_range(*positions.start(), *positions.end(), ());
+            }
             layers.active.len() >= OVERLAY_ENTRIES_FOLD && layers.folding.is_none()
         };
         if fold {

@@ -83,7 +83,11 @@ impl Calls {
     }
 }
 
-#[allow(clippy::needless_pass_by_value)] // the shape `map_err` hands it
+/// A call task that did not return: a panic outside the handler (whose panics are caught
+/// and counted as failures) goes on into the stream, where the supervisor catches it.
 fn abnormal(error: tokio::task::JoinError) -> Error {
+    if error.is_panic() {
+        std::panic::resume_unwind(error.into_panic());
+    }
     Error::Internal { what: format!("a handler call task ended abnormally: {error}") }
 }

@@ -1,7 +1,7 @@
 //! What the engine sees of a running stream: its status (published after every durable
 //! checkpoint and on every change of health), its inbox for operator commands, its task.
 
-use std::sync::Arc;
+use std::{ops::RangeInclusive, sync::Arc};
 
 use tokio::{
     sync::{mpsc, oneshot, watch},
@@ -81,14 +81,25 @@ pub struct StreamStatus {
     pub parked: u64,
     /// Parked events an operator discarded.
     pub discarded: u64,
-    /// Ranges of resolved positions above the watermark (how fragmented the progress is: holes
-    /// are events still waiting, e.g. a key waiting for a missing action).
-    pub done_ranges: usize,
+    /// Positions resolved above the watermark, durably, as ascending ranges: the holes between
+    /// them are events still waiting (e.g. a key waiting for a missing action), and there are
+    /// never more ranges than such events.
+    pub done_above: Arc<[RangeInclusive<u64>]>,
     /// Whether it runs.
     pub health: StreamHealth,
 }
 
 impl StreamStatus {
+    /// Whether `position` is resolved (handled or parked), durably.
+    #[must_use]
+    pub fn resolves(&self, position: u64) -> bool {
+        if position <= self.watermark {
+            return true;
+        }
+        let after = self.done_above.partition_point(|range| *range.start() <= position);
+        after > 0 && self.done_above[after - 1].contains(&position)
+    }
+
     /// Whether an event at `position` may be parked in this stream (else no need to look).
     pub(crate) fn may_have_parked(&self) -> bool {
         self.parked > 0 || self.discarded > 0

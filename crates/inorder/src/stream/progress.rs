@@ -13,6 +13,8 @@
 //!   is durable its keys go on, waiters get their outcomes, and only then is the watermark
 //!   published ([`Committed`]).
 
+use std::{ops::RangeInclusive, sync::Arc};
+
 use tokio::sync::{mpsc, oneshot};
 
 use super::worker::Record;
@@ -56,6 +58,7 @@ struct InFlight {
     done: oneshot::Receiver<Result<()>>,
     watermark: u64,
     time_mark: i64,
+    done_above: Arc<[RangeInclusive<u64>]>,
     keys: Vec<String>,
     outcomes: Vec<(String, Outcome)>,
     events: usize,
@@ -63,9 +66,10 @@ struct InFlight {
 
 /// A durable checkpoint: what may now go on and be published.
 pub(super) struct Committed {
-    /// The watermark and time mark it made durable.
+    /// The watermark, time mark and resolved ranges above it that it made durable.
     pub watermark: u64,
     pub time_mark: i64,
+    pub done_above: Arc<[RangeInclusive<u64>]>,
     /// Keys whose completion it held: they may take their next step.
     pub keys: Vec<String>,
     /// Outcomes for `publish_and_wait` callers.
@@ -113,8 +117,8 @@ impl Progress {
     }
 
     /// Ranges resolved above the watermark.
-    pub(super) fn done_ranges(&self) -> usize {
-        self.done.range_count()
+    pub(super) fn done_above(&self) -> Arc<[RangeInclusive<u64>]> {
+        self.done.ranges().map(|(range, _)| range).collect()
     }
 
     /// Parked (not discarded) and discarded events.
@@ -185,13 +189,16 @@ impl Progress {
         }
         let next = std::mem::take(&mut self.next);
         let mut ops = next.ops;
-        ops.push(StateOp::Stream { stream: id.clone(), state: self.durable_state() });
+        let state = self.durable_state();
+        let done_above = state.done_above.iter().map(|(range, _)| range.clone()).collect();
+        ops.push(StateOp::Stream { stream: id.clone(), state });
         let (done, is_done) = oneshot::channel();
         checkpointer.send(CommitRequest { ops, done }).await.map_err(|_| Error::Stopped)?;
         self.in_flight = Some(InFlight {
             done: is_done,
             watermark: self.done.through(),
             time_mark: self.done.mark().0,
+            done_above,
             keys: next.keys,
             outcomes: next.outcomes,
             events: next.events,
@@ -219,6 +226,7 @@ impl Progress {
         Ok(Committed {
             watermark: in_flight.watermark,
             time_mark: in_flight.time_mark,
+            done_above: in_flight.done_above,
             keys: in_flight.keys,
             outcomes: in_flight.outcomes,
         })

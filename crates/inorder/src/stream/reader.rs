@@ -15,11 +15,32 @@ use crate::{
     storage::Storage,
 };
 
-/// A task handle that aborts the task when dropped: a stream incarnation that ends (or
-/// unwinds) takes its reader with it.
-pub(super) struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+/// The reader task's handle: aborts the task when dropped, so a stream incarnation that ends
+/// (or unwinds) takes its reader with it.
+pub(super) struct ReaderTask(tokio::task::JoinHandle<()>);
 
-impl Drop for AbortOnDrop {
+impl ReaderTask {
+    /// Starts [`read_events`] on a task of its own.
+    pub(super) fn spawn(
+        storage: Arc<dyn Storage>,
+        topic: Name,
+        from: u64,
+        batches: mpsc::Sender<Result<Vec<Event>>>,
+    ) -> Self {
+        Self(tokio::spawn(read_events(storage, topic, from, batches)))
+    }
+
+    /// The reader stopped sending without an error: it panicked (the panic goes on, into this
+    /// task, so the supervisor counts it as one) or it ended, which it must not.
+    pub(super) async fn ended(&mut self) -> Error {
+        match (&mut self.0).await {
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            _ => Error::Internal { what: "the stream's reader ended without an error".into() },
+        }
+    }
+}
+
+impl Drop for ReaderTask {
     fn drop(&mut self) {
         self.0.abort();
     }
@@ -27,7 +48,7 @@ impl Drop for AbortOnDrop {
 
 /// Reads `topic` from `from` on into `batches` until the receiver is gone or reading fails (the
 /// error is sent as the last batch).
-pub(super) async fn read_events(
+async fn read_events(
     storage: Arc<dyn Storage>,
     topic: Name,
     from: u64,

@@ -24,7 +24,7 @@ use super::{
     handle::{StreamHealth, StreamMsg, StreamStatus},
     processbook::Processbook,
     progress::{Committed, Progress},
-    reader::{AbortOnDrop, read_events},
+    reader::ReaderTask,
     timers::{Timer, Timers, later},
     worker::{AfterCall, Item, KeyWorker, Step},
 };
@@ -56,7 +56,7 @@ pub(super) struct Stream {
     checkpointer: mpsc::Sender<CommitRequest>,
     waiters: Arc<Waiters>,
     batches: mpsc::Receiver<Result<Vec<Event>>>,
-    _reader: AbortOnDrop,
+    reader: ReaderTask,
     progress: Progress,
     book: Processbook,
     calls: Calls,
@@ -82,19 +82,19 @@ impl Stream {
         let (parked, discarded) = count_parked(ctx).await?;
         let progress = Progress::resume(&stored.unwrap_or_default(), watermark, parked, discarded);
         let (batch_sender, batches) = mpsc::channel(STREAM_READ_BATCHES_MAX);
-        let reader = tokio::spawn(read_events(
+        let reader = ReaderTask::spawn(
             Arc::clone(storage),
             ctx.topic.name.clone(),
             progress.read_position(),
             batch_sender,
-        ));
+        );
         tracing::info!(stream = %ctx.id, watermark, last, parked, "stream starting");
         Ok(Self {
             ctx: Arc::clone(ctx),
             checkpointer: checkpointer.clone(),
             waiters: Arc::clone(waiters),
             batches,
-            _reader: AbortOnDrop(reader),
+            reader,
             progress,
             book: Processbook::default(),
             calls: Calls::new(Arc::clone(&ctx.subscription)),
@@ -114,7 +114,7 @@ impl Stream {
             live_workers: self.book.len(),
             parked,
             discarded,
-            done_ranges: self.progress.done_ranges(),
+            done_above: self.progress.done_above(),
             health: StreamHealth::Running,
         }
     }
@@ -144,7 +144,7 @@ impl Stream {
                 Some(message) = io.inbox.recv() => self.on_message(message).await,
                 batch = self.batches.recv(), if can_read => match batch {
                     Some(events) => self.on_events(events?).await?,
-                    None => return Ok(()),
+                    None => return Err(self.reader.ended().await),
                 },
             }
             self.progress.checkpoint(&self.ctx.id, &self.checkpointer).await?;
@@ -345,7 +345,7 @@ impl Stream {
 
     /// A checkpoint is durable: its keys go on, waiters get their outcomes, status is published.
     async fn on_committed(&mut self, committed: Committed, io: &mut StreamIo) -> Result<()> {
-        let Committed { watermark, time_mark, keys, outcomes } = committed;
+        let Committed { watermark, time_mark, done_above, keys, outcomes } = committed;
         for key in &keys {
             self.book.update(key, KeyWorker::committed);
         }
@@ -369,7 +369,7 @@ impl Stream {
                 live_workers: self.book.len(),
                 parked,
                 discarded,
-                done_ranges: self.progress.done_ranges(),
+                done_above,
                 health: StreamHealth::Running,
             };
         });

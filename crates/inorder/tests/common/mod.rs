@@ -6,6 +6,8 @@
 //! connects a new `PgStorage` to it, as a restarted process would).
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod faults;
+
 use std::{
     collections::HashMap,
     sync::{
@@ -15,6 +17,7 @@ use std::{
     time::Duration,
 };
 
+use inorder::storage::{FileStorage, Storage};
 use inorder::{
     Engine, EngineBuilder, EngineConfig, Event, EventStatus, Handler, HandlerContext, HandlerError,
     ParkReason, Reply, SubscriptionConfig, TopicConfig,
@@ -41,6 +44,23 @@ impl TestStorage {
             Some("" | "file") => Self::File,
             Some("postgres") => Self::Postgres { url: inorder_testpg::fresh_database().unwrap() },
             _ => panic!("{STORAGE_ENV}={wanted:?}: expected file or postgres"),
+        }
+    }
+
+    /// Opens the storage itself (as the engine would), to wrap it.
+    pub async fn open(&self, config: &EngineConfig) -> Arc<dyn Storage> {
+        match self {
+            Self::File => {
+                let options = inorder_log::LogOptions {
+                    fsync: config.fsync,
+                    segment_bytes: config.segment_bytes,
+                    ..inorder_log::LogOptions::default()
+                };
+                Arc::new(FileStorage::open(&config.data_dir, options).unwrap())
+            }
+            Self::Postgres { url } => {
+                Arc::new(PgStorage::connect(url, PgStorageOptions::default()).await.unwrap())
+            }
         }
     }
 
@@ -211,6 +231,23 @@ impl Fixture {
         engine
     }
 
+    /// Starts the engine on its storage behind `faults`.
+    pub async fn start_faulty(
+        &mut self,
+        faults: &Arc<faults::Faults>,
+        handlers: Vec<(&str, RecordingHandler)>,
+    ) -> Engine {
+        let inner = self.storage.open(&self.config).await;
+        let storage = faults::FaultyStorage::new(inner, Arc::clone(faults));
+        let mut builder = Engine::builder(self.config.clone()).storage(Arc::new(storage));
+        for (subscription, handler) in handlers {
+            builder = builder.handler(subscription, handler);
+        }
+        let engine = builder.start().await.unwrap();
+        self.engine = Some(engine.clone());
+        engine
+    }
+
     /// Stops the engine (releasing its files) and starts it again.
     pub async fn restart(&mut self, handlers: Vec<(&str, RecordingHandler)>) -> Engine {
         self.stop().await;
@@ -247,17 +284,24 @@ pub async fn publish(engine: &Engine, topic: &str, key: &str, action: &str) -> u
     engine.publish(event(topic, key, action)).await.unwrap()
 }
 
-/// Waits until `position` of `topic` is no longer pending — handled by every subscription, or
-/// parked by one — and returns which; fails the test if it stays pending.
+/// Waits until `position` of `topic` — and so every earlier one — is no longer pending (handled
+/// by every subscription, or parked by one) and returns its status; fails the test if it stays
+/// pending.
 pub async fn settle(engine: &Engine, topic: &str, position: u64) -> EventStatus {
+    resolved(engine, topic, position).await
+}
+
+/// Waits until `position` of `topic` is no longer pending and returns its status.
+pub async fn resolved(engine: &Engine, topic: &str, position: u64) -> EventStatus {
     let status = engine.wait_event_status(topic, position, None, PATIENCE).await.unwrap();
     assert_ne!(status, EventStatus::Pending, "{topic}/{position} still pending after {PATIENCE:?}");
     status
 }
 
-/// Waits until every subscription of `topic` handled `position`; fails the test otherwise.
+/// Waits until every subscription of `topic` handled `position` (that event, whatever became
+/// of the others); fails the test otherwise.
 pub async fn processed(engine: &Engine, topic: &str, position: u64) {
-    let status = settle(engine, topic, position).await;
+    let status = resolved(engine, topic, position).await;
     assert_eq!(status, EventStatus::Processed, "{topic}/{position}");
 }
 
