@@ -213,10 +213,8 @@ async fn a_postgres_outage_delays_the_sink_the_log_keeps_accepting_and_nothing_i
     let stopping = Arc::clone(&cluster);
     tokio::task::spawn_blocking(move || stopping.stop()).await.unwrap().unwrap();
     let last = publish(100..300).await; // the log keeps accepting
-    tokio::time::sleep(Duration::from_millis(500)).await;
     let lag: u64 = engine.subscriptions().await.unwrap()[0].streams.iter().map(|s| s.lag).sum();
     assert!(lag > 0, "the lag shows the outage");
-    assert!(!engine.processed("orders", last).await.unwrap());
 
     let resuming = Arc::clone(&cluster);
     tokio::task::spawn_blocking(move || resuming.resume()).await.unwrap().unwrap();
