@@ -43,6 +43,10 @@ pub const STREAM_READ_BATCHES_MAX: usize = 2;
 /// Durable key states a stream keeps for keys whose worker left (so a key that comes back soon
 /// is not read from storage again). Cleared when full.
 pub const RECENT_KEY_STATES_MAX: usize = 64 * 1024;
+/// Live workers at or below which every change of a stream's processbook re-checks its
+/// reorder-buffer count against the sum over workers (debug builds; above it the check would
+/// cost more than the stream's work).
+pub const PROCESSBOOK_CHECKED_WORKERS_MAX: usize = 256;
 /// Operator commands waiting for a stream task.
 pub const STREAM_INBOX_DEPTH: usize = 64;
 

@@ -33,6 +33,17 @@ impl Handler for Counting {
     }
 }
 
+/// Starts the fixture's engine with a [`Counting`] handler for subscription `s`.
+async fn start_counting(fixture: &mut Fixture, calls: &Arc<AtomicU64>) -> Engine {
+    let engine = Engine::builder(fixture.config.clone())
+        .handler("s", Counting(Arc::clone(calls)))
+        .start()
+        .await
+        .unwrap();
+    fixture.engine = Some(engine.clone());
+    engine
+}
+
 /// Resident memory of this process, in bytes (Linux).
 fn rss_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
@@ -96,12 +107,7 @@ async fn a_million_keys_leave_no_workers_and_bounded_memory() {
         c.topic(TopicConfig::new("users"))
             .subscription(subscription("s", "users").max_keys_in_flight(4096))
     });
-    let engine = Engine::builder(fixture.config.clone())
-        .handler("s", Counting(Arc::clone(&calls)))
-        .start()
-        .await
-        .unwrap();
-    fixture.engine = Some(engine.clone());
+    let engine = start_counting(&mut fixture, &calls).await;
     let start = rss_bytes();
     one_event_per_key(&engine, 0..KEYS / 2).await;
     let half = rss_bytes();
@@ -166,12 +172,7 @@ async fn one_key_waiting_forever_holds_the_watermark_not_memory_nor_other_keys_s
                 .max_keys_in_flight(1024),
         )
     });
-    let engine = Engine::builder(fixture.config.clone())
-        .handler("s", Counting(Arc::clone(&calls)))
-        .start()
-        .await
-        .unwrap();
-    fixture.engine = Some(engine.clone());
+    let engine = start_counting(&mut fixture, &calls).await;
     // "second" before "first": this key waits, and no sequence timeout ends the wait.
     let held =
         engine.publish(Event::builder("orders", "held", "second").build().unwrap()).await.unwrap();

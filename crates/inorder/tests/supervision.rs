@@ -25,6 +25,21 @@ fn two_topics() -> Fixture {
     })
 }
 
+/// Two topics, each with a recording subscription, on storage behind fresh faults (readers
+/// leave out the `hidden` positions from the start).
+async fn start_two_topics(hidden: &[(&str, u64)]) -> (Fixture, Engine, Arc<Faults>, Arc<Recorder>) {
+    let recorder = Arc::new(Recorder::default());
+    let faults = Arc::new(Faults::default());
+    for (topic, position) in hidden {
+        faults.hide(topic, *position);
+    }
+    let mut fixture = two_topics();
+    let handlers =
+        vec![("s1", RecordingHandler::ok(&recorder)), ("s2", RecordingHandler::ok(&recorder))];
+    let engine = fixture.start_faulty(&faults, handlers).await;
+    (fixture, engine, faults, recorder)
+}
+
 async fn health(engine: &Engine, subscription: &str) -> StreamHealth {
     let infos = engine.subscriptions().await.unwrap();
     let info = infos.iter().find(|i| i.name == subscription).unwrap();
@@ -41,15 +56,7 @@ async fn publish_keys(engine: &Engine, topic: &str, count: usize) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_checkpoint_restarts_the_stream_until_the_storage_heals_and_loses_nothing() {
-    let recorder = Arc::new(Recorder::default());
-    let faults = Arc::new(Faults::default());
-    let mut fixture = two_topics();
-    let engine = fixture
-        .start_faulty(
-            &faults,
-            vec![("s1", RecordingHandler::ok(&recorder)), ("s2", RecordingHandler::ok(&recorder))],
-        )
-        .await;
+    let (_fixture, engine, faults, recorder) = start_two_topics(&[]).await;
     faults.fail_commits(Fault::Error(StorageErrorKind::Transient), usize::MAX);
     let last = publish_keys(&engine, "t1", 40).await;
     eventually("the stream is retrying after repeated failures", || async {
@@ -83,15 +90,7 @@ async fn a_failing_checkpoint_restarts_the_stream_until_the_storage_heals_and_lo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corruption_fails_only_its_stream_visibly_and_refuses_operator_commands() {
-    let recorder = Arc::new(Recorder::default());
-    let faults = Arc::new(Faults::default());
-    let mut fixture = two_topics();
-    let engine = fixture
-        .start_faulty(
-            &faults,
-            vec![("s1", RecordingHandler::ok(&recorder)), ("s2", RecordingHandler::ok(&recorder))],
-        )
-        .await;
+    let (_fixture, engine, faults, _recorder) = start_two_topics(&[]).await;
     faults.fail_reads(Fault::Error(StorageErrorKind::Corrupt), usize::MAX, Some("t1"));
     publish(&engine, "t1", "k", "a").await;
     let last = publish_keys(&engine, "t2", 10).await;
@@ -113,15 +112,7 @@ async fn corruption_fails_only_its_stream_visibly_and_refuses_operator_commands(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panic_in_the_storage_restarts_the_stream_and_repeated_panics_fail_it() {
-    let recorder = Arc::new(Recorder::default());
-    let faults = Arc::new(Faults::default());
-    let mut fixture = two_topics();
-    let engine = fixture
-        .start_faulty(
-            &faults,
-            vec![("s1", RecordingHandler::ok(&recorder)), ("s2", RecordingHandler::ok(&recorder))],
-        )
-        .await;
+    let (_fixture, engine, faults, _recorder) = start_two_topics(&[]).await;
     faults.fail_reads(Fault::Panic, 1, Some("t1"));
     let last = publish_keys(&engine, "t1", 5).await;
     processed(&engine, "t1", last).await;
@@ -144,15 +135,7 @@ async fn a_panic_in_the_storage_restarts_the_stream_and_repeated_panics_fail_it(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_append_is_a_typed_error_and_appends_nothing() {
-    let recorder = Arc::new(Recorder::default());
-    let faults = Arc::new(Faults::default());
-    let mut fixture = two_topics();
-    let engine = fixture
-        .start_faulty(
-            &faults,
-            vec![("s1", RecordingHandler::ok(&recorder)), ("s2", RecordingHandler::ok(&recorder))],
-        )
-        .await;
+    let (_fixture, engine, faults, _recorder) = start_two_topics(&[]).await;
     faults.fail_appends(Fault::Error(StorageErrorKind::Transient), 1);
     let retried = event("t1", "k", "a");
     let error = engine.publish(retried.clone()).await.unwrap_err();
@@ -164,16 +147,7 @@ async fn a_failed_append_is_a_typed_error_and_appends_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gap_in_positions_fails_the_stream_as_corrupt_and_skips_nothing() {
-    let recorder = Arc::new(Recorder::default());
-    let faults = Arc::new(Faults::default());
-    let mut fixture = two_topics();
-    faults.hide("t1", 3);
-    let engine = fixture
-        .start_faulty(
-            &faults,
-            vec![("s1", RecordingHandler::ok(&recorder)), ("s2", RecordingHandler::ok(&recorder))],
-        )
-        .await;
+    let (_fixture, engine, _faults, recorder) = start_two_topics(&[("t1", 3)]).await;
     for key in ["a", "b"] {
         publish(&engine, "t1", key, "x").await;
     }

@@ -10,11 +10,10 @@
 use std::collections::HashMap;
 
 use super::worker::KeyWorker;
-use crate::{limits::RECENT_KEY_STATES_MAX, state::KeyState};
-
-/// Workers at or below which every change re-checks `buffered` against the sum over workers
-/// (debug builds; above it the check would cost more than the stream's work).
-const CHECKED_WORKERS_MAX: usize = 256;
+use crate::{
+    limits::{PROCESSBOOK_CHECKED_WORKERS_MAX, RECENT_KEY_STATES_MAX},
+    state::KeyState,
+};
 
 /// The live workers of a stream.
 #[derive(Default)]
@@ -95,7 +94,7 @@ impl Processbook {
     }
 
     fn check(&self) {
-        if cfg!(debug_assertions) && self.workers.len() <= CHECKED_WORKERS_MAX {
+        if cfg!(debug_assertions) && self.workers.len() <= PROCESSBOOK_CHECKED_WORKERS_MAX {
             let sum: usize = self.workers.values().map(KeyWorker::buffered).sum();
             assert_eq!(self.buffered, sum, "buffered must equal the sum over workers");
         }
