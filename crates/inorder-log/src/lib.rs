@@ -4,18 +4,17 @@
 //! length, a CRC32C and their position; positions are 1, 2, 3, … with no gaps and are never
 //! reused. Appends are durable before they return under the `always` and `group` fsync
 //! policies ([`FsyncPolicy`]); group commit lets concurrent appenders share one `fdatasync`.
-//! Readers start anywhere (a sparse index avoids scanning); tailing readers wait for new records
-//! without polling. Named cursors record consumers' progress durably, and purge deletes whole
-//! segments that every cursor has passed. Opening a log recovers from a crash: a torn tail is cut
-//! and reported, corruption anywhere it cannot be a torn write is an error naming file and
-//! offset.
+//! Readers start anywhere (a sparse index avoids scanning); a watch of the last durable position
+//! tells waiting consumers when to read again, without polling. Purge deletes whole segments below
+//! a position. Opening a log recovers from a crash: a torn tail is cut and reported, corruption
+//! anywhere it cannot be a torn write is an error naming file and offset.
 //!
 //! The crate needs no async runtime: the writer is a thread, async methods only wait on
 //! runtime-agnostic channels, and every async method has a `*_blocking` twin.
 //!
 //! ```
 //! # fn main() -> Result<(), inorder_log::Error> {
-//! use inorder_log::{Log, LogOptions, Name, ReadLimits};
+//! use inorder_log::{Log, LogOptions, ReadLimits};
 //!
 //! let dir = tempfile::tempdir().expect("temp dir");
 //! let log = Log::open(dir.path(), LogOptions::default())?;
@@ -25,8 +24,9 @@
 //! let records = log.read(1, ReadLimits::default())?;
 //! assert_eq!(records[1].payload, "user.paid");
 //!
-//! let billing = Name::new("cursor", "billing")?;
-//! log.ack(&billing, 1)?; // billing resumes at 2 after a restart
+//! // Whole segments below a position go once the caller no longer needs them.
+//! let report = log.purge_blocking(3)?;
+//! assert_eq!(report.first_position, 3);
 //! # Ok(()) }
 //! ```
 //!
@@ -36,7 +36,6 @@
 
 mod blocking;
 mod checksum;
-mod cursor;
 mod error;
 mod group_commit;
 mod index;
@@ -49,7 +48,6 @@ pub mod record;
 mod recovery;
 mod segment;
 mod stats;
-mod tail;
 mod verify;
 pub mod vfs;
 mod writer;
@@ -62,6 +60,5 @@ pub use crate::{
     reader::{ReadLimits, Reader, Record},
     recovery::{RecoveryReport, TornReason, Truncation},
     stats::LogStats,
-    tail::TailReader,
     writer::PurgeReport,
 };

@@ -1,20 +1,20 @@
 //! [`Log`]: one topic's durable log — the public face of the crate.
 //!
-//! A `Log` owns a directory: segment files, their sparse indexes, a `cursors/` directory and a
-//! `LOCK` file that keeps a second `Log` (in any process) out. Opening runs recovery
+//! A `Log` owns a directory: segment files, their sparse indexes and a `LOCK` file that keeps a
+//! second `Log` (in any process) out. Opening runs recovery
 //! ([`crate::recovery`]); appends go to the writer thread ([`crate::writer`]); reads go straight
 //! to the segment files and never see past the committed (durable) position.
 //!
 //! **Invariants.** Positions are 1, 2, 3, … with no gaps; only the writer assigns them. A
-//! position becomes visible to readers, cursors and `last_position` only once the fsync policy
-//! made it durable. A cursor never points past the committed position.
+//! position becomes visible to readers and `last_position` only once the fsync policy made it
+//! durable.
 
 use std::{
     ops::RangeInclusive,
     path::{Path, PathBuf},
     sync::{
         Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     thread::JoinHandle,
 };
@@ -24,17 +24,14 @@ use tokio::sync::{Semaphore, oneshot, watch};
 
 use crate::{
     blocking::block_on,
-    cursor::CursorStore,
     error::{Error, Result},
     group_commit,
     limits::{APPEND_BYTES_MAX, APPEND_INFLIGHT_BYTES_MAX, APPEND_RECORDS_MAX, WRITER_QUEUE_DEPTH},
-    name::Name,
     options::{FsyncPolicy, LogOptions},
     reader::{ReadLimits, Reader, Record},
     recovery::{self, RecoveryReport},
     segment::SegmentMap,
     stats::{LogStats, Stats},
-    tail::TailReader,
     vfs::{StdVfs, Vfs, VfsLock},
     writer::{Command, PendingAppend, PurgeReport, SyncerLink, Writer},
 };
@@ -51,10 +48,8 @@ pub(crate) struct Shared {
     segments: RwLock<SegmentMap>,
     /// Last durable position (0 while the log has never held a record).
     committed: AtomicU64,
-    /// Wakes tailing readers when `committed` grows or the log closes.
+    /// Wakes watchers of the last position when `committed` grows or the log closes.
     tail: watch::Sender<u64>,
-    closed: AtomicBool,
-    pub(crate) cursors: CursorStore,
     pub(crate) stats: Stats,
     /// Set by the first failed write or fsync; the log writes nothing after it.
     latch: OnceLock<Arc<std::io::Error>>,
@@ -106,16 +101,11 @@ impl Shared {
         self.read_segments().keys().next().copied().unwrap_or(1)
     }
 
-    pub(crate) fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
-    }
-
     pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
         self.tail.subscribe()
     }
 
     fn close(&self) {
-        self.closed.store(true, Ordering::Release);
         self.tail.send_modify(|_| {});
     }
 }
@@ -161,14 +151,6 @@ impl Log {
         Self::open_with_vfs(Arc::new(StdVfs), dir, options)
     }
 
-    /// Opens the log of `topic` under `root` (in `root/<topic>`).
-    ///
-    /// # Errors
-    /// As [`Log::open`].
-    pub fn open_topic(root: impl AsRef<Path>, topic: &Name, options: LogOptions) -> Result<Self> {
-        Self::open(root.as_ref().join(topic.as_str()), options)
-    }
-
     /// Opens (or creates) the log in `dir` on the given file system.
     ///
     /// # Errors
@@ -187,9 +169,7 @@ impl Log {
             _ => Error::io("lock log directory", &lock_path, e),
         })?;
         let recovered = recovery::recover(vfs.as_ref(), &dir, &options)?;
-        let cursors = CursorStore::open(Arc::clone(&vfs), dir.join("cursors"))?;
         let committed = recovered.next_position - 1;
-        clamp_cursors(&cursors, committed)?;
         let active = Arc::clone(recovered.segments.values().next_back().expect("a segment"));
         let shared = Arc::new(Shared {
             dir: dir.clone(),
@@ -198,8 +178,6 @@ impl Log {
             segments: RwLock::new(recovered.segments),
             committed: AtomicU64::new(committed),
             tail: watch::Sender::new(committed),
-            closed: AtomicBool::new(false),
-            cursors,
             stats: Stats::default(),
             latch: OnceLock::new(),
         });
@@ -342,10 +320,10 @@ impl Log {
         block_on(self.sync())
     }
 
-    /// Deletes whole segments whose records all lie strictly below
-    /// `min(before, slowest cursor's ack + 1)`: nothing a cursor has not acknowledged is ever
-    /// removed. If that covers the whole active segment, it is sealed first and an empty
-    /// segment carries the next position, so positions are never reused.
+    /// Deletes whole segments whose records all lie strictly below `before` (and below the
+    /// committed position: a record still waiting for its fsync is never purged). The segment
+    /// being written is never deleted: if the bound covers all of it, it is sealed first and a new,
+    /// empty segment carries the next position, so positions are never reused.
     ///
     /// # Errors
     /// [`Error::Latched`], [`Error::Closed`], [`Error::Io`].
@@ -395,71 +373,6 @@ impl Log {
         Reader::new(Arc::clone(&self.inner.shared), from)
     }
 
-    /// A reader positioned at `from` whose reads wait for new records instead of returning
-    /// empty. While it waits it holds no buffer and no file handle.
-    #[must_use]
-    pub fn tail(&self, from: u64) -> TailReader {
-        TailReader::new(self.reader(from), self.inner.shared.subscribe())
-    }
-
-    /// The acknowledged position of cursor `name`.
-    #[must_use]
-    pub fn cursor(&self, name: &Name) -> Option<u64> {
-        self.inner.shared.cursors.get(name)
-    }
-
-    /// Every cursor with its acknowledged position.
-    #[must_use]
-    pub fn cursors(&self) -> Vec<(Name, u64)> {
-        self.inner.shared.cursors.list()
-    }
-
-    /// Durably records that cursor `name` handled everything up to `position` (it resumes at
-    /// `position + 1`), creating the cursor if needed. Blocking (two fsyncs).
-    ///
-    /// # Errors
-    /// [`Error::CursorRegression`] if that would move it backwards; [`Error::AckBeyondEnd`] past
-    /// the last durable position; [`Error::Io`]. Nothing changes on error.
-    pub fn ack(&self, name: &Name, position: u64) -> Result<()> {
-        let last = self.last_position();
-        if position > last {
-            return Err(Error::AckBeyondEnd {
-                cursor: name.to_string(),
-                requested: position,
-                last,
-            });
-        }
-        self.inner.shared.cursors.ack(name, position)
-    }
-
-    /// Moves cursor `name` to `position` in either direction, on purpose (replay, skip).
-    ///
-    /// # Errors
-    /// [`Error::AckBeyondEnd`]; [`Error::Purged`] if `position + 1` was purged; [`Error::Io`].
-    pub fn reset_cursor(&self, name: &Name, position: u64) -> Result<()> {
-        let last = self.last_position();
-        if position > last {
-            return Err(Error::AckBeyondEnd {
-                cursor: name.to_string(),
-                requested: position,
-                last,
-            });
-        }
-        let first_available = self.first_position();
-        if position + 1 < first_available {
-            return Err(Error::Purged { requested: position + 1, first_available });
-        }
-        self.inner.shared.cursors.reset(name, position)
-    }
-
-    /// Removes cursor `name`; `false` if it did not exist.
-    ///
-    /// # Errors
-    /// [`Error::Io`].
-    pub fn remove_cursor(&self, name: &Name) -> Result<bool> {
-        self.inner.shared.cursors.remove(name)
-    }
-
     /// Counters and extent of the log.
     #[must_use]
     pub fn stats(&self) -> LogStats {
@@ -478,17 +391,4 @@ impl Log {
     pub fn verify(&self) -> Result<u64> {
         crate::verify::verify(&self.inner.shared)
     }
-}
-
-/// A cursor can point past the end only if records it acknowledged were lost (`never` policy
-/// and a power loss). Moving it back to the end makes the consumer see the records that will
-/// take those positions, instead of silently skipping them.
-fn clamp_cursors(cursors: &CursorStore, committed: u64) -> Result<()> {
-    for (name, ack) in cursors.list() {
-        if ack > committed {
-            tracing::warn!(cursor = %name, ack, committed, "cursor past the end after recovery");
-            cursors.reset(&name, committed)?;
-        }
-    }
-    Ok(())
 }

@@ -151,10 +151,6 @@ impl Reader {
         self.at = None;
     }
 
-    pub(crate) fn shared(&self) -> Arc<Shared> {
-        Arc::clone(&self.shared)
-    }
-
     /// Drops the read-ahead chunk and the file handle (they are reacquired on the next read).
     pub fn release(&mut self) {
         self.at = None;

@@ -330,10 +330,8 @@ impl Writer {
     }
 
     fn purge(&mut self, before: u64) -> Result<PurgeReport> {
-        let bound = match self.shared.cursors.slowest() {
-            Some(ack) => before.min(ack.saturating_add(1)),
-            None => before,
-        };
+        // Only committed records go: one still waiting for its fsync has not been answered yet.
+        let bound = before.min(self.shared.committed() + 1);
         if self.next_position > self.active.base && self.next_position <= bound {
             self.roll()?;
         }
