@@ -13,13 +13,14 @@ use std::{
     ops::RangeInclusive,
     path::{Path, PathBuf},
     sync::{
-        Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard,
+        Arc, OnceLock,
         atomic::{AtomicU64, Ordering},
     },
     thread::JoinHandle,
 };
 
 use bytes::Bytes;
+use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use tokio::sync::{Semaphore, oneshot, watch};
 
 use crate::{
@@ -72,11 +73,11 @@ impl Shared {
     }
 
     pub(crate) fn read_segments(&self) -> RwLockReadGuard<'_, SegmentMap> {
-        self.segments.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.segments.read()
     }
 
     pub(crate) fn write_segments(&self) -> RwLockWriteGuard<'_, SegmentMap> {
-        self.segments.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.segments.write()
     }
 
     pub(crate) fn committed(&self) -> u64 {

@@ -14,10 +14,12 @@ use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
     sync::{
-        Arc, Mutex, RwLock,
+        Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
 };
+
+use parking_lot::{Mutex, RwLock};
 
 use crate::{
     error::{CorruptReason, Error, Result},
@@ -195,32 +197,30 @@ impl Segment {
         if entries.is_empty() {
             return;
         }
-        let mut index = self.index.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut index = self.index.write();
         index.get_or_insert_with(|| SparseIndex::new(self.base)).extend(entries);
     }
 
     /// A copy of the index, if loaded.
     pub(crate) fn index_snapshot(&self) -> Option<SparseIndex> {
-        self.index.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        self.index.read().clone()
     }
 
     /// The byte offset of the last indexed record at or before `position` and its position,
     /// loading (or rebuilding) the index of a sealed segment on first use.
     pub(crate) fn seek(&self, vfs: &dyn Vfs, position: u64) -> Result<(u64, u64)> {
-        if let Some(index) =
-            self.index.read().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref()
-        {
+        if let Some(index) = self.index.read().as_ref() {
             return Ok(index.seek(position));
         }
         let loaded = SparseIndex::load_or_rebuild(vfs, self)?;
         let found = loaded.seek(position);
-        *self.index.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(loaded);
+        *self.index.write() = Some(loaded);
         Ok(found)
     }
 
     /// The shared read handle, opening it if needed.
     pub(crate) fn reader_file(&self, vfs: &dyn Vfs) -> Result<Arc<dyn VfsFile>> {
-        let mut handle = self.read_handle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut handle = self.read_handle.lock();
         if let Some(file) = handle.as_ref() {
             return Ok(Arc::clone(file));
         }
@@ -233,9 +233,9 @@ impl Segment {
 
     /// Releases the cached read handle and, if sealed, the in-memory index.
     pub(crate) fn release(&self) {
-        *self.read_handle.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        *self.read_handle.lock() = None;
         if self.is_sealed() {
-            *self.index.write().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+            *self.index.write() = None;
         }
     }
 }

@@ -18,11 +18,13 @@ use std::{
     io::{self, ErrorKind},
     path::{Path, PathBuf},
     sync::{
-        Arc, Mutex, MutexGuard,
+        Arc,
         atomic::{AtomicUsize, Ordering},
     },
     time::Duration,
 };
+
+use parking_lot::{Mutex, MutexGuard};
 
 use super::{OpenMode, Vfs, VfsFile, VfsLock};
 use crate::limits::{u64_from, usize_from};
@@ -97,7 +99,7 @@ impl SimVfs {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state.lock()
     }
 
     /// Makes the `skip + 1`-th next call of `op` fail once.
