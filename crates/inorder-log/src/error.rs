@@ -52,7 +52,9 @@ pub enum Error {
     InvalidName {
         /// What was being named (`topic`, `subscription`, …).
         kind: &'static str,
-        /// The offending name (truncated to 64 bytes for display).
+        /// The offending name (at most [`NAME_DISPLAY_BYTES_MAX`] bytes of it).
+        ///
+        /// [`NAME_DISPLAY_BYTES_MAX`]: crate::limits::NAME_DISPLAY_BYTES_MAX
         name: String,
         /// Why it was refused.
         reason: &'static str,

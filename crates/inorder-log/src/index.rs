@@ -15,15 +15,16 @@ use std::io::ErrorKind;
 
 use crate::{
     error::{Error, Result},
-    limits::{SEGMENT_HEADER_BYTES, u64_from, usize_from},
+    limits::{
+        INDEX_ENTRY_BYTES as ENTRY_BYTES, INDEX_HEADER_BYTES, SEGMENT_HEADER_BYTES, u64_from,
+        usize_from,
+    },
     recovery,
     segment::{FORMAT_VERSION, Segment},
     vfs::{OpenMode, Vfs},
 };
 
 const INDEX_MAGIC: [u8; 8] = *b"INORDIDX";
-const INDEX_HEADER_BYTES: usize = 32;
-const ENTRY_BYTES: usize = 16;
 
 /// Index entries of one segment, ascending by position and by offset.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -54,8 +54,9 @@ mod writer;
 
 pub use crate::{
     error::{CorruptReason, Error, Result},
+    limits::NAME_BYTES_MAX,
     log::Log,
-    name::{NAME_BYTES_MAX, Name},
+    name::Name,
     options::{FsyncPolicy, LogOptions},
     reader::{ReadLimits, Reader, Record},
     recovery::{RecoveryReport, TornReason, Truncation},

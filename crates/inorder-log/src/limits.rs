@@ -9,8 +9,30 @@ use std::time::Duration;
 /// Bytes of a record header: `crc32c u32 | payload length u32 | position u64`.
 pub const RECORD_HEADER_BYTES: u64 = 16;
 
+/// [`RECORD_HEADER_BYTES`] as a `usize`, for slicing buffers.
+pub(crate) const RECORD_HEADER_BYTES_USIZE: usize = usize_from(RECORD_HEADER_BYTES);
+
+/// Bytes of a record's checksum field, the first field of its header. The checksum covers
+/// everything after itself, so the covered bytes start at this offset.
+pub(crate) const RECORD_CHECKSUM_BYTES: usize = 4;
+
 /// Bytes of a segment file header (magic, version, base position, checksum).
 pub const SEGMENT_HEADER_BYTES: u64 = 32;
+
+/// [`SEGMENT_HEADER_BYTES`] as a `usize`, for slicing buffers.
+pub(crate) const SEGMENT_HEADER_BYTES_USIZE: usize = usize_from(SEGMENT_HEADER_BYTES);
+
+/// Bytes of a sparse index file header (magic, version, checksum, base position, entry count).
+pub(crate) const INDEX_HEADER_BYTES: usize = 32;
+
+/// Bytes of one sparse index entry: `position u64 | byte offset u64`.
+pub(crate) const INDEX_ENTRY_BYTES: usize = 16;
+
+/// Longest accepted [`Name`](crate::Name), in bytes.
+pub const NAME_BYTES_MAX: usize = 200;
+
+/// Most bytes of a refused name quoted back in [`Error::InvalidName`](crate::Error::InvalidName).
+pub const NAME_DISPLAY_BYTES_MAX: usize = 64;
 
 /// Largest payload the on-disk format accepts. A header claiming more is treated as corrupt
 /// before anything is allocated; [`LogOptions::record_payload_bytes_max`] may only lower it.
@@ -41,6 +63,10 @@ pub const APPEND_BYTES_MAX: usize = 32 * 1024 * 1024;
 /// while [`WRITER_QUEUE_DEPTH`] bounds it in commands.
 pub const APPEND_INFLIGHT_BYTES_MAX: usize = 64 * 1024 * 1024;
 
+/// Bytes per permit of the in-flight byte budget ([`APPEND_INFLIGHT_BYTES_MAX`]): an append
+/// takes one permit per started KiB of payload.
+pub(crate) const APPEND_PERMIT_BYTES: usize = 1024;
+
 /// Commands that may wait in the writer's channel.
 pub const WRITER_QUEUE_DEPTH: usize = 4096;
 
@@ -59,6 +85,16 @@ pub const INDEX_INTERVAL_BYTES: u64 = 4096;
 
 /// Bytes a reader fetches from a segment file per read call.
 pub const READ_CHUNK_BYTES: usize = 256 * 1024;
+
+/// Earlier read chunks a reader keeps for reuse (records handed out may still refer to them).
+pub(crate) const READ_SPARE_CHUNKS_MAX: usize = 4;
+
+/// Most records a reader frames in one pass over a chunk.
+pub(crate) const READ_FRAMES_PER_PASS_MAX: usize = 4096;
+
+/// Records a reader frames beyond what the read still has room for, for the records a walk from
+/// an index entry skips before reaching the wanted position.
+pub(crate) const READ_SKIP_FRAMES_MAX: usize = 64;
 
 /// Default most records returned by one read.
 pub const READ_RECORDS_MAX_DEFAULT: usize = 4096;
@@ -83,6 +119,17 @@ const _: () = assert!(
 const _: () = assert!((RECORD_PAYLOAD_BYTES_LIMIT as usize) <= APPEND_BYTES_MAX);
 const _: () = assert!(APPEND_BYTES_MAX <= APPEND_INFLIGHT_BYTES_MAX);
 const _: () = assert!(READ_CHUNK_BYTES as u64 > RECORD_HEADER_BYTES);
+const _: () = assert!(READ_SKIP_FRAMES_MAX < READ_FRAMES_PER_PASS_MAX);
+const _: () = assert!(READ_SPARE_CHUNKS_MAX >= 1);
+const _: () = assert!(RECORD_CHECKSUM_BYTES < RECORD_HEADER_BYTES_USIZE);
+const _: () = assert!(INDEX_INTERVAL_BYTES >= RECORD_HEADER_BYTES);
+const _: () = assert!(NAME_DISPLAY_BYTES_MAX <= NAME_BYTES_MAX);
+const _: () = assert!(APPEND_INFLIGHT_BYTES_MAX.is_multiple_of(APPEND_PERMIT_BYTES));
+const _: () = assert!(APPEND_BYTES_MAX.div_ceil(APPEND_PERMIT_BYTES) <= u32::MAX as usize);
+const _: () =
+    assert!(APPEND_INFLIGHT_BYTES_MAX / APPEND_PERMIT_BYTES <= tokio::sync::Semaphore::MAX_PERMITS);
+const _: () = assert!(GROUP_COMMIT_BYTES_MAX <= APPEND_INFLIGHT_BYTES_MAX);
+const _: () = assert!(GROUP_COMMIT_COMMANDS_MAX <= WRITER_QUEUE_DEPTH);
 const _: () = assert!(usize::BITS == 64, "inorder-log supports 64-bit targets only");
 
 /// Converts an on-disk `u64` to a `usize` (lossless: the crate requires a 64-bit target).

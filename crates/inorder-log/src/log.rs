@@ -27,7 +27,10 @@ use crate::{
     blocking::block_on,
     error::{Error, Result},
     group_commit,
-    limits::{APPEND_BYTES_MAX, APPEND_INFLIGHT_BYTES_MAX, APPEND_RECORDS_MAX, WRITER_QUEUE_DEPTH},
+    limits::{
+        APPEND_BYTES_MAX, APPEND_INFLIGHT_BYTES_MAX, APPEND_PERMIT_BYTES, APPEND_RECORDS_MAX,
+        WRITER_QUEUE_DEPTH,
+    },
     options::{FsyncPolicy, LogOptions},
     reader::{ReadLimits, Reader, Record},
     recovery::{self, RecoveryReport},
@@ -36,9 +39,6 @@ use crate::{
     vfs::{StdVfs, Vfs, VfsLock},
     writer::{Command, PendingAppend, PurgeReport, SyncerLink, Writer},
 };
-
-/// Bytes per permit of the in-flight byte budget.
-const PERMIT_BYTES: usize = 1024;
 
 /// State shared by the writer, readers and the `Log` handles.
 #[derive(Debug)]
@@ -203,7 +203,7 @@ impl Log {
                 shared,
                 commands: Some(commands),
                 writer: Some(writer),
-                inflight: Arc::new(Semaphore::new(APPEND_INFLIGHT_BYTES_MAX / PERMIT_BYTES)),
+                inflight: Arc::new(Semaphore::new(APPEND_INFLIGHT_BYTES_MAX / APPEND_PERMIT_BYTES)),
                 report: recovered.report,
                 _lock: lock,
             }),
@@ -243,7 +243,7 @@ impl Log {
     {
         let records: Vec<Bytes> = records.into_iter().map(Into::into).collect();
         let payload_bytes = self.check_batch(&records)?;
-        let permits = u32::try_from(payload_bytes.div_ceil(PERMIT_BYTES).max(1))
+        let permits = u32::try_from(payload_bytes.div_ceil(APPEND_PERMIT_BYTES).max(1))
             .map_err(|_| Error::batch("batch too large"))?;
         let permit = Arc::clone(&self.inner.inflight)
             .acquire_many_owned(permits)

@@ -7,10 +7,12 @@
 
 use std::{fmt, str::FromStr, sync::Arc};
 
-use crate::error::Error;
+use crate::{
+    error::Error,
+    limits::{NAME_BYTES_MAX, NAME_DISPLAY_BYTES_MAX},
+};
 
-/// Longest accepted name, in bytes.
-pub const NAME_BYTES_MAX: usize = 200;
+const _: () = assert!(NAME_BYTES_MAX == 200, "the refusal below names the limit");
 
 /// A validated name (a topic's, a subscription's, …), safe to use as a file name. Cloning is cheap (shared).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -67,9 +69,10 @@ impl FromStr for Name {
     }
 }
 
-/// At most 64 bytes of an offending name, cut at a character boundary, for error messages.
+/// At most [`NAME_DISPLAY_BYTES_MAX`] bytes of an offending name, cut at a character boundary,
+/// for error messages.
 fn display_prefix(name: &str) -> String {
-    let mut end = name.len().min(64);
+    let mut end = name.len().min(NAME_DISPLAY_BYTES_MAX);
     while !name.is_char_boundary(end) {
         end -= 1;
     }
@@ -109,6 +112,6 @@ mod tests {
         let err = Name::new("subscription", &long).unwrap_err();
         let Error::InvalidName { kind, name, .. } = err else { panic!("wrong error {err:?}") };
         assert_eq!(kind, "subscription");
-        assert!(name.len() <= 64);
+        assert!(name.len() <= NAME_DISPLAY_BYTES_MAX);
     }
 }

@@ -15,11 +15,13 @@ use bytes::{Bytes, BytesMut};
 use crate::{
     error::{CorruptReason, Error, Result},
     limits::{
-        READ_BYTES_MAX_DEFAULT, READ_CHUNK_BYTES, READ_RECORDS_MAX_DEFAULT, RECORD_HEADER_BYTES,
+        READ_BYTES_MAX_DEFAULT, READ_CHUNK_BYTES, READ_FRAMES_PER_PASS_MAX,
+        READ_RECORDS_MAX_DEFAULT, READ_SKIP_FRAMES_MAX, READ_SPARE_CHUNKS_MAX,
+        RECORD_CHECKSUM_BYTES, RECORD_HEADER_BYTES, RECORD_HEADER_BYTES_USIZE as HEADER,
         SEGMENT_HEADER_BYTES, u64_from, usize_from,
     },
     log::Shared,
-    record::{CHECKSUM_OFFSET, HEADER, RecordHeader},
+    record::RecordHeader,
     segment::Segment,
     vfs::VfsFile,
 };
@@ -84,15 +86,6 @@ impl Batch {
     }
 }
 
-/// Earlier read chunks a reader keeps for reuse.
-const READER_SPARE_CHUNKS: usize = 4;
-
-/// Most records framed per pass over a chunk.
-const FRAMES_PER_TAKE_MAX: usize = 4096;
-
-/// Extra records framed beyond the batch's room, for records an index walk skips.
-const FRAMES_SKIP_ALLOWANCE: usize = 64;
-
 /// One record located in a chunk: `chunk[start..end]`, with its parsed header.
 struct Frame {
     start: usize,
@@ -102,7 +95,7 @@ struct Frame {
 
 /// How many leading frames have matching checksums (verified three at a time).
 fn verified_prefix(chunk: &[u8], frames: &[Frame]) -> usize {
-    let covered = |f: &Frame| &chunk[f.start + CHECKSUM_OFFSET..f.end];
+    let covered = |f: &Frame| &chunk[f.start + RECORD_CHECKSUM_BYTES..f.end];
     for (group_index, group) in frames.chunks(3).enumerate() {
         let slices = match group {
             [a, b, c] => [covered(a), covered(b), covered(c)],
@@ -223,7 +216,7 @@ impl Place {
     /// The chunks worth keeping when the reader moves to another segment.
     fn into_spare(mut self) -> Vec<Bytes> {
         self.spare.push(self.chunk);
-        self.spare.truncate(READER_SPARE_CHUNKS);
+        self.spare.truncate(READ_SPARE_CHUNKS_MAX);
         self.spare
     }
 
@@ -290,7 +283,7 @@ impl Place {
     /// The whole records the chunk holds from `offset` (at most `room` plus what an index walk
     /// may skip), and the reason framing stopped early, if a record is malformed.
     fn frame(&self, chunk: &Bytes, limit: u64, room: usize) -> (Vec<Frame>, Option<CorruptReason>) {
-        let frames_max = room.saturating_add(FRAMES_SKIP_ALLOWANCE).min(FRAMES_PER_TAKE_MAX);
+        let frames_max = room.saturating_add(READ_SKIP_FRAMES_MAX).min(READ_FRAMES_PER_PASS_MAX);
         let mut frames = Vec::with_capacity(frames_max.min(256));
         let mut start = usize_from(self.offset - self.chunk_start);
         let mut offset = self.offset;
@@ -327,7 +320,7 @@ impl Place {
             self.spare.push(retired);
         }
         // Reuse a chunk no record refers to any more (no allocation, no zeroing); keep at most
-        // READER_SPARE_CHUNKS that records still hold.
+        // READ_SPARE_CHUNKS_MAX that records still hold.
         let reusable = self.spare.iter().position(Bytes::is_unique);
         let mut buf = match reusable.map(|i| self.spare.swap_remove(i).try_into_mut()) {
             Some(Ok(mut reused)) => {
@@ -340,7 +333,7 @@ impl Place {
             }
             Some(Err(_)) | None => BytesMut::zeroed(want),
         };
-        if self.spare.len() > READER_SPARE_CHUNKS {
+        if self.spare.len() > READ_SPARE_CHUNKS_MAX {
             self.spare.remove(0);
         }
         let got = self

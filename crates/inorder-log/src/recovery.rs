@@ -29,9 +29,12 @@ use std::{
 use crate::{
     error::{CorruptReason, Error, Result},
     index::SparseIndex,
-    limits::{INDEX_INTERVAL_BYTES, READ_CHUNK_BYTES, SEGMENT_HEADER_BYTES, u64_from, usize_from},
+    limits::{
+        INDEX_INTERVAL_BYTES, READ_CHUNK_BYTES, RECORD_HEADER_BYTES_USIZE as HEADER,
+        SEGMENT_HEADER_BYTES, u64_from, usize_from,
+    },
     options::LogOptions,
-    record::{HEADER, RecordHeader},
+    record::RecordHeader,
     segment::{self, Segment, SegmentMap},
     vfs::{OpenMode, Vfs, VfsFile},
 };

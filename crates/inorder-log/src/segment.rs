@@ -24,7 +24,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::{
     error::{CorruptReason, Error, Result},
     index::SparseIndex,
-    limits::{SEGMENT_HEADER_BYTES, usize_from},
+    limits::{SEGMENT_HEADER_BYTES, SEGMENT_HEADER_BYTES_USIZE as HEADER},
     vfs::{OpenMode, Vfs, VfsFile},
 };
 
@@ -32,8 +32,6 @@ use crate::{
 pub(crate) const SEGMENT_MAGIC: [u8; 8] = *b"INORDSEG";
 /// Version of the segment and record format.
 pub(crate) const FORMAT_VERSION: u32 = 1;
-
-const HEADER: usize = usize_from(SEGMENT_HEADER_BYTES);
 
 /// File name of the segment whose first position is `base`.
 pub(crate) fn segment_file_name(base: u64) -> String {

@@ -32,11 +32,11 @@ use crate::{
     index::{SparseIndex, write_index_file},
     limits::{
         GROUP_COMMIT_BYTES_MAX, GROUP_COMMIT_COMMANDS_MAX, INDEX_INTERVAL_BYTES,
-        SEGMENT_HEADER_BYTES, u64_from,
+        RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, u64_from,
     },
     log::Shared,
     options::FsyncPolicy,
-    record::{HEADER, encode_record},
+    record::encode_record,
     recovery::remove_if_present,
     segment::{self, Segment},
     vfs::{OpenMode, VfsFile},
@@ -240,7 +240,7 @@ impl Writer {
         for append in group {
             let first = self.next_position;
             for payload in &append.records {
-                let record_bytes = u64_from(HEADER + payload.len());
+                let record_bytes = RECORD_HEADER_BYTES + u64_from(payload.len());
                 let at = self.write_offset + u64_from(self.buf.len());
                 if at + record_bytes > segment_bytes && at > SEGMENT_HEADER_BYTES {
                     self.flush_buffer()?;
