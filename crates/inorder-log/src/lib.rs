@@ -34,32 +34,39 @@
 
 #![warn(missing_docs)]
 
+// Layers, bottom up; a module uses only modules of lower layers (within a layer, only those
+// listed before it):
+//   foundations  blocking, error, limits, name, options, stats, vfs/
+//   format       format/ (segment, record, index, checksum), recovery (the decision table)
+//   knowledge    scan, segments, open, shared
+//   paths        read/ (reader, verify), write/ (group_commit, writer)
+//   façade       log
 mod blocking;
-mod checksum;
 mod error;
-mod group_commit;
-mod index;
+mod format;
 pub mod limits;
 mod log;
 mod name;
+mod open;
 mod options;
-mod reader;
-pub mod record;
+mod read;
 mod recovery;
-mod segment;
+mod scan;
+mod segments;
+mod shared;
 mod stats;
-mod verify;
 pub mod vfs;
-mod writer;
+mod write;
 
 pub use crate::{
     error::{CorruptReason, Error, Result},
+    format::record,
     limits::NAME_BYTES_MAX,
     log::Log,
     name::Name,
     options::{FsyncPolicy, LogOptions},
-    reader::{ReadLimits, Reader, Record},
+    read::reader::{ReadLimits, Reader, Record},
     recovery::{RecoveryReport, TornReason, Truncation},
     stats::LogStats,
-    writer::PurgeReport,
+    write::writer::PurgeReport,
 };

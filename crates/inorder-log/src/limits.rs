@@ -28,6 +28,11 @@ pub(crate) const INDEX_HEADER_BYTES: usize = 32;
 /// Bytes of one sparse index entry: `position u64 | byte offset u64`.
 pub(crate) const INDEX_ENTRY_BYTES: usize = 16;
 
+/// Largest sparse index file read: the header plus one entry per [`INDEX_INTERVAL_BYTES`] of
+/// the largest segment, plus its first record. A larger file is not a valid index (it is rebuilt).
+pub(crate) const INDEX_FILE_BYTES_MAX: u64 = INDEX_HEADER_BYTES as u64
+    + (SEGMENT_BYTES_MAX / INDEX_INTERVAL_BYTES + 1) * INDEX_ENTRY_BYTES as u64;
+
 /// Longest accepted [`Name`](crate::Name), in bytes.
 pub const NAME_BYTES_MAX: usize = 200;
 

@@ -2,114 +2,42 @@
 //!
 //! A `Log` owns a directory: segment files, their sparse indexes and a `LOCK` file that keeps a
 //! second `Log` (in any process) out. Opening runs recovery
-//! ([`crate::recovery`]); appends go to the writer thread ([`crate::writer`]); reads go straight
-//! to the segment files and never see past the committed (durable) position.
+//! ([`crate::open`]); appends go to the write path ([`crate::write`]); reads
+//! ([`crate::read`]) go straight to the segment files and never see past the committed (durable)
+//! position. This module only depends downward: it holds the handles and adds nothing but
+//! argument checks.
 //!
 //! **Invariants.** Positions are 1, 2, 3, … with no gaps; only the writer assigns them. A
 //! position becomes visible to readers and `last_position` only once the fsync policy made it
 //! durable.
 
-use std::{
-    ops::RangeInclusive,
-    path::{Path, PathBuf},
-    sync::{
-        Arc, OnceLock,
-        atomic::{AtomicU64, Ordering},
-    },
-    thread::JoinHandle,
-};
+use std::{ops::RangeInclusive, path::Path, sync::Arc, thread::JoinHandle};
 
 use bytes::Bytes;
-use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use tokio::sync::{Semaphore, oneshot, watch};
 
 use crate::{
     blocking::block_on,
     error::{Error, Result},
-    group_commit,
     limits::{
         APPEND_BYTES_MAX, APPEND_INFLIGHT_BYTES_MAX, APPEND_PERMIT_BYTES, APPEND_RECORDS_MAX,
         WRITER_QUEUE_DEPTH,
     },
+    open,
     options::{FsyncPolicy, LogOptions},
-    reader::{ReadLimits, Reader, Record},
-    recovery::{self, RecoveryReport},
-    segment::SegmentMap,
-    stats::{LogStats, Stats},
+    read::{
+        reader::{ReadLimits, Reader, Record},
+        verify,
+    },
+    recovery::RecoveryReport,
+    shared::Shared,
+    stats::LogStats,
     vfs::{StdVfs, Vfs, VfsLock},
-    writer::{Command, PendingAppend, PurgeReport, SyncerLink, Writer},
+    write::{
+        group_commit,
+        writer::{Command, PendingAppend, PurgeReport, SyncerLink, Writer},
+    },
 };
-
-/// State shared by the writer, readers and the `Log` handles.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) dir: PathBuf,
-    pub(crate) vfs: Arc<dyn Vfs>,
-    pub(crate) options: LogOptions,
-    segments: RwLock<SegmentMap>,
-    /// Last durable position (0 while the log has never held a record).
-    committed: AtomicU64,
-    /// Wakes watchers of the last position when `committed` grows or the log closes.
-    tail: watch::Sender<u64>,
-    pub(crate) stats: Stats,
-    /// Set by the first failed write or fsync; the log writes nothing after it.
-    latch: OnceLock<Arc<std::io::Error>>,
-}
-
-impl Shared {
-    /// The error that latched the log, if any.
-    pub(crate) fn latched(&self) -> Option<Arc<std::io::Error>> {
-        self.latch.get().cloned()
-    }
-
-    /// Latches the log after an I/O error; returns the error that holds the latch (the first).
-    pub(crate) fn latch(&self, source: std::io::Error) -> Arc<std::io::Error> {
-        let first = self.latch.get_or_init(|| {
-            tracing::error!(dir = %self.dir.display(), error = %source, "log latched");
-            Arc::new(source)
-        });
-        self.stats.set_latched();
-        Arc::clone(first)
-    }
-
-    pub(crate) fn read_segments(&self) -> RwLockReadGuard<'_, SegmentMap> {
-        self.segments.read()
-    }
-
-    pub(crate) fn write_segments(&self) -> RwLockWriteGuard<'_, SegmentMap> {
-        self.segments.write()
-    }
-
-    pub(crate) fn committed(&self) -> u64 {
-        self.committed.load(Ordering::Acquire)
-    }
-
-    /// Publishes a new committed position (after the fsync that made it durable). The
-    /// position only grows: a smaller value (a syncer finishing after a later fsync already
-    /// published more) changes nothing.
-    pub(crate) fn publish_committed(&self, committed: u64) {
-        let previous = self.committed.fetch_max(committed, Ordering::AcqRel);
-        if committed > previous {
-            self.tail.send_if_modified(|shown| {
-                let grew = committed > *shown;
-                *shown = (*shown).max(committed);
-                grew
-            });
-        }
-    }
-
-    pub(crate) fn first_position(&self) -> u64 {
-        self.read_segments().keys().next().copied().unwrap_or(1)
-    }
-
-    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
-        self.tail.subscribe()
-    }
-
-    fn close(&self) {
-        self.tail.send_modify(|_| {});
-    }
-}
 
 /// A durable, ordered, checksummed log of records for one topic.
 ///
@@ -169,19 +97,11 @@ impl Log {
             std::io::ErrorKind::WouldBlock => Error::Locked { dir: dir.clone() },
             _ => Error::io("lock log directory", &lock_path, e),
         })?;
-        let recovered = recovery::recover(vfs.as_ref(), &dir, &options)?;
+        let recovered = open::recover(vfs.as_ref(), &dir, &options)?;
         let committed = recovered.next_position - 1;
         let active = Arc::clone(recovered.segments.values().next_back().expect("a segment"));
-        let shared = Arc::new(Shared {
-            dir: dir.clone(),
-            vfs,
-            options,
-            segments: RwLock::new(recovered.segments),
-            committed: AtomicU64::new(committed),
-            tail: watch::Sender::new(committed),
-            stats: Stats::default(),
-            latch: OnceLock::new(),
-        });
+        let shared =
+            Arc::new(Shared::new(dir.clone(), vfs, options, recovered.segments, committed));
         let syncer = match options.fsync {
             FsyncPolicy::Group => {
                 let (requests, threads) = group_commit::spawn(&shared)?;
@@ -390,6 +310,6 @@ impl Log {
     /// # Errors
     /// [`Error::Corrupt`] naming the first bad file and offset; [`Error::Io`].
     pub fn verify(&self) -> Result<u64> {
-        crate::verify::verify(&self.inner.shared)
+        verify::verify(&self.inner.shared)
     }
 }

@@ -21,15 +21,15 @@
 //! A failed fsync latches the log (see [`Shared::latch`]) before anything later is synced, so no
 //! later fsync can publish past the lost data (after a failed fsync the kernel may have dropped
 //! the dirty pages; a later successful fsync proves nothing about them). Every request then gets
-//! [`Error::Latched`](crate::Error::Latched).
+//! [`crate::Error::Latched`].
 
 use std::{ops::RangeInclusive, sync::Arc, thread::JoinHandle};
 
 use crate::{
     error::{Error, Result},
     limits::{SYNC_QUEUE_DEPTH, WRITER_STACK_BYTES},
-    log::Shared,
-    segment::Segment,
+    segments::Segment,
+    shared::Shared,
     vfs::VfsFile,
 };
 

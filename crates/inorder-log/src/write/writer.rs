@@ -5,7 +5,7 @@
 //! [`GROUP_COMMIT_BYTES_MAX`] / [`GROUP_COMMIT_COMMANDS_MAX`]), assigns their positions, encodes
 //! them into one buffer and writes it with one call. Then, by policy:
 //!
-//! - `group`: hands the written extent to the syncer ([`crate::group_commit`]), which replies
+//! - `group`: hands the written extent to the syncer ([`crate::write::group_commit`]), which replies
 //!   after the fsync that covers it, and goes on with the next group meanwhile;
 //! - `always`: one append per group, fsynced here before replying;
 //! - `never`: publishes and replies at once (page cache only).
@@ -28,18 +28,16 @@ use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 use crate::{
     error::{Error, Result},
-    group_commit::{AppendReply, SyncRequest},
-    index::{SparseIndex, write_index_file},
+    format::{index::SparseIndex, record::encode_record, segment::create_segment_file},
     limits::{
         GROUP_COMMIT_BYTES_MAX, GROUP_COMMIT_COMMANDS_MAX, INDEX_INTERVAL_BYTES,
         RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, u64_from,
     },
-    log::Shared,
     options::FsyncPolicy,
-    record::encode_record,
-    recovery::remove_if_present,
-    segment::{self, Segment},
-    vfs::{OpenMode, VfsFile},
+    segments::Segment,
+    shared::Shared,
+    vfs::{self, OpenMode, VfsFile},
+    write::group_commit::{AppendReply, SyncRequest},
 };
 
 /// What the writer can be asked to do.
@@ -306,13 +304,9 @@ impl Writer {
         self.sync()?;
         self.active.publish(self.next_position, self.write_offset);
         self.active.seal();
-        let index =
-            self.active.index_snapshot().unwrap_or_else(|| SparseIndex::new(self.active.base));
-        if let Err(error) = write_index_file(self.shared.vfs.as_ref(), &self.active, &index) {
-            tracing::warn!(%error, "could not write segment index (it will be rebuilt on demand)");
-        }
+        self.active.save_index(self.shared.vfs.as_ref());
         let base = self.next_position;
-        segment::create_segment_file(self.shared.vfs.as_ref(), &self.shared.dir, base)?;
+        create_segment_file(self.shared.vfs.as_ref(), &self.shared.dir, base)?;
         let next = Arc::new(Segment::new(
             &self.shared.dir,
             base,
@@ -345,8 +339,9 @@ impl Writer {
         let vfs = self.shared.vfs.as_ref();
         for victim in &victims {
             self.shared.write_segments().remove(&victim.base);
-            remove_if_present(vfs, &victim.path)?;
-            remove_if_present(vfs, &victim.index_path)?;
+            for path in [&victim.path, &victim.index_path] {
+                vfs::remove_if_present(vfs, path).map_err(|e| Error::io("remove file", path, e))?;
+            }
         }
         if !victims.is_empty() {
             let dir = &self.shared.dir;

@@ -14,15 +14,15 @@ use bytes::{Bytes, BytesMut};
 
 use crate::{
     error::{CorruptReason, Error, Result},
+    format::{checksum::crc32c_3, record::RecordHeader},
     limits::{
         READ_BYTES_MAX_DEFAULT, READ_CHUNK_BYTES, READ_FRAMES_PER_PASS_MAX,
         READ_RECORDS_MAX_DEFAULT, READ_SKIP_FRAMES_MAX, READ_SPARE_CHUNKS_MAX,
         RECORD_CHECKSUM_BYTES, RECORD_HEADER_BYTES, RECORD_HEADER_BYTES_USIZE as HEADER,
         SEGMENT_HEADER_BYTES, u64_from, usize_from,
     },
-    log::Shared,
-    record::RecordHeader,
-    segment::Segment,
+    segments::Segment,
+    shared::Shared,
     vfs::VfsFile,
 };
 
@@ -103,7 +103,7 @@ fn verified_prefix(chunk: &[u8], frames: &[Frame]) -> usize {
             [a] => [covered(a), &[], &[]],
             _ => unreachable!("chunks(3) yields one to three frames"),
         };
-        let crcs = crate::checksum::crc32c_3(slices);
+        let crcs = crc32c_3(slices);
         if let Some(bad) = group.iter().zip(crcs).position(|(f, crc)| f.header.crc != crc) {
             return group_index * 3 + bad;
         }
@@ -228,7 +228,7 @@ impl Place {
     /// it does not hold the next one), checking length, checksum and position of each.
     ///
     /// Three passes over the chunk: frame the records (lengths), verify their checksums three at
-    /// a time ([`crate::checksum`]), then check positions and hand them out in order. A bad record
+    /// a time ([`crate::format::checksum`]), then check positions and hand them out in order. A bad record
     /// ends the pass before it: the good ones are returned, and the next call fails at the bad
     /// one, so the reader stops exactly at the failed position.
     fn take(&mut self, next: &mut u64, limit: u64, batch: &mut Batch) -> Result<()> {
