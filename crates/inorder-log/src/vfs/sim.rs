@@ -16,6 +16,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     io::{self, ErrorKind},
+    ops::Bound,
     path::{Path, PathBuf},
     sync::{
         Arc,
@@ -197,6 +198,23 @@ impl SimVfs {
     }
 }
 
+/// The entries strictly below directory `dir` (its children and their descendants). Paths order
+/// component by component, so they are one contiguous range: a look-up costs what the directory
+/// holds, not what the whole file system holds.
+fn below<'a, V>(
+    map: &'a BTreeMap<PathBuf, V>,
+    dir: &'a Path,
+) -> impl Iterator<Item = (&'a PathBuf, &'a V)> {
+    map.range::<Path, _>((Bound::Excluded(dir), Bound::Unbounded))
+        .take_while(move |(p, _)| p.starts_with(dir))
+}
+
+/// [`below`] for a set of paths.
+fn below_set<'a>(set: &'a BTreeSet<PathBuf>, dir: &'a Path) -> impl Iterator<Item = &'a PathBuf> {
+    set.range::<Path, _>((Bound::Excluded(dir), Bound::Unbounded))
+        .take_while(move |p| p.starts_with(dir))
+}
+
 /// The bytes of `inode` after a power loss.
 fn torn_image(inode: &Inode, rng: &mut SplitMix64) -> Vec<u8> {
     let (data, durable) = (&inode.data, &inode.durable);
@@ -324,8 +342,10 @@ impl Vfs for SimVfs {
         if !state.dirs.contains(path) {
             return Err(ErrorKind::NotFound.into());
         }
-        let children = state.entries.keys().chain(state.dirs.iter());
-        Ok(children
+        let files = below(&state.entries, path).map(|(child, _)| child);
+        let dirs = below_set(&state.dirs, path);
+        Ok(files
+            .chain(dirs)
             .filter(|child| child.parent() == Some(path))
             .filter_map(|child| child.file_name().map(|n| n.to_string_lossy().into_owned()))
             .collect())
@@ -371,11 +391,13 @@ impl Vfs for SimVfs {
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
         let mut state = self.lock();
         state.trip(FaultOp::SyncDir)?;
-        let in_dir = |p: &PathBuf| p.parent() == Some(path);
-        state.durable_entries.retain(|p, _| !in_dir(p));
-        let visible: Vec<_> = state
-            .entries
-            .iter()
+        let in_dir = |p: &&PathBuf| p.parent() == Some(path);
+        let forgotten: Vec<PathBuf> =
+            below(&state.durable_entries, path).map(|(p, _)| p).filter(in_dir).cloned().collect();
+        for p in forgotten {
+            state.durable_entries.remove(&p);
+        }
+        let visible: Vec<_> = below(&state.entries, path)
             .filter(|(p, _)| in_dir(p))
             .map(|(p, id)| (p.clone(), *id))
             .collect();
