@@ -9,8 +9,24 @@
 //! a position. Opening a log recovers from a crash: a torn tail is cut and reported, corruption
 //! anywhere it cannot be a torn write is an error naming file and offset.
 //!
-//! The crate needs no async runtime: the writer is a thread, async methods only wait on
-//! runtime-agnostic channels, and every async method has a `*_blocking` twin.
+//! The crate needs no async runtime: async methods only wait on runtime-agnostic channels, and
+//! every async method has a `*_blocking` twin.
+//!
+//! # Threads
+//!
+//! A `Log` has no thread of its own, so the number of OS threads does not grow with the number
+//! of open logs. The first open starts a process-wide pool, kept for the life of the process:
+//! one writer thread per CPU (at least [`limits::WRITER_THREADS_MIN`], at most
+//! [`limits::WRITER_THREADS_MAX`]) and [`limits::SYNCER_THREADS`] syncer threads. Each log keeps
+//! its own bounded command queue, and its write path is cut into three stages: the *write* stage
+//! (group appends, assign positions, one `pwrite` per group), the *sync* stage (one `fdatasync`
+//! per batch of written groups, then publish the committed position) and the *answer* stage
+//! (wake the appenders). A stage with work is queued on the pool once and runs on one pool thread
+//! at a time: a log's writes stay single-threaded and its fsyncs run and publish in order, while
+//! different logs, and the three stages of one log, run in parallel. Writer threads run write
+//! stages; syncer threads run sync and answer stages, and the write stage of `always` logs, which
+//! fsyncs each append before writing the next. An idle log holds no thread, and after
+//! [`LogOptions::idle_after`] no file handle but its lock either.
 //!
 //! ```
 //! # fn main() -> Result<(), inorder_log::Error> {

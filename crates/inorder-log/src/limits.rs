@@ -72,7 +72,7 @@ pub const APPEND_INFLIGHT_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// takes one permit per started KiB of payload.
 pub(crate) const APPEND_PERMIT_BYTES: usize = 1024;
 
-/// Commands that may wait in the writer's channel.
+/// Commands that may wait in one log's command queue for its write stage.
 pub const WRITER_QUEUE_DEPTH: usize = 4096;
 
 /// Bytes written by one group commit (one `write` + one `fdatasync`) before the writer stops
@@ -82,8 +82,37 @@ pub const GROUP_COMMIT_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// Append commands gathered into one group commit.
 pub const GROUP_COMMIT_COMMANDS_MAX: usize = 4096;
 
-/// Written-but-unsynced groups that may wait for the syncer (`fsync = group`).
+/// Written groups (and explicit syncs) of one log that may be waiting for their fsync or their
+/// answer. When that many are unanswered, the log's write stage pauses (it does not hold a pool
+/// thread) until its answer stage catches up; appenders then wait in the command queue.
 pub const SYNC_QUEUE_DEPTH: usize = 1024;
+
+/// Groups of appends (or other commands) one log's write stage serves in one turn before its
+/// pool thread serves the other stages with work (the log goes to the back of the ready queue).
+pub const WRITER_TURN_GROUPS_MAX: usize = 16;
+
+/// Fsyncs one log's sync stage runs back to back in one turn before its syncer thread serves the
+/// other stages with work.
+pub const SYNC_TURN_BATCHES_MAX: usize = 16;
+
+/// Synced batches one log's answer stage answers in one turn before its thread serves the other
+/// stages with work.
+pub const ANSWER_TURN_BATCHES_MAX: usize = 16;
+
+/// Fewest writer threads of the process-wide pool, whatever the number of CPUs: a writer thread
+/// blocked in one log's segment roll or purge (which fsync) leaves another for the other logs.
+pub const WRITER_THREADS_MIN: usize = 2;
+
+/// Most writer threads of the process-wide pool. The pool starts one per CPU within
+/// [`WRITER_THREADS_MIN`]`..=`[`WRITER_THREADS_MAX`], on the first open, and never more, however
+/// many logs are open.
+pub const WRITER_THREADS_MAX: usize = 8;
+
+/// Syncer threads of the process-wide pool. `fdatasync` waits for the device, not the CPU: fsyncs
+/// of different logs run in parallel on them (devices with deep queues serve them together),
+/// those of one log one at a time. They also answer appenders, and run the write stage of logs
+/// under `always`.
+pub const SYNCER_THREADS: usize = 4;
 
 /// A sparse index entry is kept at least every this many bytes of a segment.
 pub const INDEX_INTERVAL_BYTES: u64 = 4096;
@@ -107,11 +136,11 @@ pub const READ_RECORDS_MAX_DEFAULT: usize = 4096;
 /// Default most payload bytes returned by one read (a single larger record is still returned).
 pub const READ_BYTES_MAX_DEFAULT: usize = 4 * 1024 * 1024;
 
-/// Default time without appends after which the writer releases its buffers and file handles.
+/// Default time without commands after which a log releases its buffers and file handles.
 pub const IDLE_AFTER_DEFAULT: Duration = Duration::from_secs(30);
 
-/// Stack size of the writer thread: it only encodes and issues syscalls.
-pub const WRITER_STACK_BYTES: usize = 256 * 1024;
+/// Stack size of each pool thread: they only encode records and issue syscalls.
+pub const POOL_THREAD_STACK_BYTES: usize = 256 * 1024;
 
 const _: () = assert!(RECORD_PAYLOAD_BYTES_MAX_DEFAULT <= RECORD_PAYLOAD_BYTES_LIMIT);
 const _: () = assert!(SEGMENT_BYTES_MIN < SEGMENT_BYTES_DEFAULT);
@@ -135,6 +164,11 @@ const _: () =
     assert!(APPEND_INFLIGHT_BYTES_MAX / APPEND_PERMIT_BYTES <= tokio::sync::Semaphore::MAX_PERMITS);
 const _: () = assert!(GROUP_COMMIT_BYTES_MAX <= APPEND_INFLIGHT_BYTES_MAX);
 const _: () = assert!(GROUP_COMMIT_COMMANDS_MAX <= WRITER_QUEUE_DEPTH);
+const _: () = assert!(SYNC_QUEUE_DEPTH >= 2, "the writer stage writes ahead of an fsync");
+const _: () = assert!(WRITER_TURN_GROUPS_MAX >= 1);
+const _: () = assert!(SYNC_TURN_BATCHES_MAX >= 1 && ANSWER_TURN_BATCHES_MAX >= 1);
+const _: () = assert!(1 <= WRITER_THREADS_MIN && WRITER_THREADS_MIN <= WRITER_THREADS_MAX);
+const _: () = assert!(SYNCER_THREADS >= 2, "a log's fsyncs go on while its appenders are answered");
 const _: () = assert!(usize::BITS == 64, "inorder-log supports 64-bit targets only");
 
 /// Converts an on-disk `u64` to a `usize` (lossless: the crate requires a 64-bit target).

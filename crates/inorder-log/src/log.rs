@@ -11,7 +11,7 @@
 //! position becomes visible to readers and `last_position` only once the fsync policy made it
 //! durable.
 
-use std::{ops::RangeInclusive, path::Path, sync::Arc, thread::JoinHandle};
+use std::{ops::RangeInclusive, path::Path, sync::Arc};
 
 use bytes::Bytes;
 use tokio::sync::{Semaphore, oneshot, watch};
@@ -24,7 +24,7 @@ use crate::{
         WRITER_QUEUE_DEPTH,
     },
     open,
-    options::{FsyncPolicy, LogOptions},
+    options::LogOptions,
     read::{
         reader::{ReadLimits, Reader, Record},
         verify,
@@ -34,15 +34,17 @@ use crate::{
     stats::LogStats,
     vfs::{StdVfs, Vfs, VfsLock},
     write::{
-        group_commit,
-        writer::{Command, PendingAppend, PurgeReport, SyncerLink, Writer},
+        pipeline::Pipeline,
+        pool,
+        writer::{Command, PendingAppend, PurgeReport, Writer},
     },
 };
 
 /// A durable, ordered, checksummed log of records for one topic.
 ///
-/// Cheap to clone; clones share the writer. The last clone to drop stops the writer (nothing
-/// is lost: every acknowledged append was already written) and releases the directory lock.
+/// Cheap to clone; clones share one write path. The last clone to drop waits until every append
+/// and sync it sent was served and answered, then releases the directory lock. A `Log` has no
+/// thread of its own: the process-wide pool runs its writes and fsyncs (see the crate docs).
 #[derive(Debug, Clone)]
 pub struct Log {
     inner: Arc<LogInner>,
@@ -52,7 +54,7 @@ pub struct Log {
 struct LogInner {
     shared: Arc<Shared>,
     commands: Option<flume::Sender<Command>>,
-    writer: Option<JoinHandle<()>>,
+    pipeline: Arc<Pipeline>,
     inflight: Arc<Semaphore>,
     report: RecoveryReport,
     _lock: Box<dyn VfsLock>,
@@ -61,11 +63,7 @@ struct LogInner {
 impl Drop for LogInner {
     fn drop(&mut self) {
         self.commands.take();
-        if let Some(writer) = self.writer.take()
-            && writer.join().is_err()
-        {
-            tracing::error!(dir = %self.shared.dir.display(), "log writer panicked");
-        }
+        self.pipeline.close();
         self.shared.close();
     }
 }
@@ -91,6 +89,7 @@ impl Log {
     ) -> Result<Self> {
         options.validate()?;
         let dir = dir.as_ref().to_path_buf();
+        let queues = pool::queues().map_err(|e| Error::io("start the log threads", &dir, e))?;
         vfs.create_dir_all(&dir).map_err(|e| Error::io("create log directory", &dir, e))?;
         let lock_path = dir.join("LOCK");
         let lock = vfs.lock_exclusive(&lock_path).map_err(|e| match e.kind() {
@@ -102,27 +101,15 @@ impl Log {
         let active = Arc::clone(recovered.segments.values().next_back().expect("a segment"));
         let shared =
             Arc::new(Shared::new(dir.clone(), vfs, options, recovered.segments, committed));
-        let syncer = match options.fsync {
-            FsyncPolicy::Group => {
-                let (requests, threads) = group_commit::spawn(&shared)?;
-                Some(SyncerLink { requests, threads })
-            }
-            FsyncPolicy::Always | FsyncPolicy::Never => None,
-        };
         let (commands, receiver) = flume::bounded(WRITER_QUEUE_DEPTH);
-        let writer = Writer::new(Arc::clone(&shared), active, recovered.next_position, syncer);
-        let idle_after = options.idle_after;
-        let writer = std::thread::Builder::new()
-            .name("inorder-log-writer".into())
-            .stack_size(crate::limits::WRITER_STACK_BYTES)
-            .spawn(move || writer.run(&receiver, idle_after))
-            .map_err(|e| Error::io("spawn writer thread", &dir, e))?;
+        let writer = Writer::new(Arc::clone(&shared), active, recovered.next_position);
+        let pipeline = Pipeline::new(Arc::clone(&shared), writer, receiver, queues);
         tracing::debug!(dir = %dir.display(), report = ?recovered.report, "log opened");
         Ok(Self {
             inner: Arc::new(LogInner {
                 shared,
                 commands: Some(commands),
-                writer: Some(writer),
+                pipeline,
                 inflight: Arc::new(Semaphore::new(APPEND_INFLIGHT_BYTES_MAX / APPEND_PERMIT_BYTES)),
                 report: recovered.report,
                 _lock: lock,
@@ -220,7 +207,9 @@ impl Log {
 
     async fn send(&self, command: Command) -> Result<()> {
         let commands = self.inner.commands.as_ref().ok_or(Error::Closed)?;
-        commands.send_async(command).await.map_err(|_| Error::Closed)
+        commands.send_async(command).await.map_err(|_| Error::Closed)?;
+        self.inner.pipeline.notify_writer();
+        Ok(())
     }
 
     /// Makes every record written so far durable (an explicit fsync; useful under `never`).

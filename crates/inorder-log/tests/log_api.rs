@@ -212,6 +212,23 @@ fn group_commit_shares_one_fsync_among_concurrent_appenders() {
     assert_eq!(open_sim(&after, small_options(FsyncPolicy::Group)).last_position(), 80);
 }
 
+#[tokio::test]
+async fn dropping_a_log_waits_for_the_appends_it_accepted() {
+    let vfs = SimVfs::new();
+    vfs.set_sync_delay(Duration::from_millis(50));
+    let log = open_sim(&vfs, small_options(FsyncPolicy::Group));
+    // An appender that stops waiting: its append was accepted (queued), not yet answered.
+    let gave_up = tokio::time::timeout(Duration::from_millis(5), log.append(["accepted"])).await;
+    assert!(gave_up.is_err(), "its fsync takes 50 ms");
+    let syncs_before_drop = vfs.data_syncs();
+    drop(log);
+    assert!(vfs.data_syncs() > syncs_before_drop, "the drop waited for the fsync in flight");
+    for seed in 0..20 {
+        let log = open_sim(&vfs.crash_power(seed), small_options(FsyncPolicy::Group));
+        check_contents(&log, 1, &[b"accepted".to_vec()]);
+    }
+}
+
 #[test]
 fn always_gives_every_append_its_own_fsync() {
     let vfs = SimVfs::new();

@@ -4,7 +4,16 @@
 //!
 //! - [`writer`]: groups appends, assigns their positions, writes them, rolls and purges segments,
 //!   hibernates an idle log.
-//! - [`group_commit`]: the fsync stage under `fsync = group`, shared and pipelined.
+//! - [`group_commit`]: the sync stage's work: one fsync shared by a batch, publish, answer.
+//! - [`pipeline`]: one log's command queue, writer stage and sync stage, and how they hand work
+//!   to each other.
+//! - [`turn`], [`ready`]: scheduling a stage on the pool — at most once queued, on one thread at
+//!   a time — and the ready queues with the idle timers.
+//! - [`pool`]: the process-wide writer and syncer threads shared by every open log.
 
 pub(crate) mod group_commit;
+pub(crate) mod pipeline;
+pub(crate) mod pool;
+pub(crate) mod ready;
+pub(crate) mod turn;
 pub(crate) mod writer;
