@@ -98,9 +98,9 @@ impl Segment {
         self.end() == self.base
     }
 
-    /// Publishes newly durable records. Extents only grow: publishing an older extent (a
-    /// request a syncer finishes after the writer sealed the segment, or after the other syncer
-    /// published more) changes nothing.
+    /// Publishes newly durable records. Extents only grow: publishing an older extent (a request
+    /// the sync stage finishes after the writer sealed the segment, which published its whole
+    /// extent) changes nothing.
     pub(crate) fn publish(&self, end: u64, committed_bytes: u64) {
         assert!(end >= self.base && committed_bytes >= SEGMENT_HEADER_BYTES, "extent in segment");
         self.committed_bytes.fetch_max(committed_bytes, Ordering::AcqRel);

@@ -1,7 +1,7 @@
-//! Group commit: what the sync stage of a log does with the extents its writer stage wrote —
+//! Group commit: what the sync stage of a log does with the extents its write stage wrote —
 //! share one `fdatasync` among many appends, publish what it made durable, answer the appenders.
 //!
-//! Under `fsync = group` the writer stage does not wait for the disk. It writes a group of appends
+//! Under `fsync = group` the write stage does not wait for the disk. It writes a group of appends
 //! to the page cache and hands a [`SyncRequest`] (the file, the extent written, the waiting
 //! appenders) to the log's sync stage, then goes on writing the next group. The sync stage takes
 //! every request queued behind the first, issues **one** `fdatasync` on the newest file — which
@@ -64,7 +64,7 @@ impl Waiter {
     }
 }
 
-/// Written, not yet durable: what the writer stage hands to the sync stage.
+/// Written, not yet durable: what the write stage hands to the sync stage.
 pub(crate) struct SyncRequest {
     /// The file the records were written to.
     pub file: Arc<dyn VfsFile>,

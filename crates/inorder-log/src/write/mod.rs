@@ -5,8 +5,8 @@
 //! - [`writer`]: groups appends, assigns their positions, writes them, rolls and purges segments,
 //!   hibernates an idle log.
 //! - [`group_commit`]: the sync stage's work: one fsync shared by a batch, publish, answer.
-//! - [`pipeline`]: one log's command queue, writer stage and sync stage, and how they hand work
-//!   to each other.
+//! - [`pipeline`]: one log's command queue and its write, sync and answer stages, and how they
+//!   hand work to each other.
 //! - [`turn`], [`ready`]: scheduling a stage on the pool — at most once queued, on one thread at
 //!   a time — and the ready queues with the idle timers.
 //! - [`pool`]: the process-wide writer and syncer threads shared by every open log.

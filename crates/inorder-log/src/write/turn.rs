@@ -1,6 +1,6 @@
 //! [`Turn`]: whose turn it is to run one stage of one log on the shared pool.
 //!
-//! A stage (the writer stage or the sync stage of a log) is queued for the pool when it gets
+//! A stage (the write, sync or answer stage of one log) is queued for the pool when it gets
 //! work, and run by whichever pool thread takes it. The turn guarantees that a stage is **in a
 //! ready queue at most once and runs on at most one thread at a time** — so a log's writes stay
 //! single-threaded and its fsyncs stay in order — and that **no wake-up is lost**: work that

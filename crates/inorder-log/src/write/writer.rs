@@ -1,16 +1,16 @@
-//! [`Writer`]: the state of one log's writer stage — the active segment, its write handle and
+//! [`Writer`]: the state of one log's write stage — the active segment, its write handle and
 //! offset, the next position — and every operation that changes the log's files.
 //!
-//! The writer stage ([`super::pipeline`]) hands it groups of appends: the first queued append and
+//! The write stage ([`super::pipeline`]) hands it groups of appends: the first queued append and
 //! every append already queued behind it (up to [`GROUP_COMMIT_BYTES_MAX`] /
 //! [`GROUP_COMMIT_COMMANDS_MAX`]). The writer assigns their positions, encodes them into one buffer
 //! and writes it with one call. Then, by policy:
 //!
 //! - `group`: returns the written extent as a [`SyncRequest`] for the log's sync stage
-//!   ([`super::group_commit`]), which answers after the fsync that covers it; the writer stage goes
+//!   ([`super::group_commit`]), which answers after the fsync that covers it; the write stage goes
 //!   on with the next group meanwhile;
 //! - `always`: one append per group, fdatasynced here before it is answered and the next one is
-//!   written (the pool runs such a log's writer stage on a syncer thread, so writer threads never
+//!   written (the pool runs such a log's write stage on a syncer thread, so writer threads never
 //!   wait for the disk);
 //! - `never`: publishes and answers at once (page cache only).
 //!
@@ -76,7 +76,7 @@ pub struct PurgeReport {
     pub first_position: u64,
 }
 
-/// The state of one log's writer stage.
+/// The state of one log's write stage.
 pub(crate) struct Writer {
     shared: Arc<Shared>,
     active: Arc<Segment>,
