@@ -2,8 +2,9 @@
 //! the logs whose stages the queue serves.
 //!
 //! **Bounds.** A stage is in a queue at most once (its [`Turn`](super::turn::Turn) sees to that)
-//! and a log has at most one idle timer armed (its pipeline sees to that), so a queue never holds
-//! more entries than four per open log (three stages, one timer).
+//! and a log has at most one idle timer armed (its pipeline sees to that), so a queue holds at
+//! most four entries per open log (three stages, one timer) — plus the timers of logs closed less
+//! than their `idle_after` ago, which hold only a weak reference and are dropped when due.
 //!
 //! Due timers are handed out before ready stages: firing one is cheap, and under sustained load
 //! an idle log must still get to close its files.
