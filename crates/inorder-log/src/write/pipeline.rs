@@ -15,8 +15,9 @@
 //! written group goes to the sync queue and wakes the sync stage the same way. A syncer thread
 //! takes every queued request, runs one fsync ([`group_commit`]) and publishes, hands the batch to
 //! the answer stage, and goes straight on with the requests written meanwhile — fsyncs back to
-//! back, as a dedicated syncer thread would. Another syncer thread answers the appenders, in the
-//! order their batches were synced. Under `never` the write stage answers at once (explicit syncs
+//! back, as a dedicated syncer thread would — while another syncer thread answers the appenders,
+//! in the order their batches were synced. When nothing was written meanwhile, the thread answers
+//! the batch itself ([`Pipeline::follow_up`]) instead of waking another. Under `never` the write stage answers at once (explicit syncs
 //! still go through the sync stage); under `always` it fsyncs and answers each append itself, and
 //! runs on a syncer thread so that writer threads never wait for the disk.
 //!
@@ -365,12 +366,13 @@ impl Pipeline {
         }
     }
 
-    /// The write stage panicked (a bug): the log latches, so every later command is refused
-    /// without touching what the panic may have left half done. Appends of the group it was
-    /// writing were dropped with it; their appenders get [`crate::Error::Closed`].
-    pub(crate) fn writer_panicked(&self) {
-        let source = self.shared.latch(io::Error::other("the log's write stage panicked"));
-        tracing::error!(dir = %self.shared.dir.display(), %source, "log write stage panicked");
+    /// A stage panicked (a bug): the log latches, so every later command is refused without
+    /// touching what the panic may have left half done. Appends the stage held were dropped with
+    /// it; their appenders get [`crate::Error::Closed`].
+    pub(crate) fn stage_panicked(&self, stage: Stage) {
+        let source =
+            self.shared.latch(io::Error::other(format!("the log's {stage:?} stage panicked")));
+        tracing::error!(dir = %self.shared.dir.display(), %source, "log stage panicked");
     }
 
     /// The sync stage's turn: one fsync for all the requests queued, then the next, back to back,
@@ -386,10 +388,32 @@ impl Pipeline {
                     .unwrap_or_else(|_| {
                         Err(self.shared.latch(io::Error::other("the log's sync stage panicked")))
                     });
-            self.sync.lock().synced.push_back(Synced { batch, outcome });
+            let mut sync = self.sync.lock();
+            sync.synced.push_back(Synced { batch, outcome });
+            let more = !sync.requests.is_empty();
+            drop(sync);
+            if !more {
+                // This thread answers the batch right after the turn (see `follow_up`): no
+                // other thread needs waking.
+                return false;
+            }
+            // This thread goes on with the next fsync; another one answers.
             self.notify(Stage::Answer);
         }
-        !self.sync.lock().requests.is_empty()
+        true
+    }
+
+    /// What the pool thread that just ended a turn of `stage` should run next for this log, if
+    /// anything: after a sync turn that left batches to answer, the answer stage (when it is
+    /// idle, the thread takes its turn directly instead of waking another thread for it).
+    pub(crate) fn follow_up(&self, stage: Stage) -> Option<Stage> {
+        match stage {
+            Stage::Sync => {
+                let unanswered = !self.sync.lock().synced.is_empty();
+                (unanswered && self.answer_turn.notify()).then_some(Stage::Answer)
+            }
+            Stage::Write | Stage::Answer => None,
+        }
     }
 
     /// The answer stage's turn: answers synced batches in order, up to

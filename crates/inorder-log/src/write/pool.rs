@@ -96,14 +96,22 @@ fn serve(queue: &ReadyQueue<Pipeline>) {
                 pipeline.start(stage);
                 let more =
                     catch_unwind(AssertUnwindSafe(|| pipeline.run(stage))).unwrap_or_else(|_| {
-                        pipeline.writer_panicked();
+                        pipeline.stage_panicked(stage);
                         true // serve what is queued: the latch refuses it
                     });
-                if pipeline.finish(stage, more) {
-                    let (pipeline, stage) = queue.yield_to_next(pipeline, stage);
-                    Job::Run(pipeline, stage)
-                } else {
-                    queue.next()
+                let again = pipeline.finish(stage, more);
+                match (pipeline.follow_up(stage), again) {
+                    (Some(next), again) => {
+                        if again {
+                            queue.push(Arc::clone(&pipeline), stage);
+                        }
+                        Job::Run(pipeline, next)
+                    }
+                    (None, true) => {
+                        let (pipeline, stage) = queue.yield_to_next(pipeline, stage);
+                        Job::Run(pipeline, stage)
+                    }
+                    (None, false) => queue.next(),
                 }
             }
         }
