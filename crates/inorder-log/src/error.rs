@@ -1,8 +1,7 @@
 //! The one error type of the crate.
 //!
 //! Each variant's doc says what the caller should do. Input errors (`InvalidName`,
-//! `InvalidBatch`, `InvalidOptions`, `CursorRegression`, `AckBeyondEnd`, `Purged`) changed
-//! nothing on disk. Storage errors (`Io`, `Corrupt`, `Latched`) are never retried inside the log.
+//! `InvalidBatch`, `InvalidOptions`, `Purged`) changed nothing on disk. Storage errors (`Io`, `Corrupt`, `Latched`) are never retried inside the log.
 
 use std::{io, path::PathBuf, sync::Arc};
 
@@ -24,7 +23,7 @@ pub enum Error {
         source: io::Error,
     },
 
-    /// A record, segment header, index or cursor file failed its checks somewhere it cannot be a
+    /// A record or segment header failed its checks somewhere it cannot be a
     /// torn write. Nothing is skipped silently: restore the file from a replica or backup, or
     /// truncate it by hand at `offset` if losing what follows is acceptable. HTTP: 500.
     #[error("corrupt log data in {} at byte offset {offset}: {reason}", file.display())]
@@ -47,12 +46,15 @@ pub enum Error {
         source: Arc<io::Error>,
     },
 
-    /// A topic or cursor name is not a safe file name. Nothing was created. HTTP: 400.
+    /// A name (of a topic, or whatever the caller names with [`Name`](crate::Name)) is not a safe
+    /// file name. Nothing was created. HTTP: 400.
     #[error("invalid {kind} name {name:?}: {reason}")]
     InvalidName {
-        /// What was being named (`topic`, `cursor`).
+        /// What was being named (`topic`, `subscription`, …).
         kind: &'static str,
-        /// The offending name (truncated to 64 bytes for display).
+        /// The offending name (at most [`NAME_DISPLAY_BYTES_MAX`] bytes of it).
+        ///
+        /// [`NAME_DISPLAY_BYTES_MAX`]: crate::limits::NAME_DISPLAY_BYTES_MAX
         name: String,
         /// Why it was refused.
         reason: &'static str,
@@ -78,30 +80,6 @@ pub enum Error {
     Locked {
         /// The log directory.
         dir: PathBuf,
-    },
-
-    /// A cursor may only move forward with `ack`; use `reset_cursor` to move it back on purpose.
-    /// Nothing changed. HTTP: 409.
-    #[error("cursor {cursor} is at {current}; acknowledging {requested} would move it backwards")]
-    CursorRegression {
-        /// The cursor's name.
-        cursor: String,
-        /// Its durable position.
-        current: u64,
-        /// The refused position.
-        requested: u64,
-    },
-
-    /// A cursor cannot acknowledge a position the log has not made durable yet. Nothing changed.
-    /// HTTP: 409.
-    #[error("cursor {cursor} cannot acknowledge {requested}: the last durable position is {last}")]
-    AckBeyondEnd {
-        /// The cursor's name.
-        cursor: String,
-        /// The refused position.
-        requested: u64,
-        /// The last durable position.
-        last: u64,
     },
 
     /// The requested position was purged. Resume from `first_available`. HTTP: 410.

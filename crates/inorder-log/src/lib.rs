@@ -4,18 +4,33 @@
 //! length, a CRC32C and their position; positions are 1, 2, 3, … with no gaps and are never
 //! reused. Appends are durable before they return under the `always` and `group` fsync
 //! policies ([`FsyncPolicy`]); group commit lets concurrent appenders share one `fdatasync`.
-//! Readers start anywhere (a sparse index avoids scanning); tailing readers wait for new records
-//! without polling. Named cursors record consumers' progress durably, and purge deletes whole
-//! segments that every cursor has passed. Opening a log recovers from a crash: a torn tail is cut
-//! and reported, corruption anywhere it cannot be a torn write is an error naming file and
-//! offset.
+//! Readers start anywhere (a sparse index avoids scanning); a watch of the last durable position
+//! tells waiting consumers when to read again, without polling. Purge deletes whole segments below
+//! a position. Opening a log recovers from a crash: a torn tail is cut and reported, corruption
+//! anywhere it cannot be a torn write is an error naming file and offset.
 //!
-//! The crate needs no async runtime: the writer is a thread, async methods only wait on
-//! runtime-agnostic channels, and every async method has a `*_blocking` twin.
+//! The crate needs no async runtime: async methods only wait on runtime-agnostic channels, and
+//! every async method has a `*_blocking` twin.
+//!
+//! # Threads
+//!
+//! A `Log` has no thread of its own, so the number of OS threads does not grow with the number
+//! of open logs. The first open starts a process-wide pool, kept for the life of the process:
+//! one writer thread per CPU (at least [`limits::WRITER_THREADS_MIN`], at most
+//! [`limits::WRITER_THREADS_MAX`]) and [`limits::SYNCER_THREADS`] syncer threads. Each log keeps
+//! its own bounded command queue, and its write path is cut into three stages: the *write* stage
+//! (group appends, assign positions, one `pwrite` per group), the *sync* stage (one `fdatasync`
+//! per batch of written groups, then publish the committed position) and the *answer* stage
+//! (wake the appenders). A stage with work is queued on the pool once and runs on one pool thread
+//! at a time: a log's writes stay single-threaded and its fsyncs run and publish in order, while
+//! different logs, and the three stages of one log, run in parallel. Writer threads run write
+//! stages; syncer threads run sync and answer stages, and the write stage of `always` logs, which
+//! fsyncs each append before writing the next. An idle log holds no thread, and after
+//! [`LogOptions::idle_after`] no file handle but its lock either.
 //!
 //! ```
 //! # fn main() -> Result<(), inorder_log::Error> {
-//! use inorder_log::{Log, LogOptions, Name, ReadLimits};
+//! use inorder_log::{Log, LogOptions, ReadLimits};
 //!
 //! let dir = tempfile::tempdir().expect("temp dir");
 //! let log = Log::open(dir.path(), LogOptions::default())?;
@@ -25,8 +40,9 @@
 //! let records = log.read(1, ReadLimits::default())?;
 //! assert_eq!(records[1].payload, "user.paid");
 //!
-//! let billing = Name::new("cursor", "billing")?;
-//! log.ack(&billing, 1)?; // billing resumes at 2 after a restart
+//! // Whole segments below a position go once the caller no longer needs them.
+//! let report = log.purge_blocking(3)?;
+//! assert_eq!(report.first_position, 3);
 //! # Ok(()) }
 //! ```
 //!
@@ -34,34 +50,39 @@
 
 #![warn(missing_docs)]
 
+// Layers, bottom up; a module uses only modules of lower layers (within a layer, only those
+// listed before it):
+//   foundations  blocking, error, limits, name, options, stats, vfs/
+//   format       format/ (segment, record, index, checksum), recovery (the decision table)
+//   knowledge    scan, segments, open, shared
+//   paths        read/ (reader, verify), write/ (group_commit, writer)
+//   façade       log
 mod blocking;
-mod checksum;
-mod cursor;
 mod error;
-mod group_commit;
-mod index;
+mod format;
 pub mod limits;
 mod log;
 mod name;
+mod open;
 mod options;
-mod reader;
-pub mod record;
+mod read;
 mod recovery;
-mod segment;
+mod scan;
+mod segments;
+mod shared;
 mod stats;
-mod tail;
-mod verify;
 pub mod vfs;
-mod writer;
+mod write;
 
 pub use crate::{
     error::{CorruptReason, Error, Result},
+    format::record,
+    limits::NAME_BYTES_MAX,
     log::Log,
-    name::{NAME_BYTES_MAX, Name},
+    name::Name,
     options::{FsyncPolicy, LogOptions},
-    reader::{ReadLimits, Reader, Record},
+    read::reader::{ReadLimits, Reader, Record},
     recovery::{RecoveryReport, TornReason, Truncation},
     stats::LogStats,
-    tail::TailReader,
-    writer::PurgeReport,
+    write::writer::PurgeReport,
 };

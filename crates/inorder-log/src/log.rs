@@ -1,129 +1,50 @@
 //! [`Log`]: one topic's durable log — the public face of the crate.
 //!
-//! A `Log` owns a directory: segment files, their sparse indexes, a `cursors/` directory and a
-//! `LOCK` file that keeps a second `Log` (in any process) out. Opening runs recovery
-//! ([`crate::recovery`]); appends go to the writer thread ([`crate::writer`]); reads go straight
-//! to the segment files and never see past the committed (durable) position.
+//! A `Log` owns a directory: segment files, their sparse indexes and a `LOCK` file that keeps a
+//! second `Log` (in any process) out. Opening runs recovery
+//! ([`crate::open`]); appends go to the write path ([`crate::write`]); reads
+//! ([`crate::read`]) go straight to the segment files and never see past the committed (durable)
+//! position. This module only depends downward: it holds the handles and adds nothing but
+//! argument checks.
 //!
 //! **Invariants.** Positions are 1, 2, 3, … with no gaps; only the writer assigns them. A
-//! position becomes visible to readers, cursors and `last_position` only once the fsync policy
-//! made it durable. A cursor never points past the committed position.
+//! position becomes visible to readers and `last_position` only once the fsync policy made it
+//! durable.
 
-use std::{
-    ops::RangeInclusive,
-    path::{Path, PathBuf},
-    sync::{
-        Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
-    thread::JoinHandle,
-};
+use std::{ops::RangeInclusive, path::Path, sync::Arc};
 
 use bytes::Bytes;
 use tokio::sync::{Semaphore, oneshot, watch};
 
 use crate::{
     blocking::block_on,
-    cursor::CursorStore,
     error::{Error, Result},
-    group_commit,
-    limits::{APPEND_BYTES_MAX, APPEND_INFLIGHT_BYTES_MAX, APPEND_RECORDS_MAX, WRITER_QUEUE_DEPTH},
-    name::Name,
-    options::{FsyncPolicy, LogOptions},
-    reader::{ReadLimits, Reader, Record},
-    recovery::{self, RecoveryReport},
-    segment::SegmentMap,
-    stats::{LogStats, Stats},
-    tail::TailReader,
+    limits::{
+        APPEND_BYTES_MAX, APPEND_INFLIGHT_BYTES_MAX, APPEND_PERMIT_BYTES, APPEND_RECORDS_MAX,
+        WRITER_QUEUE_DEPTH,
+    },
+    open,
+    options::LogOptions,
+    read::{
+        reader::{ReadLimits, Reader, Record},
+        verify,
+    },
+    recovery::RecoveryReport,
+    shared::Shared,
+    stats::LogStats,
     vfs::{StdVfs, Vfs, VfsLock},
-    writer::{Command, PendingAppend, PurgeReport, SyncerLink, Writer},
+    write::{
+        pipeline::Pipeline,
+        pool,
+        writer::{Command, PendingAppend, PurgeReport, Writer},
+    },
 };
-
-/// Bytes per permit of the in-flight byte budget.
-const PERMIT_BYTES: usize = 1024;
-
-/// State shared by the writer, readers and the `Log` handles.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) dir: PathBuf,
-    pub(crate) vfs: Arc<dyn Vfs>,
-    pub(crate) options: LogOptions,
-    segments: RwLock<SegmentMap>,
-    /// Last durable position (0 while the log has never held a record).
-    committed: AtomicU64,
-    /// Wakes tailing readers when `committed` grows or the log closes.
-    tail: watch::Sender<u64>,
-    closed: AtomicBool,
-    pub(crate) cursors: CursorStore,
-    pub(crate) stats: Stats,
-    /// Set by the first failed write or fsync; the log writes nothing after it.
-    latch: OnceLock<Arc<std::io::Error>>,
-}
-
-impl Shared {
-    /// The error that latched the log, if any.
-    pub(crate) fn latched(&self) -> Option<Arc<std::io::Error>> {
-        self.latch.get().cloned()
-    }
-
-    /// Latches the log after an I/O error; returns the error that holds the latch (the first).
-    pub(crate) fn latch(&self, source: std::io::Error) -> Arc<std::io::Error> {
-        let first = self.latch.get_or_init(|| {
-            tracing::error!(dir = %self.dir.display(), error = %source, "log latched");
-            Arc::new(source)
-        });
-        self.stats.set_latched();
-        Arc::clone(first)
-    }
-
-    pub(crate) fn read_segments(&self) -> RwLockReadGuard<'_, SegmentMap> {
-        self.segments.read().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    pub(crate) fn write_segments(&self) -> RwLockWriteGuard<'_, SegmentMap> {
-        self.segments.write().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    pub(crate) fn committed(&self) -> u64 {
-        self.committed.load(Ordering::Acquire)
-    }
-
-    /// Publishes a new committed position (after the fsync that made it durable). The
-    /// position only grows: a smaller value (a syncer finishing after a later fsync already
-    /// published more) changes nothing.
-    pub(crate) fn publish_committed(&self, committed: u64) {
-        let previous = self.committed.fetch_max(committed, Ordering::AcqRel);
-        if committed > previous {
-            self.tail.send_if_modified(|shown| {
-                let grew = committed > *shown;
-                *shown = (*shown).max(committed);
-                grew
-            });
-        }
-    }
-
-    pub(crate) fn first_position(&self) -> u64 {
-        self.read_segments().keys().next().copied().unwrap_or(1)
-    }
-
-    pub(crate) fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
-    }
-
-    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
-        self.tail.subscribe()
-    }
-
-    fn close(&self) {
-        self.closed.store(true, Ordering::Release);
-        self.tail.send_modify(|_| {});
-    }
-}
 
 /// A durable, ordered, checksummed log of records for one topic.
 ///
-/// Cheap to clone; clones share the writer. The last clone to drop stops the writer (nothing
-/// is lost: every acknowledged append was already written) and releases the directory lock.
+/// Cheap to clone; clones share one write path. The last clone to drop waits until every append
+/// and sync it sent was served and answered, then releases the directory lock. A `Log` has no
+/// thread of its own: the process-wide pool runs its writes and fsyncs (see the crate docs).
 #[derive(Debug, Clone)]
 pub struct Log {
     inner: Arc<LogInner>,
@@ -133,7 +54,7 @@ pub struct Log {
 struct LogInner {
     shared: Arc<Shared>,
     commands: Option<flume::Sender<Command>>,
-    writer: Option<JoinHandle<()>>,
+    pipeline: Arc<Pipeline>,
     inflight: Arc<Semaphore>,
     report: RecoveryReport,
     _lock: Box<dyn VfsLock>,
@@ -142,11 +63,7 @@ struct LogInner {
 impl Drop for LogInner {
     fn drop(&mut self) {
         self.commands.take();
-        if let Some(writer) = self.writer.take()
-            && writer.join().is_err()
-        {
-            tracing::error!(dir = %self.shared.dir.display(), "log writer panicked");
-        }
+        self.pipeline.close();
         self.shared.close();
     }
 }
@@ -161,14 +78,6 @@ impl Log {
         Self::open_with_vfs(Arc::new(StdVfs), dir, options)
     }
 
-    /// Opens the log of `topic` under `root` (in `root/<topic>`).
-    ///
-    /// # Errors
-    /// As [`Log::open`].
-    pub fn open_topic(root: impl AsRef<Path>, topic: &Name, options: LogOptions) -> Result<Self> {
-        Self::open(root.as_ref().join(topic.as_str()), options)
-    }
-
     /// Opens (or creates) the log in `dir` on the given file system.
     ///
     /// # Errors
@@ -180,51 +89,28 @@ impl Log {
     ) -> Result<Self> {
         options.validate()?;
         let dir = dir.as_ref().to_path_buf();
+        let queues = pool::queues().map_err(|e| Error::io("start the log threads", &dir, e))?;
         vfs.create_dir_all(&dir).map_err(|e| Error::io("create log directory", &dir, e))?;
         let lock_path = dir.join("LOCK");
         let lock = vfs.lock_exclusive(&lock_path).map_err(|e| match e.kind() {
             std::io::ErrorKind::WouldBlock => Error::Locked { dir: dir.clone() },
             _ => Error::io("lock log directory", &lock_path, e),
         })?;
-        let recovered = recovery::recover(vfs.as_ref(), &dir, &options)?;
-        let cursors = CursorStore::open(Arc::clone(&vfs), dir.join("cursors"))?;
+        let recovered = open::recover(vfs.as_ref(), &dir, &options)?;
         let committed = recovered.next_position - 1;
-        clamp_cursors(&cursors, committed)?;
         let active = Arc::clone(recovered.segments.values().next_back().expect("a segment"));
-        let shared = Arc::new(Shared {
-            dir: dir.clone(),
-            vfs,
-            options,
-            segments: RwLock::new(recovered.segments),
-            committed: AtomicU64::new(committed),
-            tail: watch::Sender::new(committed),
-            closed: AtomicBool::new(false),
-            cursors,
-            stats: Stats::default(),
-            latch: OnceLock::new(),
-        });
-        let syncer = match options.fsync {
-            FsyncPolicy::Group => {
-                let (requests, threads) = group_commit::spawn(&shared)?;
-                Some(SyncerLink { requests, threads })
-            }
-            FsyncPolicy::Always | FsyncPolicy::Never => None,
-        };
+        let shared =
+            Arc::new(Shared::new(dir.clone(), vfs, options, recovered.segments, committed));
         let (commands, receiver) = flume::bounded(WRITER_QUEUE_DEPTH);
-        let writer = Writer::new(Arc::clone(&shared), active, recovered.next_position, syncer);
-        let idle_after = options.idle_after;
-        let writer = std::thread::Builder::new()
-            .name("inorder-log-writer".into())
-            .stack_size(crate::limits::WRITER_STACK_BYTES)
-            .spawn(move || writer.run(&receiver, idle_after))
-            .map_err(|e| Error::io("spawn writer thread", &dir, e))?;
+        let writer = Writer::new(Arc::clone(&shared), active, recovered.next_position);
+        let pipeline = Pipeline::new(Arc::clone(&shared), writer, receiver, queues);
         tracing::debug!(dir = %dir.display(), report = ?recovered.report, "log opened");
         Ok(Self {
             inner: Arc::new(LogInner {
                 shared,
                 commands: Some(commands),
-                writer: Some(writer),
-                inflight: Arc::new(Semaphore::new(APPEND_INFLIGHT_BYTES_MAX / PERMIT_BYTES)),
+                pipeline,
+                inflight: Arc::new(Semaphore::new(APPEND_INFLIGHT_BYTES_MAX / APPEND_PERMIT_BYTES)),
                 report: recovered.report,
                 _lock: lock,
             }),
@@ -264,7 +150,7 @@ impl Log {
     {
         let records: Vec<Bytes> = records.into_iter().map(Into::into).collect();
         let payload_bytes = self.check_batch(&records)?;
-        let permits = u32::try_from(payload_bytes.div_ceil(PERMIT_BYTES).max(1))
+        let permits = u32::try_from(payload_bytes.div_ceil(APPEND_PERMIT_BYTES).max(1))
             .map_err(|_| Error::batch("batch too large"))?;
         let permit = Arc::clone(&self.inner.inflight)
             .acquire_many_owned(permits)
@@ -321,7 +207,9 @@ impl Log {
 
     async fn send(&self, command: Command) -> Result<()> {
         let commands = self.inner.commands.as_ref().ok_or(Error::Closed)?;
-        commands.send_async(command).await.map_err(|_| Error::Closed)
+        commands.send_async(command).await.map_err(|_| Error::Closed)?;
+        self.inner.pipeline.notify_writer();
+        Ok(())
     }
 
     /// Makes every record written so far durable (an explicit fsync; useful under `never`).
@@ -342,10 +230,10 @@ impl Log {
         block_on(self.sync())
     }
 
-    /// Deletes whole segments whose records all lie strictly below
-    /// `min(before, slowest cursor's ack + 1)`: nothing a cursor has not acknowledged is ever
-    /// removed. If that covers the whole active segment, it is sealed first and an empty
-    /// segment carries the next position, so positions are never reused.
+    /// Deletes whole segments whose records all lie strictly below `before` (and below the
+    /// committed position: a record still waiting for its fsync is never purged). The segment
+    /// being written is never deleted: if the bound covers all of it, it is sealed first and a new,
+    /// empty segment carries the next position, so positions are never reused.
     ///
     /// # Errors
     /// [`Error::Latched`], [`Error::Closed`], [`Error::Io`].
@@ -395,71 +283,6 @@ impl Log {
         Reader::new(Arc::clone(&self.inner.shared), from)
     }
 
-    /// A reader positioned at `from` whose reads wait for new records instead of returning
-    /// empty. While it waits it holds no buffer and no file handle.
-    #[must_use]
-    pub fn tail(&self, from: u64) -> TailReader {
-        TailReader::new(self.reader(from), self.inner.shared.subscribe())
-    }
-
-    /// The acknowledged position of cursor `name`.
-    #[must_use]
-    pub fn cursor(&self, name: &Name) -> Option<u64> {
-        self.inner.shared.cursors.get(name)
-    }
-
-    /// Every cursor with its acknowledged position.
-    #[must_use]
-    pub fn cursors(&self) -> Vec<(Name, u64)> {
-        self.inner.shared.cursors.list()
-    }
-
-    /// Durably records that cursor `name` handled everything up to `position` (it resumes at
-    /// `position + 1`), creating the cursor if needed. Blocking (two fsyncs).
-    ///
-    /// # Errors
-    /// [`Error::CursorRegression`] if that would move it backwards; [`Error::AckBeyondEnd`] past
-    /// the last durable position; [`Error::Io`]. Nothing changes on error.
-    pub fn ack(&self, name: &Name, position: u64) -> Result<()> {
-        let last = self.last_position();
-        if position > last {
-            return Err(Error::AckBeyondEnd {
-                cursor: name.to_string(),
-                requested: position,
-                last,
-            });
-        }
-        self.inner.shared.cursors.ack(name, position)
-    }
-
-    /// Moves cursor `name` to `position` in either direction, on purpose (replay, skip).
-    ///
-    /// # Errors
-    /// [`Error::AckBeyondEnd`]; [`Error::Purged`] if `position + 1` was purged; [`Error::Io`].
-    pub fn reset_cursor(&self, name: &Name, position: u64) -> Result<()> {
-        let last = self.last_position();
-        if position > last {
-            return Err(Error::AckBeyondEnd {
-                cursor: name.to_string(),
-                requested: position,
-                last,
-            });
-        }
-        let first_available = self.first_position();
-        if position + 1 < first_available {
-            return Err(Error::Purged { requested: position + 1, first_available });
-        }
-        self.inner.shared.cursors.reset(name, position)
-    }
-
-    /// Removes cursor `name`; `false` if it did not exist.
-    ///
-    /// # Errors
-    /// [`Error::Io`].
-    pub fn remove_cursor(&self, name: &Name) -> Result<bool> {
-        self.inner.shared.cursors.remove(name)
-    }
-
     /// Counters and extent of the log.
     #[must_use]
     pub fn stats(&self) -> LogStats {
@@ -476,19 +299,6 @@ impl Log {
     /// # Errors
     /// [`Error::Corrupt`] naming the first bad file and offset; [`Error::Io`].
     pub fn verify(&self) -> Result<u64> {
-        crate::verify::verify(&self.inner.shared)
+        verify::verify(&self.inner.shared)
     }
-}
-
-/// A cursor can point past the end only if records it acknowledged were lost (`never` policy
-/// and a power loss). Moving it back to the end makes the consumer see the records that will
-/// take those positions, instead of silently skipping them.
-fn clamp_cursors(cursors: &CursorStore, committed: u64) -> Result<()> {
-    for (name, ack) in cursors.list() {
-        if ack > committed {
-            tracing::warn!(cursor = %name, ack, committed, "cursor past the end after recovery");
-            cursors.reset(&name, committed)?;
-        }
-    }
-    Ok(())
 }

@@ -1,4 +1,5 @@
-//! Names that become file names: topics and cursors.
+//! Names that may become file names: topics, and whatever else the caller names (the engine's
+//! subscriptions).
 //!
 //! A [`Name`] can only be built by validation, so a value of the type is proof that joining it
 //! to a directory stays inside that directory: bytes from `[A-Za-z0-9._-]`, 1 to
@@ -6,17 +7,19 @@
 
 use std::{fmt, str::FromStr, sync::Arc};
 
-use crate::error::Error;
+use crate::{
+    error::Error,
+    limits::{NAME_BYTES_MAX, NAME_DISPLAY_BYTES_MAX},
+};
 
-/// Longest accepted name, in bytes.
-pub const NAME_BYTES_MAX: usize = 200;
+const _: () = assert!(NAME_BYTES_MAX == 200, "the refusal below names the limit");
 
-/// A validated topic or cursor name, safe to use as a file name. Cloning is cheap (shared).
+/// A validated name (a topic's, a subscription's, …), safe to use as a file name. Cloning is cheap (shared).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Name(Arc<str>);
 
 impl Name {
-    /// Validates `name` as a name of `kind` (used in the error message: `topic`, `cursor`, …).
+    /// Validates `name` as a name of `kind` (used in the error message: `topic`, `subscription`, …).
     ///
     /// # Errors
     /// [`Error::InvalidName`] if the name is empty, longer than [`NAME_BYTES_MAX`], holds a byte
@@ -66,9 +69,10 @@ impl FromStr for Name {
     }
 }
 
-/// At most 64 bytes of an offending name, cut at a character boundary, for error messages.
+/// At most [`NAME_DISPLAY_BYTES_MAX`] bytes of an offending name, cut at a character boundary,
+/// for error messages.
 fn display_prefix(name: &str) -> String {
-    let mut end = name.len().min(64);
+    let mut end = name.len().min(NAME_DISPLAY_BYTES_MAX);
     while !name.is_char_boundary(end) {
         end -= 1;
     }
@@ -105,9 +109,9 @@ mod tests {
     #[test]
     fn error_names_the_kind_and_truncates_long_names() {
         let long = "é".repeat(100);
-        let err = Name::new("cursor", &long).unwrap_err();
+        let err = Name::new("subscription", &long).unwrap_err();
         let Error::InvalidName { kind, name, .. } = err else { panic!("wrong error {err:?}") };
-        assert_eq!(kind, "cursor");
-        assert!(name.len() <= 64);
+        assert_eq!(kind, "subscription");
+        assert!(name.len() <= NAME_DISPLAY_BYTES_MAX);
     }
 }

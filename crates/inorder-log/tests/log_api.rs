@@ -1,5 +1,6 @@
-//! The log's contract as seen by a user: positions, reads, tails, bad input, locking, idling,
-//! group commit and the latch after an I/O error.
+//! The log's contract as seen by a user: positions, reads, the last-position watch, bad input,
+//! locking, idling, group commit, the latch after an I/O error, and directories left by older
+//! versions.
 
 #![allow(clippy::unwrap_used)] // tests state expectations with unwrap
 
@@ -7,11 +8,14 @@ mod common;
 
 use std::{path::Path, sync::Arc, time::Duration};
 
-use common::{DIR, check_contents, cursor, open_sim, payload, read_all, small_options};
+use common::{DIR, check_contents, open_sim, payload, read_all, small_options};
 use inorder_log::{
     Error, FsyncPolicy, Log, LogOptions, ReadLimits,
     limits::APPEND_RECORDS_MAX,
-    vfs::sim::{FaultOp, SimVfs},
+    vfs::{
+        OpenMode, Vfs,
+        sim::{FaultOp, SimVfs},
+    },
 };
 
 #[test]
@@ -83,29 +87,35 @@ fn seeking_uses_the_sparse_index_instead_of_scanning_the_segment() {
 }
 
 #[tokio::test]
-async fn a_tail_reader_wakes_on_commit_without_polling() {
+async fn the_last_position_watch_wakes_on_commit_without_polling() {
     let vfs = SimVfs::new();
     let log = open_sim(&vfs, small_options(FsyncPolicy::Group));
-    let mut tail = log.tail(1);
-    let waiter = tokio::spawn(async move { tail.next(ReadLimits::default()).await });
+    let mut watch = log.watch_last_position();
+    assert_eq!(*watch.borrow_and_update(), 0);
+    let waiter = tokio::spawn(async move { watch.changed().await.map(|()| *watch.borrow()) });
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(!waiter.is_finished(), "nothing to read yet");
-    assert_eq!(vfs.open_handles(), 0, "a waiting tail holds no file handle");
+    assert!(!waiter.is_finished(), "nothing was committed yet");
     log.append(["first"]).await.unwrap();
-    let records = tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap();
-    assert_eq!(records.unwrap()[0].payload, "first");
+    let seen = tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap();
+    assert_eq!(seen.unwrap(), 1);
+    assert_eq!(log.read(1, ReadLimits::default()).unwrap()[0].payload, "first");
 }
 
 #[tokio::test]
-async fn a_waiting_tail_learns_that_the_log_closed() {
+async fn a_waiting_watcher_wakes_when_the_log_closes() {
     let vfs = SimVfs::new();
     let log = open_sim(&vfs, small_options(FsyncPolicy::Group));
-    let mut tail = log.tail(1);
-    let waiter = tokio::spawn(async move { tail.next(ReadLimits::default()).await });
+    let mut watch = log.watch_last_position();
+    watch.borrow_and_update();
+    let waiter = tokio::spawn(async move {
+        let _ = watch.changed().await;
+        *watch.borrow()
+    });
     tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(!waiter.is_finished(), "nothing happened yet");
     drop(log);
-    let result = tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap();
-    assert!(matches!(result, Err(Error::Closed)), "{result:?}");
+    let seen = tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap();
+    assert_eq!(seen, 0, "woken by the close, not by a commit");
 }
 
 #[test]
@@ -202,6 +212,23 @@ fn group_commit_shares_one_fsync_among_concurrent_appenders() {
     assert_eq!(open_sim(&after, small_options(FsyncPolicy::Group)).last_position(), 80);
 }
 
+#[tokio::test]
+async fn dropping_a_log_waits_for_the_appends_it_accepted() {
+    let vfs = SimVfs::new();
+    vfs.set_sync_delay(Duration::from_millis(50));
+    let log = open_sim(&vfs, small_options(FsyncPolicy::Group));
+    // An appender that stops waiting: its append was accepted (queued), not yet answered.
+    let gave_up = tokio::time::timeout(Duration::from_millis(5), log.append(["accepted"])).await;
+    assert!(gave_up.is_err(), "its fsync takes 50 ms");
+    let syncs_before_drop = vfs.data_syncs();
+    drop(log);
+    assert!(vfs.data_syncs() > syncs_before_drop, "the drop waited for the fsync in flight");
+    for seed in 0..20 {
+        let log = open_sim(&vfs.crash_power(seed), small_options(FsyncPolicy::Group));
+        check_contents(&log, 1, &[b"accepted".to_vec()]);
+    }
+}
+
 #[test]
 fn always_gives_every_append_its_own_fsync() {
     let vfs = SimVfs::new();
@@ -253,24 +280,22 @@ fn a_failed_write_latches_too() {
 }
 
 #[test]
-fn acks_are_bounded_by_the_durable_end() {
+fn a_directory_with_cursors_from_an_older_version_still_opens() {
     let vfs = SimVfs::new();
     let log = open_sim(&vfs, small_options(FsyncPolicy::Group));
-    log.append_blocking(["a", "b", "c"]).unwrap();
-    let err = log.ack(&cursor("c"), 4).unwrap_err();
-    assert!(matches!(err, Error::AckBeyondEnd { requested: 4, last: 3, .. }), "{err}");
-    log.ack(&cursor("c"), 3).unwrap();
-    assert_eq!(log.cursor(&cursor("c")), Some(3));
+    log.append_blocking(["a", "b"]).unwrap();
     drop(log);
-    assert_eq!(open_sim(&vfs, small_options(FsyncPolicy::Group)).cursor(&cursor("c")), Some(3));
-}
-
-#[test]
-fn topic_logs_live_in_a_directory_named_by_a_validated_name() {
-    let root = tempfile::tempdir().unwrap();
-    let topic = inorder_log::Name::new("topic", "user_purchase").unwrap();
-    let log = Log::open_topic(root.path(), &topic, LogOptions::default()).unwrap();
-    log.append_blocking(["x"]).unwrap();
-    assert!(Path::new(&root.path().join("user_purchase")).is_dir());
-    assert!(inorder_log::Name::new("topic", "../escape").is_err());
+    // What the cursor store of older versions left: a directory, a cursor file, a temp file.
+    let cursors = Path::new(DIR).join("cursors");
+    vfs.create_dir_all(&cursors).unwrap();
+    for name in ["billing.cursor", "billing.cursor.tmp"] {
+        let file = vfs.open(&cursors.join(name), OpenMode::CreateNew).unwrap();
+        file.write_all_at(b"INORDCUR", 0).unwrap();
+    }
+    let log = open_sim(&vfs, small_options(FsyncPolicy::Group));
+    assert_eq!(log.recovery_report().temp_files_removed, 0, "cursors/ is not looked into");
+    assert_eq!(log.append_blocking(["c"]).unwrap(), 3..=3);
+    check_contents(&log, 1, &[b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+    assert_eq!(log.purge_blocking(4).unwrap().first_position, 4);
+    assert!(vfs.read_file(&cursors.join("billing.cursor")).is_some(), "ignored, not deleted");
 }

@@ -1,4 +1,4 @@
-//! A proptest model of the log: random batches, syncs, purges, acks, reads, clean reopens,
+//! A proptest model of the log: random batches, syncs, purges, reads, clean reopens,
 //! process crashes and power losses (which tear or garble the unsynced tail at a random byte).
 //!
 //! The model is a plain `Vec` of payloads plus how many of them are known durable. After every
@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{check_contents, cursor, open_sim, small_options};
+use common::{check_contents, open_sim, small_options};
 use inorder_log::{Error, FsyncPolicy, Log, vfs::sim::SimVfs};
 use proptest::prelude::*;
 
@@ -21,7 +21,6 @@ enum Op {
     CrashProcess(FsyncPolicy),
     CrashPower(u64, FsyncPolicy),
     Purge(u8),
-    Ack(u8),
     ReadFrom(u8),
 }
 
@@ -38,7 +37,6 @@ fn op() -> impl Strategy<Value = Op> {
         1 => policy().prop_map(Op::CrashProcess),
         2 => (any::<u64>(), policy()).prop_map(|(seed, p)| Op::CrashPower(seed, p)),
         1 => any::<u8>().prop_map(Op::Purge),
-        1 => any::<u8>().prop_map(Op::Ack),
         1 => any::<u8>().prop_map(Op::ReadFrom),
     ]
 }
@@ -48,7 +46,6 @@ struct Model {
     records: Vec<Vec<u8>>,
     durable: usize,
     first: u64,
-    ack: Option<u64>,
     policy: FsyncPolicy,
 }
 
@@ -65,8 +62,7 @@ impl Model {
 fn run(initial: FsyncPolicy, ops: Vec<Op>) {
     let mut vfs = SimVfs::new();
     let mut log = Some(open_sim(&vfs, small_options(initial)));
-    let mut model = Model { records: Vec::new(), durable: 0, first: 1, ack: None, policy: initial };
-    let name = cursor("model");
+    let mut model = Model { records: Vec::new(), durable: 0, first: 1, policy: initial };
     for op in ops {
         let current: &Log = log.as_ref().unwrap();
         match op {
@@ -119,14 +115,12 @@ fn run(initial: FsyncPolicy, ops: Vec<Op>) {
                 );
                 model.records.truncate(kept);
                 model.durable = kept;
-                model.ack = model.ack.map(|ack| ack.min(model.last()));
-                assert_eq!(reopened.cursor(&name), model.ack, "cursors are clamped to the end");
                 log = Some(reopened);
                 model.policy = policy;
             }
             Op::Purge(fraction) => {
                 let before = model.scaled(fraction, model.last() + 2);
-                let bound = model.ack.map_or(before, |ack| before.min(ack + 1));
+                let bound = before.min(model.last() + 1);
                 let report = current.purge_blocking(before).unwrap();
                 assert!(report.first_position >= model.first, "purge never resurrects");
                 assert!(
@@ -135,19 +129,6 @@ fn run(initial: FsyncPolicy, ops: Vec<Op>) {
                     report.first_position - 1
                 );
                 model.first = report.first_position;
-            }
-            Op::Ack(fraction) => {
-                let position = model.scaled(fraction, model.last());
-                match (current.ack(&name, position), model.ack) {
-                    (Ok(()), previous) => {
-                        assert!(previous.is_none_or(|p| p <= position));
-                        model.ack = Some(position);
-                    }
-                    (Err(Error::CursorRegression { current, .. }), Some(previous)) => {
-                        assert!(position < previous && current == previous);
-                    }
-                    (Err(other), _) => panic!("ack {position}: {other}"),
-                }
             }
             Op::ReadFrom(fraction) => {
                 let span = model.last() + 1 - model.first;

@@ -1,11 +1,12 @@
-//! Purge deletes whole segments, never what a cursor still needs, and never lets a position be
-//! reused — not even after everything was purged and the log reopened.
+//! Purge deletes whole segments below its bound, never a record at or above it, never the segment
+//! being written, and never lets a position be reused — not even after everything was purged and
+//! the log reopened.
 
 #![allow(clippy::unwrap_used)] // tests state expectations with unwrap
 
 mod common;
 
-use common::{check_contents, cursor, open_sim, payload, small_options};
+use common::{check_contents, open_sim, payload, small_options};
 use inorder_log::{Error, FsyncPolicy, ReadLimits, vfs::sim::SimVfs};
 
 fn filled(vfs: &SimVfs, n: usize) -> (inorder_log::Log, Vec<Vec<u8>>) {
@@ -37,18 +38,26 @@ fn purge_removes_only_whole_segments_below_the_bound() {
 }
 
 #[test]
-fn purge_never_passes_the_slowest_cursor() {
+fn purge_keeps_every_record_at_or_above_its_bound() {
     let vfs = SimVfs::new();
     let (log, records) = filled(&vfs, 200);
-    log.ack(&cursor("fast"), 200).unwrap();
-    log.ack(&cursor("slow"), 30).unwrap();
-    log.purge_blocking(u64::MAX).unwrap();
-    let first = log.first_position();
-    assert!(first <= 31, "slow resumes at 31, which must still be there (first is {first})");
-    check_contents(&log, 31, &records[30..]);
-    log.ack(&cursor("slow"), 200).unwrap();
-    log.purge_blocking(u64::MAX).unwrap();
-    assert_eq!(log.first_position(), 201);
+    for before in [31u64, 32, 90, 150, 199] {
+        log.purge_blocking(before).unwrap();
+        let first = log.first_position();
+        assert!(first <= before, "purge({before}) removed position {}", first - 1);
+        check_contents(&log, before, &records[usize::try_from(before - 1).unwrap()..]);
+    }
+    assert!(log.first_position() > 31, "the purges removed whole segments");
+}
+
+#[test]
+fn purge_never_removes_what_was_not_appended_yet() {
+    let vfs = SimVfs::new();
+    let (log, _) = filled(&vfs, 120);
+    let report = log.purge_blocking(10_000).unwrap();
+    assert_eq!(report.first_position, 121, "a bound past the end purges up to the end only");
+    assert_eq!(log.append_blocking(["next"]).unwrap(), 121..=121);
+    check_contents(&log, 121, &[b"next".to_vec()]);
 }
 
 #[test]
@@ -65,16 +74,6 @@ fn purging_everything_keeps_the_next_position_across_reopen_and_crash() {
         assert_eq!(log.append_blocking(["after purge"]).unwrap(), 121..=121);
         check_contents(&log, 121, &[b"after purge".to_vec()]);
     }
-}
-
-#[test]
-fn a_cursor_cannot_be_reset_into_purged_records() {
-    let vfs = SimVfs::new();
-    let (log, _) = filled(&vfs, 120);
-    log.purge_blocking(u64::MAX).unwrap();
-    let err = log.reset_cursor(&cursor("replay"), 10).unwrap_err();
-    assert!(matches!(err, Error::Purged { requested: 11, first_available: 121 }), "{err}");
-    log.reset_cursor(&cursor("replay"), 120).unwrap();
 }
 
 #[test]

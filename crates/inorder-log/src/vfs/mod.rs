@@ -75,6 +75,17 @@ pub trait VfsFile: Send + Sync + fmt::Debug {
     }
 }
 
+/// Removes a file, treating "already gone" as done.
+///
+/// # Errors
+/// The operating system's error, other than `NotFound`.
+pub(crate) fn remove_if_present(vfs: &dyn Vfs, path: &Path) -> io::Result<()> {
+    match vfs.remove_file(path) {
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
 /// A held exclusive lock on a directory; dropping it releases the lock.
 pub trait VfsLock: Send + Sync + fmt::Debug {}
 

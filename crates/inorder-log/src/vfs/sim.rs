@@ -16,13 +16,16 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     io::{self, ErrorKind},
+    ops::Bound,
     path::{Path, PathBuf},
     sync::{
-        Arc, Mutex, MutexGuard,
+        Arc,
         atomic::{AtomicUsize, Ordering},
     },
     time::Duration,
 };
+
+use parking_lot::{Mutex, MutexGuard};
 
 use super::{OpenMode, Vfs, VfsFile, VfsLock};
 use crate::limits::{u64_from, usize_from};
@@ -97,7 +100,7 @@ impl SimVfs {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state.lock()
     }
 
     /// Makes the `skip + 1`-th next call of `op` fail once.
@@ -193,6 +196,23 @@ impl SimVfs {
         };
         Self { state: Arc::new(Mutex::new(next)), handles: Arc::default() }
     }
+}
+
+/// The entries strictly below directory `dir` (its children and their descendants). Paths order
+/// component by component, so they are one contiguous range: a look-up costs what the directory
+/// holds, not what the whole file system holds.
+fn below<'a, V>(
+    map: &'a BTreeMap<PathBuf, V>,
+    dir: &'a Path,
+) -> impl Iterator<Item = (&'a PathBuf, &'a V)> {
+    map.range::<Path, _>((Bound::Excluded(dir), Bound::Unbounded))
+        .take_while(move |(p, _)| p.starts_with(dir))
+}
+
+/// [`below`] for a set of paths.
+fn below_set<'a>(set: &'a BTreeSet<PathBuf>, dir: &'a Path) -> impl Iterator<Item = &'a PathBuf> {
+    set.range::<Path, _>((Bound::Excluded(dir), Bound::Unbounded))
+        .take_while(move |p| p.starts_with(dir))
 }
 
 /// The bytes of `inode` after a power loss.
@@ -322,8 +342,10 @@ impl Vfs for SimVfs {
         if !state.dirs.contains(path) {
             return Err(ErrorKind::NotFound.into());
         }
-        let children = state.entries.keys().chain(state.dirs.iter());
-        Ok(children
+        let files = below(&state.entries, path).map(|(child, _)| child);
+        let dirs = below_set(&state.dirs, path);
+        Ok(files
+            .chain(dirs)
             .filter(|child| child.parent() == Some(path))
             .filter_map(|child| child.file_name().map(|n| n.to_string_lossy().into_owned()))
             .collect())
@@ -369,11 +391,13 @@ impl Vfs for SimVfs {
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
         let mut state = self.lock();
         state.trip(FaultOp::SyncDir)?;
-        let in_dir = |p: &PathBuf| p.parent() == Some(path);
-        state.durable_entries.retain(|p, _| !in_dir(p));
-        let visible: Vec<_> = state
-            .entries
-            .iter()
+        let in_dir = |p: &&PathBuf| p.parent() == Some(path);
+        let forgotten: Vec<PathBuf> =
+            below(&state.durable_entries, path).map(|(p, _)| p).filter(in_dir).cloned().collect();
+        for p in forgotten {
+            state.durable_entries.remove(&p);
+        }
+        let visible: Vec<_> = below(&state.entries, path)
             .filter(|(p, _)| in_dir(p))
             .map(|(p, id)| (p.clone(), *id))
             .collect();

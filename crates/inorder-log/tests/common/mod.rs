@@ -5,7 +5,7 @@
 use std::{path::Path, sync::Arc, time::Duration};
 
 use inorder_log::{
-    FsyncPolicy, Log, LogOptions, Name, ReadLimits, Record,
+    FsyncPolicy, Log, LogOptions, ReadLimits, Record,
     vfs::{Vfs, sim::SimVfs},
 };
 
@@ -58,10 +58,6 @@ pub fn check_contents(log: &Log, first: u64, expected: &[Vec<u8>]) {
         assert_eq!(record.payload.as_ref(), want.as_slice(), "payload at position {position}");
     }
     assert_eq!(log.last_position(), first - 1 + u64::try_from(expected.len()).unwrap());
-}
-
-pub fn cursor(name: &str) -> Name {
-    Name::new("cursor", name).unwrap()
 }
 
 /// Path of the segment file whose first position is `base`.

@@ -3,8 +3,8 @@
 
 use crate::{
     error::{CorruptReason, Error, Result},
-    log::Shared,
-    recovery::scan_segment,
+    scan::scan_segment,
+    shared::Shared,
 };
 
 /// Scans all segments; returns the number of records checked.

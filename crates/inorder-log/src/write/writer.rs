@@ -1,45 +1,51 @@
-//! The writer: one thread per open log that owns the active segment and performs every write.
+//! [`Writer`]: the state of one log's write stage — the active segment, its write handle and
+//! offset, the next position — and every operation that changes the log's files.
 //!
-//! Appenders send [`Command`]s over a bounded channel and wait on a one-shot reply. The writer
-//! takes the first command and every append already queued behind it (up to
-//! [`GROUP_COMMIT_BYTES_MAX`] / [`GROUP_COMMIT_COMMANDS_MAX`]), assigns their positions, encodes
-//! them into one buffer and writes it with one call. Then, by policy:
+//! The write stage ([`super::pipeline`]) hands it groups of appends: the first queued append and
+//! every append already queued behind it (up to [`GROUP_COMMIT_BYTES_MAX`] /
+//! [`GROUP_COMMIT_COMMANDS_MAX`]). The writer assigns their positions, encodes them into one buffer
+//! and writes it with one call. Then, by policy:
 //!
-//! - `group`: hands the written extent to the syncer ([`crate::group_commit`]), which replies
-//!   after the fsync that covers it, and goes on with the next group meanwhile;
-//! - `always`: one append per group, fsynced here before replying;
-//! - `never`: publishes and replies at once (page cache only).
+//! - `group`: returns the written extent as a [`SyncRequest`] for the log's sync stage
+//!   ([`super::group_commit`]), which answers after the fsync that covers it; the write stage goes
+//!   on with the next group meanwhile;
+//! - `always`: one append per group, fdatasynced here before it is answered and the next one is
+//!   written (the pool runs such a log's write stage on a syncer thread, so writer threads never
+//!   wait for the disk);
+//! - `never`: publishes and answers at once (page cache only).
 //!
 //! Nothing is visible to readers before it is durable under the policy: the committed position
-//! is published after the fsync, by whichever thread ran it.
+//! is published after the fsync, by the stage that ran it.
 //!
-//! After a failed write or fsync the log *latches* ([`Shared::latch`]): every later command
-//! gets [`Error::Latched`] until the log is reopened. The page cache may no longer match the
-//! disk after a failed fsync, so writing on could acknowledge records that are lost.
+//! **Guarantees.** Only the writer assigns positions, and they are contiguous (asserted for every
+//! group). After a failed write or fsync the log *latches* ([`Shared::latch`]): every later
+//! command gets [`Error::Latched`] until the log is reopened. The page cache may no longer match
+//! the disk after a failed fsync, so writing on could acknowledge records that are lost.
 //!
-//! After [`LogOptions::idle_after`](crate::LogOptions::idle_after) without commands the writer
-//! hibernates: it closes its file, frees its buffer and asks every segment to drop its cached
-//! read handle and sealed index. The next command reopens what it needs.
+//! Rolling to a new segment fsyncs the sealed one here, under every policy (rare: once per
+//! segment). [`Writer::hibernate`] closes the file and frees the buffer of an idle log and asks
+//! every segment to drop its cached read handle and sealed index; the next command reopens what it
+//! needs.
+//!
+//! [`GROUP_COMMIT_BYTES_MAX`]: crate::limits::GROUP_COMMIT_BYTES_MAX
 
-use std::{ops::RangeInclusive, sync::Arc, thread::JoinHandle, time::Duration};
+use std::{ops::RangeInclusive, sync::Arc};
 
 use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 use crate::{
     error::{Error, Result},
-    group_commit::{AppendReply, SyncRequest},
-    index::{SparseIndex, write_index_file},
+    format::{index::SparseIndex, record::encode_record, segment::create_segment_file},
     limits::{
-        GROUP_COMMIT_BYTES_MAX, GROUP_COMMIT_COMMANDS_MAX, INDEX_INTERVAL_BYTES,
-        SEGMENT_HEADER_BYTES, u64_from,
+        GROUP_COMMIT_COMMANDS_MAX, INDEX_INTERVAL_BYTES, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
+        u64_from,
     },
-    log::Shared,
     options::FsyncPolicy,
-    record::{HEADER, encode_record},
-    recovery::remove_if_present,
-    segment::{self, Segment},
-    vfs::{OpenMode, VfsFile},
+    segments::Segment,
+    shared::Shared,
+    vfs::{self, OpenMode, VfsFile},
+    write::group_commit::{AppendReply, SyncReply, SyncRequest, Waiter},
 };
 
 /// What the writer can be asked to do.
@@ -47,7 +53,7 @@ pub(crate) enum Command {
     /// Append records; reply with their positions once durable under the policy.
     Append(PendingAppend),
     /// Make everything written so far durable (useful under `never`).
-    Sync { reply: oneshot::Sender<Result<()>> },
+    Sync { reply: SyncReply },
     /// Delete whole segments below a position (see [`Log::purge`](crate::Log::purge)).
     Purge { before: u64, reply: oneshot::Sender<Result<PurgeReport>> },
 }
@@ -70,12 +76,7 @@ pub struct PurgeReport {
     pub first_position: u64,
 }
 
-/// The syncer's side of the writer, under `fsync = group`.
-pub(crate) struct SyncerLink {
-    pub requests: flume::Sender<SyncRequest>,
-    pub threads: Vec<JoinHandle<()>>,
-}
-
+/// The state of one log's write stage.
 pub(crate) struct Writer {
     shared: Arc<Shared>,
     active: Arc<Segment>,
@@ -85,18 +86,13 @@ pub(crate) struct Writer {
     write_offset: u64,
     next_position: u64,
     last_indexed_offset: Option<u64>,
+    /// The group being encoded; freed when the log hibernates.
     buf: Vec<u8>,
     index_entries: Vec<(u64, u64)>,
-    syncer: Option<SyncerLink>,
 }
 
 impl Writer {
-    pub(crate) fn new(
-        shared: Arc<Shared>,
-        active: Arc<Segment>,
-        next_position: u64,
-        syncer: Option<SyncerLink>,
-    ) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>, active: Arc<Segment>, next_position: u64) -> Self {
         let write_offset = active.committed_bytes();
         let last_indexed_offset = active
             .index_snapshot()
@@ -111,66 +107,14 @@ impl Writer {
             last_indexed_offset,
             buf: Vec::new(),
             index_entries: Vec::new(),
-            syncer,
         }
     }
 
-    /// Serves commands until every sender is gone, then stops the syncer.
-    pub(crate) fn run(mut self, commands: &flume::Receiver<Command>, idle_after: Duration) {
-        let commands_max = match self.shared.options.fsync {
+    /// Appends a policy allows in one group: `always` gives every append its own fsync.
+    pub(crate) fn group_commands_max(&self) -> usize {
+        match self.shared.options.fsync {
             FsyncPolicy::Always => 1,
             FsyncPolicy::Group | FsyncPolicy::Never => GROUP_COMMIT_COMMANDS_MAX,
-        };
-        let mut held: Option<Command> = None;
-        loop {
-            let command = match held.take() {
-                Some(command) => command,
-                None => match commands.recv_timeout(idle_after) {
-                    Ok(command) => command,
-                    Err(flume::RecvTimeoutError::Timeout) => {
-                        self.hibernate();
-                        match commands.recv() {
-                            Ok(command) => command,
-                            Err(flume::RecvError::Disconnected) => break,
-                        }
-                    }
-                    Err(flume::RecvTimeoutError::Disconnected) => break,
-                },
-            };
-            match command {
-                Command::Append(first) => {
-                    let mut group = vec![first];
-                    let mut bytes = group[0].payload_bytes;
-                    while group.len() < commands_max && bytes < GROUP_COMMIT_BYTES_MAX {
-                        match commands.try_recv() {
-                            Ok(Command::Append(next)) => {
-                                bytes += next.payload_bytes;
-                                group.push(next);
-                            }
-                            Ok(other) => {
-                                held = Some(other);
-                                break;
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                    self.commit(group);
-                }
-                Command::Sync { reply } => {
-                    let _ = reply.send(self.guarded(Self::sync));
-                }
-                Command::Purge { before, reply } => {
-                    let _ = reply.send(self.guarded(|writer| writer.purge(before)));
-                }
-            }
-        }
-        if let Some(syncer) = self.syncer.take() {
-            drop(syncer.requests);
-            for thread in syncer.threads {
-                if thread.join().is_err() {
-                    tracing::error!(dir = %self.shared.dir.display(), "log syncer panicked");
-                }
-            }
         }
     }
 
@@ -191,43 +135,87 @@ impl Writer {
         })
     }
 
-    /// Writes a group of appends, then replies (or hands the replies to the syncer).
-    fn commit(&mut self, group: Vec<PendingAppend>) {
+    /// Writes a group of appends. Under `never` it publishes and answers them at once, under
+    /// `always` after its own fsync; under `group` it returns the request the sync stage must make
+    /// durable before they are answered. On a failure every append of the group is answered with
+    /// the error.
+    pub(crate) fn commit(&mut self, group: Vec<PendingAppend>) -> Option<SyncRequest> {
         let records: usize = group.iter().map(|append| append.records.len()).sum();
         let written = self.guarded(|writer| writer.write_group(&group));
         let ranges = match written {
             Ok(ranges) => ranges,
-            Err(error) => return reply_all(group.into_iter().map(|a| a.reply), &error),
+            Err(error) => {
+                reply_all(group.into_iter().map(|a| a.reply), &error);
+                return None;
+            }
         };
         self.shared.stats.add_group(group.len(), records);
         // The payloads are written: dropping the appends frees them and their byte permits.
-        let replies: Vec<_> = group.into_iter().map(|a| a.reply).zip(ranges).collect();
-        match (self.shared.options.fsync, &self.syncer) {
-            (FsyncPolicy::Group, Some(syncer)) => {
-                let request = SyncRequest {
-                    file: Arc::clone(self.file.as_ref().expect("written through an open file")),
-                    segment: Arc::clone(&self.active),
-                    end: self.next_position,
-                    committed_bytes: self.write_offset,
-                    replies,
-                };
-                if let Err(flume::SendError(request)) = syncer.requests.send(request) {
-                    reply_all(request.replies.into_iter().map(|(reply, _)| reply), &Error::Closed);
-                }
+        let waiters: Vec<_> = group
+            .into_iter()
+            .zip(ranges)
+            .map(|(a, range)| Waiter::Append(a.reply, range))
+            .collect();
+        match self.shared.options.fsync {
+            FsyncPolicy::Group => Some(self.sync_request(waiters)),
+            FsyncPolicy::Never => {
+                self.publish_and_answer(waiters);
+                None
             }
-            (FsyncPolicy::Never, _) => self.publish_and_reply(replies),
-            (FsyncPolicy::Always | FsyncPolicy::Group, _) => match self.guarded(Self::sync) {
-                Ok(()) => self.publish_and_reply(replies),
-                Err(error) => reply_all(replies.into_iter().map(|(reply, _)| reply), &error),
-            },
+            FsyncPolicy::Always => {
+                match self.guarded(Self::sync) {
+                    Ok(()) => self.publish_and_answer(waiters),
+                    Err(error) => {
+                        let source = latch_source(&error);
+                        for waiter in waiters {
+                            waiter.answer(Err(Arc::clone(&source)));
+                        }
+                    }
+                }
+                None
+            }
         }
     }
 
-    fn publish_and_reply(&self, replies: Vec<(AppendReply, RangeInclusive<u64>)>) {
+    fn publish_and_answer(&self, waiters: Vec<Waiter>) {
         self.active.publish(self.next_position, self.write_offset);
         self.shared.publish_committed(self.next_position - 1);
-        for (reply, positions) in replies {
-            let _ = reply.send(Ok(positions));
+        for waiter in waiters {
+            waiter.answer(Ok(()));
+        }
+    }
+
+    /// An explicit sync. Under `group` and `never`: the request that makes everything written so
+    /// far durable, for the sync stage. Under `always` the fsync runs here and the caller is
+    /// answered at once. `None` when it was answered already (here, or with an error).
+    pub(crate) fn sync_everything(&mut self, reply: SyncReply) -> Option<SyncRequest> {
+        let ready = match self.shared.options.fsync {
+            FsyncPolicy::Always => self.guarded(Self::sync).map(|()| false),
+            FsyncPolicy::Group | FsyncPolicy::Never => {
+                self.guarded(Self::writable_file).map(|_| true)
+            }
+        };
+        match ready {
+            Ok(true) => Some(self.sync_request(vec![Waiter::Sync(reply)])),
+            Ok(false) => {
+                let _ = reply.send(Ok(()));
+                None
+            }
+            Err(error) => {
+                let _ = reply.send(Err(error));
+                None
+            }
+        }
+    }
+
+    /// What the sync stage needs to make everything written so far durable and publish it.
+    fn sync_request(&self, waiters: Vec<Waiter>) -> SyncRequest {
+        SyncRequest {
+            file: Arc::clone(self.file.as_ref().expect("written through an open file")),
+            segment: Arc::clone(&self.active),
+            end: self.next_position,
+            committed_bytes: self.write_offset,
+            waiters,
         }
     }
 
@@ -240,7 +228,7 @@ impl Writer {
         for append in group {
             let first = self.next_position;
             for payload in &append.records {
-                let record_bytes = u64_from(HEADER + payload.len());
+                let record_bytes = RECORD_HEADER_BYTES + u64_from(payload.len());
                 let at = self.write_offset + u64_from(self.buf.len());
                 if at + record_bytes > segment_bytes && at > SEGMENT_HEADER_BYTES {
                     self.flush_buffer()?;
@@ -292,7 +280,8 @@ impl Writer {
         Ok(())
     }
 
-    /// Makes everything written to the active segment durable.
+    /// Makes everything written to the active segment durable, here (under `always`, and when
+    /// sealing a segment).
     fn sync(&mut self) -> Result<()> {
         let file = self.writable_file()?;
         file.sync_data().map_err(|e| Error::io("fdatasync", &self.active.path, e))?;
@@ -306,13 +295,9 @@ impl Writer {
         self.sync()?;
         self.active.publish(self.next_position, self.write_offset);
         self.active.seal();
-        let index =
-            self.active.index_snapshot().unwrap_or_else(|| SparseIndex::new(self.active.base));
-        if let Err(error) = write_index_file(self.shared.vfs.as_ref(), &self.active, &index) {
-            tracing::warn!(%error, "could not write segment index (it will be rebuilt on demand)");
-        }
+        self.active.save_index(self.shared.vfs.as_ref());
         let base = self.next_position;
-        segment::create_segment_file(self.shared.vfs.as_ref(), &self.shared.dir, base)?;
+        create_segment_file(self.shared.vfs.as_ref(), &self.shared.dir, base)?;
         let next = Arc::new(Segment::new(
             &self.shared.dir,
             base,
@@ -329,11 +314,14 @@ impl Writer {
         Ok(())
     }
 
-    fn purge(&mut self, before: u64) -> Result<PurgeReport> {
-        let bound = match self.shared.cursors.slowest() {
-            Some(ack) => before.min(ack.saturating_add(1)),
-            None => before,
-        };
+    /// Deletes the whole segments below `before` (see [`Log::purge`](crate::Log::purge)).
+    pub(crate) fn purge(&mut self, before: u64) -> Result<PurgeReport> {
+        self.guarded(|writer| writer.purge_segments(before))
+    }
+
+    fn purge_segments(&mut self, before: u64) -> Result<PurgeReport> {
+        // Only committed records go: one still waiting for its fsync has not been answered yet.
+        let bound = before.min(self.shared.committed() + 1);
         if self.next_position > self.active.base && self.next_position <= bound {
             self.roll()?;
         }
@@ -347,8 +335,9 @@ impl Writer {
         let vfs = self.shared.vfs.as_ref();
         for victim in &victims {
             self.shared.write_segments().remove(&victim.base);
-            remove_if_present(vfs, &victim.path)?;
-            remove_if_present(vfs, &victim.index_path)?;
+            for path in [&victim.path, &victim.index_path] {
+                vfs::remove_if_present(vfs, path).map_err(|e| Error::io("remove file", path, e))?;
+            }
         }
         if !victims.is_empty() {
             let dir = &self.shared.dir;
@@ -360,15 +349,22 @@ impl Writer {
         })
     }
 
-    fn hibernate(&mut self) {
-        self.file = None;
-        self.buf = Vec::new();
-        self.index_entries = Vec::new();
+    /// Releases the write handle, the buffers and every segment's cached read handle and sealed
+    /// index (an idle log costs no file descriptor).
+    pub(crate) fn hibernate(&mut self) {
+        self.close();
         for segment in self.shared.read_segments().values() {
             segment.release();
         }
         self.shared.stats.add_hibernation();
         tracing::debug!(dir = %self.shared.dir.display(), "log writer idle: released files");
+    }
+
+    /// Releases the write handle and the buffers (the log is closing, or idle).
+    pub(crate) fn close(&mut self) {
+        self.file = None;
+        self.buf = Vec::new();
+        self.index_entries = Vec::new();
     }
 }
 
@@ -376,10 +372,17 @@ impl Writer {
 fn reply_all(replies: impl Iterator<Item = AppendReply>, error: &Error) {
     for reply in replies {
         let error = match error {
-            Error::Latched { source } => Error::Latched { source: Arc::clone(source) },
             Error::Closed => Error::Closed,
-            other => Error::Latched { source: Arc::new(std::io::Error::other(other.to_string())) },
+            other => Error::Latched { source: latch_source(other) },
         };
         let _ = reply.send(Err(error));
+    }
+}
+
+/// The I/O error that a failed write or fsync latched the log with.
+fn latch_source(error: &Error) -> Arc<std::io::Error> {
+    match error {
+        Error::Latched { source } => Arc::clone(source),
+        other => Arc::new(std::io::Error::other(other.to_string())),
     }
 }

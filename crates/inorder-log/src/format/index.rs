@@ -1,4 +1,5 @@
-//! The sparse index: where to start reading a segment to find position N without a scan.
+//! The sparse index: where to start reading a segment to find position N without a scan — its
+//! entries, its file format, and reading and writing its file.
 //!
 //! The writer notes `(position, byte offset)` of the first record of a segment and then of a
 //! record at least every [`INDEX_INTERVAL_BYTES`]. A reader seeks to the last entry at or before
@@ -11,19 +12,19 @@
 //!
 //! [`INDEX_INTERVAL_BYTES`]: crate::limits::INDEX_INTERVAL_BYTES
 
-use std::io::ErrorKind;
+use std::{io, path::Path};
 
 use crate::{
     error::{Error, Result},
-    limits::{SEGMENT_HEADER_BYTES, u64_from, usize_from},
-    recovery,
-    segment::{FORMAT_VERSION, Segment},
+    format::segment::FORMAT_VERSION,
+    limits::{
+        INDEX_ENTRY_BYTES as ENTRY_BYTES, INDEX_FILE_BYTES_MAX, INDEX_HEADER_BYTES,
+        SEGMENT_HEADER_BYTES, u64_from, usize_from,
+    },
     vfs::{OpenMode, Vfs},
 };
 
 const INDEX_MAGIC: [u8; 8] = *b"INORDIDX";
-const INDEX_HEADER_BYTES: usize = 32;
-const ENTRY_BYTES: usize = 16;
 
 /// Index entries of one segment, ascending by position and by offset.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,54 +104,34 @@ impl SparseIndex {
         }
         Some(index)
     }
-
-    /// Loads the index file of a sealed segment, or rebuilds it by scanning the segment (and
-    /// writes the rebuilt index back, best effort: it is only a cache).
-    pub(crate) fn load_or_rebuild(vfs: &dyn Vfs, segment: &Segment) -> Result<Self> {
-        if let Some(index) = read_index_file(vfs, segment) {
-            return Ok(index);
-        }
-        let scan = recovery::scan_segment(vfs, segment.base, &segment.path, false)?;
-        if let Err(error) = write_index_file(vfs, segment, &scan.index) {
-            tracing::warn!(%error, segment = %segment.path.display(), "could not save rebuilt index");
-        }
-        Ok(scan.index)
-    }
 }
 
-fn read_index_file(vfs: &dyn Vfs, segment: &Segment) -> Option<SparseIndex> {
-    let file = match vfs.open(&segment.index_path, OpenMode::Read) {
-        Ok(file) => file,
-        Err(e) if e.kind() == ErrorKind::NotFound => return None,
-        Err(error) => {
-            tracing::warn!(%error, index = %segment.index_path.display(), "unreadable index");
-            return None;
-        }
-    };
-    let len = usize_from(file.size().ok()?);
-    let mut bytes = vec![0; len];
-    let got = file.read_full_at(&mut bytes, 0).ok()?;
-    let index = SparseIndex::decode(&bytes[..got], segment.base);
-    if index.is_none() {
-        tracing::warn!(index = %segment.index_path.display(), "invalid index file, rebuilding");
-    }
-    index
-}
-
-/// Writes the index of a (sealed) segment: temporary file, then rename. Not fsynced.
-pub(crate) fn write_index_file(
+/// Reads the index file at `path` of the segment whose first position is `base`: `Ok(None)` if
+/// the file is not a whole, valid index of that segment.
+pub(crate) fn read_index_file(
     vfs: &dyn Vfs,
-    segment: &Segment,
-    index: &SparseIndex,
-) -> Result<()> {
-    let tmp = segment.index_path.with_extension("idx.tmp");
+    path: &Path,
+    base: u64,
+) -> io::Result<Option<SparseIndex>> {
+    let file = vfs.open(path, OpenMode::Read)?;
+    let len = file.size()?;
+    if len > INDEX_FILE_BYTES_MAX {
+        return Ok(None); // more entries than any segment can need: not an index of ours
+    }
+    let mut bytes = vec![0; usize_from(len)];
+    let got = file.read_full_at(&mut bytes, 0)?;
+    Ok(SparseIndex::decode(&bytes[..got], base))
+}
+
+/// Writes the index file at `path`: temporary file, then rename. Not fsynced (a cache).
+pub(crate) fn write_index_file(vfs: &dyn Vfs, path: &Path, index: &SparseIndex) -> Result<()> {
+    let tmp = path.with_extension("idx.tmp");
     let _ = vfs.remove_file(&tmp);
     let file =
         vfs.open(&tmp, OpenMode::CreateNew).map_err(|e| Error::io("create index", &tmp, e))?;
     file.write_all_at(&index.encode(), 0).map_err(|e| Error::io("write index", &tmp, e))?;
     drop(file);
-    vfs.rename(&tmp, &segment.index_path)
-        .map_err(|e| Error::io("rename index", &segment.index_path, e))
+    vfs.rename(&tmp, path).map_err(|e| Error::io("rename index", path, e))
 }
 
 #[cfg(test)]

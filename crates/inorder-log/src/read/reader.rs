@@ -14,13 +14,15 @@ use bytes::{Bytes, BytesMut};
 
 use crate::{
     error::{CorruptReason, Error, Result},
+    format::{checksum::crc32c_3, record::RecordHeader},
     limits::{
-        READ_BYTES_MAX_DEFAULT, READ_CHUNK_BYTES, READ_RECORDS_MAX_DEFAULT, RECORD_HEADER_BYTES,
+        READ_BYTES_MAX_DEFAULT, READ_CHUNK_BYTES, READ_FRAMES_PER_PASS_MAX,
+        READ_RECORDS_MAX_DEFAULT, READ_SKIP_FRAMES_MAX, READ_SPARE_CHUNKS_MAX,
+        RECORD_CHECKSUM_BYTES, RECORD_HEADER_BYTES, RECORD_HEADER_BYTES_USIZE as HEADER,
         SEGMENT_HEADER_BYTES, u64_from, usize_from,
     },
-    log::Shared,
-    record::{CHECKSUM_OFFSET, HEADER, RecordHeader},
-    segment::Segment,
+    segments::Segment,
+    shared::Shared,
     vfs::VfsFile,
 };
 
@@ -84,15 +86,6 @@ impl Batch {
     }
 }
 
-/// Earlier read chunks a reader keeps for reuse.
-const READER_SPARE_CHUNKS: usize = 4;
-
-/// Most records framed per pass over a chunk.
-const FRAMES_PER_TAKE_MAX: usize = 4096;
-
-/// Extra records framed beyond the batch's room, for records an index walk skips.
-const FRAMES_SKIP_ALLOWANCE: usize = 64;
-
 /// One record located in a chunk: `chunk[start..end]`, with its parsed header.
 struct Frame {
     start: usize,
@@ -102,7 +95,7 @@ struct Frame {
 
 /// How many leading frames have matching checksums (verified three at a time).
 fn verified_prefix(chunk: &[u8], frames: &[Frame]) -> usize {
-    let covered = |f: &Frame| &chunk[f.start + CHECKSUM_OFFSET..f.end];
+    let covered = |f: &Frame| &chunk[f.start + RECORD_CHECKSUM_BYTES..f.end];
     for (group_index, group) in frames.chunks(3).enumerate() {
         let slices = match group {
             [a, b, c] => [covered(a), covered(b), covered(c)],
@@ -110,7 +103,7 @@ fn verified_prefix(chunk: &[u8], frames: &[Frame]) -> usize {
             [a] => [covered(a), &[], &[]],
             _ => unreachable!("chunks(3) yields one to three frames"),
         };
-        let crcs = crate::checksum::crc32c_3(slices);
+        let crcs = crc32c_3(slices);
         if let Some(bad) = group.iter().zip(crcs).position(|(f, crc)| f.header.crc != crc) {
             return group_index * 3 + bad;
         }
@@ -149,10 +142,6 @@ impl Reader {
     pub fn seek(&mut self, position: u64) {
         self.next = position.max(1);
         self.at = None;
-    }
-
-    pub(crate) fn shared(&self) -> Arc<Shared> {
-        Arc::clone(&self.shared)
     }
 
     /// Drops the read-ahead chunk and the file handle (they are reacquired on the next read).
@@ -227,7 +216,7 @@ impl Place {
     /// The chunks worth keeping when the reader moves to another segment.
     fn into_spare(mut self) -> Vec<Bytes> {
         self.spare.push(self.chunk);
-        self.spare.truncate(READER_SPARE_CHUNKS);
+        self.spare.truncate(READ_SPARE_CHUNKS_MAX);
         self.spare
     }
 
@@ -239,7 +228,7 @@ impl Place {
     /// it does not hold the next one), checking length, checksum and position of each.
     ///
     /// Three passes over the chunk: frame the records (lengths), verify their checksums three at
-    /// a time ([`crate::checksum`]), then check positions and hand them out in order. A bad record
+    /// a time ([`crate::format::checksum`]), then check positions and hand them out in order. A bad record
     /// ends the pass before it: the good ones are returned, and the next call fails at the bad
     /// one, so the reader stops exactly at the failed position.
     fn take(&mut self, next: &mut u64, limit: u64, batch: &mut Batch) -> Result<()> {
@@ -294,7 +283,7 @@ impl Place {
     /// The whole records the chunk holds from `offset` (at most `room` plus what an index walk
     /// may skip), and the reason framing stopped early, if a record is malformed.
     fn frame(&self, chunk: &Bytes, limit: u64, room: usize) -> (Vec<Frame>, Option<CorruptReason>) {
-        let frames_max = room.saturating_add(FRAMES_SKIP_ALLOWANCE).min(FRAMES_PER_TAKE_MAX);
+        let frames_max = room.saturating_add(READ_SKIP_FRAMES_MAX).min(READ_FRAMES_PER_PASS_MAX);
         let mut frames = Vec::with_capacity(frames_max.min(256));
         let mut start = usize_from(self.offset - self.chunk_start);
         let mut offset = self.offset;
@@ -331,7 +320,7 @@ impl Place {
             self.spare.push(retired);
         }
         // Reuse a chunk no record refers to any more (no allocation, no zeroing); keep at most
-        // READER_SPARE_CHUNKS that records still hold.
+        // READ_SPARE_CHUNKS_MAX that records still hold.
         let reusable = self.spare.iter().position(Bytes::is_unique);
         let mut buf = match reusable.map(|i| self.spare.swap_remove(i).try_into_mut()) {
             Some(Ok(mut reused)) => {
@@ -344,7 +333,7 @@ impl Place {
             }
             Some(Err(_)) | None => BytesMut::zeroed(want),
         };
-        if self.spare.len() > READER_SPARE_CHUNKS {
+        if self.spare.len() > READ_SPARE_CHUNKS_MAX {
             self.spare.remove(0);
         }
         let got = self

@@ -13,10 +13,10 @@
 //! checked when written (the writer asserts the frame it built decodes to itself in debug
 //! builds) and every time they are read.
 
-use crate::limits::{RECORD_HEADER_BYTES, RECORD_PAYLOAD_BYTES_LIMIT, u64_from, usize_from};
-
-/// Header bytes as a `usize`, for slicing.
-pub(crate) const HEADER: usize = usize_from(RECORD_HEADER_BYTES);
+use crate::limits::{
+    RECORD_CHECKSUM_BYTES as CHECKSUM_BYTES, RECORD_HEADER_BYTES,
+    RECORD_HEADER_BYTES_USIZE as HEADER, RECORD_PAYLOAD_BYTES_LIMIT, u64_from, usize_from,
+};
 
 /// The fixed-size part of a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,12 +62,6 @@ impl RecordHeader {
             && crc32c::crc32c(&record[CHECKSUM_BYTES..]) == self.crc
     }
 }
-
-/// The checksum field's size: it covers everything after itself.
-const CHECKSUM_BYTES: usize = 4;
-
-/// Where the bytes covered by the checksum start within a record.
-pub(crate) const CHECKSUM_OFFSET: usize = CHECKSUM_BYTES;
 
 /// Appends the frame of one record to `buf`.
 ///
