@@ -116,6 +116,8 @@ pub(crate) struct StateStore {
     folded: Notify,
     /// The next commit's number (see [`super::journal`]).
     commits: std::sync::atomic::AtomicU64,
+    /// Background folds not known to be finished (at most a couple: one runs at a time).
+    fold_tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl StateStore {
@@ -167,7 +169,14 @@ impl StateStore {
         let layers =
             Layers { active, folding: None, applied: Watermark::new(journal_position, ()) };
         let commits = std::sync::atomic::AtomicU64::new(journal_position + 1);
-        Ok(Self { tree, journal, layers: Mutex::new(layers), folded: Notify::new(), commits })
+        Ok(Self {
+            tree,
+            journal,
+            layers: Mutex::new(layers),
+            folded: Notify::new(),
+            commits,
+            fold_tasks: Mutex::new(Vec::new()),
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, Layers> {
@@ -279,11 +288,15 @@ impl StateStore {
         };
         if fold {
             let store = Arc::clone(self);
-            tokio::spawn(async move {
+            let task = tokio::spawn(async move {
                 if let Err(error) = store.fold().await {
                     tracing::error!(%error, "folding the state journal failed");
                 }
             });
+            // Kept so `close` can wait for it: the tree closes only when its last user is gone.
+            let mut tasks = self.fold_tasks.lock();
+            tasks.retain(|task| !task.is_finished());
+            tasks.push(task);
         }
         Ok(())
     }
@@ -373,7 +386,12 @@ impl StateStore {
     }
 
     /// Folds what is left and releases the journal (on shutdown).
+    /// Waits for a background fold first, so that the tree is released when the store is.
     pub(crate) async fn close(self: &Arc<Self>) {
+        let running = std::mem::take(&mut *self.fold_tasks.lock());
+        for task in running {
+            let _ = task.await;
+        }
         if let Err(error) = self.fold().await {
             tracing::warn!(%error, "final fold of the state journal failed; it replays on next open");
         }
