@@ -490,4 +490,30 @@ mod tests {
             .subscription(SubscriptionConfig::new("s", ["t"]).pattern("("));
         assert!(config.validate().unwrap_err().to_string().contains("pattern"));
     }
+
+    #[test]
+    fn durations_above_their_maximum_are_refused_naming_it() {
+        let huge = Duration::from_secs(10_000_000_000_000_000_000);
+        let config =
+            EngineConfig::new("/tmp/x").topic(TopicConfig::new("t").sequence_timeout(huge));
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("sequence_timeout") && err.contains("2592000s"), "{err}");
+
+        let retry = RetryPolicy { max_delay: huge, ..RetryPolicy::default() };
+        let config = EngineConfig::new("/tmp/x")
+            .topic(TopicConfig::new("t"))
+            .subscription(SubscriptionConfig::new("s", ["t"]).retry(retry));
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("max_delay") && err.contains("86400s"), "{err}");
+
+        let mut config = EngineConfig::new("/tmp/x");
+        config.max_topics = 0;
+        assert!(config.validate().unwrap_err().to_string().contains("max_topics"));
+    }
+
+    #[test]
+    fn the_backoff_of_a_huge_attempt_number_is_the_cap_not_a_panic() {
+        let retry = RetryPolicy::default();
+        assert_eq!(retry.base_delay(u32::MAX), retry.max_delay);
+    }
 }

@@ -288,3 +288,68 @@ async fn a_hundred_thousand_handlers_finishing_at_once_with_1_kib_keys_are_all_c
     );
     engine.shutdown().await;
 }
+
+/// OS threads of this process (Linux).
+fn threads() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Threads:"))
+        .and_then(|rest| rest.trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn threads_do_not_grow_with_topics() {
+    // Each file-backed topic holds two file descriptors (its lock and its segment) and the
+    // machine allows 20,000: 4,000 topics, each with a stream of a pattern subscription. The log
+    // alone is tested with 10,000 (crates/inorder-log/tests/threads.rs).
+    const TOPICS: usize = 4_000;
+    const BLOCKING_THREADS_MAX: usize = 16;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(BLOCKING_THREADS_MAX)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let calls = Arc::new(AtomicU64::new(0));
+        let mut fixture = Fixture::new(|mut c| {
+            c.auto_create_topics = true;
+            c.max_topics = TOPICS;
+            c.subscription(
+                inorder::SubscriptionConfig::new("all", Vec::<String>::new()).pattern("t-.*"),
+            )
+        });
+        let mut builder = fixture.builder().await;
+        builder = builder.handler("all", Counting(Arc::clone(&calls)));
+        let engine = builder.start().await.unwrap();
+        fixture.engine = Some(engine.clone());
+        let before = threads();
+        for round in 0..2 {
+            for topic in 0..TOPICS {
+                let event = Event::builder(&format!("t-{topic}"), "k", "a").build().unwrap();
+                engine.publish(event).await.unwrap();
+            }
+            let cores = std::thread::available_parallelism().map_or(2, usize::from);
+            let now = threads();
+            eprintln!("round {round}: {before} threads before, {now} with {TOPICS} topics");
+            // The runtime's workers and blocking pool, the log's pool (sized by cores), the
+            // state store's background threads: a constant plus the cores, whatever the topics.
+            assert!(
+                now <= before + BLOCKING_THREADS_MAX + 16 + cores,
+                "{now} threads with {TOPICS} topics (started with {before})"
+            );
+        }
+        for topic in (0..TOPICS).step_by(97) {
+            assert!(
+                engine
+                    .wait_processed(&format!("t-{topic}"), 2, None, common::PATIENCE)
+                    .await
+                    .unwrap()
+            );
+        }
+        assert_eq!(engine.topics().await.unwrap().len(), TOPICS);
+        fixture.stop().await;
+    });
+}
