@@ -2,11 +2,10 @@
 
 use std::fmt;
 
-use crate::error::{Error, Result};
-
-/// Longest identifier PostgreSQL keeps (`NAMEDATALEN - 1`); longer ones are silently truncated by
-/// the server, so we refuse them.
-const IDENTIFIER_BYTES_MAX: usize = 63;
+use crate::{
+    error::{Error, Result},
+    limits::IDENTIFIER_BYTES_MAX,
+};
 
 /// A table name, optionally schema-qualified: `events` or `archive.events`. Each part is
 /// `[a-z_][a-z0-9_]*`, at most 63 bytes. Lower case only, so the quoted name in our statements

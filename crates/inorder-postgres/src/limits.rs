@@ -47,3 +47,7 @@ const _: () = assert!(STORAGE_POOL_SIZE_DEFAULT >= 1);
 
 /// Appends waiting for their topic's appender task (see `storage::append`); more wait to queue.
 pub const STORAGE_APPEND_QUEUE_DEPTH: usize = 1024;
+
+/// Longest PostgreSQL identifier (table or schema name), in bytes: `NAMEDATALEN - 1`; longer
+/// ones would be cut silently by the server.
+pub const IDENTIFIER_BYTES_MAX: usize = 63;

@@ -1,4 +1,5 @@
-//! The Seqy contract (`actions` ordering), one test per defect of the original (ORIGINS.md).
+//! The Seqy contract (`actions` ordering), one test per defect of the original library
+//! (vinceurag/seqy 0.1.1): each test says which defect it guards against.
 
 #![allow(clippy::unwrap_used)]
 

@@ -46,12 +46,12 @@ struct Request {
 pub(super) struct Appenders {
     pool: Pool,
     watches: Arc<Watches>,
-    queues: std::sync::Mutex<HashMap<Name, flume::Sender<Request>>>,
+    queues: parking_lot::Mutex<HashMap<Name, flume::Sender<Request>>>,
 }
 
 impl Appenders {
     pub(super) fn new(pool: Pool, watches: Arc<Watches>) -> Self {
-        Self { pool, watches, queues: std::sync::Mutex::new(HashMap::new()) }
+        Self { pool, watches, queues: parking_lot::Mutex::new(HashMap::new()) }
     }
 
     /// Appends `payloads` (1 to [`STORAGE_APPEND_RECORDS_MAX`], checked by the caller) to
@@ -65,11 +65,11 @@ impl Appenders {
 
     /// Stops taking appends; each task ends after answering what it holds.
     pub(super) fn close(&self) {
-        self.queues.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.queues.lock().clear();
     }
 
     fn queue(&self, topic: &Name) -> flume::Sender<Request> {
-        let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        let mut queues = self.queues.lock();
         if let Some(queue) = queues.get(topic) {
             return queue.clone();
         }

@@ -15,14 +15,11 @@
 //! positions of every watched topic: what committed while it was away is in that read. Watches
 //! only move forward ([`Watches::advance`] keeps the maximum).
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex, MutexGuard},
-    time::Duration,
-};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use deadpool_postgres::Pool;
 use inorder::Name;
+use parking_lot::{Mutex, MutexGuard};
 use tokio::{
     sync::{mpsc, oneshot, watch},
     task::JoinHandle,
@@ -44,7 +41,7 @@ pub(crate) struct Watches {
 
 impl Watches {
     fn lock(&self) -> MutexGuard<'_, HashMap<String, watch::Sender<u64>>> {
-        self.senders.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.senders.lock()
     }
 
     /// A receiver of `topic`'s watch, registering the topic if it is new.
