@@ -29,6 +29,10 @@ use crate::{
 };
 
 const VERSION: u8 = 1;
+/// First byte of a *lost* record: a position the engine filled after the log lost the events
+/// a subscription had already handled there (a power loss under `fsync = never`), so that no
+/// position is handed out twice. It holds the reason as text and no event.
+const LOST: u8 = 0xFE;
 
 const HAS_CONTENT_TYPE: u8 = 1;
 const HAS_SUBJECT: u8 = 2;
@@ -36,6 +40,21 @@ const HAS_SCHEMA: u8 = 4;
 const HAS_CORRELATION: u8 = 8;
 const HAS_CAUSATION: u8 = 16;
 const HAS_SEQUENCE: u8 = 32;
+
+/// A lost record: fills a position whose event the log lost (see [`is_lost`]).
+#[must_use]
+pub fn lost(reason: &str) -> Bytes {
+    let mut out = vec![LOST];
+    put_str(&mut out, reason);
+    Bytes::from(out)
+}
+
+/// Whether a stored record fills a lost position (it holds no event: readers skip it, streams
+/// count it resolved without a handler call).
+#[must_use]
+pub fn is_lost(payload: &[u8]) -> bool {
+    payload.first() == Some(&LOST)
+}
 
 /// Decodes a stored record of `topic`; a record that does not decode is corruption, named by
 /// its topic and position ([`Error::Decode`]).

@@ -23,7 +23,7 @@ use std::{
     sync::Arc,
 };
 
-use inorder_log::{LogOptions, Name};
+use inorder_log::{FsyncPolicy, LogOptions, Name};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -31,11 +31,11 @@ use crate::{
     checkpoint::{self, CommitRequest},
     codec,
     config::{EngineConfig, TopicConfig},
-    error::{Error, Result, StorageErrorKind},
+    error::{Error, Result, StorageError, StorageErrorKind},
     event::Event,
     handler::{Handler, SharedHandler},
     indexer::{self, IndexJob},
-    limits::{PARKED_LIST_MAX, STREAM_READ_RECORDS_MAX},
+    limits::{PARKED_LIST_MAX, PUBLISH_BATCH_EVENTS_MAX, STREAM_READ_RECORDS_MAX},
     replay,
     runtime::{SubscriptionRuntime, TopicRuntime},
     state::{ParkedEvent, StreamId},
@@ -217,6 +217,7 @@ impl Engine {
         let inner = &self.inner;
         let opened = async {
             inner.storage.create_topic(&name).await?;
+            self.check_progress_against_log(&name).await?;
             self.index_unindexed_ids(&name).await
         };
         let topic = match opened.await {
@@ -248,6 +249,53 @@ impl Engine {
         Ok(topic)
     }
 
+    /// Checks that no subscription has resolved positions beyond the topic's log: new events
+    /// would take positions the subscription believes handled — handled zero times, answered
+    /// processed. That happens when the log lost acknowledged records: a cut, a restored backup
+    /// (the topic is then refused: `Error::Storage` of kind corrupt), or a power loss under
+    /// `fsync = never`, where it is expected: the lost positions are filled with *lost*
+    /// records (see [`codec::lost`]) saying why, so that the next event takes a fresh position.
+    async fn check_progress_against_log(&self, topic: &Name) -> Result<()> {
+        let storage = &self.inner.storage;
+        let (_, last) = storage.positions(topic).await?;
+        let mut ahead: Option<(Name, u64)> = None;
+        for subscription in self.inner.subscriptions.values().filter(|s| s.consumes(topic)) {
+            let id = StreamId { subscription: subscription.name.clone(), topic: topic.clone() };
+            let Some(state) = storage.stream_state(&id).await? else { continue };
+            let resolved = state.done_above.last().map_or(state.watermark, |(r, _)| *r.end());
+            let resolved = resolved.max(state.watermark);
+            if resolved > last && ahead.as_ref().is_none_or(|(_, seen)| resolved > *seen) {
+                ahead = Some((subscription.name.clone(), resolved));
+            }
+        }
+        let Some((subscription, resolved)) = ahead else { return Ok(()) };
+        let expected = storage.backend() == "file" && self.inner.config.fsync == FsyncPolicy::Never;
+        if !expected {
+            return Err(StorageError::corrupt(format!(
+                "topic {topic}'s log ends at position {last}, but subscription {subscription} \
+                 has resolved it up to {resolved}: acknowledged events are missing from the log \
+                 (cut, or restored from an older copy); new events would take positions it \
+                 believes handled"
+            ))
+            .into());
+        }
+        let reason = format!(
+            "lost in a power loss under fsync = never; subscription {subscription} had resolved \
+             up to {resolved}"
+        );
+        tracing::warn!(%topic, last, resolved, %subscription, "filling positions the log lost");
+        metrics::counter!("inorder_positions_lost_total", "topic" => topic.to_string())
+            .increment(resolved - last);
+        let mut next = last + 1;
+        while next <= resolved {
+            let count = (resolved - next + 1).min(PUBLISH_BATCH_EVENTS_MAX as u64);
+            let fillers = (0..count).map(|_| codec::lost(&reason)).collect();
+            let range = storage.append(topic, fillers).await?;
+            next = range.end() + 1;
+        }
+        Ok(())
+    }
+
     /// Indexes the ids of events appended after the index's last mark (a crash can leave some).
     /// Returns the position up to which every id is indexed: the topic's last.
     async fn index_unindexed_ids(&self, topic: &Name) -> Result<u64> {
@@ -261,7 +309,8 @@ impl Engine {
                 break;
             }
             let mut ops = Vec::with_capacity(records.len() + 1);
-            for record in records.iter().filter(|r| r.position <= last) {
+            let stored = records.iter().filter(|r| r.position <= last);
+            for record in stored.filter(|r| !codec::is_lost(&r.payload)) {
                 let event = codec::decode_record(topic, record)?;
                 ops.push(StateOp::EventId {
                     topic: topic.clone(),
@@ -391,7 +440,11 @@ impl Engine {
         let topic = self.existing_topic(topic)?;
         let mut reader = self.inner.storage.reader(&topic.name, from).await?;
         let records = reader.read(max.min(STREAM_READ_RECORDS_MAX)).await?;
-        records.iter().map(|record| codec::decode_record(&topic.name, record)).collect()
+        records
+            .iter()
+            .filter(|record| !codec::is_lost(&record.payload))
+            .map(|record| codec::decode_record(&topic.name, record))
+            .collect()
     }
 
     /// Stops every stream and the checkpointer. In-flight handler calls are abandoned; their

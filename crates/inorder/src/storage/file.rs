@@ -20,7 +20,10 @@ use std::{
 };
 
 use bytes::Bytes;
-use inorder_log::{Log, LogOptions, Name, ReadLimits, Reader};
+use inorder_log::{
+    Log, LogOptions, Name, ReadLimits, Reader,
+    vfs::{StdVfs, Vfs},
+};
 use parking_lot::RwLock;
 use tokio::sync::watch;
 
@@ -42,6 +45,7 @@ fn fs_error(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> E
 
 /// The embedded storage backend.
 pub struct FileStorage {
+    vfs: Arc<dyn Vfs>,
     topics_dir: PathBuf,
     log_options: LogOptions,
     logs: RwLock<HashMap<Name, Log>>,
@@ -63,10 +67,25 @@ impl FileStorage {
     /// # Errors
     /// [`Error::Storage`] if the directories cannot be created or opened.
     pub fn open(data_dir: &Path, log_options: LogOptions) -> Result<Self> {
+        Self::open_with_vfs(Arc::new(StdVfs), data_dir, log_options)
+    }
+
+    /// Opens the storage with its topic logs and state journal on `vfs` (tests run it on
+    /// `SimVfs` to cut power; the state tree stays on the real file system under `data_dir`).
+    ///
+    /// # Errors
+    /// As [`FileStorage::open`].
+    pub fn open_with_vfs(
+        vfs: Arc<dyn Vfs>,
+        data_dir: &Path,
+        log_options: LogOptions,
+    ) -> Result<Self> {
         let topics_dir = data_dir.join("topics");
-        std::fs::create_dir_all(&topics_dir).map_err(fs_error("creating", &topics_dir))?;
-        let state = StateStore::open(&data_dir.join("state"))?;
+        // Made durable with its parents: a topic created after a power loss must find it.
+        vfs.create_dir_all(&topics_dir).map_err(fs_error("creating", &topics_dir))?;
+        let state = StateStore::open(Arc::clone(&vfs), &data_dir.join("state"))?;
         Ok(Self {
+            vfs,
             topics_dir,
             log_options,
             logs: RwLock::new(HashMap::new()),
@@ -89,11 +108,23 @@ impl FileStorage {
             return Ok(log.clone());
         }
         let dir = self.topics_dir.join(topic.as_str());
-        if !create && !dir.is_dir() {
+        if !create && self.vfs.read_dir(&dir).is_err() {
             return Err(Error::UnknownTopic { topic: topic.to_string() });
         }
         let options = self.log_options;
-        let log = blocking(move || Log::open(dir, options).map_err(Error::from)).await?;
+        let vfs = Arc::clone(&self.vfs);
+        let log =
+            blocking(move || Log::open_with_vfs(vfs, dir, options).map_err(Error::from)).await?;
+        let forgotten = self.state()?.forget_ids_above(topic, log.last_position()).await?;
+        if forgotten > 0 {
+            tracing::warn!(
+                %topic,
+                forgotten,
+                last = log.last_position(),
+                "the log lost records its id index knew (a power loss under fsync = never): \
+                 their ids are forgotten, so a retry appends them again"
+            );
+        }
         self.logs.write().insert(topic.clone(), log.clone());
         Ok(log)
     }
@@ -137,13 +168,13 @@ impl Storage for FileStorage {
 
     async fn topics(&self) -> Result<Vec<Name>> {
         let dir = self.topics_dir.clone();
+        let vfs = Arc::clone(&self.vfs);
         blocking(move || {
             let mut topics = Vec::new();
-            for entry in std::fs::read_dir(&dir).map_err(fs_error("listing", &dir))? {
-                let entry = entry.map_err(fs_error("listing", &dir))?;
-                if entry.file_type().map_err(fs_error("listing", &dir))?.is_dir()
-                    && let Some(name) = entry.file_name().to_str()
-                    && let Ok(topic) = Name::new("topic", name)
+            for entry in vfs.read_dir(&dir).map_err(fs_error("listing", &dir))? {
+                // A topic is a directory holding a log: one that lists is one.
+                if let Ok(topic) = Name::new("topic", &entry)
+                    && vfs.read_dir(&dir.join(&entry)).is_ok()
                 {
                     topics.push(topic);
                 }

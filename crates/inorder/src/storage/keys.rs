@@ -96,3 +96,10 @@ pub(crate) fn ids_indexed_key(topic: &Name) -> Vec<u8> {
     bytes.extend_from_slice(topic.as_str().as_bytes());
     bytes
 }
+
+/// Meta key: the highest position whose event id the topic's index holds.
+pub(crate) fn ids_max_key(topic: &Name) -> Vec<u8> {
+    let mut bytes = b"ids-max\0".to_vec();
+    bytes.extend_from_slice(topic.as_str().as_bytes());
+    bytes
+}

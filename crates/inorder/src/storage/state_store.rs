@@ -25,17 +25,19 @@
 //! it at the next crash. A fold that fails puts its entries back under newer ones, so reads
 //! never go stale.
 
-use std::{collections::BTreeMap, path::Path, sync::Arc};
+use std::{collections::BTreeMap, ops::RangeInclusive, path::Path, sync::Arc};
 
 use bytes::Bytes;
-use inorder_log::{FsyncPolicy, Log, LogOptions, ReadLimits};
+use inorder_log::{FsyncPolicy, Log, LogOptions, Name, ReadLimits, vfs::Vfs};
 use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::Notify;
 
 use super::{
     StateOp,
     journal::{Assembler, encode_commit},
-    keys::{FOLDED_KEY, Space, id_key, ids_indexed_key, key_key, parked_key, stream_key},
+    keys::{
+        FOLDED_KEY, Space, id_key, ids_indexed_key, ids_max_key, key_key, parked_key, stream_key,
+    },
 };
 use crate::{
     error::{Error, Result, StorageError},
@@ -122,7 +124,7 @@ pub(crate) struct StateStore {
 
 impl StateStore {
     /// Opens the tree and the journal under `dir` and replays the unfolded journal.
-    pub(crate) fn open(dir: &Path) -> Result<Self> {
+    pub(crate) fn open(vfs: Arc<dyn Vfs>, dir: &Path) -> Result<Self> {
         let db = fjall::Database::builder(dir.join("tree"))
             .cache_size(STATE_CACHE_BYTES)
             .open()
@@ -140,8 +142,17 @@ impl StateStore {
             segment_bytes: JOURNAL_SEGMENT_BYTES,
             ..LogOptions::default()
         };
-        let journal = Log::open(dir.join("journal"), options)?;
+        let journal = Log::open_with_vfs(vfs, dir.join("journal"), options)?;
         let folded = read_u64(tree.get(Space::Meta, FOLDED_KEY)?)?.unwrap_or(0);
+        if journal.last_position() < folded {
+            // New commits would take positions the next open skips as folded: refuse.
+            return Err(StorageError::corrupt(format!(
+                "the state journal ends at {} but the state tree folded it up to {folded}: \
+                 journal files are missing",
+                journal.last_position()
+            ))
+            .into());
+        }
         let mut active = Entries::new();
         let mut assembler = Assembler::default();
         let mut reader = journal.reader(folded + 1);
@@ -261,8 +272,15 @@ impl StateStore {
             self.folded.notified().await;
         }
         let entries = self.resolve(ops)?;
+        let appended = self.append(&entries).await?;
+        self.apply(entries, appended);
+        Ok(())
+    }
+
+    /// Writes a commit's entries to the journal (durable on return), as parts.
+    async fn append(&self, entries: &Entries) -> Result<Vec<RangeInclusive<u64>>> {
         let number = self.commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let parts = encode_commit(number, &entries);
+        let parts = encode_commit(number, entries);
         let mut appended = Vec::with_capacity(parts.len().div_ceil(JOURNAL_PARTS_PER_APPEND));
         for chunk in parts.chunks(JOURNAL_PARTS_PER_APPEND) {
             match self.journal.append(chunk.to_vec()).await {
@@ -278,6 +296,11 @@ impl StateStore {
                 }
             }
         }
+        Ok(appended)
+    }
+
+    /// Makes an appended commit visible, and starts a fold when the overlay is large.
+    fn apply(self: &Arc<Self>, entries: Entries, appended: Vec<RangeInclusive<u64>>) {
         let fold = {
             let mut layers = self.lock();
             layers.active.extend(entries);
@@ -298,7 +321,6 @@ impl StateStore {
             tasks.retain(|task| !task.is_finished());
             tasks.push(task);
         }
-        Ok(())
     }
 
     /// Writes the overlay into the tree and purges the journal it came from.
@@ -322,15 +344,10 @@ impl StateStore {
             tree.write(written.iter().chain(std::iter::once((&mark_entry.0, &mark_entry.1))), true)
         })
         .await;
-        {
-            let mut layers = self.lock();
-            layers.folding = None;
-            if result.is_err() {
-                // Not in the tree: keep serving the frozen entries, under anything newer.
-                for (key, value) in frozen.iter() {
-                    layers.active.entry(key.clone()).or_insert_with(|| value.clone());
-                }
-            }
+        if result.is_err() {
+            self.restore_failed_fold(&frozen);
+        } else {
+            self.lock().folding = None;
         }
         self.folded.notify_waiters();
         result?;
@@ -339,9 +356,62 @@ impl StateStore {
         Ok(())
     }
 
+    /// Forgets the event ids the index holds for positions above `last`, the end of the
+    /// topic's log. Only after a power loss under `fsync = never` (the log lost records whose
+    /// ids were indexed: the index is written off the publish path, not after an fsync) can it
+    /// hold any; then a producer retry of such an id must append again, not answer a position
+    /// the log no longer has. Returns how many it forgot. Ids live in the tree only (written
+    /// there directly, never through the journal), so the removals go there, synced.
+    pub(crate) async fn forget_ids_above(
+        self: &Arc<Self>,
+        topic: &Name,
+        last: u64,
+    ) -> Result<usize> {
+        let max = read_u64(self.get(Space::Meta, &ids_max_key(topic))?)?.unwrap_or(0);
+        if max <= last {
+            return Ok(0);
+        }
+        let mut prefix = topic.as_str().as_bytes().to_vec();
+        prefix.push(0);
+        let mut removals = Entries::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = self.scan(Space::Ids, &prefix, after.as_deref(), FOLD_BATCH_ENTRIES)?;
+            let Some((last_key, _)) = page.last() else { break };
+            after = Some(last_key.clone());
+            for (key, value) in page {
+                if read_u64(Some(value))?.is_some_and(|position| position > last) {
+                    removals.insert((Space::Ids, key), None);
+                }
+            }
+        }
+        let forgotten = removals.len();
+        removals.insert((Space::Meta, ids_max_key(topic)), Some(last.to_be_bytes().to_vec()));
+        let indexed = read_u64(self.get(Space::Meta, &ids_indexed_key(topic))?)?.unwrap_or(0);
+        if indexed > last {
+            removals
+                .insert((Space::Meta, ids_indexed_key(topic)), Some(last.to_be_bytes().to_vec()));
+        }
+        let tree = Arc::clone(&self.tree);
+        blocking(move || tree.write(removals.iter(), true)).await?;
+        Ok(forgotten)
+    }
+
+    /// A fold could not write `frozen` into the tree: keep serving it from the overlay, under
+    /// anything newer (reads would otherwise go stale until a restart).
+    fn restore_failed_fold(&self, frozen: &Entries) {
+        let mut layers = self.lock();
+        layers.folding = None;
+        for (key, value) in frozen {
+            layers.active.entry(key.clone()).or_insert_with(|| value.clone());
+        }
+    }
+
     /// Turns ops into byte-level entries, applying max-merges against the current values.
     fn resolve(&self, ops: Vec<StateOp>) -> Result<Entries> {
         let mut entries = Entries::new();
+        // The highest position indexed per topic (see `forget_ids_above`).
+        let mut ids_max: BTreeMap<Name, u64> = BTreeMap::new();
         for op in ops {
             let (space, key, value) = match op {
                 StateOp::Stream { stream, state } => {
@@ -374,13 +444,21 @@ impl StateStore {
                     (Space::Parked, parked_key(&stream, position), None)
                 }
                 StateOp::EventId { topic, id, position } => {
-                    (Space::Ids, id_key(&topic, &id), Some(position.to_be_bytes().to_vec()))
+                    let key = id_key(&topic, &id);
+                    let max = ids_max.entry(topic).or_default();
+                    *max = (*max).max(position);
+                    (Space::Ids, key, Some(position.to_be_bytes().to_vec()))
                 }
                 StateOp::IdsIndexedTo { topic, position } => {
                     (Space::Meta, ids_indexed_key(&topic), Some(position.to_be_bytes().to_vec()))
                 }
             };
             entries.insert((space, key), value);
+        }
+        for (topic, max) in ids_max {
+            let key = ids_max_key(&topic);
+            let stored = read_u64(self.get(Space::Meta, &key)?)?.unwrap_or(0);
+            entries.insert((Space::Meta, key), Some(max.max(stored).to_be_bytes().to_vec()));
         }
         Ok(entries)
     }
@@ -422,71 +500,4 @@ pub(crate) fn read_u64(raw: Option<Bytes>) -> Result<Option<u64>> {
 }
 
 #[cfg(test)]
-mod tests {
-    use inorder_log::Name;
-
-    use super::*;
-    use crate::state::{StreamId, StreamState};
-
-    fn stream() -> StreamId {
-        StreamId { subscription: "s".parse().unwrap(), topic: "t".parse().unwrap() }
-    }
-
-    fn key_op(key: &str, last_position: u64) -> StateOp {
-        StateOp::Key {
-            stream: stream(),
-            key: key.into(),
-            state: KeyState { last_position, ..KeyState::default() },
-            merge: false,
-        }
-    }
-
-    async fn key_state(store: &StateStore, key: &str) -> Option<u64> {
-        store
-            .get(Space::Keys, &key_key(&stream(), key))
-            .unwrap()
-            .map(|raw| KeyState::decode(&raw).unwrap().last_position)
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn committed_state_survives_reopen_before_and_after_a_fold() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(StateStore::open(dir.path()).unwrap());
-        store.commit(vec![key_op("a", 1), key_op("b", 2)], true).await.unwrap();
-        store.fold().await.unwrap();
-        store.commit(vec![key_op("a", 3)], true).await.unwrap(); // only in the journal
-        let state = StreamState { watermark: 9, ..StreamState::default() };
-        store.commit(vec![StateOp::Stream { stream: stream(), state }], true).await.unwrap();
-        drop(store);
-        let store = Arc::new(StateStore::open(dir.path()).unwrap());
-        assert_eq!(key_state(&store, "a").await, Some(3), "replayed from the journal");
-        assert_eq!(key_state(&store, "b").await, Some(2), "folded into the tree");
-        assert!(store.get(Space::Streams, &stream_key(&stream())).unwrap().is_some());
-        store.fold().await.unwrap();
-        assert_eq!(
-            store.journal.first_position(),
-            store.journal.last_position() + 1,
-            "journal purged"
-        );
-        assert_eq!(key_state(&store, "a").await, Some(3));
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn scans_merge_the_overlay_over_the_tree() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(StateStore::open(dir.path()).unwrap());
-        let put =
-            |k: &str| StateOp::EventId { topic: "t".parse().unwrap(), id: k.into(), position: 1 };
-        store.commit(vec![put("a"), put("b"), put("c")], true).await.unwrap();
-        store.fold().await.unwrap();
-        let topic: Name = "t".parse().unwrap();
-        let mut entries = store.resolve(vec![put("d")]).unwrap();
-        entries.insert((Space::Ids, id_key(&topic, "b")), None);
-        store.lock().active.extend(entries);
-        let keys: Vec<_> =
-            store.scan(Space::Ids, b"t\0", None, 10).unwrap().into_iter().map(|(k, _)| k).collect();
-        assert_eq!(keys, [id_key(&topic, "a"), id_key(&topic, "c"), id_key(&topic, "d")]);
-        let after = id_key(&topic, "a");
-        assert_eq!(store.scan(Space::Ids, b"t\0", Some(&after), 1).unwrap().len(), 1);
-    }
-}
+mod tests;

@@ -178,6 +178,16 @@ impl Progress {
         self.next.dirty = true;
     }
 
+    /// Resolves a lost position (one the log filled after losing its event) without a handler.
+    pub(super) fn resolve_lost(&mut self, position: u64) {
+        debug_assert!(self.open > 0, "a lost position was counted open when read");
+        self.open -= 1;
+        self.unsaved += 1;
+        self.next.events += 1;
+        self.done.insert(position, MaxTime::default());
+        self.next.dirty = true;
+    }
+
     /// Sends the next checkpoint if none is in flight and there is something to make durable.
     pub(super) async fn checkpoint(
         &mut self,

@@ -15,6 +15,24 @@ use crate::{
     storage::Storage,
 };
 
+/// One position as read.
+#[allow(clippy::large_enum_variant)] // transient; an event is the common case
+pub(super) enum Read {
+    /// The event stored there.
+    Event(Event),
+    /// A position whose event the log lost (filled so it is never handed out again).
+    Lost(u64),
+}
+
+impl Read {
+    pub(super) fn position(&self) -> u64 {
+        match self {
+            Self::Event(event) => event.position,
+            Self::Lost(position) => *position,
+        }
+    }
+}
+
 /// The reader task's handle: aborts the task when dropped, so a stream incarnation that ends
 /// (or unwinds) takes its reader with it.
 pub(super) struct ReaderTask(tokio::task::JoinHandle<()>);
@@ -25,7 +43,7 @@ impl ReaderTask {
         storage: Arc<dyn Storage>,
         topic: Name,
         from: u64,
-        batches: mpsc::Sender<Result<Vec<Event>>>,
+        batches: mpsc::Sender<Result<Vec<Read>>>,
     ) -> Self {
         Self(tokio::spawn(read_events(storage, topic, from, batches)))
     }
@@ -52,7 +70,7 @@ async fn read_events(
     storage: Arc<dyn Storage>,
     topic: Name,
     from: u64,
-    batches: mpsc::Sender<Result<Vec<Event>>>,
+    batches: mpsc::Sender<Result<Vec<Read>>>,
 ) {
     let opened = async {
         Ok::<_, Error>((storage.watch(&topic).await?, storage.reader(&topic, from).await?))
@@ -79,8 +97,16 @@ async fn read_events(
             }
             continue;
         }
-        let decoded: Result<Vec<Event>> =
-            records.iter().map(|record| codec::decode_record(&topic, record)).collect();
+        let decoded: Result<Vec<Read>> = records
+            .iter()
+            .map(|record| {
+                if codec::is_lost(&record.payload) {
+                    Ok(Read::Lost(record.position))
+                } else {
+                    codec::decode_record(&topic, record).map(Read::Event)
+                }
+            })
+            .collect();
         let failed = decoded.is_err();
         if batches.send(decoded).await.is_err() || failed {
             return;

@@ -24,7 +24,7 @@ use super::{
     handle::{StreamHealth, StreamMsg, StreamStatus},
     processbook::Processbook,
     progress::{Committed, Progress},
-    reader::ReaderTask,
+    reader::{Read, ReaderTask},
     timers::{Timer, Timers, later},
     worker::{AfterCall, Item, KeyWorker, Step},
 };
@@ -55,7 +55,7 @@ pub(super) struct Stream {
     ctx: Arc<StreamContext>,
     checkpointer: mpsc::Sender<CommitRequest>,
     waiters: Arc<Waiters>,
-    batches: mpsc::Receiver<Result<Vec<Event>>>,
+    batches: mpsc::Receiver<Result<Vec<Read>>>,
     reader: ReaderTask,
     progress: Progress,
     book: Processbook,
@@ -151,11 +151,20 @@ impl Stream {
         }
     }
 
-    async fn on_events(&mut self, events: Vec<Event>) -> Result<()> {
-        for event in events {
-            if !self.progress.accept(&self.ctx.id, event.position)? {
+    async fn on_events(&mut self, reads: Vec<Read>) -> Result<()> {
+        for read in reads {
+            if !self.progress.accept(&self.ctx.id, read.position())? {
                 continue; // resolved before the restart
             }
+            let event = match read {
+                Read::Event(event) => event,
+                Read::Lost(position) => {
+                    // No event to hand over: resolved, as the subscriptions that got here
+                    // before the loss resolved it.
+                    self.progress.resolve_lost(position);
+                    continue;
+                }
+            };
             let book_key = self.book_key(&event);
             self.ensure_worker(&book_key, &event.key).await?;
             self.book.update(&book_key, |worker| worker.push(Item::Event(event)));
