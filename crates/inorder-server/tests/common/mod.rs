@@ -23,8 +23,17 @@ impl ServerProcess {
     /// harness sets: a free port and the temporary directory).
     pub fn start(config: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("inorder.toml");
         let data = dir.path().join("data");
+        Self::start_in(dir, &data, config)
+    }
+
+    /// As [`ServerProcess::start`], with the data directory at `data` (a mount, say).
+    pub fn start_with_data(config: &str, data: &std::path::Path) -> Self {
+        Self::start_in(tempfile::tempdir().unwrap(), data, config)
+    }
+
+    fn start_in(dir: tempfile::TempDir, data: &std::path::Path, config: &str) -> Self {
+        let path = dir.path().join("inorder.toml");
         let full = format!("listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n{config}", data.display());
         std::fs::write(&path, full).unwrap();
         let mut server = Self { child: None, base: String::new(), dir, config: path };
