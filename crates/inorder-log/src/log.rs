@@ -32,7 +32,7 @@ use crate::{
     recovery::RecoveryReport,
     shared::Shared,
     stats::LogStats,
-    vfs::{StdVfs, Vfs, VfsLock},
+    vfs::{self, StdVfs, Vfs, VfsLock},
     write::{
         pipeline::Pipeline,
         pool,
@@ -90,7 +90,8 @@ impl Log {
         options.validate()?;
         let dir = dir.as_ref().to_path_buf();
         let queues = pool::queues().map_err(|e| Error::io("start the log threads", &dir, e))?;
-        vfs.create_dir_all(&dir).map_err(|e| Error::io("create log directory", &dir, e))?;
+        vfs::create_dir_durable(vfs.as_ref(), &dir)
+            .map_err(|e| Error::io("create log directory", &dir, e))?;
         let lock_path = dir.join("LOCK");
         let lock = vfs.lock_exclusive(&lock_path).map_err(|e| match e.kind() {
             std::io::ErrorKind::WouldBlock => Error::Locked { dir: dir.clone() },

@@ -18,7 +18,7 @@ use crate::{
     recovery::{RecoveryReport, Truncation},
     scan::scan_segment,
     segments::{Segment, SegmentMap},
-    vfs::{OpenMode, Vfs},
+    vfs::{self, OpenMode, Vfs},
 };
 
 /// What recovery hands to the log.
@@ -48,6 +48,10 @@ pub(crate) fn recover(vfs: &dyn Vfs, dir: &Path, options: &LogOptions) -> Result
     }
     bases.sort_unstable();
     if bases.is_empty() {
+        // A new log: make its directory's entry durable, also when an earlier open created the
+        // directory and died before its parent's fsync (the first segment's creation below
+        // fsyncs the directory itself).
+        vfs::sync_parent(vfs, dir).map_err(|e| Error::io("fsync parent directory", dir, e))?;
         create_segment_file(vfs, dir, 1)?;
         bases.push(1);
     }

@@ -287,7 +287,7 @@ fn a_directory_with_cursors_from_an_older_version_still_opens() {
     drop(log);
     // What the cursor store of older versions left: a directory, a cursor file, a temp file.
     let cursors = Path::new(DIR).join("cursors");
-    vfs.create_dir_all(&cursors).unwrap();
+    vfs.create_dir(&cursors).unwrap();
     for name in ["billing.cursor", "billing.cursor.tmp"] {
         let file = vfs.open(&cursors.join(name), OpenMode::CreateNew).unwrap();
         file.write_all_at(b"INORDCUR", 0).unwrap();

@@ -21,7 +21,7 @@ use crate::{
         INDEX_ENTRY_BYTES as ENTRY_BYTES, INDEX_FILE_BYTES_MAX, INDEX_HEADER_BYTES,
         SEGMENT_HEADER_BYTES, u64_from, usize_from,
     },
-    vfs::{OpenMode, Vfs},
+    vfs::{self, OpenMode, Vfs},
 };
 
 const INDEX_MAGIC: [u8; 8] = *b"INORDIDX";
@@ -126,7 +126,7 @@ pub(crate) fn read_index_file(
 /// Writes the index file at `path`: temporary file, then rename. Not fsynced (a cache).
 pub(crate) fn write_index_file(vfs: &dyn Vfs, path: &Path, index: &SparseIndex) -> Result<()> {
     let tmp = path.with_extension("idx.tmp");
-    let _ = vfs.remove_file(&tmp);
+    vfs::remove_if_present(vfs, &tmp).map_err(|e| Error::io("remove stale index", &tmp, e))?;
     let file =
         vfs.open(&tmp, OpenMode::CreateNew).map_err(|e| Error::io("create index", &tmp, e))?;
     file.write_all_at(&index.encode(), 0).map_err(|e| Error::io("write index", &tmp, e))?;

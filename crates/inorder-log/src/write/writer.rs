@@ -295,7 +295,7 @@ impl Writer {
         self.sync()?;
         self.active.publish(self.next_position, self.write_offset);
         self.active.seal();
-        self.active.save_index(self.shared.vfs.as_ref());
+        self.active.save_index(self.shared.vfs.as_ref())?;
         let base = self.next_position;
         create_segment_file(self.shared.vfs.as_ref(), &self.shared.dir, base)?;
         let next = Arc::new(Segment::new(
@@ -332,15 +332,14 @@ impl Writer {
             .take_while(|segment| segment.is_sealed() && segment.end() <= bound)
             .cloned()
             .collect();
-        let vfs = self.shared.vfs.as_ref();
+        let (vfs, dir) = (self.shared.vfs.as_ref(), &self.shared.dir);
         for victim in &victims {
+            // Oldest first, each removal durable before the next: whatever a crash undoes, the
+            // segments left are a contiguous run of positions, never one with a hole.
             self.shared.write_segments().remove(&victim.base);
-            for path in [&victim.path, &victim.index_path] {
+            for path in [&victim.index_path, &victim.path] {
                 vfs::remove_if_present(vfs, path).map_err(|e| Error::io("remove file", path, e))?;
             }
-        }
-        if !victims.is_empty() {
-            let dir = &self.shared.dir;
             vfs.sync_dir(dir).map_err(|e| Error::io("fsync log directory", dir, e))?;
         }
         Ok(PurgeReport {
