@@ -120,6 +120,10 @@ pub enum CorruptReason {
     /// Consecutive segments do not continue each other's positions.
     #[error("segments do not continue each other's positions")]
     SegmentGap,
+    /// A sealed segment ends inside a batch (its last record says the batch continues): a batch
+    /// never spans segments, and sealed segments were complete on disk.
+    #[error("a sealed segment ends inside a batch")]
+    IncompleteBatch,
 }
 
 impl Error {

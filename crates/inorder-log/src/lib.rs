@@ -55,7 +55,7 @@
 //   foundations  blocking, error, limits, name, options, stats, vfs/
 //   format       format/ (segment, record, index, checksum), recovery (the decision table)
 //   knowledge    scan, segments, open, shared
-//   paths        read/ (reader, verify), write/ (group_commit, writer)
+//   paths        read/ (reader, verify), write/ (group_commit, writer), offline/ (inspect, repair)
 //   façade       log
 mod blocking;
 mod error;
@@ -63,6 +63,7 @@ mod format;
 pub mod limits;
 mod log;
 mod name;
+mod offline;
 mod open;
 mod options;
 mod read;
@@ -80,6 +81,11 @@ pub use crate::{
     limits::NAME_BYTES_MAX,
     log::Log,
     name::Name,
+    offline::{
+        OfflineLog,
+        inspect::{Damage, Finding, Inspection, Problem, SegmentInspection},
+        repair::{QuarantineMove, RepairPlan},
+    },
     options::{FsyncPolicy, LogOptions},
     read::reader::{ReadLimits, Reader, Record},
     recovery::{RecoveryReport, TornReason, Truncation},

@@ -139,6 +139,10 @@ pub const READ_BYTES_MAX_DEFAULT: usize = 4 * 1024 * 1024;
 /// Default time without commands after which a log releases its buffers and file handles.
 pub const IDLE_AFTER_DEFAULT: Duration = Duration::from_secs(30);
 
+/// Most quarantine files one segment file may have at one offset (`….at-<offset>.<n>.quarantine`):
+/// a repair that finds them all taken refuses rather than overwrite one.
+pub const QUARANTINE_NAMES_MAX: usize = 1000;
+
 /// Stack size of each pool thread: they only encode records and issue syscalls.
 pub const POOL_THREAD_STACK_BYTES: usize = 256 * 1024;
 

@@ -92,11 +92,7 @@ impl Log {
         let queues = pool::queues().map_err(|e| Error::io("start the log threads", &dir, e))?;
         vfs::create_dir_durable(vfs.as_ref(), &dir)
             .map_err(|e| Error::io("create log directory", &dir, e))?;
-        let lock_path = dir.join("LOCK");
-        let lock = vfs.lock_exclusive(&lock_path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::WouldBlock => Error::Locked { dir: dir.clone() },
-            _ => Error::io("lock log directory", &lock_path, e),
-        })?;
+        let lock = open::lock_log_dir(vfs.as_ref(), &dir)?;
         let recovered = open::recover(vfs.as_ref(), &dir, &options)?;
         let committed = recovered.next_position - 1;
         let active = Arc::clone(recovered.segments.values().next_back().expect("a segment"));

@@ -322,9 +322,14 @@ impl Vfs for SimVfs {
     }
 
     fn lock_exclusive(&self, path: &Path) -> io::Result<Box<dyn VfsLock>> {
-        if !self.lock().locks.insert(path.to_path_buf()) {
+        let mut state = self.lock();
+        if !path.parent().is_some_and(|dir| state.dirs.contains(dir)) {
+            return Err(ErrorKind::NotFound.into());
+        }
+        if !state.locks.insert(path.to_path_buf()) {
             return Err(ErrorKind::WouldBlock.into());
         }
+        drop(state);
         Ok(Box::new(SimLock { vfs: self.clone(), path: path.to_path_buf() }))
     }
 }
