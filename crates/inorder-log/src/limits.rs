@@ -155,6 +155,13 @@ const _: () = assert!(
         <= SEGMENT_BYTES_DEFAULT
 );
 const _: () = assert!((RECORD_PAYLOAD_BYTES_LIMIT as usize) <= APPEND_BYTES_MAX);
+const _: () = assert!(
+    SEGMENT_HEADER_BYTES
+        + APPEND_BYTES_MAX as u64
+        + APPEND_RECORDS_MAX as u64 * RECORD_HEADER_BYTES
+        <= SEGMENT_BYTES_MAX,
+    "a batch never spans segments: a segment of one largest batch stays within the offsets"
+);
 const _: () = assert!(APPEND_BYTES_MAX <= APPEND_INFLIGHT_BYTES_MAX);
 const _: () = assert!(READ_CHUNK_BYTES as u64 > RECORD_HEADER_BYTES);
 const _: () = assert!(READ_SKIP_FRAMES_MAX < READ_FRAMES_PER_PASS_MAX);

@@ -133,8 +133,9 @@ impl Log {
     }
 
     /// Appends a batch of records and returns their positions, `first..=last`, once durable
-    /// under the fsync policy. The batch is all-or-nothing from the caller's view: on success
-    /// every record is committed; on failure none is acknowledged.
+    /// under the fsync policy. The batch is all or nothing, also on disk: on success every record
+    /// is committed; on failure none is acknowledged, and after a crash either every record of
+    /// the batch is in the log or none is (its last record is its commit marker; see FORMAT.md).
     ///
     /// Waits (asynchronously) while the writer's queue is full. Needs no particular runtime.
     ///

@@ -67,7 +67,8 @@ pub struct Finding {
     pub position: u64,
     /// What is wrong.
     pub problem: Problem,
-    /// Sound records found after the bad bytes in this segment.
+    /// For damage: the sound records found after the bad bytes in this segment. For a torn
+    /// tail: the sound records of the interrupted batch that the cut removes with it.
     pub sound_records_after: u64,
 }
 
@@ -160,14 +161,16 @@ fn first_damage(segments: &[SegmentInspection]) -> (Option<Damage>, Option<Trunc
         }
     }
     let torn_tail = segments.last().and_then(|segment| match segment.finding {
-        Some(Finding { problem: Problem::TornTail(reason), .. }) => Some(Truncation {
-            segment: segment.path.clone(),
-            offset: segment.sound_bytes,
-            bytes_removed: segment.bytes - segment.sound_bytes,
-            position: segment.end,
-            records_removed: 0,
-            reason,
-        }),
+        Some(Finding { problem: Problem::TornTail(reason), sound_records_after, .. }) => {
+            Some(Truncation {
+                segment: segment.path.clone(),
+                offset: segment.sound_bytes,
+                bytes_removed: segment.bytes - segment.sound_bytes,
+                position: segment.end,
+                records_removed: sound_records_after,
+                reason,
+            })
+        }
         _ => None,
     });
     (None, torn_tail)
@@ -201,7 +204,7 @@ fn inspect_segment(vfs: &dyn Vfs, path: &Path, base: u64, last: bool) -> Result<
             offset: cut.offset,
             position: cut.position,
             problem: Problem::TornTail(cut.reason),
-            sound_records_after: 0,
+            sound_records_after: cut.records,
         }),
         Stop::Fail(failure) => {
             let from = failure.offset + 1;
