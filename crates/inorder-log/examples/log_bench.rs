@@ -9,6 +9,8 @@
 //!   batches of exactly as many records as our group commit put behind one fsync (the hardware
 //!   ceiling for that batching); `peer_fjall`, the fjall LSM store writing batches of the same
 //!   size with `fdatasync` per batch.
+//! - `log.append.group64x16`: the same with batches of 16 records per append (15 of every 16
+//!   records carry the batch flag), against `raw_fdatasync` of as many records per fsync.
 //! - `log.append.always1`: one appender, fsync=always, against `raw_fdatasync` of single records.
 //! - `log.read.seq`: sequential read of 1M records, against a buffered read of the same bytes.
 //!
@@ -34,6 +36,8 @@ use inorder_log::{FsyncPolicy, Log, LogOptions, ReadLimits};
 const RECORD_PAYLOAD_BYTES: usize = 256;
 const RECORD_FRAME_BYTES: usize = RECORD_PAYLOAD_BYTES + 16;
 const APPENDERS: usize = 64;
+/// Records per append of `log.append.group64x16`.
+const BATCH_RECORDS: usize = 16;
 const READ_RECORDS: u64 = 1_000_000;
 
 type Result<T> = std::result::Result<T, Box<dyn Error>>;
@@ -47,7 +51,7 @@ fn main() -> Result<()> {
     let dir = tempfile::tempdir_in(&root)?;
     println!("# log_bench: dir={} rounds={rounds} slice={slice:?}", dir.path().display());
 
-    let mut ours = Group64::open(&dir.path().join("group64"))?;
+    let mut ours = Group64::open(&dir.path().join("group64"), 1)?;
     let mut raw = RawFdatasync::open(&dir.path().join("raw-group"))?;
     let mut peer = PeerFjall::open(&dir.path().join("fjall"))?;
     let (mut ours_rate, mut raw_rate, mut peer_rate) =
@@ -72,6 +76,27 @@ fn main() -> Result<()> {
         ours_rate.per_second(),
         "peer_fjall",
         peer_rate.per_second(),
+    );
+    drop(ours);
+
+    let mut ours = Group64::open(&dir.path().join("group64x16"), BATCH_RECORDS)?;
+    let mut raw = RawFdatasync::open(&dir.path().join("raw-group-x16"))?;
+    let (mut ours_rate, mut raw_rate) = (Rate::default(), Rate::default());
+    for _ in 0..rounds {
+        ours_rate.add(ours.run(slice)?);
+        let batch = ours.records_per_sync().round().max(1.0) as usize;
+        raw_rate.add(raw.run(batch, slice)?);
+    }
+    println!(
+        "# x16: group commit put {:.1} records behind each fdatasync",
+        ours.records_per_sync()
+    );
+    report(
+        "log.append.group64x16",
+        "events/s",
+        ours_rate.per_second(),
+        "raw_fdatasync",
+        raw_rate.per_second(),
     );
 
     let log = Log::open(dir.path().join("always1"), LogOptions::with_fsync(FsyncPolicy::Always))?;
@@ -124,19 +149,20 @@ fn payload() -> Bytes {
     Bytes::from(vec![0x5Au8; RECORD_PAYLOAD_BYTES])
 }
 
-/// 64 tokio tasks appending one 256-byte record at a time, fsync=group.
+/// 64 tokio tasks appending batches of `batch_records` 256-byte records, fsync=group.
 struct Group64 {
     log: Log,
     runtime: tokio::runtime::Runtime,
+    batch_records: usize,
     records: u64,
     syncs: u64,
 }
 
 impl Group64 {
-    fn open(dir: &Path) -> Result<Self> {
+    fn open(dir: &Path, batch_records: usize) -> Result<Self> {
         let log = Log::open(dir, LogOptions::with_fsync(FsyncPolicy::Group))?;
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-        Ok(Self { log, runtime, records: 0, syncs: 0 })
+        Ok(Self { log, runtime, batch_records, records: 0, syncs: 0 })
     }
 
     fn records_per_sync(&self) -> f64 {
@@ -144,7 +170,7 @@ impl Group64 {
     }
 
     fn run(&mut self, slice: Duration) -> Result<(u64, Duration)> {
-        let log = &self.log;
+        let (log, batch_records) = (&self.log, self.batch_records);
         let stop = Arc::new(AtomicBool::new(false));
         let appended = Arc::new(AtomicU64::new(0));
         let (count, elapsed, before, after) = self.runtime.block_on(async {
@@ -152,10 +178,10 @@ impl Group64 {
             for _ in 0..APPENDERS {
                 let (log, stop, appended) = (log.clone(), Arc::clone(&stop), Arc::clone(&appended));
                 tasks.push(tokio::spawn(async move {
-                    let record = payload();
+                    let batch = vec![payload(); batch_records];
                     while !stop.load(Ordering::Relaxed) {
-                        log.append([record.clone()]).await.expect("append");
-                        appended.fetch_add(1, Ordering::Relaxed);
+                        log.append(batch.clone()).await.expect("append");
+                        appended.fetch_add(batch_records as u64, Ordering::Relaxed);
                     }
                 }));
             }

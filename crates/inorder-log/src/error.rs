@@ -23,9 +23,11 @@ pub enum Error {
         source: io::Error,
     },
 
-    /// A record or segment header failed its checks somewhere it cannot be a
-    /// torn write. Nothing is skipped silently: restore the file from a replica or backup, or
-    /// truncate it by hand at `offset` if losing what follows is acceptable. HTTP: 500.
+    /// A record or segment header failed its checks somewhere it cannot be a torn write: in a
+    /// sealed segment, or with sound records after it. Nothing is skipped or cut silently:
+    /// restore the file from a replica or backup, or repair the log offline
+    /// ([`OfflineLog`](crate::OfflineLog), `inorder log repair`), which moves the damaged batch
+    /// and everything after it into quarantine files. HTTP: 500.
     #[error("corrupt log data in {} at byte offset {offset}: {reason}", file.display())]
     Corrupt {
         /// The file holding the bad bytes.
@@ -36,10 +38,12 @@ pub enum Error {
         reason: CorruptReason,
     },
 
-    /// An earlier write or fsync failed, so the writer stopped: after a failed fsync the page
-    /// cache may no longer match the disk, and writing on could acknowledge records that are
-    /// lost. Every later append fails with this error until the log is reopened (which recovers
-    /// from what is really on disk). HTTP: 503.
+    /// An earlier write, fsync, rename, file creation or removal failed, so the writer stopped:
+    /// after a failed fsync the page cache may no longer match the disk, and writing on could
+    /// acknowledge records that are lost. The append that met the failure and every later one
+    /// fail with this error until the log is reopened (which recovers from what is really on
+    /// disk: every acknowledged record). `source.kind()` says why — `StorageFull` (ENOSPC): free
+    /// space, then reopen. HTTP: 503.
     #[error("the log stopped writing after an earlier I/O error: {source}")]
     Latched {
         /// The error that stopped the writer.
@@ -120,6 +124,10 @@ pub enum CorruptReason {
     /// Consecutive segments do not continue each other's positions.
     #[error("segments do not continue each other's positions")]
     SegmentGap,
+    /// A sealed segment ends inside a batch (its last record says the batch continues): a batch
+    /// never spans segments, and sealed segments were complete on disk.
+    #[error("a sealed segment ends inside a batch")]
+    IncompleteBatch,
 }
 
 impl Error {

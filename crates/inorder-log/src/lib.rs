@@ -6,8 +6,10 @@
 //! policies ([`FsyncPolicy`]); group commit lets concurrent appenders share one `fdatasync`.
 //! Readers start anywhere (a sparse index avoids scanning); a watch of the last durable position
 //! tells waiting consumers when to read again, without polling. Purge deletes whole segments below
-//! a position. Opening a log recovers from a crash: a torn tail is cut and reported, corruption
-//! anywhere it cannot be a torn write is an error naming file and offset.
+//! a position. One append is one batch, all or nothing across a crash. Opening a log recovers
+//! from a crash: a torn tail (or an incomplete batch) is cut and reported; corruption anywhere it
+//! cannot be a torn write — also bad bytes with sound records after them — is an error naming
+//! file and offset, which only an operator's repair ([`OfflineLog`]) cuts, into quarantine files.
 //!
 //! The crate needs no async runtime: async methods only wait on runtime-agnostic channels, and
 //! every async method has a `*_blocking` twin.
@@ -55,7 +57,7 @@
 //   foundations  blocking, error, limits, name, options, stats, vfs/
 //   format       format/ (segment, record, index, checksum), recovery (the decision table)
 //   knowledge    scan, segments, open, shared
-//   paths        read/ (reader, verify), write/ (group_commit, writer)
+//   paths        read/ (reader, verify), write/ (group_commit, writer), offline/ (inspect, repair)
 //   façade       log
 mod blocking;
 mod error;
@@ -63,6 +65,7 @@ mod format;
 pub mod limits;
 mod log;
 mod name;
+mod offline;
 mod open;
 mod options;
 mod read;
@@ -80,6 +83,11 @@ pub use crate::{
     limits::NAME_BYTES_MAX,
     log::Log,
     name::Name,
+    offline::{
+        OfflineLog,
+        inspect::{Damage, Finding, Inspection, Problem, SegmentInspection},
+        repair::{QuarantineMove, RepairPlan},
+    },
     options::{FsyncPolicy, LogOptions},
     read::reader::{ReadLimits, Reader, Record},
     recovery::{RecoveryReport, TornReason, Truncation},

@@ -139,6 +139,10 @@ pub const READ_BYTES_MAX_DEFAULT: usize = 4 * 1024 * 1024;
 /// Default time without commands after which a log releases its buffers and file handles.
 pub const IDLE_AFTER_DEFAULT: Duration = Duration::from_secs(30);
 
+/// Most quarantine files one segment file may have at one offset (`….at-<offset>.<n>.quarantine`):
+/// a repair that finds them all taken refuses rather than overwrite one.
+pub const QUARANTINE_NAMES_MAX: usize = 1000;
+
 /// Stack size of each pool thread: they only encode records and issue syscalls.
 pub const POOL_THREAD_STACK_BYTES: usize = 256 * 1024;
 
@@ -151,6 +155,13 @@ const _: () = assert!(
         <= SEGMENT_BYTES_DEFAULT
 );
 const _: () = assert!((RECORD_PAYLOAD_BYTES_LIMIT as usize) <= APPEND_BYTES_MAX);
+const _: () = assert!(
+    SEGMENT_HEADER_BYTES
+        + APPEND_BYTES_MAX as u64
+        + APPEND_RECORDS_MAX as u64 * RECORD_HEADER_BYTES
+        <= SEGMENT_BYTES_MAX,
+    "a batch never spans segments: a segment of one largest batch stays within the offsets"
+);
 const _: () = assert!(APPEND_BYTES_MAX <= APPEND_INFLIGHT_BYTES_MAX);
 const _: () = assert!(READ_CHUNK_BYTES as u64 > RECORD_HEADER_BYTES);
 const _: () = assert!(READ_SKIP_FRAMES_MAX < READ_FRAMES_PER_PASS_MAX);

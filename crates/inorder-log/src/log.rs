@@ -32,7 +32,7 @@ use crate::{
     recovery::RecoveryReport,
     shared::Shared,
     stats::LogStats,
-    vfs::{StdVfs, Vfs, VfsLock},
+    vfs::{self, StdVfs, Vfs, VfsLock},
     write::{
         pipeline::Pipeline,
         pool,
@@ -90,12 +90,9 @@ impl Log {
         options.validate()?;
         let dir = dir.as_ref().to_path_buf();
         let queues = pool::queues().map_err(|e| Error::io("start the log threads", &dir, e))?;
-        vfs.create_dir_all(&dir).map_err(|e| Error::io("create log directory", &dir, e))?;
-        let lock_path = dir.join("LOCK");
-        let lock = vfs.lock_exclusive(&lock_path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::WouldBlock => Error::Locked { dir: dir.clone() },
-            _ => Error::io("lock log directory", &lock_path, e),
-        })?;
+        vfs::create_dir_durable(vfs.as_ref(), &dir)
+            .map_err(|e| Error::io("create log directory", &dir, e))?;
+        let lock = open::lock_log_dir(vfs.as_ref(), &dir)?;
         let recovered = open::recover(vfs.as_ref(), &dir, &options)?;
         let committed = recovered.next_position - 1;
         let active = Arc::clone(recovered.segments.values().next_back().expect("a segment"));
@@ -136,8 +133,9 @@ impl Log {
     }
 
     /// Appends a batch of records and returns their positions, `first..=last`, once durable
-    /// under the fsync policy. The batch is all-or-nothing from the caller's view: on success
-    /// every record is committed; on failure none is acknowledged.
+    /// under the fsync policy. The batch is all or nothing, also on disk: on success every record
+    /// is committed; on failure none is acknowledged, and after a crash either every record of
+    /// the batch is in the log or none is (its last record is its commit marker; see FORMAT.md).
     ///
     /// Waits (asynchronously) while the writer's queue is full. Needs no particular runtime.
     ///

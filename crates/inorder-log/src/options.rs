@@ -68,7 +68,9 @@ pub struct LogOptions {
     pub fsync: FsyncPolicy,
     /// Size at which the writer seals the active segment and starts a new one. Between
     /// [`SEGMENT_BYTES_MIN`] and [`SEGMENT_BYTES_MAX`]; a whole record of the largest allowed
-    /// payload must fit in one segment.
+    /// payload must fit in one segment. A batch never spans segments: the writer rolls before a
+    /// batch that does not fit, and a batch larger than this gets a segment of its own, that
+    /// much larger.
     pub segment_bytes: u64,
     /// Largest accepted payload of one record, at most [`RECORD_PAYLOAD_BYTES_LIMIT`].
     pub record_payload_bytes_max: u32,

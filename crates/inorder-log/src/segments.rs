@@ -171,12 +171,11 @@ impl Segment {
         Ok(scan.index)
     }
 
-    /// Writes the in-memory index of this segment to its index file (when it is sealed).
-    pub(crate) fn save_index(&self, vfs: &dyn Vfs) {
+    /// Writes the in-memory index of this segment to its index file (when it is sealed). The
+    /// index is a cache, but a failed write means the disk refuses writes: the writer latches.
+    pub(crate) fn save_index(&self, vfs: &dyn Vfs) -> Result<()> {
         let index = self.index_snapshot().unwrap_or_else(|| SparseIndex::new(self.base));
-        if let Err(error) = write_index_file(vfs, &self.index_path, &index) {
-            tracing::warn!(%error, "could not write segment index (it will be rebuilt on demand)");
-        }
+        write_index_file(vfs, &self.index_path, &index)
     }
 
     /// Releases the cached read handle and, if sealed, the in-memory index.

@@ -71,7 +71,9 @@ fn seeking_uses_the_sparse_index_instead_of_scanning_the_segment() {
     };
     let log = Log::open(dir.path(), options).unwrap();
     let records: Vec<_> = (0..2000).map(|i| payload("p", i, 100)).collect();
-    log.append_blocking(records.clone()).unwrap();
+    for batch in records.chunks(100) {
+        log.append_blocking(batch.to_vec()).unwrap(); // a batch never spans segments
+    }
     drop(log);
     // Damage the first record of sealed segment 1. A reader that scanned the segment from its
     // start would trip over it; one that seeks through the index never reads those bytes.
@@ -287,7 +289,7 @@ fn a_directory_with_cursors_from_an_older_version_still_opens() {
     drop(log);
     // What the cursor store of older versions left: a directory, a cursor file, a temp file.
     let cursors = Path::new(DIR).join("cursors");
-    vfs.create_dir_all(&cursors).unwrap();
+    vfs.create_dir(&cursors).unwrap();
     for name in ["billing.cursor", "billing.cursor.tmp"] {
         let file = vfs.open(&cursors.join(name), OpenMode::CreateNew).unwrap();
         file.write_all_at(b"INORDCUR", 0).unwrap();

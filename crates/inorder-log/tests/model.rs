@@ -1,16 +1,21 @@
 //! A proptest model of the log: random batches, syncs, purges, reads, clean reopens,
 //! process crashes and power losses (which tear or garble the unsynced tail at a random byte).
 //!
-//! The model is a plain `Vec` of payloads plus how many of them are known durable. After every
-//! step the log must hold exactly the model from its first position on, contiguously and
-//! byte-equal. After a power loss it may have lost only records that were never made durable.
+//! The model is a plain `Vec` of payloads, where each batch ends, and how many records are known
+//! durable. After every step the log must hold exactly the model from its first position on,
+//! contiguously and byte-equal. After a power loss it may have lost only records that were never
+//! made durable, and only whole batches. A garbled byte with sound records after it is refused as
+//! corruption; it can only lie in bytes never made durable, so `repair` keeps every durable
+//! record.
 
 #![allow(clippy::unwrap_used)] // tests state expectations with unwrap
 
 mod common;
 
-use common::{check_contents, open_sim, small_options};
-use inorder_log::{Error, FsyncPolicy, Log, vfs::sim::SimVfs};
+use std::sync::Arc;
+
+use common::{DIR, check_contents, open_sim, small_options};
+use inorder_log::{Error, FsyncPolicy, Log, OfflineLog, vfs::sim::SimVfs};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -44,6 +49,8 @@ fn op() -> impl Strategy<Value = Op> {
 /// What the log must contain.
 struct Model {
     records: Vec<Vec<u8>>,
+    /// Record counts at the end of each batch.
+    batch_ends: Vec<usize>,
     durable: usize,
     first: u64,
     policy: FsyncPolicy,
@@ -62,7 +69,8 @@ impl Model {
 fn run(initial: FsyncPolicy, ops: Vec<Op>) {
     let mut vfs = SimVfs::new();
     let mut log = Some(open_sim(&vfs, small_options(initial)));
-    let mut model = Model { records: Vec::new(), durable: 0, first: 1, policy: initial };
+    let mut model =
+        Model { records: Vec::new(), batch_ends: vec![0], durable: 0, first: 1, policy: initial };
     for op in ops {
         let current: &Log = log.as_ref().unwrap();
         match op {
@@ -73,6 +81,7 @@ fn run(initial: FsyncPolicy, ops: Vec<Op>) {
                     model.last() + 1..=model.last() + u64::try_from(batch.len()).unwrap()
                 );
                 model.records.extend(batch);
+                model.batch_ends.push(model.records.len());
                 if model.policy != FsyncPolicy::Never {
                     model.durable = model.records.len();
                 }
@@ -98,8 +107,7 @@ fn run(initial: FsyncPolicy, ops: Vec<Op>) {
                 let after = vfs.crash_power(seed);
                 drop(log.take());
                 vfs = after;
-                let first_open = open_sim(&vfs, small_options(policy));
-                drop(first_open);
+                drop(open_or_repair(&vfs, policy, model.durable));
                 let reopened = open_sim(&vfs, small_options(policy));
                 assert_eq!(
                     reopened.recovery_report().truncation,
@@ -113,7 +121,9 @@ fn run(initial: FsyncPolicy, ops: Vec<Op>) {
                     model.durable,
                     model.records.len()
                 );
+                assert!(model.batch_ends.contains(&kept), "kept {kept}: part of a batch");
                 model.records.truncate(kept);
+                model.batch_ends.retain(|end| *end <= kept);
                 model.durable = kept;
                 log = Some(reopened);
                 model.policy = policy;
@@ -144,6 +154,27 @@ fn run(initial: FsyncPolicy, ops: Vec<Op>) {
     }
     let current = log.as_ref().unwrap();
     assert_eq!(current.verify().unwrap(), model.last() + 1 - model.first);
+}
+
+/// Opens the log after a power loss; if it refuses corruption, checks that the damage lies past
+/// every durable record and repairs it.
+fn open_or_repair(vfs: &SimVfs, policy: FsyncPolicy, durable: usize) -> Log {
+    match Log::open_with_vfs(Arc::new(vfs.clone()), DIR, small_options(policy)) {
+        Ok(log) => log,
+        Err(Error::Corrupt { .. }) => {
+            let offline = OfflineLog::open_with_vfs(Arc::new(vfs.clone()), DIR).unwrap();
+            let inspection = offline.inspect().unwrap();
+            let plan = offline.plan_repair(&inspection).unwrap().expect("damage to repair");
+            assert!(
+                plan.next_position > u64::try_from(durable).unwrap(),
+                "refused durable data: {plan:?}"
+            );
+            offline.repair(&plan).unwrap();
+            drop(offline);
+            open_sim(vfs, small_options(policy))
+        }
+        Err(other) => panic!("unexpected error after a power loss: {other}"),
+    }
 }
 
 proptest! {

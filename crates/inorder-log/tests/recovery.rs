@@ -1,6 +1,8 @@
-//! Recovery against what a crash or a bad disk leaves on disk: torn tails are cut and reported,
-//! damage anywhere else is an error naming file and offset. Two cases are checked-in segment
-//! files written by format version 1, so the format cannot drift unnoticed.
+//! Recovery against what a crash or a bad disk leaves on disk: torn tails and incomplete batches
+//! are cut and reported, damage anywhere else — also in the middle of the last segment — is an
+//! error naming file and offset. Some cases are checked-in segment files (format 1, as written by
+//! earlier versions; format 2, written from FORMAT.md by an independent encoder), so the format
+//! cannot drift unnoticed.
 
 #![allow(clippy::unwrap_used)] // tests state expectations with unwrap
 
@@ -80,6 +82,50 @@ fn the_checked_in_torn_tail_is_cut_and_reported() {
     let log = Log::open(dir.path(), options()).unwrap();
     assert_eq!(log.recovery_report().truncation, None, "the cut was made durable");
     assert_eq!(log.read(3, ReadLimits::default()).unwrap()[0].payload, "charlie");
+}
+
+#[test]
+fn a_format_1_log_is_read_and_written_on_in_a_new_format_2_segment() {
+    let dir = fixture("v1-torn-tail");
+    let log = Log::open(dir.path(), options()).unwrap();
+    // The format-1 segment was sealed at the cut; appends go to a new segment of format 2.
+    let old = segment_path(dir.path(), 1);
+    let new = segment_path(dir.path(), 3);
+    assert_eq!(fs::read(&old).unwrap()[8..12], 1u32.to_le_bytes());
+    assert_eq!(fs::read(&new).unwrap()[8..12], 2u32.to_le_bytes());
+    assert_eq!(log.append_blocking(["charlie", "delta"]).unwrap(), 3..=4);
+    log.verify().unwrap();
+    drop(log);
+    let log = Log::open(dir.path(), options()).unwrap();
+    let want: Vec<Vec<u8>> = ["alpha", "bravo", "charlie", "delta"].map(|s| s.into()).into();
+    check_contents(&log, 1, &want);
+}
+
+#[test]
+fn the_checked_in_incomplete_batch_is_cut_whole() {
+    // "alpha" (a batch of one), then "bravo" and "charlie" of a batch whose last record is missing.
+    let dir = fixture("v2-incomplete-batch");
+    let log = Log::open(dir.path(), options()).unwrap();
+    let truncation = log.recovery_report().truncation.clone().expect("a truncation");
+    assert_eq!(truncation.reason, TornReason::IncompleteBatch);
+    assert_eq!((truncation.offset, truncation.bytes_removed, truncation.position), (53, 44, 2));
+    assert_eq!(truncation.records_removed, 2, "both sound records of the batch go");
+    check_contents(&log, 1, &[b"alpha".to_vec()]);
+    assert_eq!(log.append_blocking(["bravo"]).unwrap(), 2..=2);
+}
+
+#[test]
+fn the_checked_in_mid_segment_corruption_refuses_to_open_and_nothing_is_cut() {
+    // Five records of their own batch each; a bit of record 3 is flipped.
+    let dir = fixture("v2-corrupt-mid-segment");
+    let segment = segment_path(dir.path(), 1);
+    let before = fs::read(&segment).unwrap();
+    let err = Log::open(dir.path(), options()).unwrap_err();
+    assert!(
+        matches!(&err, Error::Corrupt { file, offset: 80, reason: CorruptReason::ChecksumMismatch } if *file == segment),
+        "{err}"
+    );
+    assert_eq!(fs::read(&segment).unwrap(), before, "refusing changes nothing");
 }
 
 #[test]

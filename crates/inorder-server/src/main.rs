@@ -1,7 +1,8 @@
 //! `inorder`: the server and its command line.
 //!
 //! `inorder serve` runs the engine behind the CloudEvents HTTP API; the other commands talk to a
-//! running server (`--server`, default the local one), except `demo`, which runs in-process.
+//! running server (`--server`, default the local one), except `demo`, which runs in-process, and
+//! `log verify` / `log repair`, which work on a stopped server's data directory.
 
 mod bench;
 mod client;
@@ -10,6 +11,7 @@ mod commands;
 mod config;
 mod http;
 mod limits;
+mod log_commands;
 mod problem;
 mod pull;
 mod serve;
@@ -22,7 +24,7 @@ use crate::{
     client::Client,
     commands::{PublishArgs, StatusAnswer},
     config::ServerConfig,
-    limits::{DEMO_USERS_DEFAULT, SERVER_URL_DEFAULT},
+    limits::{DATA_DIR_DEFAULT, DEMO_USERS_DEFAULT, SERVER_URL_DEFAULT},
 };
 
 /// mimalloc: the server's hot paths allocate many small, short-lived buffers across threads
@@ -116,6 +118,9 @@ enum Command {
         #[arg(long, default_value_t = DEMO_USERS_DEFAULT)]
         users: usize,
     },
+    /// Check or repair the topic logs of a stopped server's data directory (offline).
+    #[command(subcommand)]
+    Log(LogCommand),
     /// Benchmarks.
     Bench {
         /// What to benchmark.
@@ -124,6 +129,39 @@ enum Command {
         /// A short run.
         #[arg(long)]
         quick: bool,
+    },
+}
+
+/// `inorder log …`: offline tools for the file logs. They take each log's lock, so they refuse to
+/// run beside a server that has it open.
+#[derive(Debug, Subcommand)]
+enum LogCommand {
+    /// Scan every segment of every topic (or one) and report what was found: exit code 0 when
+    /// nothing is damaged (a torn tail is not damage: the next open cuts it), 2 when something
+    /// is, 1 when a log could not be checked (e.g. the server is running).
+    Verify {
+        /// Only this topic.
+        #[arg(long)]
+        topic: Option<String>,
+        /// The server's data directory.
+        #[arg(long, env = "INORDER_DATA_DIR", default_value = DATA_DIR_DEFAULT)]
+        data_dir: PathBuf,
+    },
+    /// Show how a topic's damaged log would be repaired (exit code 2 if it is damaged); with
+    /// --yes, repair it: the log is cut at the start of the damaged batch, and everything from
+    /// there on (the damage and every later record) moves into quarantine files next to the
+    /// segments (<segment>.at-<offset>.quarantine), never deleted. The log then opens, its
+    /// positions contiguous; the next event gets the first quarantined position.
+    Repair {
+        /// The topic.
+        #[arg(long)]
+        topic: String,
+        /// The server's data directory.
+        #[arg(long, env = "INORDER_DATA_DIR", default_value = DATA_DIR_DEFAULT)]
+        data_dir: PathBuf,
+        /// Carry the repair out (without it, nothing is changed).
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -137,6 +175,21 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    if let Command::Log(command) = &cli.command {
+        // Offline file work: no runtime.
+        let done = match command {
+            LogCommand::Verify { topic, data_dir } => {
+                log_commands::verify(data_dir, topic.as_deref())
+            }
+            LogCommand::Repair { topic, data_dir, yes } => {
+                log_commands::repair(data_dir, topic, *yes)
+            }
+        };
+        return done.unwrap_or_else(|error| {
+            eprintln!("inorder: {error:#}");
+            std::process::ExitCode::FAILURE
+        });
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -186,6 +239,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         }
         Command::Demo { users } => commands::demo(users).await?,
         Command::Bench { what: _, quick } => bench::http(quick).await?,
+        Command::Log(_) => unreachable!("log commands run before the runtime starts"),
     }
     Ok(std::process::ExitCode::SUCCESS)
 }

@@ -16,15 +16,18 @@ use std::{io, path::Path};
 
 use crate::{
     error::{Error, Result},
-    format::segment::FORMAT_VERSION,
     limits::{
         INDEX_ENTRY_BYTES as ENTRY_BYTES, INDEX_FILE_BYTES_MAX, INDEX_HEADER_BYTES,
         SEGMENT_HEADER_BYTES, u64_from, usize_from,
     },
-    vfs::{OpenMode, Vfs},
+    vfs::{self, OpenMode, Vfs},
 };
 
 const INDEX_MAGIC: [u8; 8] = *b"INORDIDX";
+
+/// Version of the index file format; unchanged by format 2 of segments, so the indexes of
+/// format 1 segments stay valid.
+const INDEX_FORMAT_VERSION: u32 = 1;
 
 /// Index entries of one segment, ascending by position and by offset.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,7 +64,7 @@ impl SparseIndex {
     pub(crate) fn encode(&self) -> Vec<u8> {
         let mut bytes = Vec::with_capacity(INDEX_HEADER_BYTES + self.entries.len() * ENTRY_BYTES);
         bytes.extend_from_slice(&INDEX_MAGIC);
-        bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        bytes.extend_from_slice(&INDEX_FORMAT_VERSION.to_le_bytes());
         bytes.extend_from_slice(&[0; 4]); // checksum, filled below
         bytes.extend_from_slice(&self.base.to_le_bytes());
         bytes.extend_from_slice(&u64_from(self.entries.len()).to_le_bytes());
@@ -81,7 +84,7 @@ impl SparseIndex {
         };
         let crc = u32::from_le_bytes(bytes.get(12..16)?.try_into().ok()?);
         if bytes.get(..8)? != INDEX_MAGIC
-            || bytes.get(8..12)? != FORMAT_VERSION.to_le_bytes()
+            || bytes.get(8..12)? != INDEX_FORMAT_VERSION.to_le_bytes()
             || crc32c::crc32c(bytes.get(16..)?) != crc
             || word(16)? != base
         {
@@ -126,7 +129,7 @@ pub(crate) fn read_index_file(
 /// Writes the index file at `path`: temporary file, then rename. Not fsynced (a cache).
 pub(crate) fn write_index_file(vfs: &dyn Vfs, path: &Path, index: &SparseIndex) -> Result<()> {
     let tmp = path.with_extension("idx.tmp");
-    let _ = vfs.remove_file(&tmp);
+    vfs::remove_if_present(vfs, &tmp).map_err(|e| Error::io("remove stale index", &tmp, e))?;
     let file =
         vfs.open(&tmp, OpenMode::CreateNew).map_err(|e| Error::io("create index", &tmp, e))?;
     file.write_all_at(&index.encode(), 0).map_err(|e| Error::io("write index", &tmp, e))?;

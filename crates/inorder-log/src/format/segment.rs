@@ -17,8 +17,12 @@ use crate::{
 
 /// Magic bytes at the start of every segment file.
 pub(crate) const SEGMENT_MAGIC: [u8; 8] = *b"INORDSEG";
-/// Version of the segment and record format.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+/// Version of the segment and record format written by this code: 2, records with a batch
+/// flag ([`crate::format::record`]).
+pub(crate) const FORMAT_VERSION: u32 = 2;
+
+/// The oldest format version read: 1, records without a batch flag (each a batch of its own).
+pub(crate) const FORMAT_VERSION_OLDEST: u32 = 1;
 
 /// File name of the segment whose first position is `base`.
 pub(crate) fn segment_file_name(base: u64) -> String {
@@ -50,12 +54,17 @@ pub(crate) fn encode_segment_header(base: u64) -> [u8; HEADER] {
     header
 }
 
-/// Checks a segment header read from disk against the base its file name promises.
-pub(crate) fn check_segment_header(bytes: &[u8], base: u64) -> Result<(), CorruptReason> {
+/// Checks a segment header read from disk against the base its file name promises; returns the
+/// segment's format version. A version this code does not know is a bad header: it is never read
+/// as something else.
+pub(crate) fn check_segment_header(bytes: &[u8], base: u64) -> Result<u32, CorruptReason> {
     let header = bytes.get(..HEADER).ok_or(CorruptReason::BadHeader)?;
-    let crc = u32::from_le_bytes(header[24..28].try_into().map_err(|_| CorruptReason::BadHeader)?);
+    let word = |at: usize| -> Result<u32, CorruptReason> {
+        Ok(u32::from_le_bytes(header[at..at + 4].try_into().map_err(|_| CorruptReason::BadHeader)?))
+    };
+    let (version, crc) = (word(8)?, word(24)?);
     if header[..8] != SEGMENT_MAGIC
-        || header[8..12] != FORMAT_VERSION.to_le_bytes()
+        || !(FORMAT_VERSION_OLDEST..=FORMAT_VERSION).contains(&version)
         || crc32c::crc32c(&header[..24]) != crc
     {
         return Err(CorruptReason::BadHeader);
@@ -63,11 +72,11 @@ pub(crate) fn check_segment_header(bytes: &[u8], base: u64) -> Result<(), Corrup
     if header[16..24] != base.to_le_bytes() {
         return Err(CorruptReason::BaseMismatch);
     }
-    Ok(())
+    Ok(version)
 }
 
-/// Reads and checks the header of the segment file at `path`.
-pub(crate) fn read_segment_header(file: &dyn VfsFile, path: &Path, base: u64) -> Result<()> {
+/// Reads and checks the header of the segment file at `path`; returns its format version.
+pub(crate) fn read_segment_header(file: &dyn VfsFile, path: &Path, base: u64) -> Result<u32> {
     let mut header = [0u8; HEADER];
     let got = file.read_full_at(&mut header, 0).map_err(|e| Error::io("read header", path, e))?;
     check_segment_header(&header[..got], base).map_err(|reason| Error::Corrupt {
@@ -117,13 +126,25 @@ mod tests {
     #[test]
     fn a_header_checks_magic_checksum_and_base() {
         let header = encode_segment_header(77);
-        assert_eq!(check_segment_header(&header, 77), Ok(()));
+        assert_eq!(check_segment_header(&header, 77), Ok(FORMAT_VERSION));
         assert_eq!(check_segment_header(&header, 78), Err(CorruptReason::BaseMismatch));
         assert_eq!(check_segment_header(&header[..31], 77), Err(CorruptReason::BadHeader));
         for byte in 0..28 {
             let mut bad = header;
             bad[byte] ^= 0x10;
             assert!(check_segment_header(&bad, 77).is_err(), "flip in byte {byte}");
+        }
+    }
+
+    #[test]
+    fn format_1_headers_are_read_and_unknown_versions_refused() {
+        for (version, accepted) in [(0, false), (1, true), (2, true), (3, false)] {
+            let mut header = encode_segment_header(5);
+            header[8..12].copy_from_slice(&u32::to_le_bytes(version));
+            let crc = crc32c::crc32c(&header[..24]);
+            header[24..28].copy_from_slice(&crc.to_le_bytes());
+            let checked = check_segment_header(&header, 5);
+            assert_eq!(checked.is_ok(), accepted, "version {version}: {checked:?}");
         }
     }
 }

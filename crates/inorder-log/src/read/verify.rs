@@ -1,35 +1,31 @@
-//! Full verification: read every record of every segment and check it (the slow, thorough
-//! counterpart of open-time recovery, which scans only the last segment).
+//! Full verification of an open log: read every record of every segment and check it (the slow,
+//! thorough counterpart of open-time recovery, which scans only the last segment).
 
 use crate::{
     error::{CorruptReason, Error, Result},
-    scan::scan_segment,
+    scan::{Stop, walk_segment},
     shared::Shared,
 };
 
-/// Scans all segments; returns the number of records checked.
+/// Scans all segments; returns the number of records checked. The active segment is scanned up
+/// to its committed extent only: bytes past it may be a write in flight.
 pub(crate) fn verify(shared: &Shared) -> Result<u64> {
     let segments: Vec<_> = shared.read_segments().values().cloned().collect();
     let mut records = 0;
     for segment in &segments {
-        let active = !segment.is_sealed();
-        let scan = scan_segment(shared.vfs.as_ref(), segment.base, &segment.path, active)?;
-        // Records past the committed extent may be in flight; everything before must be sound.
-        if scan.end < segment.end() || scan.valid_bytes < segment.committed_bytes() {
-            return Err(Error::Corrupt {
-                file: segment.path.clone(),
-                offset: scan.valid_bytes,
-                reason: if active {
-                    CorruptReason::ChecksumMismatch
-                } else {
-                    CorruptReason::SegmentGap
-                },
-            });
+        let sealed = segment.is_sealed();
+        let extent = (!sealed).then(|| segment.committed_bytes());
+        let walk = walk_segment(shared.vfs.as_ref(), segment.base, &segment.path, false, extent)?;
+        if let Stop::Fail(failure) = walk.stop {
+            return Err(failure.error(&segment.path));
         }
-        if !active && scan.end != segment.end() {
+        // Everything committed must be sound, and a sealed segment must end where its successor
+        // begins.
+        let short = walk.end < segment.end() || walk.valid_bytes < segment.committed_bytes();
+        if short || (sealed && walk.end != segment.end()) {
             return Err(Error::Corrupt {
                 file: segment.path.clone(),
-                offset: scan.valid_bytes,
+                offset: walk.valid_bytes,
                 reason: CorruptReason::SegmentGap,
             });
         }

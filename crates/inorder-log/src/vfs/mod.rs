@@ -75,6 +75,43 @@ pub trait VfsFile: Send + Sync + fmt::Debug {
     }
 }
 
+/// Creates `path` and every missing parent, top down, and makes each new level durable by an
+/// fsync of the directory that holds it, so a directory the log created survives a power loss.
+/// Returns how many levels were created (0 if `path` existed).
+///
+/// # Errors
+/// The operating system's error (also when `path` exists but is not a directory: the caller's
+/// next `read_dir` fails).
+pub(crate) fn create_dir_durable(vfs: &dyn Vfs, path: &Path) -> io::Result<usize> {
+    let mut created = 0;
+    match vfs.create_dir(path) {
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(0),
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) else {
+                return Err(e);
+            };
+            created += create_dir_durable(vfs, parent)?;
+            match vfs.create_dir(path) {
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(created),
+                other => other?,
+            }
+        }
+        other => other?,
+    }
+    sync_parent(vfs, path)?;
+    Ok(created + 1)
+}
+
+/// Fsyncs the directory holding `path` (nothing for a path without one: the root, or a bare
+/// relative name, whose directory is the working directory — synced as `.`).
+pub(crate) fn sync_parent(vfs: &dyn Vfs, path: &Path) -> io::Result<()> {
+    match path.parent() {
+        Some(parent) if parent.as_os_str().is_empty() => vfs.sync_dir(Path::new(".")),
+        Some(parent) => vfs.sync_dir(parent),
+        None => Ok(()),
+    }
+}
+
 /// Removes a file, treating "already gone" as done.
 ///
 /// # Errors
@@ -91,11 +128,13 @@ pub trait VfsLock: Send + Sync + fmt::Debug {}
 
 /// The file system calls of the log.
 pub trait Vfs: Send + Sync + fmt::Debug + 'static {
-    /// Creates a directory and its parents (the new entries are made durable).
+    /// Creates one directory, whose parent must exist. Durable only after [`Vfs::sync_dir`] of
+    /// the parent ([`create_dir_durable`] does both, level by level).
     ///
     /// # Errors
-    /// The operating system's error.
-    fn create_dir_all(&self, path: &Path) -> io::Result<()>;
+    /// `AlreadyExists` if `path` exists, `NotFound` if its parent does not; otherwise the
+    /// operating system's error.
+    fn create_dir(&self, path: &Path) -> io::Result<()>;
     /// Names of the entries of a directory.
     ///
     /// # Errors
@@ -159,24 +198,8 @@ struct StdLock(#[allow(dead_code)] fs::File);
 impl VfsLock for StdLock {}
 
 impl Vfs for StdVfs {
-    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
-        // Make every newly created level durable in its parent.
-        let mut missing = Vec::new();
-        let mut cursor = Some(path);
-        while let Some(dir) = cursor {
-            if dir.as_os_str().is_empty() || dir.exists() {
-                break;
-            }
-            missing.push(dir);
-            cursor = dir.parent();
-        }
-        fs::create_dir_all(path)?;
-        for dir in missing.iter().rev() {
-            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-                self.sync_dir(parent)?;
-            }
-        }
-        Ok(())
+    fn create_dir(&self, path: &Path) -> io::Result<()> {
+        fs::create_dir(path)
     }
 
     fn read_dir(&self, path: &Path) -> io::Result<Vec<String>> {

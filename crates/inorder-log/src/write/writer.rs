@@ -36,7 +36,7 @@ use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 use crate::{
     error::{Error, Result},
-    format::{index::SparseIndex, record::encode_record, segment::create_segment_file},
+    format::{index::SparseIndex, record::encode_batch_record, segment::create_segment_file},
     limits::{
         GROUP_COMMIT_COMMANDS_MAX, INDEX_INTERVAL_BYTES, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
         u64_from,
@@ -219,27 +219,32 @@ impl Writer {
         }
     }
 
-    /// Assigns positions and writes the group (rolling segments as needed); no fsync.
+    /// Assigns positions and writes the group (rolling segments as needed); no fsync. Each
+    /// append is one batch: its records carry the batch flag but the last, and a batch never
+    /// spans two segments — the segment rolls before a batch that does not fit (a batch larger
+    /// than a whole segment gets a segment of its own, which may exceed `segment_bytes`).
     fn write_group(&mut self, group: &[PendingAppend]) -> Result<Vec<RangeInclusive<u64>>> {
         self.writable_file()?;
         let segment_bytes = self.shared.options.segment_bytes;
         let first_of_group = self.next_position;
         let mut ranges = Vec::with_capacity(group.len());
         for append in group {
+            let batch_bytes = RECORD_HEADER_BYTES * u64_from(append.records.len())
+                + u64_from(append.payload_bytes);
+            let at = self.write_offset + u64_from(self.buf.len());
+            if at + batch_bytes > segment_bytes && at > SEGMENT_HEADER_BYTES {
+                self.flush_buffer()?;
+                self.roll()?;
+            }
             let first = self.next_position;
-            for payload in &append.records {
-                let record_bytes = RECORD_HEADER_BYTES + u64_from(payload.len());
-                let at = self.write_offset + u64_from(self.buf.len());
-                if at + record_bytes > segment_bytes && at > SEGMENT_HEADER_BYTES {
-                    self.flush_buffer()?;
-                    self.roll()?;
-                }
+            let last_index = append.records.len() - 1;
+            for (i, payload) in append.records.iter().enumerate() {
                 let at = self.write_offset + u64_from(self.buf.len());
                 if self.last_indexed_offset.is_none_or(|last| at - last >= INDEX_INTERVAL_BYTES) {
                     self.index_entries.push((self.next_position, at));
                     self.last_indexed_offset = Some(at);
                 }
-                encode_record(&mut self.buf, self.next_position, payload);
+                encode_batch_record(&mut self.buf, self.next_position, payload, i < last_index);
                 self.next_position += 1;
             }
             ranges.push(first..=self.next_position - 1);
@@ -295,7 +300,7 @@ impl Writer {
         self.sync()?;
         self.active.publish(self.next_position, self.write_offset);
         self.active.seal();
-        self.active.save_index(self.shared.vfs.as_ref());
+        self.active.save_index(self.shared.vfs.as_ref())?;
         let base = self.next_position;
         create_segment_file(self.shared.vfs.as_ref(), &self.shared.dir, base)?;
         let next = Arc::new(Segment::new(
@@ -332,15 +337,14 @@ impl Writer {
             .take_while(|segment| segment.is_sealed() && segment.end() <= bound)
             .cloned()
             .collect();
-        let vfs = self.shared.vfs.as_ref();
+        let (vfs, dir) = (self.shared.vfs.as_ref(), &self.shared.dir);
         for victim in &victims {
+            // Oldest first, each removal durable before the next: whatever a crash undoes, the
+            // segments left are a contiguous run of positions, never one with a hole.
             self.shared.write_segments().remove(&victim.base);
-            for path in [&victim.path, &victim.index_path] {
+            for path in [&victim.index_path, &victim.path] {
                 vfs::remove_if_present(vfs, path).map_err(|e| Error::io("remove file", path, e))?;
             }
-        }
-        if !victims.is_empty() {
-            let dir = &self.shared.dir;
             vfs.sync_dir(dir).map_err(|e| Error::io("fsync log directory", dir, e))?;
         }
         Ok(PurgeReport {
