@@ -19,7 +19,7 @@ use crate::{
         segment_file_name,
     },
     limits::SEGMENT_HEADER_BYTES,
-    options::LogOptions,
+    options::{FsyncPolicy, LogOptions},
     recovery::{RecoveryReport, Truncation},
     scan::{ScanOutcome, scan_segment},
     segments::{Segment, SegmentMap},
@@ -79,7 +79,8 @@ pub(crate) fn recover(vfs: &dyn Vfs, dir: &Path, options: &LogOptions) -> Result
         let sealed = open_sealed(vfs, dir, base, next_base, options.verify_on_open)?;
         segments.insert(base, Arc::new(sealed));
     }
-    let (scan, truncation) = open_last(vfs, dir, last_base)?;
+    let unsynced = options.fsync == FsyncPolicy::Never;
+    let (scan, truncation) = open_last(vfs, dir, last_base, unsynced)?;
     let next_position = scan.end;
     if scan.version < FORMAT_VERSION && scan.end > last_base {
         // Written by format 1: seal it (durable, with its index) and write on in a new segment.
@@ -129,7 +130,7 @@ fn open_sealed(
 ) -> Result<Segment> {
     let path = dir.join(segment_file_name(base));
     let (committed_bytes, index) = if verify {
-        let scan = scan_segment(vfs, base, &path, false)?;
+        let scan = scan_segment(vfs, base, &path, false, false)?;
         if scan.end != next_base {
             return Err(Error::Corrupt {
                 file: path,
@@ -148,9 +149,15 @@ fn open_sealed(
 }
 
 /// Scans the last segment and cuts its torn tail, if any (truncated and fsynced).
-fn open_last(vfs: &dyn Vfs, dir: &Path, base: u64) -> Result<(ScanOutcome, Option<Truncation>)> {
+/// Under `fsync = never` damage in it is cut too (see [`crate::TornReason::UnsyncedDamage`]).
+fn open_last(
+    vfs: &dyn Vfs,
+    dir: &Path,
+    base: u64,
+    unsynced: bool,
+) -> Result<(ScanOutcome, Option<Truncation>)> {
     let path = dir.join(segment_file_name(base));
-    let scan = scan_segment(vfs, base, &path, true)?;
+    let scan = scan_segment(vfs, base, &path, true, unsynced)?;
     let Some(cut) = scan.cut else {
         return Ok((scan, None));
     };

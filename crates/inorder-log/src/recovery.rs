@@ -86,6 +86,11 @@ pub enum TornReason {
     ChecksumMismatch,
     /// The file ends after records whose batch continues: the batch's last record never made it.
     IncompleteBatch,
+    /// Damage with sound records after it, in the last segment of a log under
+    /// [`FsyncPolicy::Never`](crate::FsyncPolicy::Never): none of that segment was ever promised
+    /// to survive a power loss, which may persist its pages out of order, so the damage is cut
+    /// from the start of its batch, with everything after it, instead of refusing the log.
+    UnsyncedDamage(CorruptReason),
 }
 
 /// The facts observed where a scan stops: at a record, or at the end of the segment's bytes. A

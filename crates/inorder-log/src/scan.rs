@@ -101,17 +101,26 @@ pub(crate) struct ScanOutcome {
 }
 
 /// Scans a segment through the decision table; a refusal is [`Error::Corrupt`] naming the file
-/// and the offset.
+/// and the offset. With `unsynced` (the last segment of a log under `FsyncPolicy::Never`, none
+/// of whose bytes were promised to survive a power loss), damage in the last segment is cut
+/// from the start of its batch instead ([`TornReason::UnsyncedDamage`]).
 pub(crate) fn scan_segment(
     vfs: &dyn Vfs,
     base: u64,
     path: &Path,
     last_segment: bool,
+    unsynced: bool,
 ) -> Result<ScanOutcome> {
     let walk = walk_segment(vfs, base, path, last_segment, None)?;
     let cut = match walk.stop {
         Stop::End => None,
         Stop::Cut(cut) => Some(cut),
+        Stop::Fail(failure) if last_segment && unsynced => Some(Cut {
+            offset: failure.batch_offset,
+            position: failure.batch_position,
+            records: 0,
+            reason: TornReason::UnsyncedDamage(failure.reason),
+        }),
         Stop::Fail(failure) => return Err(failure.error(path)),
     };
     let Walk { version, end, valid_bytes, file_len, index, .. } = walk;

@@ -164,7 +164,7 @@ impl Segment {
                 tracing::warn!(%error, index = %self.index_path.display(), "unreadable index");
             }
         }
-        let scan = scan_segment(vfs, self.base, &self.path, false)?;
+        let scan = scan_segment(vfs, self.base, &self.path, false, false)?;
         if let Err(error) = write_index_file(vfs, &self.index_path, &scan.index) {
             tracing::warn!(%error, segment = %self.path.display(), "could not save rebuilt index");
         }

@@ -14,7 +14,7 @@ use std::{path::Path, sync::Arc};
 
 use common::{DIR, payload, read_all_checked, segment_path};
 use inorder_log::{
-    CorruptReason, Error, FsyncPolicy, Log, LogOptions, OfflineLog, Record,
+    CorruptReason, Error, FsyncPolicy, Log, LogOptions, OfflineLog, Record, TornReason,
     record::decode_record,
     vfs::{Vfs, sim::SimVfs},
 };
@@ -65,6 +65,38 @@ fn a_flipped_bit_in_record_50_of_100_refuses_to_open_naming_the_file_and_offset(
     let log = Log::open(dir.path(), options).unwrap();
     common::check_contents(&log, 1, &records[..49]);
     assert_eq!(std::fs::read(&plan.moves[0].to).unwrap(), bytes[record_50..], "kept aside");
+}
+
+/// Under `fsync = never` nothing in the last segment was promised to survive a power loss, which
+/// may persist its pages out of order: damage there, even with sound records after it, is cut
+/// from the start of its batch and reported, so the log opens (and the engine fills the lost
+/// positions). The same bytes under `group` are refused.
+#[test]
+fn under_fsync_never_damage_in_the_last_segment_is_cut_and_reported_not_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let never = options(FsyncPolicy::Never, 64 * 1024);
+    let log = Log::open(dir.path(), never).unwrap();
+    let records: Vec<_> = (0..100).map(|i| payload("rec", i, 90)).collect();
+    for batch in records.chunks(2) {
+        log.append_blocking(batch.to_vec()).unwrap();
+    }
+    drop(log);
+    let segment = segment_path(dir.path(), 1);
+    let record_50 = 32 + 49 * 106;
+    let mut bytes = std::fs::read(&segment).unwrap();
+    bytes[record_50 + 40] ^= 0x04;
+    std::fs::write(&segment, &bytes).unwrap();
+
+    let refused = Log::open(dir.path(), options(FsyncPolicy::Group, 64 * 1024)).unwrap_err();
+    assert!(matches!(refused, Error::Corrupt { offset: 5226, .. }), "{refused}");
+
+    let log = Log::open(dir.path(), never).unwrap();
+    let cut = log.recovery_report().truncation.clone().unwrap();
+    let batch_start = 32 + 48 * 106; // record 50 is the second of the batch 49..=50
+    assert_eq!((cut.offset, cut.position), (batch_start, 49));
+    assert_eq!(cut.reason, TornReason::UnsyncedDamage(CorruptReason::ChecksumMismatch));
+    common::check_contents(&log, 1, &records[..48]);
+    assert_eq!(log.append_blocking(["after"]).unwrap(), 49..=49);
 }
 
 /// A record as laid out in a segment file.

@@ -12,7 +12,8 @@ use std::{
     sync::Arc,
 };
 
-use common::{DIR, check_contents, open_sim, payload, segment_path, small_options};
+use bytes::Bytes;
+use common::{DIR, check_contents, open_sim, payload, read_all, segment_path, small_options};
 use inorder_log::{
     CorruptReason, Error, FsyncPolicy, Log, OfflineLog, Problem, TornReason,
     vfs::{
@@ -289,6 +290,94 @@ fn a_repair_interrupted_at_any_step_can_be_run_again() {
                     bytes.windows(marker.len()).any(|w| w == marker.as_slice())
                 });
                 assert!(kept_somewhere, "{case}: the damaged record's bytes are gone");
+            }
+        }
+    }
+}
+
+/// What a repair that retires the quarantined positions leaves: the sound prefix, then one filler
+/// record per quarantined position, and the log continuing after the highest of them.
+fn check_retired(log: &Log, records: &[Vec<u8>], last: u64, case: &str) {
+    assert_eq!(log.last_position(), last, "{case}");
+    let read = read_all(log, 1);
+    let kept = records.len();
+    let positions: Vec<_> = read.iter().map(|r| r.position).collect();
+    assert_eq!(positions, (1..=last).collect::<Vec<_>>(), "{case}");
+    for (record, want) in read.iter().zip(records) {
+        assert_eq!(record.payload.as_ref(), want.as_slice(), "{case}");
+    }
+    assert!(read[kept..].iter().all(|r| r.payload.as_ref() == b"lost"), "{case}");
+}
+
+#[test]
+fn a_repair_can_retire_the_quarantined_positions_so_none_is_handed_out_again() {
+    let vfs = SimVfs::new();
+    let records = written(&vfs, 20);
+    let second = segments(&vfs)[1].clone();
+    vfs.mutate_file(&second, |bytes| bytes[usize::try_from(record_offset(4)).unwrap() + 30] ^= 1);
+
+    let offline = offline(&vfs);
+    let plan = offline.plan_repair(&offline.inspect().unwrap()).unwrap().unwrap();
+    let plan = plan.retire_with(Bytes::from_static(b"lost")).unwrap();
+    assert_eq!(plan.retired(), Some(28..=60));
+    offline.repair(&plan).unwrap();
+    assert!(!offline.inspect().unwrap().is_damaged());
+    drop(offline);
+
+    let log = open_sim(&vfs, small_options(FsyncPolicy::Group));
+    check_retired(&log, &records[..27], 60, "retired");
+    assert_eq!(log.append_blocking(["after repair"]).unwrap(), 61..=61);
+    log.verify().unwrap();
+}
+
+#[test]
+fn a_filler_larger_than_a_record_may_be_is_refused() {
+    let vfs = SimVfs::new();
+    written(&vfs, 20);
+    let second = segments(&vfs)[1].clone();
+    vfs.mutate_file(&second, |bytes| bytes[usize::try_from(record_offset(4)).unwrap() + 30] ^= 1);
+    let offline = offline(&vfs);
+    let plan = offline.plan_repair(&offline.inspect().unwrap()).unwrap().unwrap();
+    let huge = Bytes::from(vec![0; 17 * 1024 * 1024]);
+    assert!(matches!(plan.retire_with(huge), Err(Error::InvalidBatch { .. })));
+}
+
+/// Retiring positions, interrupted at any step and followed by a power loss: a second repair
+/// always ends with the quarantined positions retired — the highest one is never forgotten.
+#[test]
+fn a_retiring_repair_interrupted_at_any_step_still_retires_every_quarantined_position() {
+    let ops = [FaultOp::Write, FaultOp::SyncData, FaultOp::SyncDir, FaultOp::Rename];
+    for op in ops {
+        for skip in 0..8 {
+            for seed in 0..3 {
+                let vfs = SimVfs::new();
+                let records = written(&vfs, 20);
+                let second = segments(&vfs)[1].clone();
+                let damaged = usize::try_from(record_offset(4)).unwrap();
+                vfs.mutate_file(&second, |bytes| bytes[damaged + 30] ^= 1);
+                let offline = offline(&vfs);
+                let retire = |plan: inorder_log::RepairPlan| {
+                    plan.retire_with(Bytes::from_static(b"lost")).unwrap()
+                };
+                let plan =
+                    retire(offline.plan_repair(&offline.inspect().unwrap()).unwrap().unwrap());
+                vfs.inject(op, skip);
+                let _ = offline.repair(&plan); // may fail
+                drop(offline);
+                let after = vfs.crash_power(seed);
+                let offline = self::offline(&after);
+                if let Some(plan) = offline.plan_repair(&offline.inspect().unwrap()).unwrap() {
+                    offline.repair(&retire(plan)).unwrap();
+                }
+                drop(offline);
+                let case = format!("{op:?} after {skip}, seed {seed}");
+                let log = Log::open_with_vfs(
+                    Arc::new(after.clone()),
+                    DIR,
+                    small_options(FsyncPolicy::Group),
+                )
+                .unwrap_or_else(|e| panic!("{case}: {e}"));
+                check_retired(&log, &records[..27], 60, &case);
             }
         }
     }

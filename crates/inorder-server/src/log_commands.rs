@@ -12,10 +12,11 @@
 //! - `repair` shows what it would do for one topic (exit code 2 if there is damage); with `--yes`
 //!   it does it: the log is cut at the start of the damaged batch and everything from there on —
 //!   the rest of that segment and every later segment — moves into quarantine files next to the
-//!   segments (`<segment>.at-<offset>.quarantine`), never deleted. Positions stay contiguous: the
-//!   log continues at the damaged batch's first position, and sound records that were after the
-//!   damage are in the quarantine files, not in the log. Their positions go to new events: the
-//!   plan says so, because consumers that had read past the cut must be reset.
+//!   segments (`<segment>.at-<offset>.quarantine`), never deleted. The quarantined positions are
+//!   *retired*, not reused: each is filled with an engine "lost" record (no event: reads skip it,
+//!   subscriptions count it resolved without a handler call), so a position a subscription
+//!   already handled is never handed to a new event, and the log continues after the highest
+//!   quarantined position.
 
 use std::{
     path::{Path, PathBuf},
@@ -26,6 +27,9 @@ use anyhow::{Context, bail};
 use inorder_log::{
     Error as LogError, Inspection, Name, OfflineLog, Problem, RepairPlan, SegmentInspection,
 };
+
+/// Why the positions a repair retires hold no event (in their lost records).
+const RETIRED_REASON: &str = "quarantined by inorder log repair";
 
 /// Where the engine keeps topic logs in its data directory (`<data_dir>/topics/<topic>`).
 const TOPICS_DIR: &str = "topics";
@@ -93,18 +97,31 @@ pub fn repair(data_dir: &Path, topic: &str, yes: bool) -> anyhow::Result<ExitCod
         println!("  nothing was changed; run again with --yes to repair");
         return Ok(ExitCode::from(2));
     }
+    let plan = plan
+        .retire_with(inorder::codec::lost(RETIRED_REASON))
+        .with_context(|| format!("planning the repair of topic {topic}"))?;
     print_plan(&plan, true);
     offline.repair(&plan).with_context(|| format!("repairing topic {topic}"))?;
     let after = offline.inspect()?;
     if after.is_damaged() {
         bail!("topic {topic} is still damaged after the repair: run `inorder log verify`");
     }
-    println!(
-        "{topic}: repaired: positions {}..={} stay in the log; the next event gets {}",
-        after.first_position(),
-        after.last_position(),
-        plan.next_position
-    );
+    let kept = plan.next_position - 1;
+    match plan.retired() {
+        Some(retired) => println!(
+            "{topic}: repaired: positions {}..={kept} stay in the log, positions {}..={} are \
+             retired (lost); the next event gets {}",
+            after.first_position(),
+            retired.start(),
+            retired.end(),
+            after.last_position() + 1
+        ),
+        None => println!(
+            "{topic}: repaired: positions {}..={kept} stay in the log; the next event gets {}",
+            after.first_position(),
+            after.last_position() + 1
+        ),
+    }
     println!("  the quarantine files stay in {} until you delete them", plan.dir.display());
     Ok(ExitCode::SUCCESS)
 }
@@ -221,13 +238,13 @@ fn print_plan(plan: &RepairPlan, doing: bool) {
         "  {moves} {} sound record(s){positions} and the damage into quarantine:",
         plan.records_quarantined
     );
-    if let Some(last) = plan.last_position_quarantined {
+    if let Some(retired) = plan.retired() {
         println!(
-            "  WARNING: positions {}..={last} will be given to new events. A consumer that already \
-             read past position {} (a subscription, the id index) would take them as handled: \
-             reset its progress, and publish the quarantined events again with new ids",
-            plan.next_position,
-            plan.next_position - 1
+            "  positions {}..={} are retired: each holds a lost record (reads skip it, \
+             subscriptions count it resolved without a handler call), never a new event. To \
+             publish quarantined events again, give them new ids (their old ids stay taken)",
+            retired.start(),
+            retired.end()
         );
     }
     for moved in &plan.moves {

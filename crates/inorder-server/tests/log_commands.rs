@@ -2,7 +2,9 @@
 //! the server runs (it holds the logs' locks); a flipped bit in the middle of a topic's log is
 //! reported with its file and byte offset (exit code 2), the server keeps the damaged topic
 //! failed while the others work, and a repair moves the damage and everything after it into a
-//! quarantine file next to the segment, after which the topic takes events again.
+//! quarantine file next to the segment and retires their positions, after which the topic takes
+//! events again — at new positions, so a subscription that had handled the old ones sees every
+//! new event.
 
 #![allow(clippy::unwrap_used)]
 
@@ -10,7 +12,9 @@ mod common;
 
 use std::{path::Path, process::Output};
 
-use common::{ServerProcess, event, inorder, post_event, read_all, stdout};
+use common::{
+    ServerProcess, ack, event, get, inorder, lease_and_type, post_event, pull, read_all, stdout,
+};
 use inorder_log::record::decode_record;
 
 const CONFIG: &str = r#"
@@ -19,6 +23,11 @@ name = "orders"
 
 [[topics]]
 name = "billing"
+
+[[subscriptions]]
+name = "audit"
+topics = ["orders"]
+delivery = "pull"
 "#;
 
 fn log_command(server: &ServerProcess, args: &[&str]) -> Output {
@@ -52,6 +61,16 @@ async fn verify_reports_a_flipped_bit_and_repair_moves_it_aside_so_the_topic_wor
     for _ in 0..3 {
         assert_eq!(post_event(&server, "billing", &event("bill.sent", "b")).await.0, 201);
     }
+    // The subscription handles all 100 events.
+    let mut handled = 0;
+    while handled < 100 {
+        let messages = pull(&server, "audit", 100, "5s").await;
+        let leases: Vec<_> = messages.iter().map(|m| lease_and_type(m).0).collect();
+        ack(&server, "audit", &leases).await;
+        handled += leases.len();
+    }
+    let (status, body) = get(&server, "/v1/status/orders/100?subscription=audit&wait=10s").await;
+    assert_eq!(status, 200, "{body}");
 
     // A running server holds every log's lock: the tools refuse rather than read a live log.
     let output = log_command(&server, &["verify"]);
@@ -96,19 +115,31 @@ async fn verify_reports_a_flipped_bit_and_repair_moves_it_aside_so_the_topic_wor
     let text = stdout(&output);
     assert!(text.contains(&quarantine), "the plan says where the damage goes: {text}");
     assert!(text.contains("(positions 50..=100)"), "{text}");
+    assert!(text.contains("positions 50..=100 are retired"), "{text}");
     assert_eq!(std::fs::read(&segment).unwrap(), bytes, "nothing was changed");
 
     let output = log_command(&server, &["repair", "--topic", "orders", "--yes"]);
     assert_eq!(output.status.code(), Some(0));
-    assert!(stdout(&output).contains("orders: repaired: positions 1..=49 stay in the log"));
+    let text = stdout(&output);
+    assert!(
+        text.contains(
+            "orders: repaired: positions 1..=49 stay in the log, positions 50..=100 are retired \
+             (lost); the next event gets 101"
+        ),
+        "{text}"
+    );
     assert_eq!(std::fs::read(&quarantine).unwrap(), bytes[record_50..], "kept, not deleted");
     assert_eq!(log_command(&server, &["verify"]).status.code(), Some(0));
 
     server.restart();
     let events = read_all(&server, "orders").await;
-    assert_eq!(events.len(), 49);
+    assert_eq!(events.len(), 49, "reads skip the retired positions");
     let (status, body) = post_event(&server, "orders", &event("order.created", "again")).await;
-    assert_eq!((status, body["position"].as_u64()), (201, Some(50)), "{body}");
+    assert_eq!((status, body["position"].as_u64()), (201, Some(101)), "{body}");
+    // The subscription had handled up to 100: it gets the new event, nothing is skipped.
+    let messages = pull(&server, "audit", 10, "5s").await;
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    assert_eq!(messages[0]["event"]["partitionkey"], "again", "{messages:?}");
     assert_eq!(read_all(&server, "billing").await.len(), 4);
 }
 

@@ -20,17 +20,37 @@
 //! second copy of the tail is harmless) or the repaired log: the tail is copied (fsync, rename,
 //! directory fsync) before anything is cut, later segments move last first (so the segments left
 //! are always a contiguous run), and the cut comes last.
+//!
+//! **Retiring the quarantined positions** ([`RepairPlan::retire_with`]): a user of the log that
+//! remembers positions (the engine's subscriptions) must not see a quarantined position handed
+//! to a new record. With a filler payload the cut segment is rebuilt as its kept bytes followed
+//! by one filler record (a batch of its own) for every position from the cut to the highest
+//! quarantined one, so the log continues after them. The rebuilt segment is written to a
+//! temporary file, fsynced and renamed over the old one *before* the later segments move: a
+//! crash before the rename leaves the damage, one after it leaves segments that overlap the
+//! filler, which the next inspection reports and the next repair moves aside — so the highest
+//! quarantined position is never forgotten half-way.
 
-use std::path::{Path, PathBuf};
+use std::{
+    ops::RangeInclusive,
+    path::{Path, PathBuf},
+};
+
+use bytes::Bytes;
 
 use super::inspect::{Damage, Inspection, SegmentInspection, count_sound_records};
 use crate::{
     error::{CorruptReason, Error, Result},
     format::{
-        record::BATCH_FORMAT_VERSION,
-        segment::{create_segment_file, index_file_name, parse_segment_file_name},
+        record::{BATCH_FORMAT_VERSION, encode_record},
+        segment::{
+            create_segment_file, encode_segment_header, index_file_name, parse_segment_file_name,
+        },
     },
-    limits::{QUARANTINE_NAMES_MAX, READ_CHUNK_BYTES, SEGMENT_HEADER_BYTES, u64_from, usize_from},
+    limits::{
+        QUARANTINE_NAMES_MAX, READ_CHUNK_BYTES, RECORD_HEADER_BYTES, RECORD_PAYLOAD_BYTES_LIMIT,
+        SEGMENT_BYTES_MAX, SEGMENT_HEADER_BYTES, u64_from, usize_from,
+    },
     vfs::{self, OpenMode, Vfs},
 };
 
@@ -57,6 +77,49 @@ pub struct RepairPlan {
     pub records_quarantined: u64,
     /// The highest position among them.
     pub last_position_quarantined: Option<u64>,
+    /// The payload of the filler records that retire the quarantined positions, if any (see
+    /// [`RepairPlan::retire_with`]).
+    pub filler: Option<Bytes>,
+}
+
+impl RepairPlan {
+    /// Retires the quarantined positions instead of handing them to new records: the repair
+    /// writes one record holding `payload` at every position from [`next_position`] to the
+    /// highest position seen among the quarantined bytes (see the module docs), and the log
+    /// continues after them.
+    ///
+    /// [`next_position`]: RepairPlan::next_position
+    ///
+    /// # Errors
+    /// [`Error::InvalidBatch`] when `payload` is larger than a record may be, or the filler
+    /// records would not fit in one segment ([`SEGMENT_BYTES_MAX`]).
+    pub fn retire_with(mut self, payload: Bytes) -> Result<Self> {
+        let records = self.retired().map_or(0, |range| range.end() - range.start() + 1);
+        let frame = u64_from(payload.len()) + RECORD_HEADER_BYTES;
+        let fits = payload.len() <= usize_from(u64::from(RECORD_PAYLOAD_BYTES_LIMIT))
+            && records
+                .checked_mul(frame)
+                .and_then(|bytes| bytes.checked_add(self.offset))
+                .is_some_and(|end| end <= SEGMENT_BYTES_MAX);
+        if !fits {
+            return Err(Error::InvalidBatch {
+                reason: format!(
+                    "{records} filler records of {} bytes do not fit in one segment",
+                    payload.len()
+                ),
+            });
+        }
+        self.filler = Some(payload);
+        Ok(self)
+    }
+
+    /// The positions a repair with a filler retires: `next_position..=` the highest quarantined.
+    #[must_use]
+    pub fn retired(&self) -> Option<RangeInclusive<u64>> {
+        self.last_position_quarantined
+            .filter(|last| *last >= self.next_position)
+            .map(|last| self.next_position..=last)
+    }
 }
 
 /// Bytes of one file moved into one quarantine file.
@@ -140,6 +203,7 @@ pub(crate) fn plan(vfs: &dyn Vfs, inspection: &Inspection) -> Result<Option<Repa
         moves,
         records_quarantined: records,
         last_position_quarantined: last,
+        filler: None,
     }))
 }
 
@@ -172,7 +236,13 @@ pub(crate) fn execute(vfs: &dyn Vfs, plan: &RepairPlan) -> Result<()> {
     let dir = &plan.dir;
     let sync_dir = || vfs.sync_dir(dir).map_err(|e| Error::io("fsync log directory", dir, e));
     for tail in plan.moves.iter().filter(|m| !m.whole_file) {
-        copy_durably(vfs, tail)?;
+        copy_durably(vfs, &tail.from, tail.from_offset, tail.bytes, &tail.to, &[])?;
+        sync_dir()?;
+    }
+    if let Some(filler) = &plan.filler {
+        // The rebuilt segment replaces the old one before the later segments move (module docs).
+        remove_index_of(vfs, &plan.segment)?;
+        rebuild_with_filler(vfs, plan, filler)?;
         sync_dir()?;
     }
     for whole in plan.moves.iter().filter(|m| m.whole_file).rev() {
@@ -181,50 +251,83 @@ pub(crate) fn execute(vfs: &dyn Vfs, plan: &RepairPlan) -> Result<()> {
             .map_err(|e| Error::io("move segment to quarantine", &whole.from, e))?;
         sync_dir()?;
     }
-    remove_index_of(vfs, &plan.segment)?;
-    if plan.rewrite_header {
-        create_segment_file(vfs, dir, plan.next_position)?;
-    } else {
-        let path = &plan.segment;
-        let file = vfs
-            .open(path, OpenMode::ReadWrite)
-            .map_err(|e| Error::io("open segment to cut", path, e))?;
-        file.set_len(plan.offset).map_err(|e| Error::io("cut segment", path, e))?;
-        file.sync_data().map_err(|e| Error::io("fsync cut segment", path, e))?;
+    if plan.filler.is_none() {
+        remove_index_of(vfs, &plan.segment)?;
+        if plan.rewrite_header {
+            create_segment_file(vfs, dir, plan.next_position)?;
+        } else {
+            let path = &plan.segment;
+            let file = vfs
+                .open(path, OpenMode::ReadWrite)
+                .map_err(|e| Error::io("open segment to cut", path, e))?;
+            file.set_len(plan.offset).map_err(|e| Error::io("cut segment", path, e))?;
+            file.sync_data().map_err(|e| Error::io("fsync cut segment", path, e))?;
+        }
+        sync_dir()?;
     }
-    sync_dir()?;
     tracing::warn!(?plan, "repaired a damaged log");
     Ok(())
 }
 
-/// Copies the moved bytes into a temporary file, fsyncs it and renames it into place.
-fn copy_durably(vfs: &dyn Vfs, tail: &QuarantineMove) -> Result<()> {
-    let tmp = tail.to.with_extension("quarantine.tmp");
+/// Writes the cut segment anew — its kept bytes (or a fresh header), then a filler record at
+/// every retired position — to a temporary file, and renames it over the old one. A filler record
+/// is a batch of its own, whose bytes are the same in format 1 and 2, so a format-1 segment
+/// stays one.
+fn rebuild_with_filler(vfs: &dyn Vfs, plan: &RepairPlan, filler: &Bytes) -> Result<()> {
+    let mut records = Vec::new();
+    for position in plan.retired().into_iter().flatten() {
+        encode_record(&mut records, position, filler);
+    }
+    let (kept, header) = if plan.rewrite_header {
+        (0, encode_segment_header(plan.next_position).to_vec())
+    } else {
+        (plan.offset, Vec::new())
+    };
+    let mut tail = header;
+    tail.extend_from_slice(&records);
+    copy_durably(vfs, &plan.segment, 0, kept, &plan.segment, &tail)
+}
+
+/// Copies `bytes` bytes of `from` starting at `from_offset`, then `extra`, into a temporary
+/// file, fsyncs it and renames it to `to`.
+fn copy_durably(
+    vfs: &dyn Vfs,
+    from: &Path,
+    from_offset: u64,
+    bytes: u64,
+    to: &Path,
+    extra: &[u8],
+) -> Result<()> {
+    let tmp = to.with_extension(format!(
+        "{}.tmp",
+        to.extension().and_then(|ext| ext.to_str()).unwrap_or_default()
+    ));
     vfs::remove_if_present(vfs, &tmp).map_err(|e| Error::io("remove stale temp file", &tmp, e))?;
-    let source = vfs
-        .open(&tail.from, OpenMode::Read)
-        .map_err(|e| Error::io("open segment", &tail.from, e))?;
+    let source = vfs.open(from, OpenMode::Read).map_err(|e| Error::io("open segment", from, e))?;
     let target = vfs
         .open(&tmp, OpenMode::CreateNew)
-        .map_err(|e| Error::io("create quarantine file", &tmp, e))?;
+        .map_err(|e| Error::io("create temporary file", &tmp, e))?;
     let mut buf = vec![0u8; READ_CHUNK_BYTES];
     let mut done = 0;
-    while done < tail.bytes {
-        let want = usize_from((tail.bytes - done).min(u64_from(READ_CHUNK_BYTES)));
+    while done < bytes {
+        let want = usize_from((bytes - done).min(u64_from(READ_CHUNK_BYTES)));
         let got = source
-            .read_full_at(&mut buf[..want], tail.from_offset + done)
-            .map_err(|e| Error::io("read segment", &tail.from, e))?;
+            .read_full_at(&mut buf[..want], from_offset + done)
+            .map_err(|e| Error::io("read segment", from, e))?;
         if got == 0 {
             break; // the file is shorter than inspected: nothing more to keep
         }
         target
             .write_all_at(&buf[..got], done)
-            .map_err(|e| Error::io("write quarantine file", &tmp, e))?;
+            .map_err(|e| Error::io("write temporary file", &tmp, e))?;
         done += u64_from(got);
     }
-    target.sync_data().map_err(|e| Error::io("fsync quarantine file", &tmp, e))?;
+    if !extra.is_empty() {
+        target.write_all_at(extra, done).map_err(|e| Error::io("write temporary file", &tmp, e))?;
+    }
+    target.sync_data().map_err(|e| Error::io("fsync temporary file", &tmp, e))?;
     drop(target);
-    vfs.rename(&tmp, &tail.to).map_err(|e| Error::io("rename quarantine file", &tail.to, e))
+    vfs.rename(&tmp, to).map_err(|e| Error::io("rename temporary file", to, e))
 }
 
 fn remove_index_of(vfs: &dyn Vfs, segment: &Path) -> Result<()> {

@@ -82,7 +82,7 @@ pub trait VfsFile: Send + Sync + fmt::Debug {
 /// # Errors
 /// The operating system's error (also when `path` exists but is not a directory: the caller's
 /// next `read_dir` fails).
-pub(crate) fn create_dir_durable(vfs: &dyn Vfs, path: &Path) -> io::Result<usize> {
+pub fn create_dir_durable(vfs: &dyn Vfs, path: &Path) -> io::Result<usize> {
     let mut created = 0;
     match vfs.create_dir(path) {
         Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(0),

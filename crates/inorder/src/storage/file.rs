@@ -82,7 +82,8 @@ impl FileStorage {
     ) -> Result<Self> {
         let topics_dir = data_dir.join("topics");
         // Made durable with its parents: a topic created after a power loss must find it.
-        vfs.create_dir_all(&topics_dir).map_err(fs_error("creating", &topics_dir))?;
+        inorder_log::vfs::create_dir_durable(vfs.as_ref(), &topics_dir)
+            .map_err(fs_error("creating", &topics_dir))?;
         let state = StateStore::open(Arc::clone(&vfs), &data_dir.join("state"))?;
         Ok(Self {
             vfs,
