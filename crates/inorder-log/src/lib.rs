@@ -81,7 +81,7 @@ pub use crate::{
     error::{CorruptReason, Error, Result},
     format::record,
     limits::NAME_BYTES_MAX,
-    log::Log,
+    log::{Appending, Log},
     name::Name,
     offline::{
         OfflineLog,

@@ -146,6 +146,24 @@ impl Log {
         I: IntoIterator<Item = B>,
         B: Into<Bytes>,
     {
+        self.submit(records).await?.await
+    }
+
+    /// The first half of [`Log::append`]: queues the batch to the writer and returns once it is
+    /// queued, with the future of its positions. Batches are written — and get their positions —
+    /// in the order their `submit` returned, so a caller that serialises its submits (say, to
+    /// number records in position order) need not wait for each fsync in between.
+    ///
+    /// The batch is appended whether or not the returned [`Appending`] is awaited.
+    ///
+    /// # Errors
+    /// [`Error::InvalidBatch`] (nothing queued), [`Error::Closed`]; the [`Appending`] as
+    /// [`Log::append`].
+    pub async fn submit<I, B>(&self, records: I) -> Result<Appending>
+    where
+        I: IntoIterator<Item = B>,
+        B: Into<Bytes>,
+    {
         let records: Vec<Bytes> = records.into_iter().map(Into::into).collect();
         let payload_bytes = self.check_batch(&records)?;
         let permits = u32::try_from(payload_bytes.div_ceil(APPEND_PERMIT_BYTES).max(1))
@@ -158,7 +176,7 @@ impl Log {
         let command =
             Command::Append(PendingAppend { records, payload_bytes, reply, _permit: permit });
         self.send(command).await?;
-        response.await.map_err(|_| Error::Closed)?
+        Ok(Appending(response))
     }
 
     /// [`Log::append`] for synchronous code. Do not call from inside an async runtime.
@@ -298,5 +316,22 @@ impl Log {
     /// [`Error::Corrupt`] naming the first bad file and offset; [`Error::Io`].
     pub fn verify(&self) -> Result<u64> {
         verify::verify(&self.inner.shared)
+    }
+}
+
+/// A batch queued by [`Log::submit`]: resolves to its positions once durable under the fsync
+/// policy, or to the error that stopped it.
+#[derive(Debug)]
+#[must_use = "the batch is appended anyway; await this to learn its positions"]
+pub struct Appending(oneshot::Receiver<Result<RangeInclusive<u64>>>);
+
+impl std::future::Future for Appending {
+    type Output = Result<RangeInclusive<u64>>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx).map(|answer| answer.map_err(|_| Error::Closed)?)
     }
 }

@@ -301,3 +301,23 @@ fn a_directory_with_cursors_from_an_older_version_still_opens() {
     assert_eq!(log.purge_blocking(4).unwrap().first_position, 4);
     assert!(vfs.read_file(&cursors.join("billing.cursor")).is_some(), "ignored, not deleted");
 }
+
+/// `submit` is the first half of `append`: batches get positions in the order their submits
+/// returned, without waiting for each fsync in between, and a batch is appended even when its
+/// `Appending` is dropped unawaited.
+#[tokio::test]
+async fn submitted_batches_get_positions_in_submit_order_and_land_even_if_not_awaited() {
+    let vfs = SimVfs::new();
+    let log = open_sim(&vfs, small_options(FsyncPolicy::Group));
+    let first = log.submit([payload("a", 0, 10), payload("a", 1, 10)]).await.unwrap();
+    let dropped = log.submit([payload("b", 0, 10)]).await.unwrap();
+    let third = log.submit([payload("c", 0, 10)]).await.unwrap();
+    drop(dropped);
+    assert_eq!(third.await.unwrap(), 4..=4);
+    assert_eq!(first.await.unwrap(), 1..=2);
+    let read: Vec<_> = read_all(&log, 1).into_iter().map(|r| r.payload.to_vec()).collect();
+    assert_eq!(
+        read,
+        [payload("a", 0, 10), payload("a", 1, 10), payload("b", 0, 10), payload("c", 0, 10)]
+    );
+}

@@ -9,7 +9,9 @@
 //! attribute is kept and given back. `specversion` (`1.0`) and `type` are required; a missing
 //! `id` is generated (UUIDv7) and a missing `source` is `/inorder`. JSON `data` is stored byte for
 //! byte as sent (see [`members`]). Events going out carry every attribute they came in with, plus
-//! `position` and `partitionkey`.
+//! `position`, `commit` (the node-wide commit position, an integer) and `partitionkey`.
+//! `position` and `commit` are the engine's: sent in, they are ignored (a read event can be
+//! published again as it is).
 
 use std::str::FromStr;
 
@@ -221,8 +223,12 @@ struct Parts<'a> {
     extensions: Vec<(String, ExtensionValue)>,
 }
 
+/// Attributes the engine sets on events going out; ignored on events coming in.
+const ENGINE_ATTRIBUTES: [&str; 2] = ["position", "commit"];
+
 impl Parts<'_> {
-    fn build(self) -> Result<Event, InvalidEvent> {
+    fn build(mut self) -> Result<Event, InvalidEvent> {
+        self.extensions.retain(|(name, _)| !ENGINE_ATTRIBUTES.contains(&name.as_str()));
         let mut key = self.subject.clone().unwrap_or_default();
         let mut builder: EventBuilder = Event::builder(self.topic, String::new(), self.action)
             .source(self.source.unwrap_or_else(|| EVENT_SOURCE_DEFAULT.to_owned()))
@@ -310,7 +316,7 @@ fn percent_decode(raw: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// An event as a structured CloudEvent, with `position` and `partitionkey`.
+/// An event as a structured CloudEvent, with `position`, `commit` and `partitionkey`.
 #[must_use]
 pub fn render(event: &Event) -> Value {
     let mut object = Map::new();
@@ -344,7 +350,6 @@ pub fn render(event: &Event) -> Value {
         };
     }
     object.insert("partitionkey".into(), event.key.clone().into());
-    object.insert("position".into(), event.position.into());
     if let Some(sequence) = event.sequence {
         object.insert("sequence".into(), sequence.to_string().into());
     }
@@ -363,6 +368,8 @@ pub fn render(event: &Event) -> Value {
         };
         object.insert(name.clone(), value);
     }
+    object.insert("position".into(), event.position.into());
+    object.insert("commit".into(), event.commit.into());
     Value::Object(object)
 }
 
@@ -387,9 +394,29 @@ mod tests {
             ("o-7", "order.created", Some(3))
         );
         let mut out = render(&event);
-        assert_eq!(out["position"], 0);
+        assert_eq!((&out["position"], &out["commit"]), (&json!(0), &json!(0)));
         out.as_object_mut().unwrap().remove("position");
+        out.as_object_mut().unwrap().remove("commit");
         assert_eq!(out, body);
+    }
+
+    #[test]
+    fn position_and_commit_sent_in_are_ignored_the_engine_sets_them() {
+        let body = json!({
+            "specversion": "1.0", "type": "order.created", "source": "/shop",
+            "position": 999, "commit": 12345, "partitionkey": "o-1",
+        });
+        let mut event = parse_structured(body.to_string().as_bytes(), "orders").unwrap();
+        assert!(event.extensions.is_empty(), "{:?}", event.extensions);
+        (event.position, event.commit) = (7, 42);
+        let out = render(&event);
+        assert_eq!((&out["position"], &out["commit"]), (&json!(7), &json!(42)));
+        let mut headers = HeaderMap::new();
+        for (name, value) in [("ce-specversion", "1.0"), ("ce-type", "a"), ("ce-commit", "5")] {
+            headers.insert(name, HeaderValue::from_static(value));
+        }
+        let event = parse_binary(&headers, Bytes::new(), "orders").unwrap();
+        assert!(event.extensions.is_empty(), "{:?}", event.extensions);
     }
 
     #[test]

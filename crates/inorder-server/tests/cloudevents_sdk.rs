@@ -1,6 +1,6 @@
 //! Interoperability with the CloudEvents Rust SDK, a client we did not write: events it builds
 //! are accepted in structured and binary mode, and what the server returns parses back into the
-//! same SDK events (with `position` added).
+//! same SDK events (with `position` and `commit` added).
 
 #![allow(clippy::unwrap_used)]
 
@@ -81,7 +81,12 @@ async fn events_built_by_the_sdk_round_trip_in_structured_and_binary_mode() {
             back.extension("position").map(ToString::to_string),
             Some((position + 1).to_string())
         );
+        assert_eq!(
+            back.extension("commit").map(ToString::to_string),
+            Some((position + 1).to_string())
+        );
         back.remove_extension("position");
+        back.remove_extension("commit");
         assert_eq!(back, sent, "the SDK reads back the event it sent");
         assert_eq!(back.datacontenttype(), Some("application/json"));
     }

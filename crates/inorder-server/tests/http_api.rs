@@ -68,14 +68,58 @@ async fn events_published_in_all_three_modes_read_back_with_every_attribute() {
     assert_eq!(body["next"], 5);
     let events = body["events"].as_array().unwrap();
     let mut first = events[0].clone();
-    assert_eq!(first["position"], 1);
+    assert_eq!((&first["position"], &first["commit"]), (&json!(1), &json!(1)));
     first.as_object_mut().unwrap().remove("position");
-    assert_eq!(first, structured, "every attribute comes back, plus position");
+    first.as_object_mut().unwrap().remove("commit");
+    assert_eq!(first, structured, "every attribute comes back, plus position and commit");
     assert_eq!(
         (events[1]["data"].clone(), events[1]["partitionkey"].clone()),
         (json!("paid in full"), json!("o-1"))
     );
     assert_eq!(events[3]["position"], 4);
+}
+
+const TWO_TOPICS: &str = r#"
+[[topics]]
+name = "orders"
+
+[[topics]]
+name = "payments"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_topic_reads_in_one_commit_order_page_by_page() {
+    let server = ServerProcess::start(TWO_TOPICS);
+    let mut published = Vec::new();
+    for i in 0..7 {
+        let topic = if i % 2 == 0 { "orders" } else { "payments" };
+        let (status, body) = post_event(&server, topic, &event("a", &format!("k-{i}"))).await;
+        assert_eq!(status, 201, "{body}");
+        published.push((topic.to_owned(), body["position"].as_u64().unwrap()));
+    }
+    let (mut read, mut from, mut last_commit) = (Vec::new(), 1, 0);
+    loop {
+        let (status, body) = get(&server, &format!("/v1/events?from={from}&limit=3")).await;
+        assert_eq!(status, 200, "{body}");
+        let events = body["events"].as_array().unwrap();
+        if events.is_empty() {
+            assert_eq!(body["next"], from, "past the end, next stays");
+            break;
+        }
+        for event in events {
+            let commit = event["commit"].as_u64().unwrap();
+            assert!(commit > last_commit, "commit order: {event}");
+            last_commit = commit;
+            read.push((
+                event["topic"].as_str().unwrap().to_owned(),
+                event["position"].as_u64().unwrap(),
+            ));
+        }
+        from = body["next"].as_u64().unwrap();
+    }
+    assert_eq!(read, published);
+    let (status, body) = get(&server, "/v1/events?from=x").await;
+    assert_eq!(status, 400, "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,6 +13,17 @@
 //! bytes    data (varint length + bytes)
 //! ```
 //!
+//! The file storage frames each record with its commit position ([`frame_commit`]); the
+//! Postgres storage keeps it in a column:
+//!
+//! ```text
+//! u8       0x02 (a framed record)
+//! u64      commit position, little-endian
+//! …        the record: an event (version byte 1, above) or a lost record (0xFE, reason)
+//! ```
+//!
+//! A record whose first byte is not `0x02` was written before commit positions (commit 0).
+//!
 //! Varints are LEB128. Every length is checked against the remaining input before use, so a
 //! damaged record yields an error, never a panic or a huge allocation.
 
@@ -62,11 +73,40 @@ pub fn is_lost(payload: &[u8]) -> bool {
 /// # Errors
 /// [`Error::Decode`].
 pub fn decode_record(topic: &Name, record: &StoredRecord) -> Result<Event, Error> {
-    decode(topic, record.position, &record.payload).map_err(|reason| Error::Decode {
-        topic: topic.to_string(),
-        position: record.position,
-        reason,
-    })
+    let mut event = decode(topic, record.position, &record.payload).map_err(|reason| {
+        Error::Decode { topic: topic.to_string(), position: record.position, reason }
+    })?;
+    event.commit = record.commit;
+    Ok(event)
+}
+
+/// First byte of a record the file storage framed with its commit position:
+/// `u8 0x02, u64 commit (little-endian), then the record` (an event or a lost record).
+const COMMITTED: u8 = 0x02;
+const COMMITTED_HEADER_BYTES: usize = 9;
+
+/// Frames a record with its commit position (the file storage's log records; see
+/// [`split_commit`]).
+#[must_use]
+pub fn frame_commit(commit: u64, record: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(COMMITTED_HEADER_BYTES + record.len());
+    out.push(COMMITTED);
+    out.extend_from_slice(&commit.to_le_bytes());
+    out.extend_from_slice(record);
+    Bytes::from(out)
+}
+
+/// The commit position and the record of a framed log record; a record written before commit
+/// positions existed (or one too short to be framed, which then fails to decode) has commit 0.
+#[must_use]
+pub fn split_commit(stored: Bytes) -> (u64, Bytes) {
+    match stored.get(..COMMITTED_HEADER_BYTES) {
+        Some([COMMITTED, commit @ ..]) => {
+            let commit = u64::from_le_bytes(commit.try_into().unwrap_or([0; 8]));
+            (commit, stored.slice(COMMITTED_HEADER_BYTES..))
+        }
+        _ => (0, stored),
+    }
 }
 
 /// Encodes an event (without topic and position).
@@ -177,6 +217,7 @@ pub fn decode(topic: &Name, position: u64, bytes: &Bytes) -> Result<Event, &'sta
         sequence,
         extensions,
         position,
+        commit: 0,
     })
 }
 
@@ -185,6 +226,16 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn records_stored_before_commit_positions_have_commit_0() {
+        let event = Event::builder("t", "k", "a").build().unwrap();
+        let (commit, record) = split_commit(encode(&event));
+        assert_eq!((commit, record), (0, encode(&event)));
+        let lost = lost("power loss");
+        assert_eq!(split_commit(frame_commit(7, &lost)), (7, lost.clone()));
+        assert_eq!(split_commit(lost.clone()), (0, lost));
+    }
 
     fn topic() -> Name {
         Name::new("topic", "t").unwrap()
@@ -210,7 +261,7 @@ mod tests {
                 id, topic: topic(), key, action, data: Bytes::from(data),
                 data_content_type: Some("application/octet-stream".into()), time_micros, source,
                 subject, data_schema: None, correlation_id, causation_id: None, sequence,
-                extensions, position: 9,
+                extensions, position: 9, commit: 0,
             }
         }
     }
@@ -219,6 +270,16 @@ mod tests {
         #[test]
         fn every_event_round_trips(event in event()) {
             prop_assert_eq!(decode(&topic(), 9, &encode(&event)).unwrap(), event);
+        }
+
+        #[test]
+        fn a_framed_record_round_trips_with_its_commit(event in event(), commit in any::<u64>()) {
+            let stored = frame_commit(commit, &encode(&event));
+            let (found, record) = split_commit(stored);
+            let record = StoredRecord { position: 9, commit: found, payload: record };
+            let decoded = decode_record(&topic(), &record).unwrap();
+            prop_assert_eq!(decoded.commit, commit);
+            prop_assert_eq!(Event { commit: 0, ..decoded }, event);
         }
 
         #[test]

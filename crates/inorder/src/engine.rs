@@ -447,6 +447,26 @@ impl Engine {
             .collect()
     }
 
+    /// Reads every topic in one order: up to `max` events (at most
+    /// [`READ_ALL_EVENTS_MAX`](crate::limits::READ_ALL_EVENTS_MAX)) with a commit position at or
+    /// above `from`, in commit order, and the commit to read from next. A read never returns a
+    /// commit while an earlier one may still appear (an append of another topic not yet
+    /// durable), so a reader that goes on from `next` misses nothing. Commits may have gaps.
+    /// `from = 0` includes events stored before commit positions existed (commit 0) first.
+    ///
+    /// # Errors
+    /// [`Error::Storage`]; [`Error::Decode`] for a record that does not decode.
+    pub async fn read_all(&self, from: u64, max: usize) -> Result<(Vec<Event>, u64)> {
+        let records = self.inner.storage.read_all(from, max).await?;
+        let next = records.last().map_or(from, |(_, record)| record.commit + 1);
+        let events = records
+            .iter()
+            .filter(|(_, record)| !codec::is_lost(&record.payload))
+            .map(|(topic, record)| codec::decode_record(topic, record))
+            .collect::<Result<_>>()?;
+        Ok((events, next))
+    }
+
     /// Stops every stream and the checkpointer. In-flight handler calls are abandoned; their
     /// events are handed to the handler again after the next start (at-least-once).
     pub async fn shutdown(&self) {

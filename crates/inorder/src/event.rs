@@ -63,6 +63,10 @@ pub struct Event {
     pub extensions: BTreeMap<String, ExtensionValue>,
     /// Position in the topic's log (0 before it is appended).
     pub position: u64,
+    /// The node-wide commit position: one order across all topics, growing with `position`
+    /// within a topic (0 before it is appended, and for events stored before commit positions
+    /// existed). See [`Engine::read_all`](crate::Engine::read_all).
+    pub commit: u64,
 }
 
 impl Event {
@@ -273,6 +277,7 @@ impl EventBuilder {
             sequence: self.sequence,
             extensions: self.extensions,
             position: 0,
+            commit: 0,
         };
         event.validate()?;
         Ok(event)

@@ -152,3 +152,10 @@ const _: () = assert!(RETRY_DELAY_MAX.as_secs() <= TIMER_DELAY_MAX.as_secs());
 const _: () = assert!(SEQUENCE_TIMEOUT_MAX.as_secs() <= TIMER_DELAY_MAX.as_secs());
 const _: () = assert!(RETRY_MAX_DELAY_DEFAULT.as_secs() <= RETRY_DELAY_MAX.as_secs());
 const _: () = assert!(TOPIC_ACTIONS_MAX <= 64, "actions progress is a 64-bit mask");
+
+/// Commit positions the file storage reserves durably at a time (one journal write per block):
+/// after a crash the clock goes on above the block, so no commit number is ever issued twice,
+/// at the price of a gap of at most this many.
+pub const COMMIT_RESERVE_BLOCK: u64 = 1 << 20;
+/// Most events one `read_all` returns.
+pub const READ_ALL_EVENTS_MAX: usize = 1000;

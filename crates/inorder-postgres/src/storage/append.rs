@@ -21,16 +21,20 @@ use tokio::sync::oneshot;
 use super::{db_error, notify::Watches, pool_error, schema, to_u64};
 use crate::limits::{STORAGE_APPEND_QUEUE_DEPTH, STORAGE_APPEND_RECORDS_MAX};
 
-/// Reserves positions under the topic row lock, inserts the events there, and queues a `NOTIFY`
-/// delivered on commit. No row back means the topic does not exist.
+/// Reserves commit positions under the clock's row lock, then positions under the topic's row
+/// lock (reading the clock's result orders the locks: clock first, always), inserts the events
+/// there, and queues a `NOTIFY` delivered on commit. No row back means the topic does not exist.
 const APPEND: &str = "\
-    WITH counter AS ( \
+    WITH clock AS ( \
+        UPDATE inorder_commit_clock SET last_commit = last_commit + cardinality($2::bytea[]) \
+        RETURNING last_commit), \
+    counter AS ( \
         UPDATE inorder_topics SET last_position = last_position + cardinality($2::bytea[]) \
-        WHERE name = $1 RETURNING last_position), \
+        FROM clock WHERE name = $1 RETURNING last_position, clock.last_commit), \
     appended AS ( \
-        INSERT INTO inorder_events (topic, position, payload) \
+        INSERT INTO inorder_events (topic, position, commit_position, payload) \
         SELECT $1, counter.last_position - cardinality($2::bytea[]) + event.ordinal, \
-               event.payload \
+               counter.last_commit - cardinality($2::bytea[]) + event.ordinal, event.payload \
         FROM counter, UNNEST($2::bytea[]) WITH ORDINALITY AS event(payload, ordinal)) \
     SELECT last_position, pg_notify($3, last_position::text || ' ' || $1) FROM counter";
 

@@ -6,7 +6,7 @@
 //! | `schema` | the tables (documented there), created on connect, and the schema version |
 //! | `commit` | a batch of [`StateOp`]s resolved and written in one transaction |
 //! | `notify` | the per-topic watches and the `LISTEN` task that feeds them |
-//! | `reader` | the [`TopicReader`]: bounded range reads by `(topic, position)` |
+//! | `reader` | the [`TopicReader`]: bounded range reads by `(topic, position)`; `read_all` by commit position |
 //!
 //! **Appends** are grouped: concurrent appends to a topic share one statement (see `append`,
 //! group commit). The statement is one transaction: it increments the topic's counter
@@ -15,7 +15,9 @@
 //! that PostgreSQL delivers on commit. Concurrent appenders of a topic, in this process or
 //! another, serialise on the row lock: positions are unique, gap-free and committed in order. An
 //! append returns after its commit, durable under the server's `synchronous_commit` (on by
-//! default). A failed append changes nothing.
+//! default). A failed append changes nothing. The same statement first takes the commit
+//! positions from the one-row commit clock (see `schema`), whose row lock orders commits across
+//! all topics and nodes.
 //!
 //! **State commits** run in one transaction; with `durable = false` (the id index, which is
 //! rebuilt from the log) it sets `synchronous_commit = off` for that transaction only. A commit
@@ -44,7 +46,7 @@ use bytes::Bytes;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use inorder::{
     KeyState, Name, ParkedEvent, StorageError, StreamId, StreamState,
-    storage::{StateOp, Storage, TopicReader},
+    storage::{StateOp, Storage, StoredRecord, TopicReader},
 };
 use tokio::sync::{Mutex, watch};
 use tokio_postgres::NoTls;
@@ -265,6 +267,26 @@ impl Storage for PgStorage {
             }
             Err(error) => Err(error),
         }
+    }
+
+    async fn read_all(&self, from: u64, max: usize) -> inorder::Result<Vec<(Name, StoredRecord)>> {
+        let limit = max.min(crate::limits::STORAGE_READ_RECORDS_MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows =
+            self.query("read all topics", reader::READ_ALL, &[&to_i64(from)?, &limit]).await?;
+        let mut records = Vec::with_capacity(rows.len());
+        for row in rows {
+            let topic = Name::new("topic", row.get::<_, &str>(0))
+                .map_err(|e| StorageError::corrupt(format!("a stored topic name: {e}")))?;
+            let payload: Vec<u8> = row.get(2);
+            let record = StoredRecord {
+                position: to_u64(row.get(1))?,
+                commit: to_u64(row.get(3))?,
+                payload: payload.into(),
+            };
+            records.push((topic, record));
+        }
+        Ok(records)
     }
 
     async fn commit(&self, ops: Vec<StateOp>, durable: bool) -> inorder::Result<()> {

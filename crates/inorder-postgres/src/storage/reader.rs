@@ -12,8 +12,14 @@ use inorder::{
 use super::{db_error, pool_error, to_i64, to_u64};
 use crate::limits::STORAGE_READ_RECORDS_MAX;
 
-const READ: &str = "SELECT position, payload FROM inorder_events \
+const READ: &str = "SELECT position, payload, commit_position FROM inorder_events \
                     WHERE topic = $1 AND position >= $2 ORDER BY position LIMIT $3";
+
+/// Every topic by commit position (`inorder_events_commit`); commit 0 (events stored before
+/// commit positions) by topic and position.
+pub(crate) const READ_ALL: &str = "\
+    SELECT topic, position, payload, commit_position FROM inorder_events \
+    WHERE commit_position >= $1 ORDER BY commit_position, topic, position LIMIT $2";
 
 /// A reader of one topic of a [`PgStorage`](super::PgStorage).
 pub(crate) struct PgTopicReader {
@@ -48,7 +54,8 @@ impl TopicReader for PgTopicReader {
                 });
             }
             let payload: Vec<u8> = row.get(1);
-            records.push(StoredRecord { position, payload: payload.into() });
+            let commit = to_u64(row.get(2))?;
+            records.push(StoredRecord { position, commit, payload: payload.into() });
             self.next += 1;
         }
         Ok(records)

@@ -7,7 +7,11 @@
 //!                    last_position  bigint NOT NULL DEFAULT 0,  -- the position counter
 //!                    created_at timestamptz NOT NULL DEFAULT now())
 //! inorder_events    (topic text COLLATE "C", position bigint, payload bytea NOT NULL,
+//!                    commit_position bigint NOT NULL DEFAULT 0, -- node-wide order (v2)
 //!                    PRIMARY KEY (topic, position))             -- the engine's codec bytes
+//!                    INDEX inorder_events_commit (commit_position)
+//! inorder_commit_clock (singleton boolean PRIMARY KEY CHECK (singleton),
+//!                    last_commit bigint NOT NULL)               -- the commit counter (v2)
 //! inorder_streams   (subscription text COLLATE "C", topic text COLLATE "C",
 //!                    state bytea NOT NULL,                      -- StreamState::encode
 //!                    PRIMARY KEY (subscription, topic))
@@ -32,6 +36,14 @@
 //!   until commit, so positions are gap-free, unique, and committed in order; a rolled-back
 //!   append rolls its increment back too. There is deliberately no foreign key from events to
 //!   topics: it would add a row lock per insert and protects nothing the counter does not.
+//! - **Commit positions come from the one row of `inorder_commit_clock`**, incremented by the
+//!   appending statement before it touches the topic's row (the topic update reads the clock's
+//!   new value, so the clock is always locked first: no lock-order deadlock). The row lock is
+//!   held until commit, so commit positions are committed in order across all topics and nodes:
+//!   a reader that sees commit `N + 1` sees `N` (unless `N` rolled back and never exists). The
+//!   price is that appends of *different* topics serialise too, on that row: one group commit at
+//!   a time for the whole database. A rolled-back or topic-less append leaves a gap; readers never
+//!   rely on commits being contiguous.
 //! - **Names are `text COLLATE "C"`**: validated ASCII, ordered bytewise like the file backend.
 //!   **Keys and event ids are `bytea`**: they are arbitrary strings, and `text` refuses NUL.
 //! - `inorder_ids_indexed` is apart from `inorder_topics` so the id indexer never waits on the
@@ -45,8 +57,17 @@ use tokio_postgres::Client;
 
 use crate::error::{Error, Result};
 
-/// The version of the tables above. A database with another version is refused, never changed.
-pub(crate) const SCHEMA_VERSION: i32 = 1;
+/// The version of the tables above. Version 1 (before commit positions) is migrated in place
+/// ([`MIGRATE_1_TO_2`]); any other version is refused, never changed.
+pub(crate) const SCHEMA_VERSION: i32 = 2;
+
+/// Adds commit positions to a version-1 database: events stored before get commit 0 (adding a
+/// column with a constant default rewrites nothing).
+const MIGRATE_1_TO_2: &str = r#"
+ALTER TABLE inorder_events ADD COLUMN IF NOT EXISTS commit_position bigint NOT NULL DEFAULT 0;
+CREATE INDEX IF NOT EXISTS inorder_events_commit ON inorder_events (commit_position);
+UPDATE inorder_schema SET version = 2;
+"#;
 
 /// The advisory lock key that serialises schema creation (`"inorder"` in ASCII).
 const SCHEMA_LOCK_KEY: i64 = 0x0069_6e6f_7264_6572;
@@ -67,7 +88,12 @@ CREATE TABLE IF NOT EXISTS inorder_events (
     topic text COLLATE "C" NOT NULL,
     position bigint NOT NULL,
     payload bytea NOT NULL,
+    commit_position bigint NOT NULL DEFAULT 0,
     PRIMARY KEY (topic, position));
+CREATE TABLE IF NOT EXISTS inorder_commit_clock (
+    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    last_commit bigint NOT NULL);
+INSERT INTO inorder_commit_clock (last_commit) VALUES (0) ON CONFLICT DO NOTHING;
 CREATE TABLE IF NOT EXISTS inorder_streams (
     subscription text COLLATE "C" NOT NULL,
     topic text COLLATE "C" NOT NULL,
@@ -110,16 +136,30 @@ pub(crate) async fn create(client: &mut Client) -> Result<()> {
         )
         .await
         .map_err(Error::query("write schema version"))?;
-    let version: i32 = transaction
-        .query_one("SELECT version FROM inorder_schema", &[])
-        .await
-        .map_err(Error::query("read schema version"))?
-        .get(0);
+    let mut version = read_version(&transaction).await?;
+    if version == 1 {
+        transaction.batch_execute(MIGRATE_1_TO_2).await.map_err(Error::query("migrate to 2"))?;
+        version = read_version(&transaction).await?;
+    }
     if version != SCHEMA_VERSION {
         return Err(Error::InvalidConfig(format!(
             "the database holds inorder schema version {version}; this build uses \
              {SCHEMA_VERSION}"
         )));
     }
+    transaction
+        .batch_execute(
+            "CREATE INDEX IF NOT EXISTS inorder_events_commit ON inorder_events (commit_position)",
+        )
+        .await
+        .map_err(Error::query("create the commit index"))?;
     transaction.commit().await.map_err(Error::query("commit schema"))
+}
+
+async fn read_version(transaction: &tokio_postgres::Transaction<'_>) -> Result<i32> {
+    Ok(transaction
+        .query_one("SELECT version FROM inorder_schema", &[])
+        .await
+        .map_err(Error::query("read schema version"))?
+        .get(0))
 }

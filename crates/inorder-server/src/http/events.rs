@@ -119,3 +119,33 @@ pub async fn read(
     let events: Vec<_> = events.iter().map(cloudevent::render).collect();
     Ok(Json(json!({ "events": events, "next": next })).into_response())
 }
+
+/// Query of `GET /v1/events`.
+#[derive(Debug, Deserialize)]
+pub struct ReadAllQuery {
+    from: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// `GET /v1/events?from=C&limit=M`: the events of every topic in commit order, from commit
+/// position `C` (default 1; `0` also returns events stored before commit positions existed), as
+/// structured CloudEvents with `topic`, `position` and `commit`; `next` is the commit to read
+/// from next. A page never holds a commit while an earlier one may still appear.
+pub async fn read_all(
+    State(state): State<Arc<AppState>>,
+    query: Result<Query<ReadAllQuery>, QueryRejection>,
+) -> Result<Response, Problem> {
+    let Query(query) = query.map_err(|e| Problem::invalid_request(e.body_text()))?;
+    let from = query.from.unwrap_or(1);
+    let limit = query.limit.unwrap_or(READ_EVENTS_DEFAULT).clamp(1, READ_EVENTS_MAX);
+    let (events, next) = state.engine.read_all(from, limit).await?;
+    let events: Vec<_> = events
+        .iter()
+        .map(|event| {
+            let mut rendered = cloudevent::render(event);
+            rendered["topic"] = event.topic.as_str().into();
+            rendered
+        })
+        .collect();
+    Ok(Json(json!({ "events": events, "next": next })).into_response())
+}

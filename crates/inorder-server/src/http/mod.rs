@@ -63,6 +63,7 @@ pub fn router(state: Arc<AppState>, body_limit_bytes: usize) -> Router {
         .route("/v1/topics", get(admin::topics))
         .route("/v1/topics/{topic}/events", post(events::publish).get(events::read))
         .route("/v1/topics/{topic}/events:batch", post(events::publish_batch))
+        .route("/v1/events", get(events::read_all))
         .route("/v1/status/{topic}/{position}", get(status::status))
         .route("/v1/subscriptions", get(admin::subscriptions))
         .route("/v1/subscriptions/{name}/pull", post(pull::pull))

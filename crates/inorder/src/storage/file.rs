@@ -2,7 +2,9 @@
 //! tree ([`StateStore`]).
 //!
 //! ```text
-//! <data_dir>/topics/<topic>/   an inorder-log (see crates/inorder-log/FORMAT.md)
+//! <data_dir>/topics/<topic>/   an inorder-log (see crates/inorder-log/FORMAT.md); each record
+//!                              is an engine record framed with its commit position
+//!                              (`codec::frame_commit`)
 //! <data_dir>/state/journal/    the state journal (an inorder-log)
 //! <data_dir>/state/tree/       fjall: keyspaces streams, keys, parked, ids, meta
 //! ```
@@ -11,6 +13,10 @@
 //! so they sort by subscription, topic, then key or big-endian position. Topic logs are opened
 //! on first use (recovery runs on a blocking thread) and stay open; an idle log closes its
 //! files by itself.
+//!
+//! Commit positions come from one [`CommitClock`]: an append takes its topic's turn, is issued
+//! its commits and queues its records before the next append of the topic may, so commits grow
+//! with positions; `read_all` merges the topics by commit up to the clock's visible commit.
 
 use std::{
     collections::HashMap,
@@ -29,11 +35,17 @@ use tokio::sync::watch;
 
 use super::{
     StateOp, Storage, StoredRecord, TopicReader,
-    keys::{Space, id_key, ids_indexed_key, key_key, parked_key, split_parked_key, stream_key},
+    commit_clock::CommitClock,
+    keys::{
+        COMMITS_RESERVED_KEY, Space, id_key, ids_indexed_key, key_key, parked_key,
+        split_parked_key, stream_key,
+    },
     state_store::{StateStore, blocking, corrupt, read_u64},
 };
 use crate::{
+    codec,
     error::{Error, Result, StorageError},
+    limits::READ_ALL_EVENTS_MAX,
     state::{KeyState, ParkedEvent, StreamId, StreamState},
 };
 
@@ -48,11 +60,20 @@ pub struct FileStorage {
     vfs: Arc<dyn Vfs>,
     topics_dir: PathBuf,
     log_options: LogOptions,
-    logs: RwLock<HashMap<Name, Log>>,
+    logs: RwLock<HashMap<Name, TopicLog>>,
+    clock: Arc<CommitClock>,
     /// Serialises opening logs, so a topic is never opened twice.
     opening: tokio::sync::Mutex<()>,
     /// `None` once closed.
     state: RwLock<Option<Arc<StateStore>>>,
+}
+
+/// An open topic log and its append turn: held from issuing commits to queueing the records,
+/// so that commits grow with positions.
+#[derive(Clone)]
+struct TopicLog {
+    log: Log,
+    turn: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for FileStorage {
@@ -85,11 +106,13 @@ impl FileStorage {
         inorder_log::vfs::create_dir_durable(vfs.as_ref(), &topics_dir)
             .map_err(fs_error("creating", &topics_dir))?;
         let state = StateStore::open(Arc::clone(&vfs), &data_dir.join("state"))?;
+        let reserved = read_u64(state.get(Space::Meta, COMMITS_RESERVED_KEY)?)?.unwrap_or(0);
         Ok(Self {
             vfs,
             topics_dir,
             log_options,
             logs: RwLock::new(HashMap::new()),
+            clock: Arc::new(CommitClock::new(reserved)),
             opening: tokio::sync::Mutex::new(()),
             state: RwLock::new(Some(Arc::new(state))),
         })
@@ -101,6 +124,11 @@ impl FileStorage {
 
     /// The open log of `topic`, opening it if its directory exists (or `create`).
     async fn log(&self, topic: &Name, create: bool) -> Result<Log> {
+        Ok(self.topic_log(topic, create).await?.log)
+    }
+
+    /// The open log of `topic` with its append turn (see [`FileStorage::log`]).
+    async fn topic_log(&self, topic: &Name, create: bool) -> Result<TopicLog> {
         if let Some(log) = self.logs.read().get(topic) {
             return Ok(log.clone());
         }
@@ -126,8 +154,74 @@ impl FileStorage {
                  their ids are forgotten, so a retry appends them again"
             );
         }
+        let log = TopicLog { log, turn: Arc::default() };
         self.logs.write().insert(topic.clone(), log.clone());
         Ok(log)
+    }
+
+    /// Issues commits to `payloads`, frames them, and queues them to the topic's log in its turn;
+    /// returns once durable.
+    async fn append_committed(
+        &self,
+        topic: &Name,
+        payloads: Vec<Bytes>,
+    ) -> Result<RangeInclusive<u64>> {
+        let TopicLog { log, turn } = self.topic_log(topic, false).await?;
+        let state = self.state()?;
+        let count = u64::try_from(payloads.len()).unwrap_or(u64::MAX);
+        let issued = {
+            let _turn = turn.lock().await;
+            let reserve = |mark| {
+                let state = Arc::clone(&state);
+                async move { state.put_meta(COMMITS_RESERVED_KEY, mark).await }
+            };
+            let mut issued = self.clock.issue(count, reserve).await?;
+            let framed = issued
+                .range()
+                .zip(&payloads)
+                .map(|(commit, payload)| codec::frame_commit(commit, payload));
+            issued.queued(log.submit(framed).await?);
+            issued
+        };
+        Ok(issued.durable().await?)
+    }
+
+    /// The records of one topic with commits in `from..=visible`, at most `max`, reading from
+    /// the first such position (found by binary search: commits grow with positions).
+    fn read_committed(log: &Log, from: u64, visible: u64, max: usize) -> Result<Vec<StoredRecord>> {
+        let commit_at = |position: u64| -> Result<Option<u64>> {
+            let records = log.read(position, ReadLimits::records(1))?;
+            Ok(records.into_iter().next().map(|r| codec::split_commit(r.payload).0))
+        };
+        let (first, last) = (log.first_position(), log.last_position());
+        if last < first || commit_at(last)?.is_none_or(|commit| commit < from) {
+            return Ok(Vec::new());
+        }
+        let (mut low, mut high) = (first, last);
+        while low < high {
+            let middle = low + (high - low) / 2;
+            if commit_at(middle)?.is_some_and(|commit| commit >= from) {
+                high = middle;
+            } else {
+                low = middle + 1;
+            }
+        }
+        let mut out = Vec::new();
+        let mut reader = log.reader(low);
+        while out.len() < max {
+            let records = reader.read(ReadLimits::records(max - out.len()))?;
+            if records.is_empty() {
+                break;
+            }
+            for record in records {
+                let (commit, payload) = codec::split_commit(record.payload);
+                if commit > visible {
+                    return Ok(out);
+                }
+                out.push(StoredRecord { position: record.position, commit, payload });
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -152,7 +246,10 @@ impl TopicReader for FileTopicReader {
         self.reader = Some(reader);
         Ok(records?
             .into_iter()
-            .map(|r| StoredRecord { position: r.position, payload: r.payload })
+            .map(|r| {
+                let (commit, payload) = codec::split_commit(r.payload);
+                StoredRecord { position: r.position, commit, payload }
+            })
             .collect())
     }
 
@@ -191,8 +288,7 @@ impl Storage for FileStorage {
     }
 
     async fn append(&self, topic: &Name, payloads: Vec<Bytes>) -> Result<RangeInclusive<u64>> {
-        let log = self.log(topic, false).await?;
-        Ok(log.append(payloads).await?)
+        self.append_committed(topic, payloads).await
     }
 
     async fn reader(&self, topic: &Name, from: u64) -> Result<Box<dyn TopicReader>> {
@@ -207,6 +303,22 @@ impl Storage for FileStorage {
 
     async fn watch(&self, topic: &Name) -> Result<watch::Receiver<u64>> {
         Ok(self.log(topic, false).await?.watch_last_position())
+    }
+
+    async fn read_all(&self, from: u64, max: usize) -> Result<Vec<(Name, StoredRecord)>> {
+        let max = max.min(READ_ALL_EVENTS_MAX);
+        let visible = self.clock.visible();
+        let mut all = Vec::new();
+        for topic in self.topics().await? {
+            let log = self.log(&topic, false).await?;
+            let records = blocking(move || Self::read_committed(&log, from, visible, max)).await?;
+            all.extend(records.into_iter().map(|record| (topic.clone(), record)));
+        }
+        all.sort_by(|(a_topic, a), (b_topic, b)| {
+            (a.commit, a_topic, a.position).cmp(&(b.commit, b_topic, b.position))
+        });
+        all.truncate(max);
+        Ok(all)
     }
 
     async fn commit(&self, ops: Vec<StateOp>, durable: bool) -> Result<()> {
@@ -282,7 +394,7 @@ impl Storage for FileStorage {
     }
 
     async fn close(&self) {
-        let logs: Vec<Log> = self.logs.write().drain().map(|(_, log)| log).collect();
+        let logs: Vec<Log> = self.logs.write().drain().map(|(_, topic)| topic.log).collect();
         let state = self.state.write().take();
         if let Some(state) = &state {
             state.close().await;

@@ -97,6 +97,9 @@ pub(crate) fn ids_indexed_key(topic: &Name) -> Vec<u8> {
     bytes
 }
 
+/// Meta key: the highest commit position reserved (see `commit_clock`).
+pub(crate) const COMMITS_RESERVED_KEY: &[u8] = b"commits-reserved";
+
 /// Meta key: the highest position whose event id the topic's index holds.
 pub(crate) fn ids_max_key(topic: &Name) -> Vec<u8> {
     let mut bytes = b"ids-max\0".to_vec();

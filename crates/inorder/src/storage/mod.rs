@@ -15,6 +15,7 @@
 //! each topic in an `inorder-log` and the state in a fjall LSM tree; the Postgres backend
 //! implements the same trait with tables.
 
+mod commit_clock;
 mod file;
 mod journal;
 mod keys;
@@ -32,11 +33,13 @@ use crate::{
     state::{KeyState, ParkedEvent, StreamId, StreamState},
 };
 
-/// A record as stored: the encoded event and its position.
+/// A record as stored: the encoded event, its position and its commit position.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredRecord {
     /// Position in the topic.
     pub position: u64,
+    /// The node-wide commit position (0 for records stored before commit positions existed).
+    pub commit: u64,
     /// The encoded event.
     pub payload: Bytes,
 }
@@ -116,6 +119,10 @@ pub trait Storage: Send + Sync + 'static {
     async fn positions(&self, topic: &Name) -> Result<(u64, u64)>;
     /// A watch of the last durable position, changed on every append.
     async fn watch(&self, topic: &Name) -> Result<watch::Receiver<u64>>;
+    /// Up to `max` records of every topic with a commit position at or above `from`, in commit
+    /// order, never past a commit some earlier one of which may still appear: whatever a read
+    /// returns, no record with a lower commit shows up later (commits may have gaps).
+    async fn read_all(&self, from: u64, max: usize) -> Result<Vec<(Name, StoredRecord)>>;
 
     /// Applies a batch of state changes atomically, whatever its size (the checkpointer merges
     /// many streams' changes; a burst can be hundreds of megabytes); durable on return when

@@ -277,6 +277,15 @@ impl StateStore {
         Ok(())
     }
 
+    /// Sets a meta entry to `value`, durably (through the journal, like a commit).
+    pub(crate) async fn put_meta(self: &Arc<Self>, key: &[u8], value: u64) -> Result<()> {
+        let mut entries = Entries::new();
+        entries.insert((Space::Meta, key.to_vec()), Some(value.to_be_bytes().to_vec()));
+        let appended = self.append(&entries).await?;
+        self.apply(entries, appended);
+        Ok(())
+    }
+
     /// Writes a commit's entries to the journal (durable on return), as parts.
     async fn append(&self, entries: &Entries) -> Result<Vec<RangeInclusive<u64>>> {
         let number = self.commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

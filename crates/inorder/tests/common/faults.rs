@@ -172,6 +172,14 @@ impl Storage for FaultyStorage {
         self.inner.watch(topic).await
     }
 
+    async fn read_all(
+        &self,
+        from: u64,
+        max: usize,
+    ) -> inorder::Result<Vec<(Name, inorder::storage::StoredRecord)>> {
+        self.inner.read_all(from, max).await
+    }
+
     async fn commit(&self, ops: Vec<StateOp>, durable: bool) -> inorder::Result<()> {
         if durable {
             self.faults.check(&self.faults.commits, None, "commit")?;

@@ -43,6 +43,32 @@ use crate::limits::{u64_from, usize_from};
 pub struct SimVfs {
     state: Arc<Mutex<State>>,
     handles: Arc<AtomicUsize>,
+    holds: Arc<SyncHolds>,
+}
+
+/// Directories whose files' `sync_data` waits (see [`SimVfs::hold_syncs`]).
+#[derive(Debug, Default)]
+struct SyncHolds {
+    dirs: Mutex<Vec<PathBuf>>,
+    released: parking_lot::Condvar,
+}
+
+/// Holds the syncs of one directory until dropped (see [`SimVfs::hold_syncs`]).
+#[derive(Debug)]
+#[must_use = "the syncs are released when this is dropped"]
+pub struct SyncHold {
+    holds: Arc<SyncHolds>,
+    dir: PathBuf,
+}
+
+impl Drop for SyncHold {
+    fn drop(&mut self) {
+        let mut dirs = self.holds.dirs.lock();
+        if let Some(at) = dirs.iter().position(|dir| *dir == self.dir) {
+            dirs.remove(at);
+        }
+        self.holds.released.notify_all();
+    }
 }
 
 impl SimVfs {
@@ -57,7 +83,16 @@ impl SimVfs {
     }
 
     fn from_state(state: State) -> Self {
-        Self { state: Arc::new(Mutex::new(state)), handles: Arc::default() }
+        Self { state: Arc::new(Mutex::new(state)), handles: Arc::default(), holds: Arc::default() }
+    }
+
+    /// Makes every `sync_data` of a file under `dir` wait until the returned guard is dropped —
+    /// a disk slow for some files only, so that tests can make appends of one log durable long
+    /// after those of another. Other calls do not wait.
+    pub fn hold_syncs(&self, dir: impl Into<PathBuf>) -> SyncHold {
+        let dir = dir.into();
+        self.holds.dirs.lock().push(dir.clone());
+        SyncHold { holds: Arc::clone(&self.holds), dir }
     }
 
     /// Makes the `skip + 1`-th next call of `op` fail once (with an EIO-like `Other` error).
@@ -152,6 +187,7 @@ struct SimFile {
     vfs: SimVfs,
     inode: u64,
     writable: bool,
+    path: PathBuf,
 }
 
 impl Drop for SimFile {
@@ -197,6 +233,12 @@ impl VfsFile for SimFile {
     }
 
     fn sync_data(&self) -> io::Result<()> {
+        let holds = &self.vfs.holds;
+        let mut dirs = holds.dirs.lock();
+        while dirs.iter().any(|dir| self.path.starts_with(dir)) {
+            holds.released.wait(&mut dirs);
+        }
+        drop(dirs);
         let delay = self.vfs.lock().sync_delay;
         if !delay.is_zero() {
             std::thread::sleep(delay);
@@ -287,7 +329,12 @@ impl Vfs for SimVfs {
         };
         drop(state);
         self.handles.fetch_add(1, Ordering::SeqCst);
-        Ok(Arc::new(SimFile { vfs: self.clone(), inode, writable: mode != OpenMode::Read }))
+        Ok(Arc::new(SimFile {
+            vfs: self.clone(),
+            inode,
+            writable: mode != OpenMode::Read,
+            path: path.to_path_buf(),
+        }))
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
