@@ -10,6 +10,10 @@
 //! - `engine.dispatch.actions`: the same with 3-action sequences published in reverse order.
 //! - `engine.e2e.group`: publish → durable → handled with 64 concurrent publishers (fsync=group);
 //!   baseline `raw_fdatasync`: a write+fdatasync loop at the batching the log achieved.
+//! - `engine.e2e.group.topics16`, `.topics256`: the same spread over 16 and 256 topics, one
+//!   subscription over all of them (how the per-append commit position scales with topics).
+//!
+//! `BENCH_ONLY_E2E=1` runs only the e2e figures.
 //!
 //! `--quick` uses 210k events for dispatch (the full run uses 1.02M: 102 rounds over the keys,
 //! so every 3-action sequence completes).
@@ -72,34 +76,47 @@ async fn main() -> Result<()> {
     let dir = tempfile::tempdir_in(&root)?;
     println!("# engine_bench: dir={} events={events} keys={KEYS}", dir.path().display());
 
+    if std::env::var_os("BENCH_ONLY_E2E").is_none() {
+        dispatch_benches(dir.path(), events).await?;
+    }
+    let run_for = Duration::from_secs(if quick { 3 } else { 10 });
+    for topics in [1, 16, 256] {
+        let name = if topics == 1 {
+            "engine.e2e.group".to_owned()
+        } else {
+            format!("engine.e2e.group.topics{topics}")
+        };
+        let (ours, batch) = e2e(&dir.path().join(format!("e2e{topics}")), topics, run_for).await?;
+        println!("# {name}: group commit put {batch:.1} events behind each fdatasync");
+        let raw = raw_fdatasync(
+            &dir.path().join(format!("raw{topics}")),
+            batch.round().max(1.0) as usize,
+            Duration::from_secs(3),
+        )?;
+        report(&name, "events/s", ours, "raw_fdatasync", raw);
+    }
+    Ok(())
+}
+
+async fn dispatch_benches(dir: &std::path::Path, events: usize) -> Result<()> {
     if std::env::var_os("BENCH_ONLY_FIFO").is_some() {
-        let fifo = dir.path().join("fifo");
+        let fifo = dir.join("fifo");
         fill(&fifo, events, false).await?;
         let ours = dispatch(&fifo, events, Ordering::Fifo).await?;
         println!("fifo only: {ours:.0} events/s");
         return Ok(());
     }
-    let fifo = dir.path().join("fifo");
+    let fifo = dir.join("fifo");
     fill(&fifo, events, false).await?;
     let baseline = bare_tokio(&fifo, events).await?;
     let ours = dispatch(&fifo, events, Ordering::Fifo).await?;
     report("engine.dispatch.fifo", "events/s", ours, "bare_tokio", baseline);
 
-    let actions = dir.path().join("actions");
+    let actions = dir.join("actions");
     fill(&actions, events, true).await?;
     let baseline = bare_tokio(&actions, events).await?;
     let ours = dispatch(&actions, events, Ordering::Actions).await?;
     report("engine.dispatch.actions", "events/s", ours, "bare_tokio", baseline);
-
-    let (ours, batch) =
-        e2e(&dir.path().join("e2e"), Duration::from_secs(if quick { 3 } else { 10 })).await?;
-    println!("# group commit put {batch:.1} events behind each fdatasync");
-    let raw = raw_fdatasync(
-        &dir.path().join("raw"),
-        batch.round().max(1.0) as usize,
-        Duration::from_secs(3),
-    )?;
-    report("engine.e2e.group", "events/s", ours, "raw_fdatasync", raw);
     Ok(())
 }
 
@@ -197,22 +214,34 @@ async fn bare_tokio(dir: &std::path::Path, events: usize) -> Result<f64> {
     Ok(events as f64 / elapsed.as_secs_f64())
 }
 
-/// 64 publishers publishing one event at a time; a subscription handles them. Returns handled
-/// events/s and the log's records per fdatasync.
-async fn e2e(dir: &std::path::Path, run_for: Duration) -> Result<(f64, f64)> {
-    let subscription = SubscriptionConfig::new("bench", ["bench"]).max_keys_in_flight(1024);
-    let config = EngineConfig::new(dir).topic(TopicConfig::new("bench")).subscription(subscription);
+/// 64 publishers publishing one event at a time over `topics` topics; one subscription over all
+/// of them handles them. Returns handled events/s and the logs' records per fdatasync.
+async fn e2e(dir: &std::path::Path, topics: usize, run_for: Duration) -> Result<(f64, f64)> {
+    let names: Vec<String> = if topics == 1 {
+        vec!["bench".into()]
+    } else {
+        (0..topics).map(|t| format!("t{t}")).collect()
+    };
+    let subscription = SubscriptionConfig::new("bench", names.clone()).max_keys_in_flight(1024);
+    let mut config = EngineConfig::new(dir).subscription(subscription);
+    config.max_topics = topics.max(config.max_topics);
+    for name in &names {
+        config = config.topic(TopicConfig::new(name));
+    }
     let engine = Engine::builder(config).handler("bench", Noop).start().await?;
     let stop = Arc::new(AtomicBool::new(false));
     let published = Arc::new(AtomicU64::new(0));
+    let names = Arc::new(names);
     let mut tasks = Vec::new();
     for publisher in 0..PUBLISHERS {
         let (engine, stop, published) = (engine.clone(), Arc::clone(&stop), Arc::clone(&published));
+        let names = Arc::clone(&names);
         tasks.push(tokio::spawn(async move {
             let mut i = 0u64;
             while !stop.load(AtomicOrdering::Relaxed) {
                 let key = format!("key-{}", (publisher * 1000 + (i as usize % 1000)) % KEYS);
-                engine.publish(Event::builder("bench", key, "a1").build().unwrap()).await.unwrap();
+                let topic = &names[(publisher + i as usize) % names.len()];
+                engine.publish(Event::builder(topic, key, "a1").build().unwrap()).await.unwrap();
                 published.fetch_add(1, AtomicOrdering::Relaxed);
                 i += 1;
             }
@@ -224,14 +253,20 @@ async fn e2e(dir: &std::path::Path, run_for: Duration) -> Result<(f64, f64)> {
     for task in tasks {
         task.await?;
     }
-    let last = published.load(AtomicOrdering::Relaxed);
-    assert!(engine.wait_processed("bench", last, None, Duration::from_secs(120)).await?);
+    let (mut records, mut syncs) = (0u64, 0u64);
+    for name in names.iter() {
+        let topic = name.parse()?;
+        let (_, last) = engine.storage().positions(&topic).await?;
+        if last > 0 {
+            assert!(engine.wait_processed(name, last, None, Duration::from_secs(120)).await?);
+        }
+        let stats = engine.storage().log_stats(&topic).await?.expect("the file log has stats");
+        (records, syncs) = (records + stats.records, syncs + stats.data_syncs);
+    }
     let elapsed = started.elapsed();
-    let stats =
-        engine.storage().log_stats(&"bench".parse()?).await?.expect("the file log has stats");
+    let handled = published.load(AtomicOrdering::Relaxed);
     engine.shutdown().await;
-    let batch = stats.records as f64 / stats.data_syncs.max(1) as f64;
-    Ok((last as f64 / elapsed.as_secs_f64(), batch))
+    Ok((handled as f64 / elapsed.as_secs_f64(), records as f64 / syncs.max(1) as f64))
 }
 
 fn raw_fdatasync(path: &std::path::Path, batch: usize, run_for: Duration) -> Result<f64> {
