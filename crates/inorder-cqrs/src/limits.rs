@@ -121,3 +121,8 @@ const _: () = assert!(READ_BATCH_EVENTS <= inorder::limits::STREAM_READ_RECORDS_
 const _: () = assert!(PROCESS_HANDLE_ATTEMPTS_MAX >= 1 && PROCESS_HANDLE_ATTEMPTS_MAX <= 32);
 const _: () = assert!(CYCLER_HOUR_DEFAULT >= 0 && CYCLER_HOUR_DEFAULT <= CYCLER_HOUR_MAX);
 const _: () = assert!(CYCLER_CATCH_UP_DATES_MAX >= 366);
+
+/// How soon a process manager looks again when it read an event above the storage's visible
+/// commit (durable in its topic, an earlier commit of another topic not yet): that moment lasts
+/// about one fsync, and no watch announces its end.
+pub const PROCESS_HELD_BACK_RECHECK: Duration = Duration::from_millis(1);

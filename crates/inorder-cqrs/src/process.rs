@@ -1,7 +1,12 @@
 //! Process managers: consume events, emit new events — effectively once, strictly in sequence.
 //!
-//! A manager reads each of its topics in position order, one event at a time (its own tailer,
-//! not a per-key subscription: a process spans keys). For each event it decides with
+//! A manager reads its topics in **commit order** — the order the events were appended across
+//! topics (the engine's commit position) — one event at a time (its own tailer, not a per-key
+//! subscription: a process spans keys). A round reads a batch of each topic, keeps the events
+//! up to the storage's visible commit (no event of a lower commit can appear later) and up to the
+//! lowest commit at which a topic's batch stopped short of what the topic holds, and handles
+//! them merged by commit. So a manager joining a daily cycle with loans sees "cycled, returned,
+//! cycled, opened" as it happened, however long it was down. For each event it decides with
 //! [`ProcessManager::handle`] what to emit, publishes that, folds the event into its state with
 //! [`ProcessManager::apply`], and advances its checkpoint — stored durably in the engine's state
 //! (as the progress of a stream named after the manager) after each batch.
@@ -13,7 +18,7 @@
 //! event is emitted twice, on either backend.
 //!
 //! **Hydrate first.** On start, before accepting anything new, the manager rebuilds its state by
-//! applying (never handling) every event up to its checkpoint.
+//! applying (never handling) every event up to its checkpoints, in the same commit order.
 //!
 //! **Never out of sequence.** Each event must be exactly the checkpoint + 1 of its topic. A gap
 //! (events missing from the log) or a log that ends before the checkpoint (a restored older
@@ -30,7 +35,10 @@ use tokio::{sync::watch, task::JoinHandle};
 
 use crate::{
     error::{Error, Result},
-    limits::{PROCESS_HANDLE_ATTEMPTS_MAX, PROCESS_HANDLE_RETRY_DELAY_INITIAL, READ_BATCH_EVENTS},
+    limits::{
+        PROCESS_HANDLE_ATTEMPTS_MAX, PROCESS_HANDLE_RETRY_DELAY_INITIAL, PROCESS_HELD_BACK_RECHECK,
+        READ_BATCH_EVENTS,
+    },
 };
 
 /// An event a manager emits (the runner gives it its id, causation and correlation).
@@ -181,25 +189,80 @@ impl<M: ProcessManager> Runner<M> {
         Ok(runner)
     }
 
-    /// Applies every event up to each topic's checkpoint.
+    /// Applies every event up to each topic's checkpoint, in commit order.
     async fn hydrate(&mut self, checkpoints: &BTreeMap<String, u64>) -> Result<()> {
-        for topic in self.topics.clone() {
-            let until = checkpoints.get(topic.as_str()).copied().unwrap_or(0);
-            let mut next = 1;
-            while next <= until {
-                let events = self.engine.read(topic.as_str(), next, READ_BATCH_EVENTS).await?;
-                for event in events.iter().take_while(|e| e.position <= until) {
-                    self.check_sequence(&topic, next, event.position)?;
-                    self.manager.apply(&mut self.state, event);
-                    next += 1;
-                }
-                if events.is_empty() {
-                    return Err(self.out_of_sequence(&topic, next, 0));
-                }
+        let mut applied: BTreeMap<String, u64> =
+            self.topics.iter().map(|topic| (topic.to_string(), 0)).collect();
+        while applied != *checkpoints {
+            let (events, _) = self.next_merged(&applied, Limit::Checkpoints(checkpoints)).await?;
+            if events.is_empty() {
+                let (topic, at) = applied
+                    .iter()
+                    .find(|(topic, at)| checkpoints.get(*topic) != Some(at))
+                    .map(|(topic, at)| (topic.clone(), *at))
+                    .unwrap_or_default();
+                let topic = Name::new("topic", &topic).map_err(|e| Error::Config(e.to_string()))?;
+                return Err(self.out_of_sequence(&topic, at + 1, 0));
+            }
+            for event in &events {
+                self.manager.apply(&mut self.state, event);
+                applied.insert(event.topic.to_string(), event.position);
             }
         }
         tracing::info!(manager = %self.name, "hydrated");
         Ok(())
+    }
+
+    /// The next events after `after` (per topic), merged in commit order: a batch of each topic,
+    /// up to `limit`, cut at the lowest commit at which a topic's batch stopped short of what
+    /// it holds (its later events, unread, have higher commits, but the other topics' may not).
+    /// Also says whether an event was held back above the visible commit (its append is durable
+    /// in its topic, but an earlier commit is not yet settled).
+    async fn next_merged(
+        &self,
+        after: &BTreeMap<String, u64>,
+        limit: Limit<'_>,
+    ) -> Result<(Vec<Event>, bool)> {
+        let visible = match limit {
+            Limit::Checkpoints(_) => u64::MAX,
+            Limit::Visible => self.engine.storage().visible_commit().await?,
+        };
+        let mut bound = visible;
+        let mut merged = Vec::new();
+        let mut held_back = false;
+        for topic in &self.topics {
+            let from = after.get(topic.as_str()).copied().unwrap_or(0);
+            let end = match limit {
+                Limit::Checkpoints(until) => until.get(topic.as_str()).copied().unwrap_or(0),
+                Limit::Visible => self.engine.storage().positions(topic).await?.1,
+            };
+            if from >= end {
+                continue;
+            }
+            let events = self.engine.read(topic.as_str(), from + 1, READ_BATCH_EVENTS).await?;
+            let mut kept = 0;
+            for (expected, event) in (from + 1..).zip(&events) {
+                if event.position > end || event.commit > visible {
+                    held_back |= event.commit > visible;
+                    break;
+                }
+                self.check_sequence(topic, expected, event.position)?;
+                kept += 1;
+            }
+            if kept == 0 {
+                continue;
+            }
+            let last = &events[kept - 1];
+            if kept == events.len() && last.position < end {
+                bound = bound.min(last.commit); // the batch stopped short of the topic's end
+            }
+            merged.extend(events.into_iter().take(kept));
+        }
+        merged.retain(|event| event.commit <= bound);
+        merged.sort_by(|a, b| {
+            (a.commit, &a.topic, a.position).cmp(&(b.commit, &b.topic, b.position))
+        });
+        Ok((merged, held_back))
     }
 
     async fn run(mut self, mut stopped: watch::Receiver<bool>) -> Result<()> {
@@ -215,11 +278,15 @@ impl<M: ProcessManager> Runner<M> {
             for watch in &mut watches {
                 watch.mark_unchanged();
             }
-            let handled = match self.round().await {
-                Ok(handled) => handled,
+            let (handled, held_back) = match self.round().await {
+                Ok(round) => round,
                 Err(error) => break Err(error),
             };
-            if handled == 0 {
+            if handled == 0 && held_back {
+                // An append is durable in its topic (its watch fired) but an earlier commit is
+                // not settled yet: no watch announces that, so look again shortly.
+                tokio::time::sleep(PROCESS_HELD_BACK_RECHECK).await;
+            } else if handled == 0 {
                 let changed = futures_changed(&mut watches);
                 tokio::select! {
                     _ = stopped.changed() => {}
@@ -233,25 +300,17 @@ impl<M: ProcessManager> Runner<M> {
         result
     }
 
-    /// Handles one batch of each topic; commits the checkpoints; returns how many it handled.
-    async fn round(&mut self) -> Result<usize> {
+    /// Handles the next events in commit order; commits the checkpoints; returns how many it
+    /// handled.
+    async fn round(&mut self) -> Result<(usize, bool)> {
         let mut checkpoints = self.checkpoints.borrow().clone();
-        let mut handled = 0;
-        for topic in self.topics.clone() {
-            let checkpoint = checkpoints.get(topic.as_str()).copied().unwrap_or(0);
-            let events =
-                self.engine.read(topic.as_str(), checkpoint + 1, READ_BATCH_EVENTS).await?;
-            let mut expected = checkpoint + 1;
-            for event in &events {
-                self.check_sequence(&topic, expected, event.position)?;
-                self.emit_for(event).await?;
-                self.manager.apply(&mut self.state, event);
-                expected += 1;
-                handled += 1;
-            }
-            checkpoints.insert(topic.to_string(), expected - 1);
+        let (events, held_back) = self.next_merged(&checkpoints, Limit::Visible).await?;
+        for event in &events {
+            self.emit_for(event).await?;
+            self.manager.apply(&mut self.state, event);
+            checkpoints.insert(event.topic.to_string(), event.position);
         }
-        if handled > 0 {
+        if !events.is_empty() {
             let ops = self
                 .topics
                 .iter()
@@ -266,7 +325,7 @@ impl<M: ProcessManager> Runner<M> {
             self.engine.storage().commit(ops, true).await?;
             self.checkpoints.send_replace(checkpoints);
         }
-        Ok(handled)
+        Ok((events.len(), held_back))
     }
 
     /// Handles `event` (retrying failures) and publishes what it emits, with deterministic ids.
@@ -322,6 +381,15 @@ impl<M: ProcessManager> Runner<M> {
             found,
         }
     }
+}
+
+/// How far [`Runner::next_merged`] reads.
+#[derive(Clone, Copy)]
+enum Limit<'a> {
+    /// Up to these positions (hydration: everything up to the checkpoints is durable).
+    Checkpoints(&'a BTreeMap<String, u64>),
+    /// Up to what the topics hold, and the storage's visible commit.
+    Visible,
 }
 
 /// Resolves when any of the watches changes (or its sender is gone).

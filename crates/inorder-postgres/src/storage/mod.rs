@@ -289,6 +289,15 @@ impl Storage for PgStorage {
         Ok(records)
     }
 
+    /// The clock's committed value: the transaction that took it committed its events, and every
+    /// lower commit was committed (or rolled back) before it could (the clock's row lock).
+    async fn visible_commit(&self) -> inorder::Result<u64> {
+        let rows = self
+            .query("read the commit clock", "SELECT last_commit FROM inorder_commit_clock", &[])
+            .await?;
+        rows.first().map_or(Ok(0), |row| to_u64(row.get(0)))
+    }
+
     async fn commit(&self, ops: Vec<StateOp>, durable: bool) -> inorder::Result<()> {
         if ops.is_empty() {
             return Ok(());

@@ -321,6 +321,10 @@ impl Storage for FileStorage {
         Ok(all)
     }
 
+    async fn visible_commit(&self) -> Result<u64> {
+        Ok(self.clock.visible())
+    }
+
     async fn commit(&self, ops: Vec<StateOp>, durable: bool) -> Result<()> {
         self.state()?.commit(ops, durable).await
     }

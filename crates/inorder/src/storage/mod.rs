@@ -123,6 +123,10 @@ pub trait Storage: Send + Sync + 'static {
     /// order, never past a commit some earlier one of which may still appear: whatever a read
     /// returns, no record with a lower commit shows up later (commits may have gaps).
     async fn read_all(&self, from: u64, max: usize) -> Result<Vec<(Name, StoredRecord)>>;
+    /// The highest commit position below which every commit is durable and readable (through
+    /// [`Storage::reader`] too): events with commits up to it can be merged across topics
+    /// without one of a lower commit appearing later.
+    async fn visible_commit(&self) -> Result<u64>;
 
     /// Applies a batch of state changes atomically, whatever its size (the checkpointer merges
     /// many streams' changes; a burst can be hundreds of megabytes); durable on return when

@@ -180,6 +180,10 @@ impl Storage for FaultyStorage {
         self.inner.read_all(from, max).await
     }
 
+    async fn visible_commit(&self) -> inorder::Result<u64> {
+        self.inner.visible_commit().await
+    }
+
     async fn commit(&self, ops: Vec<StateOp>, durable: bool) -> inorder::Result<()> {
         if durable {
             self.faults.check(&self.faults.commits, None, "commit")?;
