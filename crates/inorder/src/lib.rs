@@ -24,6 +24,7 @@ mod dedupe;
 mod engine;
 mod error;
 mod event;
+mod frame;
 mod handler;
 mod indexer;
 mod info;

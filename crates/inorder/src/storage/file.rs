@@ -4,7 +4,7 @@
 //! ```text
 //! <data_dir>/topics/<topic>/   an inorder-log (see crates/inorder-log/FORMAT.md); each record
 //!                              is an engine record framed with its commit position
-//!                              (`codec::frame_commit`)
+//!                              (`frame::frame_commit`)
 //! <data_dir>/state/journal/    the state journal (an inorder-log)
 //! <data_dir>/state/tree/       fjall: keyspaces streams, keys, parked, ids, meta
 //! ```
@@ -43,8 +43,8 @@ use super::{
     state_store::{StateStore, blocking, corrupt, read_u64},
 };
 use crate::{
-    codec,
     error::{Error, Result, StorageError},
+    frame,
     limits::READ_ALL_EVENTS_MAX,
     state::{KeyState, ParkedEvent, StreamId, StreamState},
 };
@@ -179,7 +179,7 @@ impl FileStorage {
             let framed = issued
                 .range()
                 .zip(&payloads)
-                .map(|(commit, payload)| codec::frame_commit(commit, payload));
+                .map(|(commit, payload)| frame::frame_commit(commit, payload));
             issued.queued(log.submit(framed).await?);
             issued
         };
@@ -191,7 +191,7 @@ impl FileStorage {
     fn read_committed(log: &Log, from: u64, visible: u64, max: usize) -> Result<Vec<StoredRecord>> {
         let commit_at = |position: u64| -> Result<Option<u64>> {
             let records = log.read(position, ReadLimits::records(1))?;
-            Ok(records.into_iter().next().map(|r| codec::split_commit(r.payload).0))
+            Ok(records.into_iter().next().map(|r| frame::split_commit(r.payload).0))
         };
         let (first, last) = (log.first_position(), log.last_position());
         if last < first || commit_at(last)?.is_none_or(|commit| commit < from) {
@@ -214,7 +214,7 @@ impl FileStorage {
                 break;
             }
             for record in records {
-                let (commit, payload) = codec::split_commit(record.payload);
+                let (commit, payload) = frame::split_commit(record.payload);
                 if commit > visible {
                     return Ok(out);
                 }
@@ -247,7 +247,7 @@ impl TopicReader for FileTopicReader {
         Ok(records?
             .into_iter()
             .map(|r| {
-                let (commit, payload) = codec::split_commit(r.payload);
+                let (commit, payload) = frame::split_commit(r.payload);
                 StoredRecord { position: r.position, commit, payload }
             })
             .collect())
