@@ -4,6 +4,10 @@
 //!   rows/s, against `psql \copy … (format binary)` of the same rows into an identical table.
 //! - `pg.append`: Postgres-backend appends with 64 concurrent publishers, appends/s, against
 //!   `pgbench` running single-row `INSERT` transactions at the same concurrency.
+//! - `pg.append.topics16`: the same spread over 16 topics (appends of different topics share the
+//!   commit clock's row lock: what that costs).
+//!
+//! `BENCH_ONLY_APPEND=1` runs only the append figures.
 //!
 //! The server is a throw-away cluster with PostgreSQL's durability settings on (fsync,
 //! synchronous commit), started from the system's binaries (`inorder-testpg`).
@@ -45,13 +49,17 @@ fn main() -> Result<()> {
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
 
-    let (ours, file) = runtime.block_on(sink(&cluster, &url, dir.path(), events))?;
-    let baseline = copy_baseline(&cluster, &url, &file, events)?;
-    report("pg.sink", "rows/s", ours, "psql_copy_binary", baseline);
+    if std::env::var_os("BENCH_ONLY_APPEND").is_none() {
+        let (ours, file) = runtime.block_on(sink(&cluster, &url, dir.path(), events))?;
+        let baseline = copy_baseline(&cluster, &url, &file, events)?;
+        report("pg.sink", "rows/s", ours, "psql_copy_binary", baseline);
+    }
 
-    let ours = runtime.block_on(append(&url, append_for))?;
     let baseline = pgbench(&cluster, &url, dir.path(), append_for)?;
+    let ours = runtime.block_on(append(&url, 1, append_for))?;
     report("pg.append", "appends/s", ours, "pgbench_insert", baseline);
+    let ours = runtime.block_on(append(&url, 16, append_for))?;
+    report("pg.append.topics16", "appends/s", ours, "pgbench_insert", baseline);
     Ok(())
 }
 
@@ -134,15 +142,20 @@ fn copy_baseline(cluster: &Cluster, url: &str, file: &Path, rows: usize) -> Resu
 }
 
 /// 64 tasks appending one 200-byte event at a time to the Postgres backend.
-async fn append(url: &str, run_for: Duration) -> Result<f64> {
+async fn append(url: &str, topics: usize, run_for: Duration) -> Result<f64> {
     let storage = Arc::new(PgStorage::connect(url, PgStorageOptions::default()).await?);
-    let topic = Name::new("topic", "appends")?;
-    storage.create_topic(&topic).await?;
+    let mut names = Vec::new();
+    for t in 0..topics {
+        let topic = Name::new("topic", &format!("appends{topics}-{t}"))?;
+        storage.create_topic(&topic).await?;
+        names.push(topic);
+    }
     let payload = Bytes::from(vec![b'x'; 200]);
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..PUBLISHERS {
-        let (storage, topic, payload) = (Arc::clone(&storage), topic.clone(), payload.clone());
+    for publisher in 0..PUBLISHERS {
+        let topic = names[publisher % topics].clone();
+        let (storage, payload) = (Arc::clone(&storage), payload.clone());
         tasks.push(tokio::spawn(async move {
             let mut appended = 0u64;
             while start.elapsed() < run_for {
