@@ -83,3 +83,50 @@ async fn an_uncommitted_append_holds_back_every_later_commit() {
         .collect();
     assert_eq!(read, [("slow".to_owned(), 1, 1), ("fast".to_owned(), 1, 2)]);
 }
+
+/// Appends of many topics share one statement per group: every topic's positions stay gap-free
+/// and in commit order, commits are unique across topics, and a topic that does not exist gets
+/// its own error without failing the others of its group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grouped_appends_of_many_topics_keep_positions_and_commits_apart() {
+    let url = tokio::task::spawn_blocking(inorder_testpg::fresh_database).await.unwrap().unwrap();
+    let storage = Arc::new(PgStorage::connect(&url, PgStorageOptions::default()).await.unwrap());
+    let topics: Vec<Name> = (0..4).map(|t| Name::new("topic", &format!("t{t}")).unwrap()).collect();
+    for topic in &topics[..3] {
+        storage.create_topic(topic).await.unwrap();
+    }
+    let mut tasks = Vec::new();
+    for writer in 0..32 {
+        let (storage, topic) = (Arc::clone(&storage), topics[writer % 4].clone());
+        tasks.push(tokio::spawn(async move {
+            let mut results = Vec::new();
+            for round in 0..20 {
+                let payloads = vec![Bytes::from(format!("{writer}-{round}")); 1 + round % 3];
+                results.push((topic.clone(), storage.append(&topic, payloads).await));
+            }
+            results
+        }));
+    }
+    let mut appended = 0;
+    for task in tasks {
+        for (topic, result) in task.await.unwrap() {
+            match result {
+                Ok(positions) => appended += positions.count(),
+                Err(inorder::Error::UnknownTopic { topic: unknown }) => {
+                    assert_eq!((topic.as_str(), unknown.as_str()), ("t3", "t3"));
+                }
+                Err(other) => panic!("{topic}: {other}"),
+            }
+        }
+    }
+    let all = storage.read_all(1, 100_000).await.unwrap();
+    assert_eq!(all.len(), appended);
+    let commits: Vec<u64> = all.iter().map(|(_, r)| r.commit).collect();
+    assert!(commits.windows(2).all(|w| w[0] < w[1]), "unique, in order");
+    for topic in &topics[..3] {
+        let positions: Vec<u64> =
+            all.iter().filter(|(t, _)| t == topic).map(|(_, r)| r.position).collect();
+        let expected: Vec<u64> = (1..=u64::try_from(positions.len()).unwrap()).collect();
+        assert_eq!(positions, expected, "{topic}: gap-free, in commit order");
+    }
+}

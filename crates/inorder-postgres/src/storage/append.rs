@@ -1,17 +1,20 @@
-//! Group commit of appends: concurrent appends to one topic share one transaction.
+//! Group commit of appends: concurrent appends — to any topics — share one transaction.
 //!
-//! Every append of a topic takes the topic's row lock until it commits, so appends of a topic
-//! are serial by design, and one commit (a WAL flush) per append would cap a topic at the
-//! server's commit rate however many publishers wait. Instead each topic has one appender task
-//! in this process: appends queue to it (bounded), and it writes everything queued — up to
-//! [`STORAGE_APPEND_RECORDS_MAX`] events — as one statement, then hands each caller its own
-//! slice of the positions. Callers return only after that commit, so durability is unchanged;
-//! if the statement fails, every caller in the group gets the error and nothing was appended.
+//! Every append takes the commit clock's row lock until it commits (see `schema`), so appends
+//! are serial by design, across topics too, and one commit (a WAL flush) per append would cap
+//! the database at the server's commit rate however many publishers wait. Instead this process
+//! has one appender task: appends queue to it (bounded), and it writes everything queued — up to
+//! [`STORAGE_APPEND_RECORDS_MAX`] events — as one statement: the clock is advanced once for the
+//! whole group, each topic's counter by its events, and the events are inserted at their
+//! positions and commit positions — one statement, one round trip, whatever the topics. Callers
+//! return only after that commit, so durability is unchanged; if the transaction fails, every
+//! caller in the group gets the error and nothing was appended. A caller whose topic does not
+//! exist gets [`inorder::Error::UnknownTopic`] while the others of its group commit.
 //!
-//! Other nodes have their own appenders; they still serialise on the row lock, so positions stay
-//! unique and gap-free across nodes.
+//! Other nodes have their own appenders; they serialise on the clock's row lock, so positions
+//! stay unique and gap-free per topic, and commit positions are committed in order.
 
-use std::{collections::HashMap, ops::RangeInclusive, sync::Arc};
+use std::{collections::BTreeMap, ops::RangeInclusive, sync::Arc};
 
 use bytes::Bytes;
 use deadpool_postgres::Pool;
@@ -21,78 +24,89 @@ use tokio::sync::oneshot;
 use super::{db_error, notify::Watches, pool_error, schema, to_u64};
 use crate::limits::{STORAGE_APPEND_QUEUE_DEPTH, STORAGE_APPEND_RECORDS_MAX};
 
-/// Reserves commit positions under the clock's row lock, then positions under the topic's row
-/// lock (reading the clock's result orders the locks: clock first, always), inserts the events
-/// there, and queues a `NOTIFY` delivered on commit. No row back means the topic does not exist.
+/// One statement for a whole group, any topics, one round trip: takes the group's commit
+/// positions from the clock (its row lock, held until commit, comes first: the topics' update
+/// joins its result), advances each topic's counter by its events, inserts every event at its
+/// position (its rank within its topic) and commit position (its rank in the group), and queues
+/// a `NOTIFY` per topic, delivered on commit. `$1`: each event's topic, `$2`: its payload. A
+/// topic without a row gets no row back (and its events are not inserted).
 const APPEND: &str = "\
+    WITH clock AS ( \
+        UPDATE inorder_commit_clock SET last_commit = last_commit + cardinality($2::bytea[]) \
+        RETURNING last_commit), \
+    events AS ( \
+        SELECT e.topic, e.payload, e.ordinal, \
+               row_number() OVER (PARTITION BY e.topic ORDER BY e.ordinal) AS nth, \
+               count(*) OVER (PARTITION BY e.topic) AS n \
+        FROM UNNEST($1::text[], $2::bytea[]) WITH ORDINALITY AS e(topic, payload, ordinal)), \
+    counts AS (SELECT DISTINCT topic, n FROM events), \
+    counter AS ( \
+        UPDATE inorder_topics AS t SET last_position = t.last_position + c.n \
+        FROM counts AS c, clock WHERE t.name = c.topic \
+        RETURNING t.name, t.last_position, c.n, clock.last_commit), \
+    appended AS ( \
+        INSERT INTO inorder_events (topic, position, commit_position, payload) \
+        SELECT e.topic, counter.last_position - counter.n + e.nth, \
+               counter.last_commit - cardinality($2::bytea[]) + e.ordinal, e.payload \
+        FROM events AS e JOIN counter ON counter.name = e.topic) \
+    SELECT name, last_position, pg_notify($3, last_position::text || ' ' || name) FROM counter";
+
+/// [`APPEND`] for a group of one topic (most groups): the same effect without the window
+/// functions. `$1`: the topic.
+const APPEND_ONE: &str = "\
     WITH clock AS ( \
         UPDATE inorder_commit_clock SET last_commit = last_commit + cardinality($2::bytea[]) \
         RETURNING last_commit), \
     counter AS ( \
         UPDATE inorder_topics SET last_position = last_position + cardinality($2::bytea[]) \
-        FROM clock WHERE name = $1 RETURNING last_position, clock.last_commit), \
+        FROM clock WHERE name = $1 RETURNING name, last_position, clock.last_commit), \
     appended AS ( \
         INSERT INTO inorder_events (topic, position, commit_position, payload) \
         SELECT $1, counter.last_position - cardinality($2::bytea[]) + event.ordinal, \
                counter.last_commit - cardinality($2::bytea[]) + event.ordinal, event.payload \
         FROM counter, UNNEST($2::bytea[]) WITH ORDINALITY AS event(payload, ordinal)) \
-    SELECT last_position, pg_notify($3, last_position::text || ' ' || $1) FROM counter";
+    SELECT name, last_position, pg_notify($3, last_position::text || ' ' || $1) FROM counter";
 
 type Answer = inorder::Result<RangeInclusive<u64>>;
 
-/// One caller's append, waiting in its topic's queue.
+/// One caller's append, waiting in the queue.
 struct Request {
+    topic: Name,
     payloads: Vec<Bytes>,
     reply: oneshot::Sender<Answer>,
 }
 
-/// The appender tasks, one per topic appended to by this process.
+/// The appender task of this process.
 pub(super) struct Appenders {
-    pool: Pool,
-    watches: Arc<Watches>,
-    queues: parking_lot::Mutex<HashMap<Name, flume::Sender<Request>>>,
+    queue: parking_lot::Mutex<Option<flume::Sender<Request>>>,
 }
 
 impl Appenders {
     pub(super) fn new(pool: Pool, watches: Arc<Watches>) -> Self {
-        Self { pool, watches, queues: parking_lot::Mutex::new(HashMap::new()) }
+        let (queue, requests) = flume::bounded(STORAGE_APPEND_QUEUE_DEPTH);
+        tokio::spawn(Appender { pool, watches }.run(requests));
+        Self { queue: parking_lot::Mutex::new(Some(queue)) }
     }
 
     /// Appends `payloads` (1 to [`STORAGE_APPEND_RECORDS_MAX`], checked by the caller) to
     /// `topic`, sharing the commit with concurrent appends.
     pub(super) async fn append(&self, topic: &Name, payloads: Vec<Bytes>) -> Answer {
-        let queue = self.queue(topic);
+        let queue = self.queue.lock().clone().ok_or(inorder::Error::Stopped)?;
         let (reply, answer) = oneshot::channel();
-        queue.send_async(Request { payloads, reply }).await.map_err(|_| inorder::Error::Stopped)?;
+        let request = Request { topic: topic.clone(), payloads, reply };
+        queue.send_async(request).await.map_err(|_| inorder::Error::Stopped)?;
         answer.await.map_err(|_| inorder::Error::Stopped)?
     }
 
-    /// Stops taking appends; each task ends after answering what it holds.
+    /// Stops taking appends; the task ends after answering what it holds.
     pub(super) fn close(&self) {
-        self.queues.lock().clear();
-    }
-
-    fn queue(&self, topic: &Name) -> flume::Sender<Request> {
-        let mut queues = self.queues.lock();
-        if let Some(queue) = queues.get(topic) {
-            return queue.clone();
-        }
-        let (queue, requests) = flume::bounded(STORAGE_APPEND_QUEUE_DEPTH);
-        let task = Appender {
-            pool: self.pool.clone(),
-            watches: Arc::clone(&self.watches),
-            topic: topic.clone(),
-        };
-        tokio::spawn(task.run(requests));
-        queues.insert(topic.clone(), queue.clone());
-        queue
+        self.queue.lock().take();
     }
 }
 
 struct Appender {
     pool: Pool,
     watches: Arc<Watches>,
-    topic: Name,
 }
 
 impl Appender {
@@ -120,53 +134,94 @@ impl Appender {
         }
     }
 
-    /// Writes the group as one statement and answers each request with its positions.
+    /// Writes the group in one transaction and answers each request.
     async fn commit(&self, group: Vec<Request>, events: usize) {
-        let payloads: Vec<&[u8]> =
-            group.iter().flat_map(|r| r.payloads.iter().map(Bytes::as_ref)).collect();
-        match self.append(&payloads).await {
-            Ok(last) => {
-                let mut next = last + 1 - u64::try_from(events).unwrap_or(u64::MAX);
+        let mut by_topic: BTreeMap<Name, Vec<Request>> = BTreeMap::new();
+        for request in group {
+            by_topic.entry(request.topic.clone()).or_default().push(request);
+        }
+        match self.statement(&by_topic, events).await {
+            Ok(lasts) => {
                 metrics::counter!("inorder_pg_appended_events_total")
                     .increment(u64::try_from(events).unwrap_or(0));
                 metrics::histogram!("inorder_pg_append_group_events")
                     .record(f64::from(u32::try_from(events).unwrap_or(u32::MAX)));
-                for request in group {
-                    let count = u64::try_from(request.payloads.len()).unwrap_or(u64::MAX);
-                    let _ = request.reply.send(Ok(next..=next + count - 1));
-                    next += count;
+                for (topic, requests) in by_topic {
+                    answer(&topic, requests, lasts.get(&topic).copied());
                 }
             }
             Err(error) => {
-                for request in group {
+                for request in by_topic.into_values().flatten() {
                     let _ = request.reply.send(Err(same_error(&error)));
                 }
             }
         }
     }
 
-    /// The statement; returns the topic's new last position.
-    async fn append(&self, payloads: &[&[u8]]) -> inorder::Result<u64> {
-        let client = self.pool.get().await.map_err(pool_error)?;
-        let statement = client.prepare_cached(APPEND).await.map_err(db_error("append events"))?;
-        let rows = client
-            .query(&statement, &[&self.topic.as_str(), &payloads, &schema::CHANNEL])
-            .await
-            .map_err(db_error("append events"))?;
-        let Some(row) = rows.first() else {
-            return Err(inorder::Error::UnknownTopic { topic: self.topic.to_string() });
-        };
-        let last = to_u64(row.get(0))?;
-        let count = u64::try_from(payloads.len()).unwrap_or(u64::MAX);
-        if last < count {
-            return Err(inorder::StorageError::corrupt(format!(
-                "topic {}: counter {last} below the {count} events appended",
-                self.topic
-            ))
-            .into());
+    /// The statement; returns each existing topic's new last position.
+    async fn statement(
+        &self,
+        by_topic: &BTreeMap<Name, Vec<Request>>,
+        events: usize,
+    ) -> inorder::Result<BTreeMap<Name, u64>> {
+        let mut topics: Vec<&str> = Vec::with_capacity(events);
+        let mut payloads: Vec<&[u8]> = Vec::with_capacity(events);
+        for (topic, requests) in by_topic {
+            for payload in requests.iter().flat_map(|r| r.payloads.iter()) {
+                topics.push(topic.as_str());
+                payloads.push(payload.as_ref());
+            }
         }
-        self.watches.advance(self.topic.as_str(), last);
-        Ok(last)
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let rows = if let [(topic, _)] = by_topic.iter().collect::<Vec<_>>().as_slice() {
+            let statement =
+                client.prepare_cached(APPEND_ONE).await.map_err(db_error("append events"))?;
+            client.query(&statement, &[&topic.as_str(), &payloads, &schema::CHANNEL]).await
+        } else {
+            let statement =
+                client.prepare_cached(APPEND).await.map_err(db_error("append events"))?;
+            client.query(&statement, &[&topics, &payloads, &schema::CHANNEL]).await
+        }
+        .map_err(db_error("append events"))?;
+        let mut lasts = BTreeMap::new();
+        for row in rows {
+            let name: &str = row.get(0);
+            let Some((topic, requests)) = by_topic.iter().find(|(topic, _)| topic.as_str() == name)
+            else {
+                continue;
+            };
+            let last = to_u64(row.get(1))?;
+            let count = requests.iter().map(|r| r.payloads.len()).sum::<usize>();
+            let count = u64::try_from(count).unwrap_or(u64::MAX);
+            if last < count {
+                return Err(inorder::StorageError::corrupt(format!(
+                    "topic {topic}: counter {last} below the {count} events appended"
+                ))
+                .into());
+            }
+            self.watches.advance(name, last);
+            lasts.insert(topic.clone(), last);
+        }
+        Ok(lasts)
+    }
+}
+
+/// Answers a topic's requests with their slices of the positions ending at `last`, or with
+/// `UnknownTopic` when the topic has no row.
+fn answer(topic: &Name, requests: Vec<Request>, last: Option<u64>) {
+    let Some(last) = last else {
+        for request in requests {
+            let _ =
+                request.reply.send(Err(inorder::Error::UnknownTopic { topic: topic.to_string() }));
+        }
+        return;
+    };
+    let count: usize = requests.iter().map(|r| r.payloads.len()).sum();
+    let mut next = last + 1 - u64::try_from(count).unwrap_or(u64::MAX);
+    for request in requests {
+        let count = u64::try_from(request.payloads.len()).unwrap_or(u64::MAX);
+        let _ = request.reply.send(Ok(next..=next + count - 1));
+        next += count;
     }
 }
 

@@ -8,17 +8,16 @@
 //! | `notify` | the per-topic watches and the `LISTEN` task that feeds them |
 //! | `reader` | the [`TopicReader`]: bounded range reads by `(topic, position)`; `read_all` by commit position |
 //!
-//! **Appends** are grouped: concurrent appends to a topic share one statement (see `append`,
-//! group commit). The statement is one transaction: it increments the topic's counter
-//! (`UPDATE inorder_topics … RETURNING`, which row-locks the topic until commit), inserts the
-//! events at the positions just reserved (`UNNEST` of the payloads), and queues a `NOTIFY`
-//! that PostgreSQL delivers on commit. Concurrent appenders of a topic, in this process or
-//! another, serialise on the row lock: positions are unique, gap-free and committed in order. An
-//! append returns after its commit, durable under the server's `synchronous_commit` (on by
-//! default). A failed append changes nothing. The same statement first takes the commit
-//! positions from the one-row commit clock (see `schema`), whose row lock orders commits across
-//! all topics and nodes.
-//!
+//! **Appends** are grouped: concurrent appends of this process, to any topics, share one
+//! transaction (see `append`, group commit). It first advances the one-row commit clock (a row
+//! lock held until commit, which orders commit positions across topics and nodes), then per
+//! topic increments the topic's counter (`UPDATE inorder_topics … RETURNING`, row-locking the
+//! topic), inserts the events at the positions and commit positions just reserved (`UNNEST` of
+//! the payloads), and queues a `NOTIFY` that PostgreSQL delivers on commit. Concurrent appenders,
+//! in this process or another, serialise on the clock's row: positions are unique, gap-free and
+//! committed in order, and so are commit positions. An append returns after its commit, durable
+//! under the server's `synchronous_commit` (on by default). A failed append changes nothing.
+
 //! **State commits** run in one transaction; with `durable = false` (the id index, which is
 //! rebuilt from the log) it sets `synchronous_commit = off` for that transaction only. A commit
 //! that loses a deadlock or serialization conflict is retried whole: every op is idempotent.

@@ -37,12 +37,13 @@
 //!   append rolls its increment back too. There is deliberately no foreign key from events to
 //!   topics: it would add a row lock per insert and protects nothing the counter does not.
 //! - **Commit positions come from the one row of `inorder_commit_clock`**, incremented by the
-//!   appending statement before it touches the topic's row (the topic update reads the clock's
-//!   new value, so the clock is always locked first: no lock-order deadlock). The row lock is
+//!   first statement of every appending transaction, before it touches any topic's row (topics
+//!   then in name order: no lock-order deadlock). The row lock is
 //!   held until commit, so commit positions are committed in order across all topics and nodes:
 //!   a reader that sees commit `N + 1` sees `N` (unless `N` rolled back and never exists). The
 //!   price is that appends of *different* topics serialise too, on that row: one group commit at
-//!   a time for the whole database. A rolled-back or topic-less append leaves a gap; readers never
+//!   a time for the whole database — which is why a process groups the appends of all its topics
+//!   into one transaction (see `append`). A rolled-back or topic-less append leaves a gap; readers never
 //!   rely on commits being contiguous.
 //! - **Names are `text COLLATE "C"`**: validated ASCII, ordered bytewise like the file backend.
 //!   **Keys and event ids are `bytea`**: they are arbitrary strings, and `text` refuses NUL.
