@@ -9,14 +9,8 @@ use std::{path::Path, sync::Arc};
 
 use common::PATIENCE;
 use inorder::{Engine, EngineConfig, Event, HandlerError, TopicConfig};
-use inorder_cqrs::{
-    Error, Projection, Projector, RebuildProgress, StartMode, limits::REBUILD_POLL_INTERVAL,
-    projector,
-};
-use tokio::sync::{
-    Semaphore,
-    mpsc::{self, error::TryRecvError},
-};
+use inorder_cqrs::{Error, Projection, Projector, RebuildProgress, StartMode, projector};
+use tokio::sync::{Semaphore, mpsc};
 
 const LEDGER_EVENTS: u64 = 250;
 /// Events the rebuild is let through before the test looks at the reports in between.
@@ -90,10 +84,8 @@ async fn a_rebuild_reports_its_progress_from_nothing_to_every_event() {
     });
     let at_start = next(&mut reports).await;
     assert_eq!(at_start, Some(RebuildProgress { handled: 0, total: LEDGER_EVENTS }));
-    // While the gate is closed nothing moves, so nothing more is reported however often it looks.
-    tokio::time::sleep(REBUILD_POLL_INTERVAL * 3).await;
-    assert_eq!(reports.try_recv(), Err(TryRecvError::Empty), "a report without progress");
-
+    // A report without progress (while the gate is closed, or at any time) would repeat a
+    // `handled` figure: the strictly increasing check at the end catches it.
     rebuilt.gate.add_permits(usize::try_from(FIRST_BATCH_EVENTS).unwrap());
     let mut seen = vec![at_start.unwrap()];
     while seen.last().unwrap().handled < FIRST_BATCH_EVENTS {
