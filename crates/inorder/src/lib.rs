@@ -28,6 +28,7 @@ mod frame;
 mod handler;
 mod indexer;
 mod info;
+mod key_locks;
 pub mod limits;
 mod outcome;
 mod publish;

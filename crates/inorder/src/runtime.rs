@@ -18,6 +18,7 @@ use crate::{
     error::{Error, Result, StorageError},
     event::Event,
     handler::{self, HandlerContext, HandlerError, Reply, SharedHandler},
+    key_locks::KeyLocks,
     state::StreamId,
     storage::Storage,
     stream::sequencer::Contract,
@@ -114,6 +115,8 @@ pub(crate) struct SubscriptionRuntime {
     pub patterns: Vec<TopicPattern>,
     /// Permits for handler calls: the keys-in-flight limit.
     pub in_flight: Arc<Semaphore>,
+    /// One call per key at a time across the subscription's topics (more than one topic).
+    pub key_locks: Option<Arc<KeyLocks>>,
     pub stats: SubscriptionStats,
     pub metrics: SubscriptionMetrics,
 }
@@ -121,9 +124,9 @@ pub(crate) struct SubscriptionRuntime {
 impl SubscriptionRuntime {
     pub(crate) fn new(config: SubscriptionConfig, handler: SharedHandler) -> Result<Self> {
         let name = Name::new("subscription", &config.name)?;
-        let topics =
+        let topics: Vec<Name> =
             config.topics.iter().map(|t| Name::new("topic", t)).collect::<Result<_, _>>()?;
-        let patterns =
+        let patterns: Vec<TopicPattern> =
             config.topic_patterns.iter().map(|p| TopicPattern::new(p)).collect::<Result<_>>()?;
         let label = name.to_string();
         let metrics = SubscriptionMetrics {
@@ -132,9 +135,12 @@ impl SubscriptionRuntime {
             handled: metrics::counter!("inorder_handled_total", "subscription" => label.clone()),
             parked: metrics::counter!("inorder_parked_total", "subscription" => label),
         };
+        let several_topics =
+            (topics.len() > 1 || !patterns.is_empty()) && config.ordering != Ordering::None;
         Ok(Self {
             name,
             metrics,
+            key_locks: several_topics.then(Arc::default),
             in_flight: Arc::new(Semaphore::new(config.max_keys_in_flight)),
             config,
             handler,

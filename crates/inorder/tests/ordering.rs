@@ -151,3 +151,30 @@ async fn two_subscriptions_each_see_every_event() {
     assert_eq!(first.handled_by_key(), second.handled_by_key());
     assert_eq!(first.calls().len(), 30);
 }
+
+/// A subscription over several topics runs one stream per topic; a key's events in both topics
+/// must still never be handled at once (the review reproduced one overlapping call).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_key_is_never_handled_twice_at_once_across_a_subscriptions_topics() {
+    let recorder = Arc::new(Recorder::default());
+    let mut fixture = Fixture::new(|c| {
+        c.topic(TopicConfig::new("orders"))
+            .topic(TopicConfig::new("payments"))
+            .subscription(SubscriptionConfig::new("s", ["orders", "payments"]))
+    });
+    let handler = RecordingHandler::ok(&recorder).slow(Duration::from_millis(2));
+    let engine = fixture.start(vec![("s", handler)]).await;
+    let mut last = [0, 0];
+    for round in 0..8 {
+        for (t, topic) in ["orders", "payments"].iter().enumerate() {
+            let batch: Vec<Event> =
+                (0..20).map(|i| event(topic, &format!("k{}", (i + round) % 4), "a")).collect();
+            last[t] = *engine.publish_batch(batch).await.unwrap().last().unwrap();
+        }
+    }
+    settle(&engine, "orders", last[0]).await;
+    settle(&engine, "payments", last[1]).await;
+    assert_eq!(recorder.calls().len(), 320);
+    assert_eq!(recorder.overlaps(), 0, "two calls for one key ran at once across topics");
+    assert!(recorder.max_concurrent() > 1, "different keys still run in parallel");
+}

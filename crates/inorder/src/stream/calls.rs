@@ -52,8 +52,12 @@ impl Calls {
     ) {
         let subscription = Arc::clone(&self.subscription);
         self.running.spawn(async move {
+            let key = match &subscription.key_locks {
+                Some(locks) => Some(locks.lock(&event.key).await),
+                None => None,
+            };
             let result = call_handler(&subscription, &event, attempt).await;
-            drop(permit);
+            drop((key, permit));
             CallResult { book_key, event, attempt, result }
         });
     }
