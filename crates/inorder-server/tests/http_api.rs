@@ -120,6 +120,17 @@ async fn every_topic_reads_in_one_commit_order_page_by_page() {
     assert_eq!(read, published);
     let (status, body) = get(&server, "/v1/events?from=x").await;
     assert_eq!(status, 400, "{body}");
+
+    // A long-poll past the end answers with the next event once it is there.
+    let waiting = {
+        let url = server.url(&format!("/v1/events?from={from}&wait=20s"));
+        tokio::spawn(async move { decode(client().get(url).send().await.unwrap()).await })
+    };
+    let (status, _) = post_event(&server, "payments", &event("a", "late")).await;
+    assert_eq!(status, 201);
+    let (status, body) = waiting.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["events"][0]["partitionkey"], "late", "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

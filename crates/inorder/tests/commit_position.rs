@@ -103,6 +103,32 @@ async fn commits_never_go_back_across_a_restart() {
     assert_eq!((after[2].topic.as_str(), after[3].topic.as_str()), ("payments", "orders"));
 }
 
+/// Readers across topics wait on a watch of the visible commit, raised by appends of any topic
+/// (on PostgreSQL, also of other nodes, through `NOTIFY`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_commit_watch_rises_with_appends_of_any_topic() {
+    let mut fixture = Fixture::new(topics(&["orders", "payments"]));
+    let engine = fixture.start(vec![]).await;
+    let mut watch = engine.storage().watch_commit().await.unwrap();
+    let start = *watch.borrow_and_update();
+    let other = fixture.builder().await;
+    publish(&engine, "orders", "k", "a").await;
+    let (events, _) = engine.read_all(1, 10).await.unwrap();
+    let first = events.last().unwrap().commit;
+    let seen = tokio::time::timeout(common::PATIENCE, watch.wait_for(|c| *c >= first)).await;
+    assert!(*seen.unwrap().unwrap() >= first && first > start);
+    if fixture.storage != TestStorage::File {
+        // Another node's append raises this node's watch.
+        let node = other.start().await.unwrap();
+        publish(&node, "payments", "k", "a").await;
+        let (events, _) = engine.read_all(first + 1, 10).await.unwrap();
+        let second = events.last().unwrap().commit;
+        let seen = tokio::time::timeout(common::PATIENCE, watch.wait_for(|c| *c >= second)).await;
+        assert!(*seen.unwrap().unwrap() >= second);
+        node.shutdown().await;
+    }
+}
+
 const WRITERS: usize = 6;
 const TOPICS: usize = 5;
 const ROUNDS: usize = 60;

@@ -21,7 +21,11 @@ use deadpool_postgres::Pool;
 use inorder::Name;
 use tokio::sync::oneshot;
 
-use super::{db_error, notify::Watches, pool_error, schema, to_u64};
+use super::{
+    db_error,
+    notify::{COMMIT_WATCH, Watches},
+    pool_error, schema, to_u64,
+};
 use crate::limits::{STORAGE_APPEND_QUEUE_DEPTH, STORAGE_APPEND_RECORDS_MAX};
 
 /// One statement for a whole group, any topics, one round trip: takes the group's commit
@@ -49,7 +53,9 @@ const APPEND: &str = "\
         SELECT e.topic, counter.last_position - counter.n + e.nth, \
                counter.last_commit - cardinality($2::bytea[]) + e.ordinal, e.payload \
         FROM events AS e JOIN counter ON counter.name = e.topic) \
-    SELECT name, last_position, pg_notify($3, last_position::text || ' ' || name) FROM counter";
+    SELECT name, last_position, last_commit, \
+           pg_notify($3, last_position::text || ' ' || name), \
+           pg_notify($3, last_commit::text || ' #commit') FROM counter";
 
 /// [`APPEND`] for a group of one topic (most groups): the same effect without the window
 /// functions. `$1`: the topic.
@@ -65,7 +71,9 @@ const APPEND_ONE: &str = "\
         SELECT $1, counter.last_position - cardinality($2::bytea[]) + event.ordinal, \
                counter.last_commit - cardinality($2::bytea[]) + event.ordinal, event.payload \
         FROM counter, UNNEST($2::bytea[]) WITH ORDINALITY AS event(payload, ordinal)) \
-    SELECT name, last_position, pg_notify($3, last_position::text || ' ' || $1) FROM counter";
+    SELECT name, last_position, last_commit, \
+           pg_notify($3, last_position::text || ' ' || $1), \
+           pg_notify($3, last_commit::text || ' #commit') FROM counter";
 
 type Answer = inorder::Result<RangeInclusive<u64>>;
 
@@ -200,6 +208,7 @@ impl Appender {
                 .into());
             }
             self.watches.advance(name, last);
+            self.watches.advance(COMMIT_WATCH, to_u64(row.get(2))?);
             lasts.insert(topic.clone(), last);
         }
         Ok(lasts)

@@ -288,6 +288,14 @@ impl Storage for PgStorage {
         Ok(records)
     }
 
+    async fn watch_commit(&self) -> inorder::Result<watch::Receiver<u64>> {
+        // Registered before the read: an append after the read notifies this watch.
+        let receiver = self.watches.subscribe_key(notify::COMMIT_WATCH);
+        let visible = self.visible_commit().await?;
+        self.watches.advance(notify::COMMIT_WATCH, visible);
+        Ok(receiver)
+    }
+
     /// The clock's committed value: the transaction that took it committed its events, and every
     /// lower commit was committed (or rolled back) before it could (the clock's row lock).
     async fn visible_commit(&self) -> inorder::Result<u64> {

@@ -39,6 +39,10 @@ pub(crate) struct Watches {
     senders: Mutex<HashMap<String, watch::Sender<u64>>>,
 }
 
+/// The watch of the commit clock, kept with the topics' under a key no topic name can take
+/// (names allow only `A-Z a-z 0-9 . _ -`); appends notify it as `"<last commit> #commit"`.
+pub(crate) const COMMIT_WATCH: &str = "#commit";
+
 impl Watches {
     fn lock(&self) -> MutexGuard<'_, HashMap<String, watch::Sender<u64>>> {
         self.senders.lock()
@@ -46,10 +50,12 @@ impl Watches {
 
     /// A receiver of `topic`'s watch, registering the topic if it is new.
     pub(crate) fn subscribe(&self, topic: &Name) -> watch::Receiver<u64> {
-        self.lock()
-            .entry(topic.as_str().to_owned())
-            .or_insert_with(|| watch::channel(0).0)
-            .subscribe()
+        self.subscribe_key(topic.as_str())
+    }
+
+    /// A receiver of the watch under `key` (a topic name or [`COMMIT_WATCH`]).
+    pub(crate) fn subscribe_key(&self, key: &str) -> watch::Receiver<u64> {
+        self.lock().entry(key.to_owned()).or_insert_with(|| watch::channel(0).0).subscribe()
     }
 
     /// Raises `topic`'s watch to `position` (if watched and lower).
@@ -167,8 +173,9 @@ async fn resync(pool: &Pool, watches: &Watches) -> Result<()> {
     })?;
     let rows = client
         .query(
-            "SELECT name, last_position FROM inorder_topics WHERE name = ANY($1::text[])",
-            &[&topics],
+            "SELECT name, last_position FROM inorder_topics WHERE name = ANY($1::text[]) \
+             UNION ALL SELECT $2, last_commit FROM inorder_commit_clock",
+            &[&topics, &COMMIT_WATCH],
         )
         .await
         .map_err(Error::query("re-read topic positions"))?;

@@ -125,12 +125,14 @@ pub async fn read(
 pub struct ReadAllQuery {
     from: Option<u64>,
     limit: Option<usize>,
+    wait: Option<String>,
 }
 
-/// `GET /v1/events?from=C&limit=M`: the events of every topic in commit order, from commit
+/// `GET /v1/events?from=C&limit=M[&wait=5s]`: the events of every topic in commit order, from commit
 /// position `C` (default 1; `0` also returns events stored before commit positions existed), as
 /// structured CloudEvents with `topic`, `position` and `commit`; `next` is the commit to read
-/// from next. A page never holds a commit while an earlier one may still appear.
+/// from next. A page never holds a commit while an earlier one may still appear. `wait` holds an
+/// empty answer until a commit at or after `from` is visible.
 pub async fn read_all(
     State(state): State<Arc<AppState>>,
     query: Result<Query<ReadAllQuery>, QueryRejection>,
@@ -138,7 +140,16 @@ pub async fn read_all(
     let Query(query) = query.map_err(|e| Problem::invalid_request(e.body_text()))?;
     let from = query.from.unwrap_or(1);
     let limit = query.limit.unwrap_or(READ_EVENTS_DEFAULT).clamp(1, READ_EVENTS_MAX);
-    let (events, next) = state.engine.read_all(from, limit).await?;
+    let wait = wait(query.wait.as_deref())?;
+    let mut watch = state.engine.storage().watch_commit().await?;
+    let (mut events, mut next) = state.engine.read_all(from, limit).await?;
+    if events.is_empty() && next == from && !wait.is_zero() {
+        tokio::select! {
+            _ = tokio::time::timeout(wait, watch.wait_for(|visible| *visible >= from)) => {}
+            () = stopped(state.stopping.clone()) => {}
+        }
+        (events, next) = state.engine.read_all(from, limit).await?;
+    }
     let events: Vec<_> = events
         .iter()
         .map(|event| {

@@ -66,6 +66,11 @@ impl CommitClock {
         *self.visible.borrow()
     }
 
+    /// A watch of the visible commit.
+    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
+        self.visible.subscribe()
+    }
+
     /// Issues `n` (at least 1) commits, reserving a new block first when the current one is
     /// used up; `reserve` makes a mark durable. The caller settles them ([`Issued`]).
     pub(crate) async fn issue<F, Fut>(self: &Arc<Self>, n: u64, reserve: F) -> Result<Issued>

@@ -325,6 +325,10 @@ impl Storage for FileStorage {
         Ok(self.clock.visible())
     }
 
+    async fn watch_commit(&self) -> Result<watch::Receiver<u64>> {
+        Ok(self.clock.subscribe())
+    }
+
     async fn commit(&self, ops: Vec<StateOp>, durable: bool) -> Result<()> {
         self.state()?.commit(ops, durable).await
     }

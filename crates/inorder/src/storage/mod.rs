@@ -127,6 +127,9 @@ pub trait Storage: Send + Sync + 'static {
     /// [`Storage::reader`] too): events with commits up to it can be merged across topics
     /// without one of a lower commit appearing later.
     async fn visible_commit(&self) -> Result<u64>;
+    /// A watch of [`Storage::visible_commit`], raised as commits become visible (for readers
+    /// across topics that wait for more).
+    async fn watch_commit(&self) -> Result<watch::Receiver<u64>>;
 
     /// Applies a batch of state changes atomically, whatever its size (the checkpointer merges
     /// many streams' changes; a burst can be hundreds of megabytes); durable on return when

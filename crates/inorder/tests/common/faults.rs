@@ -184,6 +184,10 @@ impl Storage for FaultyStorage {
         self.inner.visible_commit().await
     }
 
+    async fn watch_commit(&self) -> inorder::Result<watch::Receiver<u64>> {
+        self.inner.watch_commit().await
+    }
+
     async fn commit(&self, ops: Vec<StateOp>, durable: bool) -> inorder::Result<()> {
         if durable {
             self.faults.check(&self.faults.commits, None, "commit")?;
