@@ -105,6 +105,8 @@ async fn start(dir: &std::path::Path, vfs: Arc<dyn Vfs>, handler: &Arc<Flaky>) -
 struct Before {
     /// position → (id, key)
     published: HashMap<u64, (String, String)>,
+    /// position → commit position, of the acknowledged events
+    commits: HashMap<u64, u64>,
     watermark: u64,
     parked: Vec<u64>,
 }
@@ -128,6 +130,11 @@ async fn run_until_power_loss(engine: &Engine, rng: &mut fastrand::Rng, ops: usi
         }
         if rng.bool() {
             tokio::time::sleep(Duration::from_micros(rng.u64(0..1500))).await;
+        }
+    }
+    for event in engine.read("t", 1, 1000).await.unwrap() {
+        if before.published.contains_key(&event.position) {
+            before.commits.insert(event.position, event.commit);
         }
     }
     let status = engine.subscriptions().await.unwrap()[0].streams[0].status.clone();
@@ -185,10 +192,20 @@ fn check_one_seed(seed: u64) {
                 event.unwrap_or_else(|| panic!("seed {seed}: acknowledged {position} lost"));
             assert_eq!((&event.id, &event.key), (id, key), "seed {seed}: position {position}");
         }
-        // 2. No position twice.
+        // Acknowledged events keep their commit positions, which grow with positions.
+        for event in &stored {
+            if let Some(commit) = before.commits.get(&event.position) {
+                assert_eq!(event.commit, *commit, "seed {seed}: commit of {}", event.position);
+            }
+        }
+        assert!(stored.windows(2).all(|w| w[0].commit < w[1].commit), "seed {seed}: commits");
+        // 2. No position twice (nor commit position).
         let next =
             engine.publish(Event::builder("t", "after", "ok").build().unwrap()).await.unwrap();
         assert_eq!(next, last + 1, "seed {seed}");
+        let after = engine.read("t", next, 1).await.unwrap()[0].commit;
+        let highest = before.commits.values().chain(stored.iter().map(|e| &e.commit)).max();
+        assert!(highest.is_none_or(|highest| after > *highest), "seed {seed}: commit reused");
         if let Some((position, (id, key))) = before.published.iter().next() {
             let retry = Event::builder("t", key.as_str(), "ok").id(id.as_str()).build().unwrap();
             assert_eq!(engine.publish(retry).await.unwrap(), *position, "seed {seed}: dedupe");

@@ -268,6 +268,35 @@ mod tests {
         assert_eq!(next.range(), 5_000_011..=5_000_011);
     }
 
+    proptest::proptest! {
+        /// Whatever the order appends finish in, the visible commit is the one below the lowest
+        /// unsettled commit (or the last issued), and it never goes back.
+        #[test]
+        fn the_visible_commit_never_passes_an_unsettled_one(
+            ops in proptest::collection::vec((1u64..5, proptest::prelude::any::<proptest::sample::Index>(), proptest::prelude::any::<bool>()), 1..60),
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            runtime.block_on(async {
+                let clock = clock(0);
+                let mut open: Vec<Issued> = Vec::new();
+                let mut last_visible = 0;
+                for (n, pick, settle) in ops {
+                    if settle && !open.is_empty() {
+                        drop(open.swap_remove(pick.index(open.len())));
+                    } else {
+                        open.push(issue(&clock, n).await);
+                    }
+                    let lowest = open.iter().map(|i| *i.range().start()).min();
+                    let issued = clock.inner.lock().next - 1;
+                    let expected = lowest.map_or(issued, |lowest| lowest - 1);
+                    assert_eq!(clock.visible(), expected);
+                    assert!(clock.visible() >= last_visible, "the visible commit went back");
+                    last_visible = clock.visible();
+                }
+            });
+        }
+    }
+
     #[tokio::test]
     async fn a_failed_reservation_issues_nothing() {
         let clock = clock(0);
