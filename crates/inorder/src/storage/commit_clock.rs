@@ -16,6 +16,9 @@
 //! visible commit stops there until a restart — readers across topics wait rather than skip.
 //!
 //! At open, everything of earlier runs is settled: the visible commit is the reserved mark.
+//!
+//! Metrics: `inorder_commit_visible` (gauge), `inorder_commit_stalls_total` (appends that failed
+//! after queueing, each stopping visibility until a restart).
 
 use std::{collections::BTreeMap, ops::RangeInclusive, sync::Arc};
 
@@ -114,13 +117,17 @@ impl CommitClock {
             inner.unsettled.remove(&first);
             inner.unsettled.keys().next().map_or(inner.next - 1, |lowest| lowest - 1)
         };
-        self.visible.send_if_modified(|current| {
+        let raised = self.visible.send_if_modified(|current| {
             let raised = visible > *current;
             if raised {
                 *current = visible;
             }
             raised
         });
+        if raised {
+            #[allow(clippy::cast_precision_loss)] // a gauge: precision past 2^53 is not needed
+            metrics::gauge!("inorder_commit_visible").set(visible as f64);
+        }
     }
 }
 
@@ -168,6 +175,7 @@ impl Issued {
         if durable {
             self.clock.settle(*self.range.start());
         } else {
+            metrics::counter!("inorder_commit_stalls_total").increment(1);
             tracing::error!(
                 commits = ?self.range,
                 "an append failed after its records were queued: commit positions stop being \
