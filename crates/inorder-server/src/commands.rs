@@ -123,10 +123,11 @@ fn note_positions(
     progress.inc(positions.len() as u64);
 }
 
-/// `inorder tail`: prints events as JSON lines from `from`; with `follow`, waits for more.
+/// `inorder tail`: prints events as JSON lines from `from` (of one topic, or without one every
+/// topic in commit order); with `follow`, waits for more.
 pub async fn tail(
     client: &Client,
-    topic: &str,
+    topic: Option<&str>,
     mut from: u64,
     follow: bool,
     limit: Option<u64>,
@@ -137,7 +138,12 @@ pub async fn tail(
             true => format!("&wait={}", humantime::format_duration(TAIL_FOLLOW_WAIT)),
             false => String::new(),
         };
-        let path = format!("/v1/topics/{topic}/events?from={from}&limit={TAIL_READ_EVENTS}{wait}");
+        let path = match topic {
+            Some(topic) => {
+                format!("/v1/topics/{topic}/events?from={from}&limit={TAIL_READ_EVENTS}{wait}")
+            }
+            None => format!("/v1/events?from={from}&limit={TAIL_READ_EVENTS}{wait}"),
+        };
         let answer = client.get(&path).await?;
         let events = answer["events"].as_array().cloned().unwrap_or_default();
         for event in &events {

@@ -71,12 +71,12 @@ enum Command {
         /// The event's data, as JSON.
         data: Option<String>,
     },
-    /// Print a topic's events as JSON lines.
+    /// Print a topic's events as JSON lines (without --topic: every topic, in commit order).
     Tail {
-        /// Topic.
+        /// Topic; without it, every topic in commit order (`--from` is then a commit position).
         #[arg(long)]
-        topic: String,
-        /// First position.
+        topic: Option<String>,
+        /// First position (or commit position, without --topic).
         #[arg(long, default_value_t = 1)]
         from: u64,
         /// Keep waiting for new events.
@@ -220,7 +220,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             commands::publish(&client, PublishArgs { topic, key, action, id, data }).await?;
         }
         Command::Tail { topic, from, follow, limit } => {
-            commands::tail(&client, &topic, from, follow, limit).await?;
+            commands::tail(&client, topic.as_deref(), from, follow, limit).await?;
         }
         Command::Status { target, wait, subscription } => {
             let answer =

@@ -48,6 +48,14 @@ async fn publish_tail_status_and_topics_through_the_cli() {
             (4, "order.paid", serde_json::Value::Null),
         ]
     );
+    // Without --topic: every topic in commit order, each event with its topic and commit.
+    let output = inorder(&server, &["tail"], None);
+    let all: Vec<serde_json::Value> =
+        stdout(&output).lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    let commits: Vec<u64> = all.iter().map(|e| e["commit"].as_u64().unwrap()).collect();
+    assert_eq!(all.len(), 4, "{all:?}");
+    assert!(commits.windows(2).all(|w| w[0] < w[1]), "{commits:?}");
+    assert!(all.iter().all(|e| e["topic"] == "orders"), "{all:?}");
     assert_eq!(events[3]["id"], "own", "a line that is a CloudEvent is published as it is");
 
     let output = inorder(&server, &["status", "orders/1"], None);
