@@ -231,9 +231,18 @@ async fn a_missing_table_delays_the_sink_without_parking_anything() {
     let engine = start_engine(engine_config(dir.path(), &sink, Ordering::Fifo), sink).await;
     let db = client(&url).await;
     db.batch_execute("ALTER TABLE archived_events RENAME TO moved_away").await.unwrap();
+    let rollbacks = || {
+        count(&url, "SELECT xact_rollback FROM pg_stat_database WHERE datname = current_database()")
+    };
+    let before = rollbacks().await;
     let events = (0..20).map(|n| order_event(&format!("k{}", n % 3), n)).collect();
     let last = *engine.publish_batch(events).await.unwrap().last().unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Wait for the state we mean: the sink tried to write, and PostgreSQL refused, twice.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while rollbacks().await < before + 2 {
+        assert!(std::time::Instant::now() < deadline, "the sink never tried to write");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(!engine.processed("orders", last).await.unwrap(), "nothing is written meanwhile");
     assert!(engine.parked("archive", None, 10).await.unwrap().is_empty(), "nothing is parked");
 
