@@ -34,6 +34,17 @@ async fn publish(server: &ServerProcess, action: &str, key: &str) -> u64 {
     body["position"].as_u64().unwrap()
 }
 
+/// Waits until subscription `s` has read `events` events of its topic: whatever it has not leased
+/// by then waits behind its key, so a pull that finds nothing more tests something.
+async fn read_everything(server: &ServerProcess, events: u64) {
+    common::eventually("the subscription reads every event", Duration::from_secs(20), async || {
+        let (_, body) = get(server, "/v1/subscriptions").await;
+        let read = body["subscriptions"][0]["topics"][0]["position"].as_u64();
+        if read == Some(events) { Ok(()) } else { Err(body.to_string()) }
+    })
+    .await;
+}
+
 fn types(messages: &[serde_json::Value]) -> Vec<String> {
     let mut types: Vec<String> = messages.iter().map(|m| lease_and_type(m).1.to_owned()).collect();
     types.sort();
@@ -47,7 +58,7 @@ async fn fifo_leases_one_event_per_key_until_it_is_acked() {
     publish(&server, "k1-second", "k1").await;
     publish(&server, "k2-first", "k2").await;
     let first = pull(&server, "s", 10, "2s").await;
-    tokio::time::sleep(Duration::from_millis(200)).await; // let every key offer what it can
+    read_everything(&server, 3).await; // every key has offered what it can
     let more = pull(&server, "s", 10, "200ms").await;
     let leased: Vec<_> = first.iter().chain(&more).cloned().collect();
     assert_eq!(types(&leased), ["k1-first", "k2-first"], "k1-second waits for k1-first");
@@ -67,7 +78,7 @@ async fn actions_leases_only_the_next_action_of_a_key() {
     }
     for expected in ["a1", "a2", "a3"] {
         let messages = pull(&server, "s", 10, "2s").await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        read_everything(&server, 3).await; // u1's other actions wait in its reorder buffer
         let extra = pull(&server, "s", 10, "100ms").await;
         assert!(extra.is_empty(), "only one action of u1 may be leased: {extra:?}");
         assert_eq!(types(&messages), [expected]);

@@ -143,7 +143,10 @@ impl Stream {
                 timer = self.timers.next() => self.on_timer(timer).await?,
                 Some(message) = io.inbox.recv() => self.on_message(message).await,
                 batch = self.batches.recv(), if can_read => match batch {
-                    Some(events) => self.on_events(events?).await?,
+                    Some(events) => {
+                        self.on_events(events?).await?;
+                        self.show_reading(io);
+                    }
                     None => return Err(self.reader.ended().await),
                 },
             }
@@ -350,6 +353,17 @@ impl Stream {
         self.ensure_worker(&book_key, &key).await?;
         self.book.update(&book_key, |worker| worker.push(item));
         self.drive(&book_key).await
+    }
+
+    /// Shows how far the stream has read (read position, events in progress, live workers) in
+    /// its status without waking anyone: waiters wait for the watermark, which has not moved.
+    fn show_reading(&self, io: &StreamIo) {
+        io.status.send_if_modified(|status| {
+            status.read_position = self.progress.read_position();
+            status.pending = self.progress.in_progress();
+            status.live_workers = self.book.len();
+            false
+        });
     }
 
     /// A checkpoint is durable: its keys go on, waiters get their outcomes, status is published.
