@@ -141,9 +141,11 @@ pub async fn read_all(
     let from = query.from.unwrap_or(1);
     let limit = query.limit.unwrap_or(READ_EVENTS_DEFAULT).clamp(1, READ_EVENTS_MAX);
     let wait = wait(query.wait.as_deref())?;
-    let mut watch = state.engine.storage().watch_commit().await?;
     let (mut events, mut next) = state.engine.read_all(from, limit).await?;
     if events.is_empty() && next == from && !wait.is_zero() {
+        // Subscribed after the read: the watch starts at the visible commit of now, so an
+        // append since the read is seen at once, not missed.
+        let mut watch = state.engine.storage().watch_commit().await?;
         tokio::select! {
             _ = tokio::time::timeout(wait, watch.wait_for(|visible| *visible >= from)) => {}
             () = stopped(state.stopping.clone()) => {}
