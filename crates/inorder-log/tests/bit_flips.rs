@@ -24,21 +24,35 @@ fn options(fsync: FsyncPolicy, segment_bytes: u64) -> LogOptions {
     LogOptions { fsync, segment_bytes, record_payload_bytes_max: 1024, ..LogOptions::default() }
 }
 
+/// Offset of record 50 in a segment of 106-byte records (90-byte payloads).
+const RECORD_50: usize = 32 + 49 * 106;
+
+/// 100 records of 90 bytes in batches of `per_batch`, then a bit flipped in record 50: the
+/// records, the segment and its bytes as damaged.
+fn hundred_with_a_flip(
+    dir: &Path,
+    options: LogOptions,
+    per_batch: usize,
+) -> (Vec<Vec<u8>>, std::path::PathBuf, Vec<u8>) {
+    let log = Log::open(dir, options).unwrap();
+    let records: Vec<_> = (0..100).map(|i| payload("rec", i, 90)).collect();
+    for batch in records.chunks(per_batch) {
+        log.append_blocking(batch.to_vec()).unwrap();
+    }
+    drop(log);
+    let segment = segment_path(dir, 1);
+    let mut bytes = std::fs::read(&segment).unwrap();
+    bytes[RECORD_50 + 40] ^= 0x04;
+    std::fs::write(&segment, &bytes).unwrap();
+    (records, segment, bytes)
+}
+
 #[test]
 fn a_flipped_bit_in_record_50_of_100_refuses_to_open_naming_the_file_and_offset() {
     let dir = tempfile::tempdir().unwrap();
     let options = options(FsyncPolicy::Always, 64 * 1024);
-    let log = Log::open(dir.path(), options).unwrap();
-    let records: Vec<_> = (0..100).map(|i| payload("rec", i, 90)).collect();
-    for record in &records {
-        log.append_blocking([record.clone()]).unwrap();
-    }
-    drop(log);
-    let segment = segment_path(dir.path(), 1);
-    let record_50 = 32 + 49 * 106;
-    let mut bytes = std::fs::read(&segment).unwrap();
-    bytes[record_50 + 40] ^= 0x04;
-    std::fs::write(&segment, &bytes).unwrap();
+    let (records, segment, bytes) = hundred_with_a_flip(dir.path(), options, 1);
+    let record_50 = RECORD_50;
 
     let err = Log::open(dir.path(), options).unwrap_err();
     let Error::Corrupt { file, offset, reason } = &err else {
@@ -75,17 +89,7 @@ fn a_flipped_bit_in_record_50_of_100_refuses_to_open_naming_the_file_and_offset(
 fn under_fsync_never_damage_in_the_last_segment_is_cut_and_reported_not_refused() {
     let dir = tempfile::tempdir().unwrap();
     let never = options(FsyncPolicy::Never, 64 * 1024);
-    let log = Log::open(dir.path(), never).unwrap();
-    let records: Vec<_> = (0..100).map(|i| payload("rec", i, 90)).collect();
-    for batch in records.chunks(2) {
-        log.append_blocking(batch.to_vec()).unwrap();
-    }
-    drop(log);
-    let segment = segment_path(dir.path(), 1);
-    let record_50 = 32 + 49 * 106;
-    let mut bytes = std::fs::read(&segment).unwrap();
-    bytes[record_50 + 40] ^= 0x04;
-    std::fs::write(&segment, &bytes).unwrap();
+    let (records, _, _) = hundred_with_a_flip(dir.path(), never, 2);
 
     let refused = Log::open(dir.path(), options(FsyncPolicy::Group, 64 * 1024)).unwrap_err();
     assert!(matches!(refused, Error::Corrupt { offset: 5226, .. }), "{refused}");

@@ -45,6 +45,16 @@ fn segments(vfs: &SimVfs) -> Vec<PathBuf> {
     vfs.files().into_iter().filter(|p| p.extension().is_some_and(|x| x == "seg")).collect()
 }
 
+/// A log of 20 batches ([`written`]) with one bit flipped in the second record of the second
+/// batch of segment 2 (position 29): its records, segment 2's path and the damaged offset.
+fn damaged_log(vfs: &SimVfs) -> (Vec<Vec<u8>>, PathBuf, usize) {
+    let records = written(vfs, 20);
+    let second = segments(vfs)[1].clone();
+    let damaged = usize::try_from(record_offset(4)).unwrap();
+    vfs.mutate_file(&second, |bytes| bytes[damaged + 30] ^= 1);
+    (records, second, damaged)
+}
+
 /// Offset of the `n`-th record (0-based) of a segment of 166-byte records.
 fn record_offset(n: u64) -> u64 {
     32 + 166 * n
@@ -260,10 +270,7 @@ fn a_repair_interrupted_at_any_step_can_be_run_again() {
         for skip in 0..6 {
             for seed in 0..4 {
                 let vfs = SimVfs::new();
-                let records = written(&vfs, 20);
-                let second = segments(&vfs)[1].clone();
-                let damaged = usize::try_from(record_offset(4)).unwrap();
-                vfs.mutate_file(&second, |bytes| bytes[damaged + 30] ^= 1);
+                let (records, second, damaged) = damaged_log(&vfs);
                 let marker = vfs.read_file(&second).unwrap()[damaged..damaged + 166].to_vec();
                 let offline = offline(&vfs);
                 let plan = offline.plan_repair(&offline.inspect().unwrap()).unwrap().unwrap();
@@ -312,9 +319,7 @@ fn check_retired(log: &Log, records: &[Vec<u8>], last: u64, case: &str) {
 #[test]
 fn a_repair_can_retire_the_quarantined_positions_so_none_is_handed_out_again() {
     let vfs = SimVfs::new();
-    let records = written(&vfs, 20);
-    let second = segments(&vfs)[1].clone();
-    vfs.mutate_file(&second, |bytes| bytes[usize::try_from(record_offset(4)).unwrap() + 30] ^= 1);
+    let (records, _, _) = damaged_log(&vfs);
 
     let offline = offline(&vfs);
     let plan = offline.plan_repair(&offline.inspect().unwrap()).unwrap().unwrap();
@@ -333,9 +338,7 @@ fn a_repair_can_retire_the_quarantined_positions_so_none_is_handed_out_again() {
 #[test]
 fn a_filler_larger_than_a_record_may_be_is_refused() {
     let vfs = SimVfs::new();
-    written(&vfs, 20);
-    let second = segments(&vfs)[1].clone();
-    vfs.mutate_file(&second, |bytes| bytes[usize::try_from(record_offset(4)).unwrap() + 30] ^= 1);
+    damaged_log(&vfs);
     let offline = offline(&vfs);
     let plan = offline.plan_repair(&offline.inspect().unwrap()).unwrap().unwrap();
     let huge = Bytes::from(vec![0; 17 * 1024 * 1024]);
@@ -351,10 +354,7 @@ fn a_retiring_repair_interrupted_at_any_step_still_retires_every_quarantined_pos
         for skip in 0..8 {
             for seed in 0..3 {
                 let vfs = SimVfs::new();
-                let records = written(&vfs, 20);
-                let second = segments(&vfs)[1].clone();
-                let damaged = usize::try_from(record_offset(4)).unwrap();
-                vfs.mutate_file(&second, |bytes| bytes[damaged + 30] ^= 1);
+                let (records, _, _) = damaged_log(&vfs);
                 let offline = offline(&vfs);
                 let retire = |plan: inorder_log::RepairPlan| {
                     plan.retire_with(Bytes::from_static(b"lost")).unwrap()

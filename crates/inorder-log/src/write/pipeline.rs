@@ -150,7 +150,8 @@ struct IdleClock {
 
 impl IdleClock {
     fn last_active(&self) -> Instant {
-        self.epoch + Duration::from_nanos(self.last_active_nanos.load(SeqCst))
+        let since_epoch = Duration::from_nanos(self.last_active_nanos.load(SeqCst));
+        self.epoch.checked_add(since_epoch).unwrap_or_else(Instant::now)
     }
 
     /// When the log is idle long enough to hibernate; `None` if never (an `idle_after` too large
