@@ -44,6 +44,7 @@ use crate::{
         handle::{StreamHandle, StreamMsg},
         supervisor::{self, StreamDeps},
     },
+    turn_keeper,
     waiters::Waiters,
 };
 
@@ -125,6 +126,13 @@ impl EngineBuilder {
         let (checkpointer, checkpointer_task) = checkpoint::spawn(Arc::clone(&storage));
         let (shutdown, _) = watch::channel(false);
         let (indexer, indexer_task) = indexer::spawn(Arc::clone(&storage), shutdown.subscribe());
+        let keepers = subscriptions
+            .values()
+            .filter_map(|s| {
+                let turns = Arc::clone(s.turns.as_ref()?);
+                Some(turn_keeper::spawn(s.name.to_string(), turns, Arc::clone(&storage)))
+            })
+            .collect();
         let engine = Engine {
             inner: Arc::new(EngineInner {
                 config,
@@ -137,6 +145,7 @@ impl EngineBuilder {
                 checkpointer_task: Mutex::new(Some(checkpointer_task)),
                 indexer,
                 indexer_task: Mutex::new(Some(indexer_task)),
+                keepers: Mutex::new(keepers),
                 waiters: Arc::new(Waiters::default()),
                 shutdown,
             }),
@@ -163,6 +172,8 @@ pub(crate) struct EngineInner {
     checkpointer_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     pub(crate) indexer: mpsc::Sender<IndexJob>,
     indexer_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The turn keepers of subscriptions over several topics (see `turn_keeper`).
+    keepers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     pub(crate) waiters: Arc<Waiters>,
     shutdown: watch::Sender<bool>,
 }
@@ -202,6 +213,11 @@ impl Engine {
                 }
             }
         }
+        // Every topic holds its subscriptions' commit-order turns back until its stream has
+        // read, before any stream starts: a key's earlier event may be in any of them.
+        for name in wanted.keys() {
+            self.expect_turns(name);
+        }
         for (name, config) in wanted {
             self.register_topic(name, config).await?;
         }
@@ -233,6 +249,8 @@ impl Engine {
             Err(error) => return Err(error),
         };
         let topic = Arc::new(topic);
+        // Before the topic takes events: none may be granted a turn ahead of them.
+        self.expect_turns(&name);
         inner.topics.write().insert(name.clone(), Arc::clone(&topic));
         let deps = StreamDeps {
             storage: Arc::clone(&inner.storage),
@@ -247,6 +265,15 @@ impl Engine {
             inner.streams.write().insert(id, handle);
         }
         Ok(topic)
+    }
+
+    /// Makes `topic` part of the commit-order turns of every subscription consuming it.
+    fn expect_turns(&self, topic: &Name) {
+        for subscription in self.inner.subscriptions.values().filter(|s| s.consumes(topic)) {
+            if let Some(turns) = &subscription.turns {
+                turns.expect(topic);
+            }
+        }
     }
 
     /// Checks that no subscription has resolved positions beyond the topic's log: new events
@@ -480,6 +507,11 @@ impl Engine {
         }
         for subscription in self.inner.subscriptions.values() {
             subscription.in_flight.close();
+        }
+        let keepers = std::mem::take(&mut *self.inner.keepers.lock());
+        for keeper in keepers {
+            keeper.abort();
+            let _ = keeper.await;
         }
         let checkpointer = self.inner.checkpointer_task.lock().take();
         if let Some(checkpointer) = checkpointer {

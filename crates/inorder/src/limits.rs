@@ -101,6 +101,12 @@ pub const PARKED_LIST_MAX: usize = 1000;
 /// character boundary): a handler's message must not make a checkpoint unwritable.
 pub const PARKED_ERROR_BYTES_MAX: usize = 4096;
 
+/// First pause before the turn keeper asks the storage again after an error (doubling up to
+/// [`TURN_KEEPER_RETRY_MAX`]).
+pub const TURN_KEEPER_RETRY_INITIAL: Duration = Duration::from_millis(50);
+/// Longest pause between the turn keeper's attempts while the storage keeps failing.
+pub const TURN_KEEPER_RETRY_MAX: Duration = Duration::from_secs(10);
+
 /// First pause before a failed stream is started again (doubling up to
 /// [`STREAM_RESTART_DELAY_MAX`]).
 pub const STREAM_RESTART_DELAY_INITIAL: Duration = Duration::from_millis(50);

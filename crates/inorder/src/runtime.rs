@@ -19,6 +19,7 @@ use crate::{
     event::Event,
     handler::{self, HandlerContext, HandlerError, Reply, SharedHandler},
     key_locks::KeyLocks,
+    key_turns::KeyTurns,
     state::StreamId,
     storage::Storage,
     stream::sequencer::Contract,
@@ -117,6 +118,8 @@ pub(crate) struct SubscriptionRuntime {
     pub in_flight: Arc<Semaphore>,
     /// One call per key at a time across the subscription's topics (more than one topic).
     pub key_locks: Option<Arc<KeyLocks>>,
+    /// Per-key commit order across the subscription's topics (`fifo` over more than one topic).
+    pub turns: Option<Arc<KeyTurns>>,
     pub stats: SubscriptionStats,
     pub metrics: SubscriptionMetrics,
 }
@@ -141,6 +144,7 @@ impl SubscriptionRuntime {
             name,
             metrics,
             key_locks: several_topics.then(Arc::default),
+            turns: (several_topics && config.ordering == Ordering::Fifo).then(Arc::default),
             in_flight: Arc::new(Semaphore::new(config.max_keys_in_flight)),
             config,
             handler,

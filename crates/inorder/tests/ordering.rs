@@ -178,3 +178,60 @@ async fn one_key_is_never_handled_twice_at_once_across_a_subscriptions_topics() 
     assert_eq!(recorder.overlaps(), 0, "two calls for one key ran at once across topics");
     assert!(recorder.max_concurrent() > 1, "different keys still run in parallel");
 }
+
+/// Across a subscription's topics a key's events run in commit order, even when one topic's
+/// stream is far behind: `payments` has `k`'s later event read at once, while `orders` cannot
+/// read `k`'s earlier one until its read budget frees up. The later event waits for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_runs_in_commit_order_across_topics_even_when_one_stream_lags() {
+    use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+
+    use inorder::{HandlerError, Reply, RetryPolicy, limits};
+
+    let retry = RetryPolicy {
+        initial: Duration::from_millis(5),
+        max_delay: Duration::from_millis(20),
+        max_attempts: 100_000,
+        ..RetryPolicy::default()
+    };
+    let mut fixture = Fixture::new(|c| {
+        c.topic(TopicConfig::new("orders"))
+            .topic(TopicConfig::new("payments"))
+            .subscription(SubscriptionConfig::new("s", ["orders", "payments"]).retry(retry))
+    });
+    // `gate-*` events fail (retryably) until the gate opens: `orders`' read budget fills up
+    // with them and its stream stops reading before `k`'s first event.
+    let open = Arc::new(AtomicBool::new(false));
+    let recorder = Arc::new(Recorder::default());
+    let handler = RecordingHandler::with(&recorder, {
+        let open = Arc::clone(&open);
+        Arc::new(move |event, _| {
+            if event.key.starts_with("gate") && !open.load(AtomicOrdering::SeqCst) {
+                return Err(HandlerError::retry("the gate is closed"));
+            }
+            Ok(Reply::Null)
+        })
+    });
+    let engine = fixture.start(vec![("s", handler)]).await;
+    let filler = limits::STREAM_PENDING_EVENTS_MAX + 8 * limits::STREAM_READ_RECORDS_MAX;
+    for chunk in (0..filler).collect::<Vec<_>>().chunks(1000) {
+        let batch =
+            chunk.iter().map(|i| event("orders", &format!("gate-{}", i % 64), "g")).collect();
+        engine.publish_batch(batch).await.unwrap();
+    }
+    let first = publish(&engine, "orders", "k", "first").await;
+    let second = publish(&engine, "payments", "k", "second").await;
+
+    common::eventually("payments read k's second event and orders stopped reading", || async {
+        let info = engine.subscriptions().await.unwrap();
+        let streams = &info[0].streams;
+        let of = |topic: &str| streams.iter().find(|s| s.topic == topic).unwrap().status.clone();
+        of("payments").read_position > second && of("orders").read_position <= first
+    })
+    .await;
+    open.store(true, AtomicOrdering::SeqCst);
+    settle(&engine, "orders", first).await;
+    settle(&engine, "payments", second).await;
+    assert_eq!(recorder.actions_of("k"), ["first", "second"], "k's events in commit order");
+    assert_eq!(recorder.overlaps(), 0);
+}

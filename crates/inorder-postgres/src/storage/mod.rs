@@ -296,6 +296,32 @@ impl Storage for PgStorage {
         Ok(receiver)
     }
 
+    /// One statement, so one snapshot: every commit up to the clock's value committed before it,
+    /// with its topic's `last_position`.
+    async fn commit_marks(&self, topics: &[Name]) -> inorder::Result<(u64, Vec<u64>)> {
+        let names: Vec<&str> = topics.iter().map(Name::as_str).collect();
+        let rows = self
+            .query(
+                "read the commit marks",
+                "SELECT (SELECT last_commit FROM inorder_commit_clock), t.name, \
+                 coalesce(p.last_position, 0) \
+                 FROM unnest($1::text[]) AS t(name) LEFT JOIN inorder_topics p ON p.name = t.name",
+                &[&names],
+            )
+            .await?;
+        let mut visible = None;
+        let mut lasts = std::collections::HashMap::with_capacity(rows.len());
+        for row in &rows {
+            visible = Some(row.get::<_, Option<i64>>(0).map_or(Ok(0), to_u64)?);
+            lasts.insert(row.get::<_, String>(1), to_u64(row.get(2))?);
+        }
+        let visible = match visible {
+            Some(visible) => visible,
+            None => self.visible_commit().await?,
+        };
+        Ok((visible, names.iter().map(|name| lasts.get(*name).copied().unwrap_or(0)).collect()))
+    }
+
     /// The clock's committed value: the transaction that took it committed its events, and every
     /// lower commit was committed (or rolled back) before it could (the clock's row lock).
     async fn visible_commit(&self) -> inorder::Result<u64> {

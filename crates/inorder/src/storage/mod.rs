@@ -130,6 +130,18 @@ pub trait Storage: Send + Sync + 'static {
     /// A watch of [`Storage::visible_commit`], raised as commits become visible (for readers
     /// across topics that wait for more).
     async fn watch_commit(&self) -> Result<watch::Receiver<u64>>;
+    /// The visible commit and, seen after it, the last position of each of `topics`: every
+    /// event of those topics with a commit up to the returned one is at or below its topic's
+    /// position (for the commit-order turns of subscriptions over several topics). The default
+    /// asks [`Storage::visible_commit`], then [`Storage::positions`] topic by topic.
+    async fn commit_marks(&self, topics: &[Name]) -> Result<(u64, Vec<u64>)> {
+        let visible = self.visible_commit().await?;
+        let mut lasts = Vec::with_capacity(topics.len());
+        for topic in topics {
+            lasts.push(self.positions(topic).await?.1);
+        }
+        Ok((visible, lasts))
+    }
 
     /// Applies a batch of state changes atomically, whatever its size (the checkpointer merges
     /// many streams' changes; a burst can be hundreds of megabytes); durable on return when

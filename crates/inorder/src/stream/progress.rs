@@ -42,13 +42,19 @@ pub(super) struct Progress {
     /// Parked events (not discarded) and discarded ones, as stored.
     parked: u64,
     discarded: u64,
+    /// Whether resolved events are reported back for the subscription's commit-order turns.
+    turns: bool,
 }
+
+/// A resolved event of a key, as the commit-order turns know it: (key, commit, position).
+pub(super) type ResolvedTurn = (String, u64, u64);
 
 #[derive(Default)]
 struct NextCheckpoint {
     ops: Vec<StateOp>,
     keys: Vec<String>,
     outcomes: Vec<(String, Outcome)>,
+    turns: Vec<ResolvedTurn>,
     /// Fresh events recorded in it.
     events: usize,
     dirty: bool,
@@ -61,6 +67,7 @@ struct InFlight {
     done_above: Arc<[RangeInclusive<u64>]>,
     keys: Vec<String>,
     outcomes: Vec<(String, Outcome)>,
+    turns: Vec<ResolvedTurn>,
     events: usize,
 }
 
@@ -74,6 +81,8 @@ pub(super) struct Committed {
     pub keys: Vec<String>,
     /// Outcomes for `publish_and_wait` callers.
     pub outcomes: Vec<(String, Outcome)>,
+    /// Resolved events whose commit-order turn ends (when the subscription keeps turns).
+    pub turns: Vec<ResolvedTurn>,
 }
 
 impl Progress {
@@ -93,7 +102,13 @@ impl Progress {
             in_flight: None,
             parked,
             discarded,
+            turns: false,
         }
+    }
+
+    /// Reports resolved events in [`Committed::turns`] from now on.
+    pub(super) fn track_turns(&mut self) {
+        self.turns = true;
     }
 
     /// Events read whose resolution is not yet durable.
@@ -159,6 +174,9 @@ impl Progress {
                 if matches!(done.outcome, Outcome::Parked { .. }) {
                     self.parked += 1;
                 }
+                if self.turns {
+                    self.next.turns.push((book_key.to_owned(), done.commit, done.position));
+                }
                 let time = match done.outcome {
                     Outcome::Handled(_) => MaxTime(done.time_micros),
                     _ => MaxTime::default(),
@@ -211,6 +229,7 @@ impl Progress {
             done_above,
             keys: next.keys,
             outcomes: next.outcomes,
+            turns: next.turns,
             events: next.events,
         });
         Ok(())
@@ -239,6 +258,7 @@ impl Progress {
             done_above: in_flight.done_above,
             keys: in_flight.keys,
             outcomes: in_flight.outcomes,
+            turns: in_flight.turns,
         })
     }
 }
@@ -254,8 +274,8 @@ mod tests {
 
     fn handled(position: u64, time_micros: i64) -> Record {
         let outcome = Outcome::Handled(serde_json::Value::Null);
-        let done =
-            Done { position, event_id: format!("e{position}"), time_micros, fresh: true, outcome };
+        let event_id = format!("e{position}");
+        let done = Done { position, commit: position, event_id, time_micros, fresh: true, outcome };
         Record { items: vec![done], ..Record::default() }
     }
 

@@ -33,6 +33,14 @@ impl Read {
     }
 }
 
+/// Reads handed to the stream in one go.
+pub(super) struct Batch {
+    pub reads: Vec<Read>,
+    /// The highest commit read so far: every event of the topic with a commit up to it is in
+    /// this batch or an earlier one (commits grow with positions within a topic).
+    pub through: u64,
+}
+
 /// The reader task's handle: aborts the task when dropped, so a stream incarnation that ends
 /// (or unwinds) takes its reader with it.
 pub(super) struct ReaderTask(tokio::task::JoinHandle<()>);
@@ -43,7 +51,7 @@ impl ReaderTask {
         storage: Arc<dyn Storage>,
         topic: Name,
         from: u64,
-        batches: mpsc::Sender<Result<Vec<Read>>>,
+        batches: mpsc::Sender<Result<Batch>>,
     ) -> Self {
         Self(tokio::spawn(read_events(storage, topic, from, batches)))
     }
@@ -70,11 +78,12 @@ async fn read_events(
     storage: Arc<dyn Storage>,
     topic: Name,
     from: u64,
-    batches: mpsc::Sender<Result<Vec<Read>>>,
+    batches: mpsc::Sender<Result<Batch>>,
 ) {
     let opened = async {
         Ok::<_, Error>((storage.watch(&topic).await?, storage.reader(&topic, from).await?))
     };
+    let mut through = 0;
     let (mut last, mut reader) = match opened.await {
         Ok(opened) => opened,
         Err(error) => {
@@ -107,8 +116,16 @@ async fn read_events(
                 }
             })
             .collect();
+        if let Ok(reads) = &decoded {
+            for read in reads {
+                if let Read::Event(event) = read {
+                    through = through.max(event.commit);
+                }
+            }
+        }
         let failed = decoded.is_err();
-        if batches.send(decoded).await.is_err() || failed {
+        let batch = decoded.map(|reads| Batch { reads, through });
+        if batches.send(batch).await.is_err() || failed {
             return;
         }
     }

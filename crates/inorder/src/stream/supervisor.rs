@@ -180,6 +180,10 @@ async fn checkpoints_settled(checkpointer: &mpsc::Sender<CommitRequest>) -> Resu
 async fn fail(ctx: &StreamContext, io: &mut StreamIo, ending: &Ending) {
     let error: Arc<str> = ending.message().into();
     tracing::error!(stream = %ctx.id, %error, "stream failed; it handles nothing until repaired and restarted");
+    if let Some(turns) = &ctx.subscription.turns {
+        // Its topic no longer holds the subscription's other topics back.
+        turns.leave(&ctx.topic.name);
+    }
     io.status
         .send_modify(|status| status.health = StreamHealth::Failed { error: Arc::clone(&error) });
     let failed = metrics::gauge!("inorder_streams_failed");

@@ -9,10 +9,16 @@
 //! [`STREAM_REORDER_EVENTS_MAX`], so waiting for a missing action never stops the reading that
 //! would bring it).
 //!
+//! In a `fifo` subscription over several topics, a key's handler call also waits for its
+//! [commit-order turn](crate::key_turns): the stream registers each batch's events with the
+//! subscription's turns before driving them, holds a call until its turn is granted (without a
+//! keys-in-flight permit, so waiting never starves the calls it waits for), and ends the turns
+//! of events whose resolution is durable.
+//!
 //! Any error ends the incarnation and goes to the [supervisor](super::supervisor), which
 //! decides between a restart (from durable progress, as after a crash) and failing the stream.
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use tokio::{
     sync::{mpsc, watch},
@@ -24,7 +30,7 @@ use super::{
     handle::{StreamHealth, StreamMsg, StreamStatus},
     processbook::Processbook,
     progress::{Committed, Progress},
-    reader::{Read, ReaderTask},
+    reader::{Batch, Read, ReaderTask},
     timers::{Timer, Timers, later},
     worker::{AfterCall, Item, KeyWorker, Step},
 };
@@ -33,6 +39,7 @@ use crate::{
     config::{Ordering, StartFrom},
     error::{Error, Result},
     event::Event,
+    key_turns::{Grants, KeyTurns, TurnEvent},
     limits::{
         PARKED_LIST_MAX, STREAM_PENDING_EVENTS_MAX, STREAM_READ_BATCHES_MAX,
         STREAM_REORDER_EVENTS_MAX, STREAM_TIMEOUT_RECHECK,
@@ -55,12 +62,16 @@ pub(super) struct Stream {
     ctx: Arc<StreamContext>,
     checkpointer: mpsc::Sender<CommitRequest>,
     waiters: Arc<Waiters>,
-    batches: mpsc::Receiver<Result<Vec<Read>>>,
+    batches: mpsc::Receiver<Result<Batch>>,
     reader: ReaderTask,
     progress: Progress,
     book: Processbook,
     calls: Calls,
     timers: Timers,
+    /// The subscription's commit-order turns and this stream's grants, when it keeps them.
+    turns: Option<(Arc<KeyTurns>, Arc<Grants>)>,
+    /// Calls waiting for their key's turn, by processbook key (one per key: its worker is busy).
+    awaiting_turn: HashMap<String, (Event, u32)>,
 }
 
 impl Stream {
@@ -80,7 +91,12 @@ impl Stream {
         }
         .max(first.saturating_sub(1));
         let (parked, discarded) = count_parked(ctx).await?;
-        let progress = Progress::resume(&stored.unwrap_or_default(), watermark, parked, discarded);
+        let mut progress =
+            Progress::resume(&stored.unwrap_or_default(), watermark, parked, discarded);
+        let turns = ctx.subscription.turns.as_ref().map(|turns| {
+            progress.track_turns();
+            (Arc::clone(turns), turns.join(&ctx.topic.name, progress.read_position()))
+        });
         let (batch_sender, batches) = mpsc::channel(STREAM_READ_BATCHES_MAX);
         let reader = ReaderTask::spawn(
             Arc::clone(storage),
@@ -99,6 +115,8 @@ impl Stream {
             book: Processbook::default(),
             calls: Calls::new(Arc::clone(&ctx.subscription)),
             timers: Timers::default(),
+            turns,
+            awaiting_turn: HashMap::new(),
         })
     }
 
@@ -140,6 +158,7 @@ impl Stream {
                         self.on_call_result(call?).await?;
                     }
                 },
+                () = granted(self.turns.as_ref()) => self.on_grants(),
                 timer = self.timers.next() => self.on_timer(timer).await?,
                 Some(message) = io.inbox.recv() => self.on_message(message).await,
                 batch = self.batches.recv(), if can_read => match batch {
@@ -154,20 +173,28 @@ impl Stream {
         }
     }
 
-    async fn on_events(&mut self, reads: Vec<Read>) -> Result<()> {
+    async fn on_events(&mut self, batch: Batch) -> Result<()> {
+        let Batch { reads, through } = batch;
+        let mut fresh = Vec::with_capacity(reads.len());
         for read in reads {
             if !self.progress.accept(&self.ctx.id, read.position())? {
                 continue; // resolved before the restart
             }
-            let event = match read {
-                Read::Event(event) => event,
-                Read::Lost(position) => {
-                    // No event to hand over: resolved, as the subscriptions that got here
-                    // before the loss resolved it.
-                    self.progress.resolve_lost(position);
-                    continue;
-                }
-            };
+            match read {
+                Read::Event(event) => fresh.push(event),
+                // No event to hand over: resolved, as the subscriptions that got here before
+                // the loss resolved it.
+                Read::Lost(position) => self.progress.resolve_lost(position),
+            }
+        }
+        if let Some((turns, _)) = &self.turns {
+            let events = fresh
+                .iter()
+                .map(|e| TurnEvent { key: e.key.clone(), commit: e.commit, position: e.position })
+                .collect();
+            turns.read(&self.ctx.topic.name, events, through, self.progress.read_position());
+        }
+        for event in fresh {
             let book_key = self.book_key(&event);
             self.ensure_worker(&book_key, &event.key).await?;
             self.book.update(&book_key, |worker| worker.push(Item::Event(event)));
@@ -216,7 +243,15 @@ impl Stream {
             let Some(Some(step)) = step else { return Ok(()) };
             match step {
                 Step::Call { event, attempt } => {
-                    self.calls.start(book_key.to_owned(), event, attempt);
+                    let topic = &self.ctx.topic.name;
+                    match &self.turns {
+                        Some((turns, _))
+                            if !turns.request(topic, &event.key, event.commit, event.position) =>
+                        {
+                            self.awaiting_turn.insert(book_key.to_owned(), (event, attempt));
+                        }
+                        _ => self.calls.start(book_key.to_owned(), event, attempt),
+                    }
                     return Ok(());
                 }
                 Step::Finished(record) => {
@@ -261,6 +296,23 @@ impl Stream {
             }
         }
         Ok((events, more))
+    }
+
+    /// Starts the calls whose turn came.
+    fn on_grants(&mut self) {
+        let Some((_, grants)) = &self.turns else { return };
+        for (key, position) in grants.take() {
+            match self.awaiting_turn.remove(&key) {
+                Some((event, attempt)) if event.position == position => {
+                    self.calls.start(key, event, attempt);
+                }
+                Some(other) => {
+                    debug_assert!(false, "a turn granted to {key} at {position}, not its call");
+                    self.awaiting_turn.insert(key, other);
+                }
+                None => {}
+            }
+        }
     }
 
     async fn on_call_result(&mut self, call: CallResult) -> Result<()> {
@@ -368,7 +420,11 @@ impl Stream {
 
     /// A checkpoint is durable: its keys go on, waiters get their outcomes, status is published.
     async fn on_committed(&mut self, committed: Committed, io: &mut StreamIo) -> Result<()> {
-        let Committed { watermark, time_mark, done_above, keys, outcomes } = committed;
+        let Committed { watermark, time_mark, done_above, keys, outcomes, turns } = committed;
+        // Turns end before the keys go on: a key's next event finds its predecessor gone.
+        if let Some((key_turns, _)) = &self.turns {
+            key_turns.resolved(&self.ctx.topic.name, &turns);
+        }
         for key in &keys {
             self.book.update(key, KeyWorker::committed);
         }
@@ -403,6 +459,14 @@ impl Stream {
         metrics::gauge!("inorder_live_workers", &labels).set(self.book.len() as f64);
         metrics::gauge!("inorder_watermark", &labels).set(watermark as f64);
         Ok(())
+    }
+}
+
+/// Waits for turns granted to the stream (pending when it keeps none).
+async fn granted(turns: Option<&(Arc<KeyTurns>, Arc<Grants>)>) {
+    match turns {
+        Some((_, grants)) => grants.notified().await,
+        None => std::future::pending().await,
     }
 }
 

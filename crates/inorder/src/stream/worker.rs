@@ -39,6 +39,8 @@ use crate::{
 #[derive(Debug)]
 pub(super) struct Done {
     pub position: u64,
+    /// The event's commit position (its turn across the subscription's topics).
+    pub commit: u64,
     pub event_id: String,
     pub time_micros: i64,
     /// False for an operator retry of a parked event (already done for the watermark).
@@ -377,6 +379,7 @@ impl KeyWorker {
     fn done(&mut self, event: &Event, outcome: Outcome) -> Done {
         Done {
             position: event.position,
+            commit: event.commit,
             event_id: event.id.clone(),
             time_micros: event.time_micros,
             fresh: !self.retried.remove(&event.position),

@@ -1,0 +1,87 @@
+//! The turn keeper: one task per subscription that keeps [commit-order turns](crate::key_turns),
+//! raising the marks of topics with nothing new to read while a turn waits for them.
+//!
+//! A round: take the topics whose marks hold back the lowest waiting turn, ask the storage for
+//! the visible commit and (seen after it) their last positions in one call
+//! ([`Storage::commit_marks`]), and raise the marks of those their streams have read past. Then
+//! wait for a reason to look again: a new visible commit, a turn that started waiting, a stream
+//! that read. Nothing waits → the keeper sleeps; it costs one storage call per round, however
+//! many topics the subscription has.
+//!
+//! A storage error is retried after a capped backoff (logged and counted), never the end of the
+//! task: a keeper that stopped would hold the subscription's waiting turns forever. The engine
+//! aborts it at shutdown.
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::{
+    key_turns::KeyTurns,
+    limits::{TURN_KEEPER_RETRY_INITIAL, TURN_KEEPER_RETRY_MAX},
+    storage::Storage,
+};
+
+/// Starts the keeper of `turns` (subscription `subscription`) on a task of its own.
+pub(crate) fn spawn(
+    subscription: String,
+    turns: Arc<KeyTurns>,
+    storage: Arc<dyn Storage>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(keep(subscription, turns, storage))
+}
+
+async fn keep(subscription: String, turns: Arc<KeyTurns>, storage: Arc<dyn Storage>) {
+    let mut delay = TURN_KEEPER_RETRY_INITIAL;
+    let mut commits: Option<watch::Receiver<u64>> = None;
+    loop {
+        let lagging = turns.lagging();
+        if lagging.is_empty() {
+            turns.keeper_woken().await;
+            continue;
+        }
+        let round = async {
+            if commits.is_none() {
+                commits = Some(storage.watch_commit().await?);
+            }
+            if let Some(commits) = commits.as_mut() {
+                commits.borrow_and_update();
+            }
+            storage.commit_marks(&lagging).await
+        };
+        match round.await {
+            Ok((visible, lasts)) => {
+                delay = TURN_KEEPER_RETRY_INITIAL;
+                turns.caught_up(&lagging, visible, &lasts);
+            }
+            Err(error) => {
+                tracing::warn!(subscription, %error, ?delay, "the turn keeper could not read the commit marks; retrying");
+                metrics::counter!("inorder_turn_keeper_errors_total", "subscription" => subscription.clone())
+                    .increment(1);
+                tokio::time::sleep(delay).await;
+                delay = delay.saturating_mul(2).min(TURN_KEEPER_RETRY_MAX);
+                continue;
+            }
+        }
+        if turns.lagging().is_empty() {
+            continue;
+        }
+        // Still waiting: look again when a commit becomes visible or the turns change.
+        let closed = match commits.as_mut() {
+            Some(commits) => tokio::select! {
+                changed = commits.changed() => changed.is_err(),
+                () = turns.keeper_woken() => false,
+            },
+            None => {
+                turns.keeper_woken().await;
+                false
+            }
+        };
+        if closed {
+            // The storage's commit watch closed: subscribe again after a pause.
+            commits = None;
+            tokio::time::sleep(delay).await;
+            delay = delay.saturating_mul(2).min(TURN_KEEPER_RETRY_MAX);
+        }
+    }
+}
