@@ -96,6 +96,9 @@ struct TopicTurn {
     /// Every event of the topic below this position is registered or resolved (0: the
     /// topic's stream has not opened yet).
     next: u64,
+    /// The keeper found the topic ending at this position, which the stream had not read
+    /// past: reading past it is worth a new round.
+    behind: Option<u64>,
     grants: Arc<Grants>,
 }
 
@@ -107,6 +110,9 @@ struct State {
     keys: HashMap<String, BTreeMap<Entry, Turn>>,
     /// First entries of their key that asked and wait for the marks, by commit.
     blocked: BTreeSet<(Entry, String)>,
+    /// Something changed that the keeper should look at (a new blocked turn, a topic read
+    /// past where the keeper last found it behind).
+    keeper_wanted: bool,
 }
 
 /// The commit-order turns of one subscription.
@@ -130,7 +136,9 @@ impl KeyTurns {
         let mut state = self.state.lock();
         if !state.topics.contains_key(topic) {
             let grants = Arc::default();
-            state.topics.insert(topic.clone(), TopicTurn { mark: 0, next: 0, grants });
+            state
+                .topics
+                .insert(topic.clone(), TopicTurn { mark: 0, next: 0, behind: None, grants });
             *state.marks.entry(0).or_default() += 1;
         }
     }
@@ -142,13 +150,16 @@ impl KeyTurns {
     pub(crate) fn join(&self, topic: &Name, next: u64) -> Arc<Grants> {
         let mut state = self.state.lock();
         let grants: Arc<Grants> = Arc::default();
-        let turn = TopicTurn { mark: 0, next, grants: Arc::clone(&grants) };
+        let turn = TopicTurn { mark: 0, next, behind: None, grants: Arc::clone(&grants) };
         let old = state.topics.insert(topic.clone(), turn);
         if let Some(old) = old {
             state.remove_mark(old.mark);
         }
         *state.marks.entry(0).or_default() += 1;
         state.forget(topic);
+        // The keeper may have found the topic behind before it opened: look again.
+        state.keeper_wanted = true;
+        self.wake_keeper(&mut state);
         grants
     }
 
@@ -159,6 +170,7 @@ impl KeyTurns {
         state.remove_mark(gone.mark);
         state.forget(topic);
         state.release_blocked();
+        self.wake_keeper(&mut state);
     }
 
     /// `topic`'s stream read `events` (all of them registered before any is asked for): it has
@@ -171,18 +183,35 @@ impl KeyTurns {
         }
         let Some(turn) = state.topics.get_mut(topic) else { return };
         turn.next = turn.next.max(next);
-        state.raise(topic, through);
-        if !state.blocked.is_empty() {
-            self.keeper.notify_one();
+        if turn.behind.is_some_and(|last| turn.next > last) {
+            turn.behind = None;
+            state.keeper_wanted = true;
         }
+        state.raise(topic, through);
+        self.wake_keeper(&mut state);
     }
 
-    /// The topics whose marks hold back the lowest waiting turn (empty when none waits).
-    pub(crate) fn lagging(&self) -> Vec<Name> {
-        let state = self.state.lock();
-        let Some((first, _)) = state.blocked.first() else { return Vec::new() };
+    /// The lowest waiting turn's commit and the topics whose marks hold it back (none when
+    /// no turn waits).
+    pub(crate) fn lagging(&self) -> Option<(u64, Vec<Name>)> {
+        let mut state = self.state.lock();
+        // A blocked entry granted or forgotten another way no longer waits: drop it.
+        while let Some((entry, key)) = state.blocked.first() {
+            let waits = state.keys.get(key).is_some_and(|entries| {
+                entries
+                    .first_key_value()
+                    .is_some_and(|(first, turn)| first == entry && *turn == Turn::Waiting)
+            });
+            if waits {
+                break;
+            }
+            state.blocked.pop_first();
+        }
+        let (first, _) = state.blocked.first()?;
         let wanted = first.commit;
-        state.topics.iter().filter(|(_, t)| t.mark < wanted).map(|(name, _)| name.clone()).collect()
+        let topics =
+            state.topics.iter().filter(|(_, t)| t.mark < wanted).map(|(name, _)| name.clone());
+        Some((wanted, topics.collect()))
     }
 
     /// The storage saw commit `visible` visible and then `topics` ending at `lasts`: a topic
@@ -190,8 +219,12 @@ impl KeyTurns {
     pub(crate) fn caught_up(&self, topics: &[Name], visible: u64, lasts: &[u64]) {
         let mut state = self.state.lock();
         for (topic, last) in topics.iter().zip(lasts) {
-            if state.topics.get(topic).is_some_and(|turn| turn.next > *last) {
+            let Some(turn) = state.topics.get_mut(topic) else { continue };
+            if turn.next > *last {
+                turn.behind = None;
                 state.raise(topic, visible);
+            } else {
+                turn.behind = Some(*last);
             }
         }
     }
@@ -218,7 +251,7 @@ impl KeyTurns {
         *turn = Turn::Waiting;
         if first {
             state.block(entry, key.to_owned());
-            self.keeper.notify_one();
+            self.wake_keeper(&mut state);
         }
         false
     }
@@ -236,7 +269,11 @@ impl KeyTurns {
                 state.wake_first(key);
             }
         }
-        if !state.blocked.is_empty() {
+        self.wake_keeper(&mut state);
+    }
+
+    fn wake_keeper(&self, state: &mut State) {
+        if std::mem::take(&mut state.keeper_wanted) {
             self.keeper.notify_one();
         }
     }
@@ -281,7 +318,9 @@ impl State {
 
     /// A waiting first entry goes into the blocked set, until the marks reach it.
     fn block(&mut self, entry: Entry, key: String) {
-        self.blocked.insert((entry, key));
+        if self.blocked.insert((entry, key)) {
+            self.keeper_wanted = true;
+        }
     }
 
     /// Raises `topic`'s mark to `through` (marks never go down) and grants what that allows.
@@ -371,7 +410,7 @@ mod tests {
         // b read k at commit 7; a has read nothing yet: k must wait for a's mark.
         read(&turns, "b", &[("k", 7, 1)], 7);
         assert!(!turns.request(&name("b"), "k", 7, 1));
-        assert_eq!(turns.lagging(), [name("a")], "the keeper is asked to look at a");
+        assert_eq!(turns.lagging(), Some((7, vec![name("a")])), "the keeper looks at a");
         // a reads k at commit 3 and is through commit 5: a's event goes first.
         read(&turns, "a", &[("k", 3, 1)], 5);
         assert!(turns.request(&name("a"), "k", 3, 1));
@@ -382,7 +421,7 @@ mod tests {
         assert!(b.take().is_empty(), "a has not registered past its position 2");
         turns.caught_up(&[name("a")], 9, &[1]);
         assert_eq!(b.take(), [("k".to_owned(), 1)], "a registered everything through commit 9");
-        assert!(turns.lagging().is_empty());
+        assert_eq!(turns.lagging(), None);
         assert!(a.take().is_empty());
     }
 

@@ -35,11 +35,10 @@ async fn keep(subscription: String, turns: Arc<KeyTurns>, storage: Arc<dyn Stora
     let mut delay = TURN_KEEPER_RETRY_INITIAL;
     let mut commits: Option<watch::Receiver<u64>> = None;
     loop {
-        let lagging = turns.lagging();
-        if lagging.is_empty() {
+        let Some((wanted, lagging)) = turns.lagging() else {
             turns.keeper_woken().await;
             continue;
-        }
+        };
         let round = async {
             if commits.is_none() {
                 commits = Some(storage.watch_commit().await?);
@@ -63,7 +62,9 @@ async fn keep(subscription: String, turns: Arc<KeyTurns>, storage: Arc<dyn Stora
                 continue;
             }
         }
-        if turns.lagging().is_empty() {
+        // The round released turns: the next waiting one (or other topics) may be ready with
+        // the same visible commit — look again at once.
+        if turns.lagging() != Some((wanted, lagging)) {
             continue;
         }
         // Still waiting: look again when a commit becomes visible or the turns change.
