@@ -124,7 +124,8 @@ enum Command {
     /// Benchmarks.
     Bench {
         /// What to benchmark.
-        #[arg(value_parser = ["http"])]
+        /// `http` (the server against a bare axum route) or `peers` (against Redis Streams).
+        #[arg(value_parser = ["http", "peers"])]
         what: String,
         /// A short run.
         #[arg(long)]
@@ -238,7 +239,10 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             commands::parked(&client, &subscription, &action, id.as_deref()).await?;
         }
         Command::Demo { users } => commands::demo(users).await?,
-        Command::Bench { what: _, quick } => bench::http(quick).await?,
+        Command::Bench { what, quick } => match what.as_str() {
+            "peers" => bench::peers::peers(quick).await?,
+            _ => bench::http::http(quick).await?,
+        },
         Command::Log(_) => unreachable!("log commands run before the runtime starts"),
     }
     Ok(std::process::ExitCode::SUCCESS)

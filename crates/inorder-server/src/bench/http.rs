@@ -24,16 +24,10 @@ use axum::{
 };
 use serde_json::json;
 
+use super::report::report;
 use crate::{cloudevent, config::ServerConfig, serve};
 
 const CONNECTIONS: usize = 64;
-
-fn report(name: &str, unit: &str, ours: f64, baseline: &str, baseline_value: f64) {
-    println!(
-        "BENCH name={name} unit={unit} ours={ours:.1} baseline={baseline} baseline_value={baseline_value:.1} ratio={:.3}",
-        ours / baseline_value
-    );
-}
 
 /// What every benchmark event carries besides its id and key: ~1 KiB in all.
 const EVENT_TAIL: &str = concat!(
