@@ -130,3 +130,56 @@ async fn grouped_appends_of_many_topics_keep_positions_and_commits_apart() {
         assert_eq!(positions, expected, "{topic}: gap-free, in commit order");
     }
 }
+
+/// `commit_marks` (what the commit-order turns of a subscription over several topics trust):
+/// every event with a commit up to the visible commit it answers lies at or below the last
+/// position it answers for its topic — checked against every answer taken while four writers
+/// append to two topics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commit_marks_cover_every_visible_commit_with_the_topics_last_positions() {
+    let url = tokio::task::spawn_blocking(inorder_testpg::fresh_database).await.unwrap().unwrap();
+    let storage = Arc::new(PgStorage::connect(&url, PgStorageOptions::default()).await.unwrap());
+    let topics = [Name::new("topic", "a").unwrap(), Name::new("topic", "b").unwrap()];
+    for topic in &topics {
+        storage.create_topic(topic).await.unwrap();
+    }
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (storage, topics) = (Arc::clone(&storage), topics.clone());
+            tokio::spawn(async move {
+                for i in 0..50 {
+                    let topic = &topics[(w + i) % 2];
+                    storage.append(topic, vec![Bytes::from_static(b"e")]).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    while writers.iter().any(|w| !w.is_finished()) {
+        answers.push(storage.commit_marks(&topics).await.unwrap());
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let unknown = Name::new("topic", "nowhere").unwrap();
+    let (_, lasts) = storage.commit_marks(&[unknown]).await.unwrap();
+    assert_eq!(lasts, [0], "a topic that does not exist ends at 0");
+
+    let events = storage.read_all(0, 1000).await.unwrap();
+    assert_eq!(events.len(), 200);
+    assert!(answers.len() > 1, "answers taken while writing: {}", answers.len());
+    for (visible, lasts) in &answers {
+        for (topic, record) in &events {
+            let index = topics.iter().position(|t| t == topic).unwrap();
+            if record.commit <= *visible {
+                assert!(
+                    record.position <= lasts[index],
+                    "commit {} of {topic} at {} is visible ({visible}) past its last position {}",
+                    record.commit,
+                    record.position,
+                    lasts[index]
+                );
+            }
+        }
+    }
+}

@@ -167,3 +167,58 @@ async fn a_gap_in_positions_fails_the_stream_as_corrupt_and_skips_nothing() {
     let error = engine.event_status("t1", 4, None).await.unwrap_err();
     assert!(matches!(error, inorder::Error::StreamFailed { .. }), "{error}");
 }
+
+/// A fifo subscription over `t1` and `t2` (commit order per key across them), on storage behind
+/// fresh faults.
+async fn start_across_topics() -> (Fixture, Engine, Arc<Faults>, Arc<Recorder>) {
+    let retry = RetryPolicy { initial: Duration::from_millis(5), ..RetryPolicy::default() };
+    let mut fixture = Fixture::new(|c| {
+        c.topic(TopicConfig::new("t1"))
+            .topic(TopicConfig::new("t2"))
+            .subscription(inorder::SubscriptionConfig::new("both", ["t1", "t2"]).retry(retry))
+    });
+    let recorder = Arc::new(Recorder::default());
+    let faults = Arc::new(Faults::default());
+    let engine =
+        fixture.start_faulty(&faults, vec![("both", RecordingHandler::ok(&recorder))]).await;
+    (fixture, engine, faults, recorder)
+}
+
+async fn stream_health(engine: &Engine, subscription: &str, topic: &str) -> StreamHealth {
+    let infos = engine.subscriptions().await.unwrap();
+    let info = infos.iter().find(|i| i.name == subscription).unwrap();
+    info.streams.iter().find(|s| s.topic == topic).unwrap().status.health.clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarting_stream_holds_its_keys_later_events_in_other_topics_until_it_read_again() {
+    let (_fixture, engine, faults, recorder) = start_across_topics().await;
+    faults.fail_reads(Fault::Error(StorageErrorKind::Transient), usize::MAX, Some("t1"));
+    let first = publish(&engine, "t1", "k", "first").await;
+    let second = publish(&engine, "t2", "k", "second").await;
+    eventually("both/t1 is retrying", || async {
+        matches!(
+            stream_health(&engine, "both", "t1").await,
+            StreamHealth::Retrying { restarts: 2.., .. }
+        )
+    })
+    .await;
+    faults.heal();
+    processed(&engine, "t1", first).await;
+    processed(&engine, "t2", second).await;
+    assert_eq!(recorder.actions_of("k"), ["first", "second"], "commit order across the restart");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_stream_no_longer_holds_back_the_subscriptions_other_topics() {
+    let (_fixture, engine, faults, recorder) = start_across_topics().await;
+    faults.fail_reads(Fault::Error(StorageErrorKind::Corrupt), usize::MAX, Some("t1"));
+    publish(&engine, "t1", "k", "lost").await;
+    let second = publish(&engine, "t2", "k", "second").await;
+    eventually("both/t1 is failed", || async {
+        matches!(stream_health(&engine, "both", "t1").await, StreamHealth::Failed { .. })
+    })
+    .await;
+    processed(&engine, "t2", second).await;
+    assert_eq!(recorder.actions_of("k"), ["second"], "t2 goes on; t1's event waits for a repair");
+}
