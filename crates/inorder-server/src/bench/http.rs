@@ -1,7 +1,9 @@
 //! `inorder bench http`: the server against a bare axum baseline, in one process.
 //!
 //! Both run in this process on loopback; the same client (64 keep-alive connections) drives
-//! them in alternating slices:
+//! them in alternating slices. The client is **capped at one thread**: it runs on a
+//! current-thread runtime of its own OS thread, so on a 2-core machine it never takes more than
+//! one core from the servers it measures, and ours and the baseline face the same client:
 //!
 //! - `http.publish.single`: 1 KiB structured events, fsync=group; baseline `bare_axum`, a route
 //!   that parses the same CloudEvent and answers 201 without the log;
@@ -173,9 +175,40 @@ pub async fn http(quick: bool) -> anyhow::Result<()> {
         "# bench http: server http://{} bare http://{bare} connections={CONNECTIONS}",
         server.addr
     );
+    let totals = on_client_thread(drive_all(server.addr, bare, rounds, slice)).await?;
+    let mean = |i: usize, j: usize| totals[i][j] / f64::from(rounds);
+    report("http.publish.single", "events/s", mean(0, 0), "bare_axum", mean(0, 1));
+    report("http.publish.batch100", "events/s", mean(1, 0), "bare_axum", mean(1, 1));
+    report("http.status", "requests/s", mean(2, 0), "bare_axum", mean(2, 1));
+    let _ = stop.send(());
+    server.task.await??;
+    Ok(())
+}
+
+/// Runs `work` on a current-thread runtime of a new OS thread: the client, capped at one thread.
+async fn on_client_thread<T: Send + 'static>(
+    work: impl std::future::Future<Output = anyhow::Result<T>> + Send + 'static,
+) -> anyhow::Result<T> {
+    let (done, result) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new().name("bench-client".into()).spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+        let outcome = runtime.map_err(anyhow::Error::from).and_then(|rt| rt.block_on(work));
+        let _ = done.send(outcome);
+    })?;
+    result.await?
+}
+
+/// Every slice of every round, alternating ours and the baseline: events (or requests) per
+/// second, `[figure][ours, baseline]`, summed over the rounds.
+async fn drive_all(
+    server: std::net::SocketAddr,
+    bare: std::net::SocketAddr,
+    rounds: u32,
+    slice: Duration,
+) -> anyhow::Result<[[f64; 2]; 3]> {
     let client = reqwest::Client::builder().pool_max_idle_per_host(CONNECTIONS).build()?;
-    let ours_single = format!("http://{}/v1/topics/bench/events", server.addr);
-    let ours_batch = format!("http://{}/v1/topics/bench/events:batch", server.addr);
+    let ours_single = format!("http://{server}/v1/topics/bench/events");
+    let ours_batch = format!("http://{server}/v1/topics/bench/events:batch");
     let mut totals = [[0.0f64; 2]; 3];
     for _ in 0..rounds {
         totals[0][0] += drive(&client, &ours_single, Load::Single, slice).await?;
@@ -184,18 +217,12 @@ pub async fn http(quick: bool) -> anyhow::Result<()> {
         totals[1][0] += drive(&client, &ours_batch, Load::Batch, slice).await?;
         totals[1][1] +=
             drive(&client, &format!("http://{bare}/bare/batch"), Load::Batch, slice).await?;
-        let status = format!("http://{}/v1/status/bench/1", server.addr);
+        let status = format!("http://{server}/v1/status/bench/1");
         totals[2][0] += drive(&client, &status, Load::Status, slice).await?;
         totals[2][1] +=
             drive(&client, &format!("http://{bare}/bare/status"), Load::Status, slice).await?;
     }
-    let mean = |i: usize, j: usize| totals[i][j] / f64::from(rounds);
-    report("http.publish.single", "events/s", mean(0, 0), "bare_axum", mean(0, 1));
-    report("http.publish.batch100", "events/s", mean(1, 0), "bare_axum", mean(1, 1));
-    report("http.status", "requests/s", mean(2, 0), "bare_axum", mean(2, 1));
-    let _ = stop.send(());
-    server.task.await??;
-    Ok(())
+    Ok(totals)
 }
 
 #[cfg(test)]
