@@ -26,7 +26,7 @@ use axum::{
 };
 use serde_json::json;
 
-use super::report::report;
+use super::{client::on_client_thread, report::report};
 use crate::{cloudevent, config::ServerConfig, serve};
 
 const CONNECTIONS: usize = 64;
@@ -183,19 +183,6 @@ pub async fn http(quick: bool) -> anyhow::Result<()> {
     let _ = stop.send(());
     server.task.await??;
     Ok(())
-}
-
-/// Runs `work` on a current-thread runtime of a new OS thread: the client, capped at one thread.
-async fn on_client_thread<T: Send + 'static>(
-    work: impl std::future::Future<Output = anyhow::Result<T>> + Send + 'static,
-) -> anyhow::Result<T> {
-    let (done, result) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new().name("bench-client".into()).spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
-        let outcome = runtime.map_err(anyhow::Error::from).and_then(|rt| rt.block_on(work));
-        let _ = done.send(outcome);
-    })?;
-    result.await?
 }
 
 /// Every slice of every round, alternating ours and the baseline: events (or requests) per
