@@ -177,6 +177,9 @@ impl KeyTurns {
     /// registered everything of its topic below position `next`, and through commit `through`.
     pub(crate) fn read(&self, topic: &Name, events: Vec<TurnEvent>, through: u64, next: u64) {
         let mut state = self.state.lock();
+        if !state.topics.contains_key(topic) {
+            return; // not joined (or left): its events must not hold keys no mark can release
+        }
         for TurnEvent { key, commit, position } in events {
             let entry = Entry { commit, topic: topic.clone(), position };
             state.keys.entry(key).or_default().insert(entry, Turn::Read);
