@@ -102,25 +102,6 @@ async fn start(
         .unwrap()
 }
 
-/// Collapses an immediate repeat across a restart; a repeat within one epoch is a bug.
-fn once_each(key: &str, calls: &[(u32, u64, String)]) -> Vec<(u64, String)> {
-    let mut kept: Vec<(u32, u64, String)> = Vec::new();
-    for call in calls {
-        if let Some(last) = kept.last()
-            && last.1 == call.1
-        {
-            assert!(
-                call.0 > last.0,
-                "key {key}: position {} handled twice without a restart",
-                call.1
-            );
-            continue;
-        }
-        kept.push(call.clone());
-    }
-    kept.into_iter().map(|(_, p, a)| (p, a)).collect()
-}
-
 async fn run(ops: Vec<Op>, fail_one_in: u64) {
     let dir = tempfile::tempdir().unwrap();
     let calls = Arc::new(Mutex::new(Vec::new()));
@@ -174,12 +155,12 @@ async fn run(ops: Vec<Op>, fail_one_in: u64) {
     }
     for (key, expected) in fifo_expected {
         let handled: Vec<u64> =
-            once_each(&key, &by_key[&key]).into_iter().map(|(p, _)| p).collect();
+            common::once_each(&key, &by_key[&key]).into_iter().map(|(p, _)| p).collect();
         assert_eq!(handled, expected, "key {key}: fifo order");
     }
     for key in action_keys {
         let handled: Vec<String> =
-            once_each(&key, &by_key[&key]).into_iter().map(|(_, a)| a).collect();
+            common::once_each(&key, &by_key[&key]).into_iter().map(|(_, a)| a).collect();
         assert_eq!(handled, ACTIONS, "key {key}: action order");
     }
 }

@@ -186,14 +186,9 @@ async fn one_key_is_never_handled_twice_at_once_across_a_subscriptions_topics() 
 async fn a_key_runs_in_commit_order_across_topics_even_when_one_stream_lags() {
     use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 
-    use inorder::{HandlerError, Reply, RetryPolicy, limits};
+    use inorder::{HandlerError, Reply, limits};
 
-    let retry = RetryPolicy {
-        initial: Duration::from_millis(5),
-        max_delay: Duration::from_millis(20),
-        max_attempts: 100_000,
-        ..RetryPolicy::default()
-    };
+    let retry = common::patient_retry();
     let mut fixture = Fixture::new(|c| {
         c.topic(TopicConfig::new("orders"))
             .topic(TopicConfig::new("payments"))

@@ -14,7 +14,7 @@ use std::{
 };
 
 use common::{Behaviour, Fixture, Recorder, RecordingHandler, processed, settle, subscription};
-use inorder::{Event, HandlerError, Reply, RetryPolicy, TopicConfig};
+use inorder::{Event, HandlerError, Reply, TopicConfig};
 
 fn two_subscriptions() -> Fixture {
     Fixture::new(|c| {
@@ -159,12 +159,7 @@ async fn unknown_topics_and_subscriptions_are_typed_errors() {
 async fn the_topic_time_mark_waits_for_an_earlier_slow_event() {
     let recorder = Arc::new(Recorder::default());
     let open = Arc::new(AtomicBool::new(false));
-    let retry = RetryPolicy {
-        initial: Duration::from_millis(5),
-        max_delay: Duration::from_millis(20),
-        max_attempts: 100_000,
-        ..RetryPolicy::default()
-    };
+    let retry = common::patient_retry();
     let mut fixture = Fixture::new(|c| {
         c.topic(TopicConfig::new("posts")).subscription(subscription("s", "posts").retry(retry))
     });

@@ -116,24 +116,6 @@ async fn start(
         .unwrap()
 }
 
-/// Collapses an immediate repeat across a restart; a repeat within one epoch is a bug.
-fn once_each(key: &str, calls: &[(u32, u64)]) -> Vec<u64> {
-    let mut kept: Vec<(u32, u64)> = Vec::new();
-    for &(epoch, commit) in calls {
-        if let Some(&(last_epoch, last_commit)) = kept.last()
-            && last_commit == commit
-        {
-            assert!(
-                epoch > last_epoch,
-                "key {key}: commit {commit} handled twice without a restart"
-            );
-            continue;
-        }
-        kept.push((epoch, commit));
-    }
-    kept.into_iter().map(|(_, commit)| commit).collect()
-}
-
 async fn run(ops: Vec<Op>, fail_one_in: u64) {
     let dir = tempfile::tempdir().unwrap();
     let handler = Arc::new(ModelHandler {
@@ -179,12 +161,13 @@ async fn run(ops: Vec<Op>, fail_one_in: u64) {
     engine.shutdown().await;
 
     assert_eq!(handler.overlaps.load(AtomicOrdering::SeqCst), 0, "a key ran twice at once");
-    let mut by_key: HashMap<String, Vec<(u32, u64)>> = HashMap::new();
+    let mut by_key: HashMap<String, Vec<(u32, u64, ())>> = HashMap::new();
     for (epoch, key, commit) in handler.calls.lock().unwrap().iter() {
-        by_key.entry(key.clone()).or_default().push((*epoch, *commit));
+        by_key.entry(key.clone()).or_default().push((*epoch, *commit, ()));
     }
     for (key, count) in published {
-        let handled = once_each(&key, &by_key[&key]);
+        let handled: Vec<u64> =
+            common::once_each(&key, &by_key[&key]).into_iter().map(|(commit, ())| commit).collect();
         assert!(
             handled.windows(2).all(|w| w[0] < w[1]),
             "key {key}: not in commit order: {handled:?}"

@@ -216,18 +216,7 @@ impl Inorder {
                     } else {
                         "application/cloudevents-batch+json"
                     };
-                    let response = client
-                        .post(url.clone())
-                        .header("content-type", content_type)
-                        .body(body)
-                        .send()
-                        .await?;
-                    anyhow::ensure!(
-                        response.status().is_success(),
-                        "publish: {}",
-                        response.status()
-                    );
-                    response.bytes().await?;
+                    post_events(&client, url.clone(), content_type, body).await?;
                     request += IN_FLIGHT as u64;
                 }
                 Ok(())
@@ -272,18 +261,7 @@ impl Inorder {
                 let (client, url, payload) = (client.clone(), url.clone(), Arc::clone(&payload));
                 async move {
                     let body = event_json(0, i, &payload, micros_since(base)).to_string();
-                    let response = client
-                        .post(&url)
-                        .header("content-type", "application/cloudevents+json")
-                        .body(body)
-                        .send()
-                        .await?;
-                    anyhow::ensure!(
-                        response.status().is_success(),
-                        "publish: {}",
-                        response.status()
-                    );
-                    Ok(())
+                    post_events(&client, url, "application/cloudevents+json", body).await
                 }
             }))
         };
@@ -311,6 +289,19 @@ impl Inorder {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
     }
+}
+
+/// Publishes one request's events (`content_type` says structured or batch).
+async fn post_events(
+    client: &reqwest::Client,
+    url: impl reqwest::IntoUrl,
+    content_type: &str,
+    body: String,
+) -> anyhow::Result<()> {
+    let response = client.post(url).header("content-type", content_type).body(body).send().await?;
+    anyhow::ensure!(response.status().is_success(), "publish: {}", response.status());
+    response.bytes().await?;
+    Ok(())
 }
 
 /// A structured CloudEvent: key `k{i % KEYS}`, `data` with the send time `t` (µs).

@@ -316,6 +316,34 @@ pub async fn parked_reason(
     parked.iter().find(|p| p.topic.as_str() == topic && p.position == position).map(|p| p.reason)
 }
 
+/// A retry policy that keeps retrying quickly (5 ms doubling to 20 ms, 100,000 attempts): for
+/// handlers that fail until the test lets them through.
+pub fn patient_retry() -> inorder::RetryPolicy {
+    inorder::RetryPolicy {
+        initial: Duration::from_millis(5),
+        max_delay: Duration::from_millis(20),
+        max_attempts: 100_000,
+        ..inorder::RetryPolicy::default()
+    }
+}
+
+/// One key's successful calls as `(epoch, position or commit, what)` in call order, with an
+/// immediate repeat across a restart (the event in flight when it stopped) collapsed; a repeat
+/// within one epoch is a bug and fails the test.
+pub fn once_each<T: Clone>(key: &str, calls: &[(u32, u64, T)]) -> Vec<(u64, T)> {
+    let mut kept: Vec<(u32, u64, T)> = Vec::new();
+    for call in calls {
+        if let Some(last) = kept.last()
+            && last.1 == call.1
+        {
+            assert!(call.0 > last.0, "key {key}: {} handled twice without a restart", call.1);
+            continue;
+        }
+        kept.push(call.clone());
+    }
+    kept.into_iter().map(|(_, at, what)| (at, what)).collect()
+}
+
 /// Waits (polling) until `condition` holds; fails the test after [`PATIENCE`].
 pub async fn eventually<F, Fut>(what: &str, mut condition: F)
 where
