@@ -117,6 +117,14 @@ async fn a_stream_that_meets_a_corrupt_record_is_failed_and_visible_everywhere()
     // Healthy: ready, every stream running, the failure gauge at 0 before anything failed.
     assert_eq!(get(&server, "/readyz").await, (200, json!({"ready": true})));
     assert!(metrics(&server).await.lines().any(|l| l == "inorder_streams_failed 0"));
+    // `s` is a fifo subscription over two topics: its turn keeper shows how many keys wait for
+    // an earlier commit in the other topic.
+    eventually("the turn keeper's gauge", TIMEOUT, async || {
+        let scraped = metrics(&server).await;
+        let gauge = r#"inorder_turns_waiting{subscription="s"} 0"#;
+        scraped.lines().any(|l| l == gauge).then_some(()).ok_or(scraped)
+    })
+    .await;
     let (state, healthy) = streams(&server).await;
     assert_eq!(state, "running");
     for stream in &healthy {

@@ -194,6 +194,11 @@ impl KeyTurns {
         self.wake_keeper(&mut state);
     }
 
+    /// Turns waiting for the marks (for the `inorder_turns_waiting` gauge).
+    pub(crate) fn waiting(&self) -> usize {
+        self.state.lock().blocked.len()
+    }
+
     /// The lowest waiting turn's commit and the topics whose marks hold it back (none when
     /// no turn waits).
     pub(crate) fn lagging(&self) -> Option<(u64, Vec<Name>)> {

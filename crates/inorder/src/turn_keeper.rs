@@ -8,6 +8,9 @@
 //! that read. Nothing waits → the keeper sleeps; it costs one storage call per round, however
 //! many topics the subscription has.
 //!
+//! Metrics: `inorder_turns_waiting` (turns waiting for the marks, as the keeper last saw them;
+//! 0 when none waits), `inorder_turn_keeper_rounds_total`, `inorder_turn_keeper_errors_total`.
+//!
 //! A storage error is retried after a capped backoff (logged and counted), never the end of the
 //! task: a keeper that stopped would hold the subscription's waiting turns forever. The engine
 //! aborts it at shutdown.
@@ -34,11 +37,17 @@ pub(crate) fn spawn(
 async fn keep(subscription: String, turns: Arc<KeyTurns>, storage: Arc<dyn Storage>) {
     let mut delay = TURN_KEEPER_RETRY_INITIAL;
     let mut commits: Option<watch::Receiver<u64>> = None;
+    let waiting = metrics::gauge!("inorder_turns_waiting", "subscription" => subscription.clone());
+    let rounds = metrics::counter!("inorder_turn_keeper_rounds_total", "subscription" => subscription.clone());
     loop {
-        let Some((wanted, lagging)) = turns.lagging() else {
+        let lagging = turns.lagging();
+        #[allow(clippy::cast_precision_loss)] // a gauge; bounded by the streams' read budgets
+        waiting.set(turns.waiting() as f64);
+        let Some((wanted, lagging)) = lagging else {
             turns.keeper_woken().await;
             continue;
         };
+        rounds.increment(1);
         let round = async {
             if commits.is_none() {
                 commits = Some(storage.watch_commit().await?);
