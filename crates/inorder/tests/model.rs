@@ -13,12 +13,11 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicU32, Ordering as AtomicOrdering},
     },
-    time::Duration,
 };
 
 use inorder::{
     Engine, EngineConfig, Event, Handler, HandlerContext, HandlerError, Ordering, Reply,
-    RetryPolicy, SubscriptionConfig, TopicConfig,
+    SubscriptionConfig, TopicConfig,
 };
 use proptest::prelude::*;
 
@@ -75,11 +74,7 @@ impl Handler for ModelHandler {
 }
 
 fn config(dir: &std::path::Path) -> EngineConfig {
-    let retry = RetryPolicy {
-        initial: Duration::from_millis(1),
-        max_delay: Duration::from_millis(5),
-        ..RetryPolicy::default()
-    };
+    let retry = common::fast_retry();
     EngineConfig::new(dir)
         .topic(TopicConfig::new("f"))
         .topic(TopicConfig::new("p").actions(ACTIONS))
@@ -92,14 +87,8 @@ async fn start(
     storage: &common::TestStorage,
     handler: &Arc<ModelHandler>,
 ) -> Engine {
-    storage
-        .attach(Engine::builder(config(dir)))
-        .await
-        .shared_handler("fs", Arc::clone(handler) as Arc<dyn Handler>)
-        .shared_handler("ps", Arc::clone(handler) as Arc<dyn Handler>)
-        .start()
-        .await
-        .unwrap()
+    let handler = Arc::clone(handler) as Arc<dyn Handler>;
+    common::start_shared(storage, config(dir), &["fs", "ps"], &handler).await
 }
 
 async fn run(ops: Vec<Op>, fail_one_in: u64) {

@@ -18,8 +18,8 @@ use std::{
 };
 
 use inorder::{
-    Engine, EngineConfig, Event, Handler, HandlerContext, HandlerError, Reply, RetryPolicy,
-    SubscriptionConfig, TopicConfig,
+    Engine, EngineConfig, Event, Handler, HandlerContext, HandlerError, Reply, SubscriptionConfig,
+    TopicConfig,
 };
 use proptest::prelude::*;
 
@@ -90,11 +90,7 @@ impl Handler for ModelHandler {
 }
 
 fn config(dir: &std::path::Path) -> EngineConfig {
-    let retry = RetryPolicy {
-        initial: Duration::from_millis(1),
-        max_delay: Duration::from_millis(5),
-        ..RetryPolicy::default()
-    };
+    let retry = common::fast_retry();
     let mut config = EngineConfig::new(dir);
     for topic in TOPICS {
         config = config.topic(TopicConfig::new(topic));
@@ -107,13 +103,8 @@ async fn start(
     storage: &common::TestStorage,
     handler: &Arc<ModelHandler>,
 ) -> Engine {
-    storage
-        .attach(Engine::builder(config(dir)))
-        .await
-        .shared_handler("all", Arc::clone(handler) as Arc<dyn Handler>)
-        .start()
-        .await
-        .unwrap()
+    let handler = Arc::clone(handler) as Arc<dyn Handler>;
+    common::start_shared(storage, config(dir), &["all"], &handler).await
 }
 
 async fn run(ops: Vec<Op>, fail_one_in: u64) {

@@ -136,6 +136,26 @@ where
     Ok((requests * per_request) as f64 / started.elapsed().as_secs_f64())
 }
 
+/// Starts `command` as a child process without output, killed when its handle is dropped.
+fn spawn_quiet(mut command: tokio::process::Command, what: &str) -> anyhow::Result<Child> {
+    command.stdout(Stdio::null()).stderr(Stdio::null()).kill_on_drop(true);
+    command.spawn().with_context(|| format!("starting {what}"))
+}
+
+/// Polls `answers` until it holds, for at most START_PATIENCE.
+async fn ready<F, Fut>(what: &str, answers: F) -> anyhow::Result<()>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + START_PATIENCE;
+    while !answers().await {
+        anyhow::ensure!(Instant::now() < deadline, "{what} did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
 /// `inorder serve` as a child process.
 struct Inorder {
     child: Child,
@@ -158,29 +178,16 @@ impl Inorder {
              start = \"latest\"\n",
         );
         std::fs::write(&config, toml)?;
-        let child = tokio::process::Command::new(std::env::current_exe()?)
-            .args(["serve", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting inorder serve")?;
+        let mut serve = tokio::process::Command::new(std::env::current_exe()?);
+        serve.args(["serve", "--config"]).arg(&config);
+        let child = spawn_quiet(serve, "inorder serve")?;
         let base = format!("http://{addr}");
         let client = reqwest::Client::new();
-        let deadline = Instant::now() + START_PATIENCE;
-        loop {
-            if client
-                .get(format!("{base}/readyz"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-            {
-                break;
-            }
-            anyhow::ensure!(Instant::now() < deadline, "inorder serve did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        ready("inorder serve", || async {
+            let answer = client.get(format!("{base}/readyz")).send().await;
+            answer.is_ok_and(|r| r.status().is_success())
+        })
+        .await?;
         Ok(Self { child, base, round: 0 })
     }
 
@@ -333,7 +340,8 @@ where
     let started = tokio::time::Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..total {
-        let at = started + Duration::from_micros(i * 1_000_000 / LATENCY_RATE);
+        // At most LATENCY_RATE × the run's seconds: the offset stays within the run.
+        let at = started + Duration::from_micros(i.saturating_mul(1_000_000) / LATENCY_RATE);
         tokio::time::sleep_until(at).await;
         tasks.spawn(publish(i));
     }
@@ -354,26 +362,20 @@ impl RedisPeer {
         let addr = free_port()?;
         let data = dir.join("redis-data");
         std::fs::create_dir_all(&data)?;
-        let child = tokio::process::Command::new(program)
+        let mut server = tokio::process::Command::new(program);
+        server
             .args(["--port", &addr.port().to_string(), "--bind", "127.0.0.1"])
             .args(["--appendonly", "yes", "--appendfsync", "always", "--save", ""])
             .arg("--dir")
-            .arg(&data)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting redis-server")?;
-        let deadline = Instant::now() + START_PATIENCE;
-        loop {
-            if let Ok(mut redis) = Resp::connect(addr).await
-                && redis.call(command(["PING"])).await.is_ok()
-            {
-                break;
+            .arg(&data);
+        let child = spawn_quiet(server, "redis-server")?;
+        ready("redis-server", || async {
+            match Resp::connect(addr).await {
+                Ok(mut redis) => redis.call(command(["PING"])).await.is_ok(),
+                Err(_) => false,
             }
-            anyhow::ensure!(Instant::now() < deadline, "redis-server did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await?;
         // The baseline is only what it claims if Redis fsyncs every write before replying.
         let mut redis = Resp::connect(addr).await?;
         let fsync = redis.call(command(["CONFIG", "GET", "appendfsync"])).await?;

@@ -316,6 +316,30 @@ pub async fn parked_reason(
     parked.iter().find(|p| p.topic.as_str() == topic && p.position == position).map(|p| p.reason)
 }
 
+/// A retry policy for models with transient failures: 1 ms doubling to 5 ms, the default
+/// number of attempts.
+pub fn fast_retry() -> inorder::RetryPolicy {
+    inorder::RetryPolicy {
+        initial: Duration::from_millis(1),
+        max_delay: Duration::from_millis(5),
+        ..inorder::RetryPolicy::default()
+    }
+}
+
+/// Starts an engine of `config` on `storage`, one shared handler for every named subscription.
+pub async fn start_shared(
+    storage: &TestStorage,
+    config: EngineConfig,
+    subscriptions: &[&str],
+    handler: &Arc<dyn Handler>,
+) -> Engine {
+    let mut builder = storage.attach(Engine::builder(config)).await;
+    for subscription in subscriptions {
+        builder = builder.shared_handler(subscription, Arc::clone(handler));
+    }
+    builder.start().await.unwrap()
+}
+
 /// A retry policy that keeps retrying quickly (5 ms doubling to 20 ms, 100,000 attempts): for
 /// handlers that fail until the test lets them through.
 pub fn patient_retry() -> inorder::RetryPolicy {
