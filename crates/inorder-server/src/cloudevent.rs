@@ -316,23 +316,50 @@ fn percent_decode(raw: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// The context attributes of an event going out — everything but `datacontenttype`, which
+/// each mode carries its own way, and `data` — with `partitionkey`, `position` and `commit`.
+fn attributes(event: &Event) -> Vec<(&str, Value)> {
+    let mut attributes: Vec<(&str, Value)> = Vec::with_capacity(16 + event.extensions.len());
+    attributes.push(("specversion", "1.0".into()));
+    attributes.push(("id", event.id.as_str().into()));
+    attributes.push(("source", event.source.as_str().into()));
+    attributes.push(("type", event.action.as_str().into()));
+    if let Ok(time) = jiff::Timestamp::from_microsecond(event.time_micros) {
+        attributes.push(("time", time.to_string().into()));
+    }
+    let optional = [
+        ("subject", &event.subject),
+        ("dataschema", &event.data_schema),
+        ("correlationid", &event.correlation_id),
+        ("causationid", &event.causation_id),
+    ];
+    for (name, value) in optional {
+        if let Some(value) = value {
+            attributes.push((name, value.as_str().into()));
+        }
+    }
+    attributes.push(("partitionkey", event.key.as_str().into()));
+    if let Some(sequence) = event.sequence {
+        attributes.push(("sequence", sequence.to_string().into()));
+    }
+    for (name, value) in &event.extensions {
+        let value = match value {
+            ExtensionValue::String(text) => Value::from(text.as_str()),
+            ExtensionValue::Integer(n) => Value::from(*n),
+            ExtensionValue::Boolean(flag) => Value::from(*flag),
+        };
+        attributes.push((name, value));
+    }
+    attributes.push(("position", event.position.into()));
+    attributes.push(("commit", event.commit.into()));
+    attributes
+}
+
 /// An event as a structured CloudEvent, with `position`, `commit` and `partitionkey`.
 #[must_use]
 pub fn render(event: &Event) -> Value {
-    let mut object = Map::new();
-    object.insert("specversion".into(), "1.0".into());
-    object.insert("id".into(), event.id.clone().into());
-    object.insert("source".into(), event.source.clone().into());
-    object.insert("type".into(), event.action.clone().into());
-    if let Ok(time) = jiff::Timestamp::from_microsecond(event.time_micros) {
-        object.insert("time".into(), time.to_string().into());
-    }
-    let optional = [("subject", &event.subject), ("dataschema", &event.data_schema)];
-    for (name, value) in optional {
-        if let Some(value) = value {
-            object.insert(name.into(), value.clone().into());
-        }
-    }
+    let mut object: Map<String, Value> =
+        attributes(event).into_iter().map(|(name, value)| (name.to_owned(), value)).collect();
     if let Some(content_type) = &event.data_content_type {
         object.insert("datacontenttype".into(), content_type.clone().into());
     }
@@ -349,27 +376,6 @@ pub fn render(event: &Event) -> Value {
             ),
         };
     }
-    object.insert("partitionkey".into(), event.key.clone().into());
-    if let Some(sequence) = event.sequence {
-        object.insert("sequence".into(), sequence.to_string().into());
-    }
-    for (name, value) in
-        [("correlationid", &event.correlation_id), ("causationid", &event.causation_id)]
-    {
-        if let Some(value) = value {
-            object.insert(name.into(), value.clone().into());
-        }
-    }
-    for (name, value) in &event.extensions {
-        let value = match value {
-            ExtensionValue::String(text) => Value::from(text.clone()),
-            ExtensionValue::Integer(n) => Value::from(*n),
-            ExtensionValue::Boolean(flag) => Value::from(*flag),
-        };
-        object.insert(name.clone(), value);
-    }
-    object.insert("position".into(), event.position.into());
-    object.insert("commit".into(), event.commit.into());
     Value::Object(object)
 }
 
