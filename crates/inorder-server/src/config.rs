@@ -21,25 +21,27 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use inorder::{
-    EngineConfig, RetryPolicy, SubscriptionConfig, TopicConfig, limits::KEYS_IN_FLIGHT_MAX,
-};
-use inorder_postgres::SinkConfig;
+use inorder::{EngineConfig, SubscriptionConfig, TopicConfig};
 use serde::Deserialize;
 
+mod delivery;
 mod postgres;
 mod source;
 mod values;
+mod webhook;
 
-pub use self::postgres::{PostgresSinkFile, StorageChoice, StorageFile};
+pub use self::{
+    delivery::Delivery,
+    postgres::{PostgresSinkFile, StorageChoice, StorageFile},
+    webhook::WebhookFile,
+};
 use self::{
-    postgres::sink_config,
     source::Source,
     values::{DeliveryFile, FsyncFile, OnFailureFile, OrderingFile, StartFile},
 };
 use crate::limits::{
     BODY_LIMIT_BYTES_DEFAULT, DATA_DIR_DEFAULT, LEASE_TIMEOUT_DEFAULT, LISTEN_DEFAULT,
-    PUBLISH_IN_FLIGHT_DEFAULT, PULL_MAX_ATTEMPTS_DEFAULT,
+    PUBLISH_IN_FLIGHT_DEFAULT,
 };
 
 /// The file as written.
@@ -119,11 +121,14 @@ pub struct SubscriptionFile {
     pub topic_patterns: Vec<String>,
     /// `fifo`, `actions`, `sequence` or `none`.
     pub ordering: Option<OrderingFile>,
-    /// `pull` (HTTP consumers, the default) or `postgres` (the batch sink).
+    /// `pull` (HTTP consumers, the default), `postgres` (the batch sink) or `webhook` (HTTP
+    /// push).
     #[serde(default)]
     pub delivery: DeliveryFile,
     /// `[subscriptions.postgres]`: the sink's settings, for `delivery = "postgres"`.
     pub postgres: Option<PostgresSinkFile>,
+    /// `[subscriptions.webhook]`: where to send events, for `delivery = "webhook"`.
+    pub webhook: Option<WebhookFile>,
     /// Keys handled (leased) at once.
     pub max_keys_in_flight: Option<usize>,
     /// `block` or `skip`.
@@ -135,26 +140,12 @@ pub struct SubscriptionFile {
     pub lease_timeout: Option<Duration>,
     /// Attempts before an event is parked.
     pub max_attempts: Option<u32>,
-}
-
-/// How a subscription's events are delivered.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Delivery {
-    /// HTTP consumers pull, ack and nack.
-    Pull,
-    /// Batch-written into a PostgreSQL table.
-    Postgres(SinkConfig),
-}
-
-impl Delivery {
-    /// The name used in the configuration and `GET /v1/subscriptions`.
-    #[must_use]
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::Pull => "pull",
-            Self::Postgres(_) => "postgres",
-        }
-    }
+    /// Delay before a webhook's second attempt (`100ms`), doubling after each failure.
+    #[serde(default, deserialize_with = "values::retry_delay")]
+    pub retry_initial: Option<Duration>,
+    /// Longest delay between a webhook's attempts (`30s`).
+    #[serde(default, deserialize_with = "values::retry_delay")]
+    pub retry_max_delay: Option<Duration>,
 }
 
 /// A subscription's server-side settings.
@@ -232,26 +223,9 @@ impl ServerConfig {
         }
         let mut subscriptions = BTreeMap::new();
         for sub in file.subscriptions {
-            let delivery = match (sub.delivery, &sub.postgres) {
-                (DeliveryFile::Pull, None) => Delivery::Pull,
-                (DeliveryFile::Postgres, Some(postgres)) => {
-                    Delivery::Postgres(sink_config(postgres, &sub.name, source)?)
-                }
-                (DeliveryFile::Postgres, None) => {
-                    return Err(source.key_error(
-                        &["subscriptions", &sub.name, "delivery"],
-                        "delivery = \"postgres\" needs a [subscriptions.postgres] table",
-                    ));
-                }
-                (DeliveryFile::Pull, Some(_)) => {
-                    return Err(source.key_error(
-                        &["subscriptions", &sub.name, "postgres"],
-                        "only for delivery = \"postgres\"",
-                    ));
-                }
-            };
-            let mut config = SubscriptionConfig::new(&sub.name, sub.topics);
-            config.topic_patterns = sub.topic_patterns;
+            let delivery = delivery::delivery(&sub, source)?;
+            let mut config = SubscriptionConfig::new(&sub.name, sub.topics.clone());
+            config.topic_patterns.clone_from(&sub.topic_patterns);
             if let Some(ordering) = sub.ordering {
                 config.ordering = ordering.into();
             }
@@ -261,27 +235,7 @@ impl ServerConfig {
             if let Some(start) = sub.start {
                 config.start = start.into();
             }
-            match &delivery {
-                // A pulled event is redelivered as soon as its lease expires or it is nacked
-                // (with the nack's delay); after max_attempts it is parked.
-                Delivery::Pull => {
-                    config.retry = RetryPolicy {
-                        initial: Duration::ZERO,
-                        factor: 1.0,
-                        max_delay: Duration::ZERO,
-                        max_attempts: sub.max_attempts.unwrap_or(PULL_MAX_ATTEMPTS_DEFAULT),
-                        jitter: 0.0,
-                    };
-                }
-                // The sink retries outages itself; the engine only sees rows PostgreSQL refuses
-                // (parked at once). Batches fill only if enough calls are in flight.
-                Delivery::Postgres(sink) => {
-                    config.max_keys_in_flight = sink.keys_in_flight().min(KEYS_IN_FLIGHT_MAX);
-                    if let Some(attempts) = sub.max_attempts {
-                        config.retry.max_attempts = attempts;
-                    }
-                }
-            }
+            delivery::fit_engine_config(&mut config, &delivery, &sub, source)?;
             if let Some(limit) = sub.max_keys_in_flight {
                 config.max_keys_in_flight = limit;
             }
@@ -375,7 +329,7 @@ mod tests {
 
     use super::*;
 
-    fn load(text: &str) -> anyhow::Result<ServerConfig> {
+    pub(super) fn load(text: &str) -> anyhow::Result<ServerConfig> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("inorder.toml");
         std::fs::write(&path, text).unwrap();
@@ -462,7 +416,7 @@ delivery = "pull"
     }
 
     /// Loads `text` and expects it refused with exactly `expected` after the file's name.
-    fn refused(text: &str, expected: &str) {
+    pub(super) fn refused(text: &str, expected: &str) {
         let error = format!("{:#}", load(text).unwrap_err());
         let (_, after) = error.split_once("inorder.toml").unwrap();
         assert_eq!(after, expected, "{text}");
@@ -487,8 +441,8 @@ delivery = "pull"
             ":3: subscriptions.s.start: unknown variant `now`, expected `earliest` or `latest`",
         );
         refused(
-            "[[subscriptions]]\nname = \"s\"\ndelivery = \"webhook\"\n",
-            ":3: subscriptions.s.delivery: unknown variant `webhook`, expected `pull` or `postgres`",
+            "[[subscriptions]]\nname = \"s\"\ndelivery = \"smtp\"\n",
+            ":3: subscriptions.s.delivery: unknown variant `smtp`, expected one of `pull`, `postgres`, `webhook`",
         );
         refused("listen = \"nowhere\"\n", ":1: listen: invalid socket address syntax");
         refused(

@@ -76,6 +76,36 @@ pub const PULL_MAX_ATTEMPTS_DEFAULT: u32 = 5;
 /// is refused, not obeyed.
 pub const SINK_TTL_MAX: Duration = Duration::from_secs(100 * 31_557_600);
 
+// Webhooks (`delivery = "webhook"`)
+
+/// How long one webhook request may take by default (`timeout`: connecting, sending the event,
+/// and the receiver's answer); longer, it is abandoned and retried like a failure.
+pub const WEBHOOK_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
+/// Longest configurable webhook `timeout`. A receiver that needs longer should answer 202 and
+/// work on the event after answering.
+pub const WEBHOOK_TIMEOUT_MAX: Duration = Duration::from_secs(5 * 60);
+/// Most bytes of a webhook `url`.
+pub const WEBHOOK_URL_BYTES_MAX: usize = 2048;
+/// Most `headers` of a webhook.
+pub const WEBHOOK_HEADERS_MAX: usize = 32;
+/// Most bytes of a configured header's name.
+pub const WEBHOOK_HEADER_NAME_BYTES_MAX: usize = 128;
+/// Most bytes of a configured header's value (room for a long bearer token).
+pub const WEBHOOK_HEADER_VALUE_BYTES_MAX: usize = 8 * 1024;
+/// Longest delay a receiver's `Retry-After` (on 429 or 503) is obeyed for; a longer one is cut
+/// to this. Each such answer still counts as an attempt towards `max_attempts`.
+pub const WEBHOOK_RETRY_AFTER_MAX: Duration = Duration::from_secs(60 * 60);
+/// Most bytes of a failed answer's body kept for the error message (and the parked event).
+pub const WEBHOOK_ERROR_BODY_BYTES_MAX: usize = 512;
+/// Most bytes of an answer's body read (and dropped) so that its connection can be used again;
+/// a longer body closes the connection instead.
+pub const WEBHOOK_DRAIN_BODY_BYTES_MAX: usize = 64 * 1024;
+/// Most idle connections a webhook keeps open (fewer when the subscription has fewer keys in
+/// flight: one request per key in flight at most).
+pub const WEBHOOK_IDLE_CONNECTIONS_MAX: usize = 64;
+/// How long an idle webhook connection stays open.
+pub const WEBHOOK_IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+
 // CLI
 
 /// Server the CLI talks to by default: the one [`LISTEN_DEFAULT`] starts.
@@ -113,6 +143,13 @@ const _: () = assert!(DEMO_USERS_DEFAULT <= DEMO_USERS_MAX);
 const _: () = assert!(PUBLISH_IN_FLIGHT_DEFAULT <= PUBLISH_IN_FLIGHT_MAX);
 const _: () = assert!(PUBLISH_IN_FLIGHT_MAX <= tokio::sync::Semaphore::MAX_PERMITS);
 const _: () = assert!(LEASE_TIMEOUT_DEFAULT.as_secs() <= LEASE_TIMEOUT_MAX.as_secs());
+const _: () = assert!(WEBHOOK_TIMEOUT_DEFAULT.as_secs() <= WEBHOOK_TIMEOUT_MAX.as_secs());
+const _: () = assert!(
+    WEBHOOK_RETRY_AFTER_MAX.as_secs() <= RETRY_DELAY_MAX.as_secs(),
+    "the engine would cut it"
+);
+const _: () = assert!(WEBHOOK_ERROR_BODY_BYTES_MAX <= WEBHOOK_DRAIN_BODY_BYTES_MAX);
+const _: () = assert!(WEBHOOK_ERROR_BODY_BYTES_MAX <= inorder::limits::PARKED_ERROR_BYTES_MAX);
 const _: () = assert!(
     LEASE_TIMEOUT_MAX.as_secs() + DELAY_QUEUE_RENEW_AGE.as_secs() < DELAY_QUEUE_DELAY_MAX.as_secs(),
     "a lease inserted into the oldest DelayQueue still fits its wheel"

@@ -15,6 +15,7 @@ mod log_commands;
 mod problem;
 mod pull;
 mod serve;
+mod webhook;
 
 use std::path::PathBuf;
 

@@ -16,6 +16,7 @@ use crate::{
     config::{Delivery, ServerConfig, StorageChoice},
     http::{AppState, router},
     pull::{PullHandler, PullQueue},
+    webhook::WebhookHandler,
 };
 
 /// A running server.
@@ -73,6 +74,17 @@ pub async fn start(
                     .await
                     .with_context(|| format!("subscription {name}: starting the postgres sink"))?;
                 builder = builder.handler(name, sink);
+            }
+            Delivery::Webhook(webhook) => {
+                let keys_in_flight = config
+                    .engine
+                    .subscriptions
+                    .iter()
+                    .find(|engine| engine.name == *name)
+                    .map_or(1, |engine| engine.max_keys_in_flight);
+                let handler = WebhookHandler::new(name, webhook.clone(), keys_in_flight)
+                    .with_context(|| format!("subscription {name}: starting the webhook"))?;
+                builder = builder.handler(name, handler);
             }
         }
         deliveries.insert(name.clone(), subscription.delivery.kind());

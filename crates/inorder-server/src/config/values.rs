@@ -9,7 +9,7 @@ use std::{fmt, time::Duration};
 
 use inorder::{
     FailurePolicy, FsyncPolicy, Ordering, StartFrom,
-    limits::{SEQUENCE_TIMEOUT_MAX, TOPICS_MAX},
+    limits::{RETRY_DELAY_MAX, SEQUENCE_TIMEOUT_MAX, TOPICS_MAX},
 };
 use inorder_postgres::limits::{
     SINK_BATCH_ROWS_MAX, SINK_BATCH_TIMEOUT_MAX, SINK_WORKERS_MAX, STORAGE_POOL_SIZE_MAX,
@@ -19,7 +19,7 @@ use serde::{
     de::{self, Error as _, Visitor},
 };
 
-use crate::limits::{LEASE_TIMEOUT_MAX, PUBLISH_IN_FLIGHT_MAX, SINK_TTL_MAX};
+use crate::limits::{LEASE_TIMEOUT_MAX, PUBLISH_IN_FLIGHT_MAX, SINK_TTL_MAX, WEBHOOK_TIMEOUT_MAX};
 
 /// `fsync`: when an append is durable (see [`FsyncPolicy`]).
 #[derive(Debug, Clone, Copy, Default, Deserialize)]
@@ -116,6 +116,19 @@ pub enum DeliveryFile {
     Pull,
     /// Batch-written into a PostgreSQL table: needs `[subscriptions.postgres]`.
     Postgres,
+    /// POSTed to a URL as CloudEvents: needs `[subscriptions.webhook]`.
+    Webhook,
+}
+
+impl DeliveryFile {
+    /// Its name in the file.
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            Self::Pull => "pull",
+            Self::Postgres => "postgres",
+            Self::Webhook => "webhook",
+        }
+    }
 }
 
 /// `lease_timeout`: positive, at most [`LEASE_TIMEOUT_MAX`].
@@ -123,6 +136,21 @@ pub(super) fn lease_timeout<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<Duration>, D::Error> {
     duration_within(deserializer, Duration::from_millis(1), LEASE_TIMEOUT_MAX).map(Some)
+}
+
+/// A webhook's `timeout`: positive, at most [`WEBHOOK_TIMEOUT_MAX`].
+pub(super) fn webhook_timeout<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Duration>, D::Error> {
+    duration_within(deserializer, Duration::from_millis(1), WEBHOOK_TIMEOUT_MAX).map(Some)
+}
+
+/// A subscription's `retry_initial` and `retry_max_delay`: at most the engine's
+/// [`RETRY_DELAY_MAX`] (zero retries at once).
+pub(super) fn retry_delay<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Duration>, D::Error> {
+    duration_within(deserializer, Duration::ZERO, RETRY_DELAY_MAX).map(Some)
 }
 
 /// A topic's `sequence_timeout`: positive, at most the engine's [`SEQUENCE_TIMEOUT_MAX`].
