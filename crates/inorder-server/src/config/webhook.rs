@@ -205,4 +205,18 @@ mod tests {
         );
         assert!(load(&with("retry_initial = \"1m\"\nretry_max_delay = \"1m\"\n")).is_ok());
     }
+
+    #[test]
+    fn the_readme_webhook_example_loads() {
+        let readme = include_str!("../../../../README.md");
+        let section = readme.split("### Push delivery to webhooks").nth(1).expect("the section");
+        let block = section.split("```toml\n").nth(1).and_then(|rest| rest.split("```").next());
+        let text = format!("[[topics]]\nname = \"orders\"\n{}", block.expect("a toml block"));
+        let config = load(&text).unwrap_or_else(|e| panic!("{e:#}\n{text}"));
+        let Delivery::Webhook(webhook) = &config.subscriptions["notify"].delivery else {
+            panic!("a webhook")
+        };
+        assert_eq!(webhook.url.scheme(), "https");
+        assert_eq!(config.engine.subscriptions[0].retry.max_attempts, 8);
+    }
 }
