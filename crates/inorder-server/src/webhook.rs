@@ -309,9 +309,14 @@ impl Sent {
     }
 }
 
-/// `webhook answered 503 Service Unavailable: <the start of the body>`.
+/// `webhook answered 503 Service Unavailable: <the start of the body>`, on one line (the message
+/// goes into logs and the parked event: the receiver's line breaks and control characters
+/// become spaces).
 fn answered(status: StatusCode, body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(body);
+    let text: String = String::from_utf8_lossy(body)
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
     let text = text.trim();
     if text.is_empty() {
         format!("webhook answered {status}")
@@ -486,5 +491,9 @@ mod tests {
         let status = StatusCode::SERVICE_UNAVAILABLE;
         assert_eq!(answered(status, b""), "webhook answered 503 Service Unavailable");
         assert_eq!(answered(status, b" busy\n"), "webhook answered 503 Service Unavailable: busy");
+        assert_eq!(
+            answered(StatusCode::BAD_REQUEST, b"{\"error\":\n\"no\"}\x1b[31m"),
+            "webhook answered 400 Bad Request: {\"error\": \"no\"} [31m"
+        );
     }
 }
