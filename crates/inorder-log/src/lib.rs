@@ -91,6 +91,6 @@ pub use crate::{
     options::{FsyncPolicy, LogOptions},
     read::reader::{ReadLimits, Reader, Record},
     recovery::{RecoveryReport, TornReason, Truncation},
-    stats::LogStats,
+    stats::{LogStats, SegmentInfo},
     write::writer::PurgeReport,
 };

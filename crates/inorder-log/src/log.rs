@@ -31,7 +31,7 @@ use crate::{
     },
     recovery::RecoveryReport,
     shared::Shared,
-    stats::LogStats,
+    stats::{LogStats, SegmentInfo},
     vfs::{self, StdVfs, Vfs, VfsLock},
     write::{
         pipeline::Pipeline,
@@ -308,6 +308,32 @@ impl Log {
             shared.committed(),
             shared.read_segments().len(),
         )
+    }
+
+    /// The segments, oldest first, with their committed extents (in memory: no I/O).
+    #[must_use]
+    pub fn segments(&self) -> Vec<SegmentInfo> {
+        self.inner
+            .shared
+            .read_segments()
+            .values()
+            .map(|segment| SegmentInfo {
+                base: segment.base,
+                end: segment.end(),
+                bytes: segment.committed_bytes(),
+                sealed: segment.is_sealed(),
+            })
+            .collect()
+    }
+
+    /// When the segment starting at `base` was last written (its file's modification time: for
+    /// a sealed segment, when its last record was written). `None` if the file system cannot
+    /// tell or the segment is gone.
+    #[must_use]
+    pub fn segment_modified(&self, base: u64) -> Option<std::time::SystemTime> {
+        let shared = &self.inner.shared;
+        let path = shared.read_segments().get(&base)?.path.clone();
+        shared.vfs.modified(&path).ok()
     }
 
     /// Reads every segment and checks every record (checksums, positions, segment continuity).

@@ -29,6 +29,20 @@ pub struct LogStats {
     pub latched: bool,
 }
 
+/// One segment file as the log knows it: what retention decides on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentInfo {
+    /// Position of its first record.
+    pub base: u64,
+    /// One past its last committed position (`base` while empty).
+    pub end: u64,
+    /// Bytes of the file that hold committed records (header included).
+    pub bytes: u64,
+    /// Whether the writer moved on: the file never changes again (only sealed segments are ever
+    /// purged; a purge that covers the active one seals it first).
+    pub sealed: bool,
+}
+
 /// The live counters (relaxed atomics: they are statistics, not synchronisation).
 #[derive(Debug, Default)]
 pub(crate) struct Stats {

@@ -65,6 +65,12 @@ pub struct FileConfig {
     /// Default lease of pulled events (`30s`).
     #[serde(default, deserialize_with = "values::lease_timeout")]
     pub lease_timeout: Option<Duration>,
+    /// Size of a topic log's segment files (`64MiB`): retention deletes whole segments.
+    #[serde(default, deserialize_with = "values::segment_bytes")]
+    pub segment_bytes: Option<u64>,
+    /// How often topics with a retention policy are purged (`1s`).
+    #[serde(default, deserialize_with = "values::retention_interval")]
+    pub retention_interval: Option<Duration>,
     /// Publish requests handled at once; more get 503.
     #[serde(default, deserialize_with = "values::publish_in_flight")]
     pub publish_in_flight: Option<usize>,
@@ -105,6 +111,38 @@ pub struct TopicFile {
     /// How long a sequence may wait for a missing event (`10m`).
     #[serde(default, deserialize_with = "values::sequence_timeout")]
     pub sequence_timeout: Option<Duration>,
+    /// `[topics.retention]`: which of its oldest events may be deleted.
+    #[serde(default)]
+    pub retention: RetentionFile,
+}
+
+/// `[topics.retention]` (see [`inorder::Retention`]).
+#[derive(Debug, Deserialize, Default, Clone, Copy)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionFile {
+    /// Delete events appended longer ago (`7d`).
+    #[serde(default, deserialize_with = "values::retention_age")]
+    pub max_age: Option<Duration>,
+    /// Keep at most this many bytes (`10GiB`, or bytes).
+    #[serde(default, deserialize_with = "values::retention_bytes")]
+    pub max_bytes: Option<u64>,
+    /// Keep at most this many events.
+    #[serde(default, deserialize_with = "values::retention_events")]
+    pub max_events: Option<u64>,
+    /// Delete what every subscription of the topic has resolved.
+    #[serde(default)]
+    pub until_consumed: bool,
+}
+
+impl From<RetentionFile> for inorder::Retention {
+    fn from(file: RetentionFile) -> Self {
+        Self {
+            max_age: file.max_age,
+            max_bytes: file.max_bytes,
+            max_events: file.max_events,
+            until_consumed: file.until_consumed,
+        }
+    }
 }
 
 /// `[[subscriptions]]`.
@@ -215,10 +253,17 @@ impl ServerConfig {
         if let Some(max) = file.max_topics {
             engine.max_topics = max;
         }
+        if let Some(bytes) = file.segment_bytes {
+            engine.segment_bytes = bytes;
+        }
+        if let Some(interval) = file.retention_interval {
+            engine.retention_interval = interval;
+        }
         for topic in file.topics {
             let mut config =
                 TopicConfig::new(&topic.name).actions(topic.actions).repeat(topic.repeat);
             config.sequence_timeout = topic.sequence_timeout;
+            config.retention = topic.retention.into();
             engine.topics.push(config);
         }
         let mut subscriptions = BTreeMap::new();
@@ -447,9 +492,26 @@ delivery = "pull"
         refused("listen = \"nowhere\"\n", ":1: listen: invalid socket address syntax");
         refused(
             "body_limit = \"1XB\"\n",
-            ":1: body_limit: \"1XB\": unknown unit \"XB\" (B, KiB, MiB, GiB, KB, MB)",
+            ":1: body_limit: \"1XB\": unknown unit \"XB\" (B, KiB, MiB, GiB, TiB, KB, MB)",
         );
         refused("body_limit = -1\n", ":1: body_limit: -1 is not a size");
+        refused(
+            "[[topics]]\nname = \"t\"\n[topics.retention]\nmax_bytes = 0\n",
+            ":4: topics.t.retention.max_bytes: must be within 1..=1125899906842624 bytes",
+        );
+        refused(
+            "[[topics]]\nname = \"t\"\n[topics.retention]\nmax_events = 0\n",
+            ":4: topics.t.retention.max_events: must be within 1..=9007199254740992, got 0",
+        );
+        refused(
+            "[[topics]]\nname = \"t\"\n[topics.retention]\nmax_age = \"1000000d\"\n",
+            ":4: topics.t.retention.max_age: must be at most 100years",
+        );
+        refused("retention_interval = \"1ms\"\n", ":1: retention_interval: must be at least 10ms");
+        refused(
+            "segment_bytes = \"1KiB\"\n",
+            ":1: segment_bytes: must be within 4096..=1073741824 bytes",
+        );
         refused(
             "publish_in_flight = 0\n",
             ":1: publish_in_flight: must be within 1..=65536, got 0",

@@ -211,6 +211,10 @@ impl From<inorder::Error> for Problem {
                 "Unknown parked event",
                 detail,
             ),
+            E::Purged { first_available, .. } => {
+                Self::new(StatusCode::GONE, "purged", "Purged by retention", detail)
+                    .with_member("first_available", first_available)
+            }
             E::TopicLimit { .. } => {
                 Self::new(StatusCode::FORBIDDEN, "topic-limit", "Topic limit reached", detail)
             }

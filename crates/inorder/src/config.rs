@@ -10,10 +10,12 @@ use inorder_log::{FsyncPolicy, Name};
 use crate::{
     error::{Error, Result},
     limits::{
-        KEYS_IN_FLIGHT_DEFAULT, KEYS_IN_FLIGHT_MAX, RETRY_DELAY_MAX, RETRY_FACTOR_DEFAULT,
+        KEYS_IN_FLIGHT_DEFAULT, KEYS_IN_FLIGHT_MAX, RETENTION_INTERVAL_DEFAULT,
+        RETENTION_INTERVAL_MAX, RETENTION_INTERVAL_MIN, RETRY_DELAY_MAX, RETRY_FACTOR_DEFAULT,
         RETRY_INITIAL_DEFAULT, RETRY_MAX_ATTEMPTS_DEFAULT, RETRY_MAX_DELAY_DEFAULT,
         SEQUENCE_TIMEOUT_MAX, TOPIC_ACTIONS_MAX, TOPICS_DEFAULT_MAX, TOPICS_MAX,
     },
+    retention::Retention,
 };
 
 /// Everything the engine needs to start.
@@ -31,6 +33,8 @@ pub struct EngineConfig {
     /// new topic beyond it is refused with [`Error::TopicLimit`]. Each topic costs open files and
     /// memory, so anyone who can publish must not be able to create them without end.
     pub max_topics: usize,
+    /// How often topics with a retention policy are purged.
+    pub retention_interval: Duration,
     /// Topics declared up front.
     pub topics: Vec<TopicConfig>,
     /// Subscriptions.
@@ -47,6 +51,7 @@ impl EngineConfig {
             auto_create_topics: false,
             segment_bytes: inorder_log::limits::SEGMENT_BYTES_DEFAULT,
             max_topics: TOPICS_DEFAULT_MAX,
+            retention_interval: RETENTION_INTERVAL_DEFAULT,
             topics: Vec::new(),
             subscriptions: Vec::new(),
         }
@@ -73,6 +78,13 @@ impl EngineConfig {
     pub fn validate(&self) -> Result<()> {
         if !(1..=TOPICS_MAX).contains(&self.max_topics) {
             return Err(Error::config(format!("max_topics must be within 1..={TOPICS_MAX}")));
+        }
+        if !(RETENTION_INTERVAL_MIN..=RETENTION_INTERVAL_MAX).contains(&self.retention_interval) {
+            return Err(Error::config(format!(
+                "retention_interval must be within {}ms..={}",
+                RETENTION_INTERVAL_MIN.as_millis(),
+                humanize(RETENTION_INTERVAL_MAX)
+            )));
         }
         if self.topics.len() > self.max_topics {
             return Err(Error::config(format!(
@@ -125,13 +137,28 @@ pub struct TopicConfig {
     /// How long a key's sequence (or producer sequence) may wait for a missing event before its
     /// buffered events are parked as `timeout`. `None`: wait forever.
     pub sequence_timeout: Option<Duration>,
+    /// Which of its oldest events may be deleted (default: none).
+    pub retention: Retention,
 }
 
 impl TopicConfig {
     /// A topic without an actions contract.
     #[must_use]
     pub fn new(name: impl Into<String>) -> Self {
-        Self { name: name.into(), actions: Vec::new(), repeat: false, sequence_timeout: None }
+        Self {
+            name: name.into(),
+            actions: Vec::new(),
+            repeat: false,
+            sequence_timeout: None,
+            retention: Retention::forever(),
+        }
+    }
+
+    /// Its retention policy.
+    #[must_use]
+    pub fn retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
+        self
     }
 
     /// The actions, in order.
@@ -180,7 +207,7 @@ impl TopicConfig {
                 humanize(SEQUENCE_TIMEOUT_MAX)
             )));
         }
-        Ok(())
+        self.retention.validate(&self.name)
     }
 }
 

@@ -36,7 +36,7 @@ use crate::{
     handler::{Handler, SharedHandler},
     indexer::{self, IndexJob},
     limits::{PARKED_LIST_MAX, PUBLISH_BATCH_EVENTS_MAX, STREAM_READ_RECORDS_MAX},
-    replay,
+    replay, retainer,
     runtime::{SubscriptionRuntime, TopicRuntime},
     state::{ParkedEvent, StreamId},
     storage::{FileStorage, StateOp, Storage},
@@ -146,11 +146,18 @@ impl EngineBuilder {
                 indexer,
                 indexer_task: Mutex::new(Some(indexer_task)),
                 keepers: Mutex::new(keepers),
+                retainer: Mutex::new(None),
                 waiters: Arc::new(Waiters::default()),
                 shutdown,
             }),
         };
         engine.open_topics().await?;
+        let retainer = retainer::spawn(
+            Arc::downgrade(&engine.inner),
+            engine.inner.config.retention_interval,
+            engine.inner.shutdown.subscribe(),
+        );
+        *engine.inner.retainer.lock() = Some(retainer);
         Ok(engine)
     }
 }
@@ -174,6 +181,8 @@ pub(crate) struct EngineInner {
     indexer_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The turn keepers of subscriptions over several topics (see `turn_keeper`).
     keepers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The task that applies the topics' retention (see `retainer`).
+    retainer: Mutex<Option<tokio::task::JoinHandle<()>>>,
     pub(crate) waiters: Arc<Waiters>,
     shutdown: watch::Sender<bool>,
 }
@@ -328,8 +337,9 @@ impl Engine {
     async fn index_unindexed_ids(&self, topic: &Name) -> Result<u64> {
         let storage = &self.inner.storage;
         let indexed = storage.ids_indexed_to(topic).await?;
-        let (_, last) = storage.positions(topic).await?;
-        let mut reader = storage.reader(topic, indexed + 1).await?;
+        let (first, last) = storage.positions(topic).await?;
+        // Ids of events retention deleted are not indexed again.
+        let mut reader = storage.reader(topic, (indexed + 1).max(first)).await?;
         while reader.next_position() <= last {
             let records = reader.read(STREAM_READ_RECORDS_MAX).await?;
             if records.is_empty() {
@@ -507,6 +517,11 @@ impl Engine {
         }
         for subscription in self.inner.subscriptions.values() {
             subscription.in_flight.close();
+        }
+        let retainer = self.inner.retainer.lock().take();
+        if let Some(retainer) = retainer {
+            retainer.abort();
+            let _ = retainer.await;
         }
         let keepers = std::mem::take(&mut *self.inner.keepers.lock());
         for keeper in keepers {

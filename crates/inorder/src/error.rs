@@ -171,6 +171,20 @@ pub enum Error {
         what: String,
     },
 
+    /// *Input.* The events asked for were deleted by the topic's retention: the first one still
+    /// stored is `first_available`. HTTP 410, `purged`.
+    #[error(
+        "topic {topic}: position {requested} was purged by retention; the first available is {first_available}"
+    )]
+    Purged {
+        /// The topic.
+        topic: String,
+        /// The position asked for.
+        requested: u64,
+        /// The first position still stored.
+        first_available: u64,
+    },
+
     /// The engine is shutting down or stopped. HTTP 503.
     #[error("the engine is stopped")]
     Stopped,
@@ -327,6 +341,7 @@ impl Error {
                 | Self::UnknownParked { .. }
                 | Self::IdTaken { .. }
                 | Self::TopicLimit { .. }
+                | Self::Purged { .. }
         )
     }
 }

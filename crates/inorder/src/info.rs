@@ -8,6 +8,7 @@ use crate::{
     config::Ordering,
     engine::Engine,
     error::Result,
+    retention::Retention,
     state::StreamId,
     stream::handle::{StreamHealth, StreamStatus},
 };
@@ -25,6 +26,10 @@ pub struct TopicInfo {
     pub actions: Vec<String>,
     /// Subscriptions consuming it.
     pub subscriptions: Vec<String>,
+    /// Bytes its events take (segment files; payload bytes on PostgreSQL).
+    pub bytes: u64,
+    /// Which of its oldest events may be deleted.
+    pub retention: Retention,
 }
 
 /// One stream of a subscription.
@@ -55,6 +60,9 @@ pub struct SubscriptionInfo {
     pub failed_attempts: u64,
     /// Events parked since start.
     pub parked: u64,
+    /// Events the topics' retention deleted before this subscription resolved them (skipped,
+    /// never handled), since start.
+    pub skipped_by_retention: u64,
 }
 
 impl Engine {
@@ -71,7 +79,7 @@ impl Engine {
         };
         let mut infos = Vec::with_capacity(topics.len());
         for topic in topics {
-            let (first, last) = self.inner.storage.positions(&topic.name).await?;
+            let footprint = self.inner.storage.footprint(&topic.name).await?;
             let subscriptions = self
                 .inner
                 .subscriptions
@@ -81,10 +89,12 @@ impl Engine {
                 .collect();
             infos.push(TopicInfo {
                 name: topic.name.to_string(),
-                first_position: first,
-                last_position: last,
+                first_position: footprint.first,
+                last_position: footprint.last,
                 actions: topic.config.actions.clone(),
                 subscriptions,
+                bytes: footprint.bytes,
+                retention: topic.config.retention,
             });
         }
         Ok(infos)
@@ -129,6 +139,7 @@ impl Engine {
                 handled: load(&stats.handled),
                 failed_attempts: load(&stats.failed_attempts),
                 parked: load(&stats.parked),
+                skipped_by_retention: load(&stats.skipped_by_retention),
             });
         }
         Ok(infos)

@@ -34,6 +34,8 @@ pub mod limits;
 mod outcome;
 mod publish;
 mod replay;
+mod retainer;
+mod retention;
 mod runtime;
 mod state;
 mod status;
@@ -57,6 +59,7 @@ pub use crate::{
     handler::{FnHandler, Handler, HandlerContext, HandlerError, Reply, handler_fn},
     info::{StreamInfo, SubscriptionInfo, TopicInfo},
     outcome::Outcome,
+    retention::{Footprint, PurgeRequest, Retention, segments_to_purge},
     state::{KeyState, ParkReason, ParkedEvent, Progress, StreamId, StreamState},
     status::{EventStatus, ProcessedMark},
     stream::handle::{StreamHealth, StreamStatus},

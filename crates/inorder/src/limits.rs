@@ -165,3 +165,23 @@ const _: () = assert!(TOPIC_ACTIONS_MAX <= 64, "actions progress is a 64-bit mas
 pub const COMMIT_RESERVE_BLOCK: u64 = 1 << 20;
 /// Most events one `read_all` returns.
 pub const READ_ALL_EVENTS_MAX: usize = 1000;
+
+/// Longest configurable `max_age` of a topic's retention.
+pub const RETENTION_AGE_MAX: Duration = Duration::from_secs(3_155_760_000); // 100 Julian years
+/// Largest configurable `max_bytes` of a topic's retention (1 PiB).
+pub const RETENTION_BYTES_MAX: u64 = 1 << 50;
+/// Largest configurable `max_events` of a topic's retention.
+pub const RETENTION_EVENTS_MAX: u64 = 1 << 53;
+/// How often the retention task looks at every topic with a retention policy, by default.
+pub const RETENTION_INTERVAL_DEFAULT: Duration = Duration::from_secs(1);
+/// Shortest configurable retention interval (tests sweep fast; a sweep asks the storage).
+pub const RETENTION_INTERVAL_MIN: Duration = Duration::from_millis(10);
+/// Longest configurable retention interval.
+pub const RETENTION_INTERVAL_MAX: Duration = Duration::from_secs(60 * 60);
+/// Parked entries of one stream the retention task reads to find its first event still parked
+/// (`until_consumed`); past them it holds retention at the last one read (keeps more, never
+/// less).
+pub const RETENTION_PARKED_SCAN_MAX: usize = 1000;
+/// Events removed by one purge statement on storages that delete rows (PostgreSQL); a purge
+/// runs as many as it needs.
+pub const PURGE_BATCH_EVENTS_MAX: u64 = 10_000;

@@ -91,6 +91,8 @@ pub(crate) struct SubscriptionStats {
     pub handled: AtomicU64,
     pub failed_attempts: AtomicU64,
     pub parked: AtomicU64,
+    /// Events retention deleted before this subscription resolved them (since start).
+    pub skipped_by_retention: AtomicU64,
 }
 
 impl SubscriptionStats {

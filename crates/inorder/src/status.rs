@@ -150,7 +150,7 @@ impl Engine {
     /// # Errors
     /// [`Error::UnknownTopic`], [`Error::UnknownSubscription`], storage errors, and
     /// [`Error::StreamFailed`] when a failed stream has not resolved the position (it never
-    /// will until repaired).
+    /// will until repaired), [`Error::Purged`] when retention deleted it.
     pub async fn event_status(
         &self,
         topic: &str,
@@ -167,9 +167,18 @@ impl Engine {
         position: u64,
         watches: &[(StreamId, watch::Receiver<StreamStatus>)],
     ) -> Result<EventStatus> {
-        let (_, last) = self.inner.storage.positions(&self.existing_topic(topic)?.name).await?;
+        let (first, last) = self.inner.storage.positions(&self.existing_topic(topic)?.name).await?;
         if position > last {
             return Ok(EventStatus::Pending);
+        }
+        if position > 0 && position < first {
+            // Deleted by retention: whether it was handled, or skipped by a subscription that
+            // fell behind, is no longer known. Never "processed" for an event never handled.
+            return Err(Error::Purged {
+                topic: topic.to_owned(),
+                requested: position,
+                first_available: first,
+            });
         }
         let mut answer = EventStatus::Processed;
         for (id, watch) in watches {

@@ -165,6 +165,15 @@ pub trait Vfs: Send + Sync + fmt::Debug + 'static {
     /// # Errors
     /// `WouldBlock` if another holder has it; otherwise the operating system's error.
     fn lock_exclusive(&self, path: &Path) -> io::Result<Box<dyn VfsLock>>;
+    /// When a file was last modified (retention by age). File systems that keep no such time
+    /// answer `Unsupported`, and age-based retention keeps their segments.
+    ///
+    /// # Errors
+    /// The operating system's error, or `Unsupported`.
+    fn modified(&self, path: &Path) -> io::Result<std::time::SystemTime> {
+        let _ = path;
+        Err(ErrorKind::Unsupported.into())
+    }
 }
 
 /// The real file system (Unix).
@@ -230,6 +239,10 @@ impl Vfs for StdVfs {
 
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
         fs::File::open(path)?.sync_all()
+    }
+
+    fn modified(&self, path: &Path) -> io::Result<std::time::SystemTime> {
+        fs::metadata(path)?.modified()
     }
 
     fn lock_exclusive(&self, path: &Path) -> io::Result<Box<dyn VfsLock>> {

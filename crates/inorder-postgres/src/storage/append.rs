@@ -43,9 +43,11 @@ const APPEND: &str = "\
                row_number() OVER (PARTITION BY e.topic ORDER BY e.ordinal) AS nth, \
                count(*) OVER (PARTITION BY e.topic) AS n \
         FROM UNNEST($1::text[], $2::bytea[]) WITH ORDINALITY AS e(topic, payload, ordinal)), \
-    counts AS (SELECT DISTINCT topic, n FROM events), \
+    counts AS (SELECT topic, n, sum(octet_length(payload)) AS bytes FROM events \
+               GROUP BY topic, n), \
     counter AS ( \
-        UPDATE inorder_topics AS t SET last_position = t.last_position + c.n \
+        UPDATE inorder_topics AS t SET last_position = t.last_position + c.n, \
+               payload_bytes = t.payload_bytes + c.bytes \
         FROM counts AS c, clock WHERE t.name = c.topic \
         RETURNING t.name, t.last_position, c.n, clock.last_commit), \
     appended AS ( \
@@ -64,7 +66,9 @@ const APPEND_ONE: &str = "\
         UPDATE inorder_commit_clock SET last_commit = last_commit + cardinality($2::bytea[]) \
         RETURNING last_commit), \
     counter AS ( \
-        UPDATE inorder_topics SET last_position = last_position + cardinality($2::bytea[]) \
+        UPDATE inorder_topics SET last_position = last_position + cardinality($2::bytea[]), \
+               payload_bytes = payload_bytes + \
+                   (SELECT coalesce(sum(octet_length(p)), 0) FROM unnest($2::bytea[]) AS p) \
         FROM clock WHERE name = $1 RETURNING name, last_position, clock.last_commit), \
     appended AS ( \
         INSERT INTO inorder_events (topic, position, commit_position, payload) \

@@ -7,6 +7,7 @@
 //! | `commit` | a batch of [`StateOp`]s resolved and written in one transaction |
 //! | `notify` | the per-topic watches and the `LISTEN` task that feeds them |
 //! | `reader` | the [`TopicReader`]: bounded range reads by `(topic, position)`; `read_all` by commit position |
+//! | `retention` | purging a prefix of a topic in batches (events, ids, first position, bytes) |
 //!
 //! **Appends** are grouped: concurrent appends of this process, to any topics, share one
 //! transaction (see `append`, group commit). It first advances the one-row commit clock (a row
@@ -31,6 +32,7 @@ mod append;
 mod commit;
 mod notify;
 mod reader;
+mod retention;
 mod schema;
 
 use std::{
@@ -478,6 +480,18 @@ impl Storage for PgStorage {
             )
             .await?;
         rows.first().map_or(Ok(0), |row| to_u64(row.get(0)))
+    }
+
+    async fn footprint(&self, topic: &Name) -> inorder::Result<inorder::Footprint> {
+        self.topic_footprint(topic).await
+    }
+
+    async fn purge(
+        &self,
+        topic: &Name,
+        request: &inorder::PurgeRequest,
+    ) -> inorder::Result<inorder::Footprint> {
+        self.purge_topic(topic, request).await
     }
 
     async fn close(&self) {

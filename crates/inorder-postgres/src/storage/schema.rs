@@ -5,9 +5,11 @@
 //! inorder_topics    (name text COLLATE "C" PRIMARY KEY,
 //!                    first_position bigint NOT NULL DEFAULT 1,  -- first position still stored
 //!                    last_position  bigint NOT NULL DEFAULT 0,  -- the position counter
-//!                    created_at timestamptz NOT NULL DEFAULT now())
+//!                    created_at timestamptz NOT NULL DEFAULT now(),
+//!                    payload_bytes bigint NOT NULL DEFAULT 0)   -- of its stored events (v3)
 //! inorder_events    (topic text COLLATE "C", position bigint, payload bytea NOT NULL,
 //!                    commit_position bigint NOT NULL DEFAULT 0, -- node-wide order (v2)
+//!                    appended_at timestamptz NOT NULL DEFAULT now(), -- retention by age (v3)
 //!                    PRIMARY KEY (topic, position))             -- the engine's codec bytes
 //!                    INDEX inorder_events_commit (commit_position)
 //! inorder_commit_clock (singleton boolean PRIMARY KEY CHECK (singleton),
@@ -23,6 +25,7 @@
 //!                    PRIMARY KEY (subscription, topic, position))
 //! inorder_event_ids (topic text COLLATE "C", id bytea, position bigint NOT NULL,
 //!                    PRIMARY KEY (topic, id))
+//!                    INDEX inorder_event_ids_position (topic, position)  -- pruned by retention
 //! inorder_ids_indexed (topic text COLLATE "C" PRIMARY KEY, position bigint NOT NULL)
 //! ```
 //!
@@ -51,6 +54,11 @@
 //!   row lock of appenders. Its mark only goes up (`GREATEST`): several nodes may write it, and
 //!   "every id up to N is indexed" stays true once true.
 //!
+//! - **Retention deletes a prefix of a topic** in batches, in one statement per batch: the
+//!   events, their ids, and `first_position` raised (never lowered: `GREATEST`) with
+//!   `payload_bytes` lowered by what went. Appends add their payload bytes in the statement that
+//!   advances `last_position`, so the byte count is exact without reading the events.
+//!
 //! Creating the schema takes a transaction-level advisory lock: concurrent `CREATE TABLE IF NOT
 //! EXISTS` of two nodes starting at once can otherwise fail on the catalog's unique indexes.
 
@@ -58,9 +66,10 @@ use tokio_postgres::Client;
 
 use crate::error::{Error, Result};
 
-/// The version of the tables above. Version 1 (before commit positions) is migrated in place
-/// ([`MIGRATE_1_TO_2`]); any other version is refused, never changed.
-pub(crate) const SCHEMA_VERSION: i32 = 2;
+/// The version of the tables above. Versions 1 (before commit positions) and 2 (before
+/// retention) are migrated in place ([`MIGRATE_1_TO_2`], [`MIGRATE_2_TO_3`]); any other version
+/// is refused, never changed.
+pub(crate) const SCHEMA_VERSION: i32 = 3;
 
 /// Adds commit positions to a version-1 database: events stored before get commit 0 (adding a
 /// column with a constant default rewrites nothing).
@@ -68,6 +77,24 @@ const MIGRATE_1_TO_2: &str = r#"
 ALTER TABLE inorder_events ADD COLUMN IF NOT EXISTS commit_position bigint NOT NULL DEFAULT 0;
 CREATE INDEX IF NOT EXISTS inorder_events_commit ON inorder_events (commit_position);
 UPDATE inorder_schema SET version = 2;
+"#;
+
+/// Adds what retention needs to a version-2 database: the payload bytes of each topic (counted
+/// once here), the time each event was appended (events stored before count as appended now:
+/// retention by age keeps them a whole `max_age`; a stable default rewrites nothing), and the
+/// id index by position.
+const MIGRATE_2_TO_3: &str = r#"
+ALTER TABLE inorder_topics ADD COLUMN IF NOT EXISTS payload_bytes bigint NOT NULL DEFAULT 0;
+ALTER TABLE inorder_events ADD COLUMN IF NOT EXISTS appended_at timestamptz NOT NULL DEFAULT now();
+UPDATE inorder_topics AS t SET payload_bytes = coalesce(
+    (SELECT sum(octet_length(e.payload)) FROM inorder_events AS e WHERE e.topic = t.name), 0);
+UPDATE inorder_schema SET version = 3;
+"#;
+
+/// Indexes created after any migration (`IF NOT EXISTS`: also on a fresh database).
+const INDEXES: &str = r#"
+CREATE INDEX IF NOT EXISTS inorder_events_commit ON inorder_events (commit_position);
+CREATE INDEX IF NOT EXISTS inorder_event_ids_position ON inorder_event_ids (topic, position);
 "#;
 
 /// The advisory lock key that serialises schema creation (`"inorder"` in ASCII).
@@ -84,12 +111,14 @@ CREATE TABLE IF NOT EXISTS inorder_topics (
     name text COLLATE "C" PRIMARY KEY,
     first_position bigint NOT NULL DEFAULT 1,
     last_position bigint NOT NULL DEFAULT 0,
-    created_at timestamptz NOT NULL DEFAULT now());
+    created_at timestamptz NOT NULL DEFAULT now(),
+    payload_bytes bigint NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS inorder_events (
     topic text COLLATE "C" NOT NULL,
     position bigint NOT NULL,
     payload bytea NOT NULL,
     commit_position bigint NOT NULL DEFAULT 0,
+    appended_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (topic, position));
 CREATE TABLE IF NOT EXISTS inorder_commit_clock (
     singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
@@ -142,18 +171,17 @@ pub(crate) async fn create(client: &mut Client) -> Result<()> {
         transaction.batch_execute(MIGRATE_1_TO_2).await.map_err(Error::query("migrate to 2"))?;
         version = read_version(&transaction).await?;
     }
+    if version == 2 {
+        transaction.batch_execute(MIGRATE_2_TO_3).await.map_err(Error::query("migrate to 3"))?;
+        version = read_version(&transaction).await?;
+    }
     if version != SCHEMA_VERSION {
         return Err(Error::InvalidConfig(format!(
             "the database holds inorder schema version {version}; this build uses \
              {SCHEMA_VERSION}"
         )));
     }
-    transaction
-        .batch_execute(
-            "CREATE INDEX IF NOT EXISTS inorder_events_commit ON inorder_events (commit_position)",
-        )
-        .await
-        .map_err(Error::query("create the commit index"))?;
+    transaction.batch_execute(INDEXES).await.map_err(Error::query("create indexes"))?;
     transaction.commit().await.map_err(Error::query("commit schema"))
 }
 

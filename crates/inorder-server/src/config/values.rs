@@ -9,7 +9,10 @@ use std::{fmt, time::Duration};
 
 use inorder::{
     FailurePolicy, FsyncPolicy, Ordering, StartFrom,
-    limits::{RETRY_DELAY_MAX, SEQUENCE_TIMEOUT_MAX, TOPICS_MAX},
+    limits::{
+        RETENTION_AGE_MAX, RETENTION_BYTES_MAX, RETENTION_EVENTS_MAX, RETENTION_INTERVAL_MAX,
+        RETENTION_INTERVAL_MIN, RETRY_DELAY_MAX, SEQUENCE_TIMEOUT_MAX, TOPICS_MAX,
+    },
 };
 use inorder_postgres::limits::{
     SINK_BATCH_ROWS_MAX, SINK_BATCH_TIMEOUT_MAX, SINK_WORKERS_MAX, STORAGE_POOL_SIZE_MAX,
@@ -160,6 +163,55 @@ pub(super) fn sequence_timeout<'de, D: Deserializer<'de>>(
     duration_within(deserializer, Duration::from_millis(1), SEQUENCE_TIMEOUT_MAX).map(Some)
 }
 
+/// A topic's retention `max_age`: positive, at most the engine's [`RETENTION_AGE_MAX`].
+pub(super) fn retention_age<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Duration>, D::Error> {
+    duration_within(deserializer, Duration::from_secs(1), RETENTION_AGE_MAX).map(Some)
+}
+
+/// `retention_interval`: within the engine's [`RETENTION_INTERVAL_MIN`]..=
+/// [`RETENTION_INTERVAL_MAX`].
+pub(super) fn retention_interval<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Duration>, D::Error> {
+    duration_within(deserializer, RETENTION_INTERVAL_MIN, RETENTION_INTERVAL_MAX).map(Some)
+}
+
+/// A topic's retention `max_events`: within `1..=`[`RETENTION_EVENTS_MAX`].
+pub(super) fn retention_events<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<u64>, D::Error> {
+    let max = usize::try_from(RETENTION_EVENTS_MAX).unwrap_or(usize::MAX);
+    count_within(deserializer, 1, max).map(|n| Some(n as u64))
+}
+
+/// A topic's retention `max_bytes`: a size (`10GiB`) within `1..=`[`RETENTION_BYTES_MAX`].
+pub(super) fn retention_bytes<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<u64>, D::Error> {
+    let bytes = body_limit(deserializer)?.unwrap_or(0) as u64;
+    if !(1..=RETENTION_BYTES_MAX).contains(&bytes) {
+        return Err(D::Error::custom(format!("must be within 1..={RETENTION_BYTES_MAX} bytes")));
+    }
+    Ok(Some(bytes))
+}
+
+/// `segment_bytes`: a size within the log's segment limits (the log also needs room for one
+/// record of the largest size, and says so at start).
+pub(super) fn segment_bytes<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<u64>, D::Error> {
+    use inorder_log::limits::{SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN};
+    let bytes = body_limit(deserializer)?.unwrap_or(0) as u64;
+    if !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&bytes) {
+        return Err(D::Error::custom(format!(
+            "must be within {SEGMENT_BYTES_MIN}..={SEGMENT_BYTES_MAX} bytes"
+        )));
+    }
+    Ok(Some(bytes))
+}
+
 /// A sink's `batch_timeout`: at most the sink's [`SINK_BATCH_TIMEOUT_MAX`] (zero writes every
 /// call at once).
 pub(super) fn batch_timeout<'de, D: Deserializer<'de>>(
@@ -248,10 +300,13 @@ pub fn byte_size(text: &str) -> Result<usize, String> {
         "KiB" => 1 << 10,
         "MiB" => 1 << 20,
         "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
         "KB" | "kB" => 1000,
         "MB" => 1_000_000,
         other => {
-            return Err(format!("{text:?}: unknown unit {other:?} (B, KiB, MiB, GiB, KB, MB)"));
+            return Err(format!(
+                "{text:?}: unknown unit {other:?} (B, KiB, MiB, GiB, TiB, KB, MB)"
+            ));
         }
     };
     number.checked_mul(factor).ok_or_else(|| format!("{text:?} is too large"))

@@ -25,6 +25,12 @@ pub async fn topics(State(state): State<Arc<AppState>>) -> Result<Response, Prob
             json!({
                 "name": t.name, "first_position": t.first_position, "last_position": t.last_position,
                 "actions": t.actions, "subscriptions": t.subscriptions,
+                "events": (t.last_position + 1).saturating_sub(t.first_position), "bytes": t.bytes,
+                "retention": {
+                    "max_age": t.retention.max_age.map(|age| humantime::format_duration(age).to_string()),
+                    "max_bytes": t.retention.max_bytes, "max_events": t.retention.max_events,
+                    "until_consumed": t.retention.until_consumed,
+                },
             })
         })
         .collect();
@@ -63,6 +69,7 @@ pub async fn subscriptions(State(state): State<Arc<AppState>>) -> Result<Respons
             "delivery": state.deliveries.get(&info.name).copied().unwrap_or("handler"),
             "topics": streams, "handled": info.handled, "failed_attempts": info.failed_attempts,
             "parked_since_start": info.parked, "offered": offered, "leased": leased,
+            "skipped_by_retention_since_start": info.skipped_by_retention,
         }));
     }
     Ok(Json(json!({ "subscriptions": list })).into_response())

@@ -6,7 +6,7 @@
 //!                              is an engine record framed with its commit position
 //!                              (`frame::frame_commit`)
 //! <data_dir>/state/journal/    the state journal (an inorder-log)
-//! <data_dir>/state/tree/       fjall: keyspaces streams, keys, parked, ids, meta
+//! <data_dir>/state/tree/       fjall: keyspaces streams, keys, parked, ids, meta, id-positions
 //! ```
 //!
 //! State keys are built from validated names (which never contain a NUL byte) separated by NUL,
@@ -26,6 +26,7 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering as AtomicOrdering},
     },
+    time::SystemTime,
 };
 
 use bytes::Bytes;
@@ -49,6 +50,7 @@ use crate::{
     error::{Error, Result, StorageError},
     frame,
     limits::READ_ALL_EVENTS_MAX,
+    retention::{Footprint, PurgeRequest, segments_to_purge},
     state::{KeyState, ParkedEvent, StreamId, StreamState},
 };
 
@@ -245,7 +247,18 @@ impl FileStorage {
     }
 }
 
+impl FileStorage {
+    fn footprint_of(log: &Log) -> Footprint {
+        Footprint {
+            first: log.first_position(),
+            last: log.last_position(),
+            bytes: log.segments().iter().map(|segment| segment.bytes).sum(),
+        }
+    }
+}
+
 struct FileTopicReader {
+    topic: Name,
     reader: Option<Reader>,
     next: u64,
 }
@@ -258,13 +271,19 @@ impl TopicReader for FileTopicReader {
             .take()
             .ok_or_else(|| Error::Internal { what: "a topic reader was lost by a panic".into() })?;
         let (reader, records) = blocking(move || {
-            let records = reader.read(ReadLimits::records(max)).map_err(Error::from);
+            let records = reader.read(ReadLimits::records(max));
             Ok((reader, records))
         })
         .await?;
         self.next = reader.next_position();
         self.reader = Some(reader);
-        Ok(records?
+        let records = records.map_err(|error| match error {
+            inorder_log::Error::Purged { requested, first_available } => {
+                Error::Purged { topic: self.topic.to_string(), requested, first_available }
+            }
+            other => other.into(),
+        })?;
+        Ok(records
             .into_iter()
             .map(|r| {
                 let (commit, payload) = frame::split_commit(r.payload);
@@ -313,7 +332,11 @@ impl Storage for FileStorage {
 
     async fn reader(&self, topic: &Name, from: u64) -> Result<Box<dyn TopicReader>> {
         let log = self.log(topic, false).await?;
-        Ok(Box::new(FileTopicReader { reader: Some(log.reader(from)), next: from.max(1) }))
+        Ok(Box::new(FileTopicReader {
+            topic: topic.clone(),
+            reader: Some(log.reader(from)),
+            next: from.max(1),
+        }))
     }
 
     async fn positions(&self, topic: &Name) -> Result<(u64, u64)> {
@@ -418,6 +441,36 @@ impl Storage for FileStorage {
 
     async fn ids_indexed_to(&self, topic: &Name) -> Result<u64> {
         Ok(read_u64(self.state()?.get(Space::Meta, &ids_indexed_key(topic))?)?.unwrap_or(0))
+    }
+
+    async fn footprint(&self, topic: &Name) -> Result<Footprint> {
+        Ok(Self::footprint_of(&self.log(topic, false).await?))
+    }
+
+    async fn purge(&self, topic: &Name, request: &PurgeRequest) -> Result<Footprint> {
+        let log = self.log(topic, false).await?;
+        let request = *request;
+        let before = {
+            let log = log.clone();
+            blocking(move || {
+                let segments = log.segments();
+                let modified = |base| log.segment_modified(base);
+                Ok(segments_to_purge(&segments, modified, SystemTime::now(), &request))
+            })
+            .await?
+        };
+        if before > log.first_position() {
+            let report = log.purge(before).await?;
+            let pruned = self.state()?.prune_ids_below(topic, report.first_position).await?;
+            tracing::debug!(
+                %topic,
+                segments = report.segments_removed,
+                first = report.first_position,
+                ids = pruned,
+                "retention purged"
+            );
+        }
+        Ok(Self::footprint_of(&log))
     }
 
     async fn log_stats(&self, topic: &Name) -> Result<Option<inorder_log::LogStats>> {

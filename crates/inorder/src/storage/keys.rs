@@ -16,11 +16,13 @@ pub(crate) enum Space {
     Parked,
     Ids,
     Meta,
+    /// The id index by position (`topic\0position` → id): what retention prunes in order.
+    IdPositions,
 }
 
 impl Space {
-    pub(crate) const ALL: [Self; 5] =
-        [Self::Streams, Self::Keys, Self::Parked, Self::Ids, Self::Meta];
+    pub(crate) const ALL: [Self; 6] =
+        [Self::Streams, Self::Keys, Self::Parked, Self::Ids, Self::Meta, Self::IdPositions];
 
     /// The keyspace's byte in journal records.
     pub(crate) fn code(self) -> u8 {
@@ -30,6 +32,7 @@ impl Space {
             Self::Parked => 2,
             Self::Ids => 3,
             Self::Meta => 4,
+            Self::IdPositions => 5,
         }
     }
 
@@ -46,6 +49,7 @@ impl Space {
             Self::Parked => "parked",
             Self::Ids => "ids",
             Self::Meta => "meta",
+            Self::IdPositions => "id-positions",
         }
     }
 }
@@ -88,6 +92,28 @@ pub(crate) fn id_key(topic: &Name, id: &str) -> Vec<u8> {
     let mut bytes = topic.as_str().as_bytes().to_vec();
     bytes.push(0);
     bytes.extend_from_slice(id.as_bytes());
+    bytes
+}
+
+/// The prefix of a topic's keys in the id keyspaces.
+pub(crate) fn topic_prefix(topic: &Name) -> Vec<u8> {
+    let mut bytes = topic.as_str().as_bytes().to_vec();
+    bytes.push(0);
+    bytes
+}
+
+/// The key of an id by its position (`topic\0` and the big-endian position: in position order).
+pub(crate) fn id_position_key(topic: &Name, position: u64) -> Vec<u8> {
+    let mut bytes = topic_prefix(topic);
+    bytes.extend_from_slice(&position.to_be_bytes());
+    bytes
+}
+
+/// Meta key: set once every id of the topic has its [`Space::IdPositions`] entry (ids indexed
+/// before that keyspace existed get theirs at the first purge).
+pub(crate) fn ids_by_position_key(topic: &Name) -> Vec<u8> {
+    let mut bytes = b"ids-by-position\0".to_vec();
+    bytes.extend_from_slice(topic.as_str().as_bytes());
     bytes
 }
 

@@ -30,6 +30,7 @@ use tokio::sync::watch;
 pub use self::file::FileStorage;
 use crate::{
     error::Result,
+    retention::{Footprint, PurgeRequest},
     state::{KeyState, ParkedEvent, StreamId, StreamState},
 };
 
@@ -95,7 +96,8 @@ pub enum StateOp {
 /// Reads a topic forward from a position.
 #[async_trait::async_trait]
 pub trait TopicReader: Send {
-    /// Up to `max` records from the reader's position on (empty when there is none yet).
+    /// Up to `max` records from the reader's position on (empty when there is none yet);
+    /// [`Error::Purged`](crate::Error::Purged) when its position was deleted by retention.
     async fn read(&mut self, max: usize) -> Result<Vec<StoredRecord>>;
     /// The position the next read starts at.
     fn next_position(&self) -> u64;
@@ -164,6 +166,14 @@ pub trait Storage: Send + Sync + 'static {
     async fn event_positions(&self, topic: &Name, ids: Vec<String>) -> Result<Vec<Option<u64>>>;
     /// Up to which position event ids of the topic are indexed.
     async fn ids_indexed_to(&self, topic: &Name) -> Result<u64>;
+
+    /// What `topic` holds now: its first and last positions and the bytes they take.
+    async fn footprint(&self, topic: &Name) -> Result<Footprint>;
+    /// Deletes the oldest events of `topic` that `request` lets go (see [`PurgeRequest`]: a
+    /// prefix, at the backend's granularity, never an event not yet durable) and the ids the
+    /// index holds for them; returns what the topic holds afterwards. Readers asking for a
+    /// deleted position get [`Error::Purged`](crate::Error::Purged).
+    async fn purge(&self, topic: &Name, request: &PurgeRequest) -> Result<Footprint>;
 
     /// Counters of the topic's log (appends, fsyncs, …), if the backend keeps such a log.
     async fn log_stats(&self, _topic: &Name) -> Result<Option<inorder_log::LogStats>> {

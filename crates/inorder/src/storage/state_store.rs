@@ -36,7 +36,8 @@ use super::{
     StateOp,
     journal::{Assembler, encode_commit},
     keys::{
-        FOLDED_KEY, Space, id_key, ids_indexed_key, ids_max_key, key_key, parked_key, stream_key,
+        FOLDED_KEY, Space, id_key, id_position_key, ids_indexed_key, ids_max_key, key_key,
+        parked_key, stream_key,
     },
 };
 use crate::{
@@ -54,7 +55,7 @@ pub(crate) type Entries = BTreeMap<(Space, Vec<u8>), Option<Vec<u8>>>;
 
 struct Tree {
     db: fjall::Database,
-    spaces: [fjall::Keyspace; 5],
+    spaces: [fjall::Keyspace; 6],
 }
 
 /// A failure of the tree (fjall): I/O underneath, so the storage is unavailable.
@@ -135,8 +136,8 @@ impl StateStore {
             })
             .map_err(tree_error("open keyspace"))
         });
-        let [a, b, c, d, e] = spaces;
-        let tree = Arc::new(Tree { spaces: [a?, b?, c?, d?, e?], db });
+        let [a, b, c, d, e, f] = spaces;
+        let tree = Arc::new(Tree { spaces: [a?, b?, c?, d?, e?, f?], db });
         let options = LogOptions {
             fsync: FsyncPolicy::Group,
             segment_bytes: JOURNAL_SEGMENT_BYTES,
@@ -365,47 +366,6 @@ impl StateStore {
         Ok(())
     }
 
-    /// Forgets the event ids the index holds for positions above `last`, the end of the
-    /// topic's log. Only after a power loss under `fsync = never` (the log lost records whose
-    /// ids were indexed: the index is written off the publish path, not after an fsync) can it
-    /// hold any; then a producer retry of such an id must append again, not answer a position
-    /// the log no longer has. Returns how many it forgot. Ids live in the tree only (written
-    /// there directly, never through the journal), so the removals go there, synced.
-    pub(crate) async fn forget_ids_above(
-        self: &Arc<Self>,
-        topic: &Name,
-        last: u64,
-    ) -> Result<usize> {
-        let max = read_u64(self.get(Space::Meta, &ids_max_key(topic))?)?.unwrap_or(0);
-        if max <= last {
-            return Ok(0);
-        }
-        let mut prefix = topic.as_str().as_bytes().to_vec();
-        prefix.push(0);
-        let mut removals = Entries::new();
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let page = self.scan(Space::Ids, &prefix, after.as_deref(), FOLD_BATCH_ENTRIES)?;
-            let Some((last_key, _)) = page.last() else { break };
-            after = Some(last_key.clone());
-            for (key, value) in page {
-                if read_u64(Some(value))?.is_some_and(|position| position > last) {
-                    removals.insert((Space::Ids, key), None);
-                }
-            }
-        }
-        let forgotten = removals.len();
-        removals.insert((Space::Meta, ids_max_key(topic)), Some(last.to_be_bytes().to_vec()));
-        let indexed = read_u64(self.get(Space::Meta, &ids_indexed_key(topic))?)?.unwrap_or(0);
-        if indexed > last {
-            removals
-                .insert((Space::Meta, ids_indexed_key(topic)), Some(last.to_be_bytes().to_vec()));
-        }
-        let tree = Arc::clone(&self.tree);
-        blocking(move || tree.write(removals.iter(), true)).await?;
-        Ok(forgotten)
-    }
-
     /// A fold could not write `frozen` into the tree: keep serving it from the overlay, under
     /// anything newer (reads would otherwise go stale until a restart).
     fn restore_failed_fold(&self, frozen: &Entries) {
@@ -454,6 +414,10 @@ impl StateStore {
                 }
                 StateOp::EventId { topic, id, position } => {
                     let key = id_key(&topic, &id);
+                    entries.insert(
+                        (Space::IdPositions, id_position_key(&topic, position)),
+                        Some(id.into_bytes()),
+                    );
                     let max = ids_max.entry(topic).or_default();
                     *max = (*max).max(position);
                     (Space::Ids, key, Some(position.to_be_bytes().to_vec()))
@@ -508,5 +472,6 @@ pub(crate) fn read_u64(raw: Option<Bytes>) -> Result<Option<u64>> {
     .transpose()
 }
 
+mod ids;
 #[cfg(test)]
 mod tests;

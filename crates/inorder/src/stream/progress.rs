@@ -162,6 +162,37 @@ impl Progress {
         Ok(true)
     }
 
+    /// Takes positions retention deleted before they were read (they start at the next
+    /// position to read): resolved without a handler, like lost ones. Returns how many were
+    /// not resolved before (those the subscription never handled).
+    ///
+    /// # Errors
+    /// [`Error::Gap`] if they do not start at the next position to read.
+    pub(super) fn skip_purged(&mut self, id: &StreamId, range: RangeInclusive<u64>) -> Result<u64> {
+        let (start, end) = (*range.start(), *range.end());
+        if start != self.read_position || end < start {
+            return Err(Error::Gap {
+                topic: id.topic.to_string(),
+                expected: self.read_position,
+                found: start,
+            });
+        }
+        // Positions not yet read can be resolved already only in ranges above the watermark
+        // (resolved before a restart).
+        let already: u64 = self
+            .done
+            .ranges()
+            .map(|(r, _)| {
+                let (low, high) = ((*r.start()).max(start), (*r.end()).min(end));
+                if low <= high { high - low + 1 } else { 0 }
+            })
+            .sum();
+        self.done.insert_range(start, end, MaxTime::default());
+        self.read_position = end + 1;
+        self.next.dirty = true;
+        Ok((end - start + 1).saturating_sub(already))
+    }
+
     /// Records what a key finished, for the next checkpoint.
     pub(super) fn record(&mut self, book_key: &str, record: Record, keep_outcomes: bool) {
         let Record { items, ops, unparked, discarded } = record;

@@ -2,7 +2,7 @@
 //! records on the storage's watch of the last position (no polling), and hands batches to the
 //! stream through a bounded channel — when the stream stops taking them, reading stops too.
 
-use std::sync::Arc;
+use std::{ops::RangeInclusive, sync::Arc};
 
 use inorder_log::Name;
 use tokio::sync::mpsc;
@@ -22,13 +22,18 @@ pub(super) enum Read {
     Event(Event),
     /// A position whose event the log lost (filled so it is never handed out again).
     Lost(u64),
+    /// Positions the topic's retention deleted before the stream read them: skipped, never
+    /// handed to the handler (see `Progress::skip_purged`).
+    Purged(RangeInclusive<u64>),
 }
 
 impl Read {
+    /// The first position it covers.
     pub(super) fn position(&self) -> u64 {
         match self {
             Self::Event(event) => event.position,
             Self::Lost(position) => *position,
+            Self::Purged(range) => *range.start(),
         }
     }
 }
@@ -94,6 +99,24 @@ async fn read_events(
     loop {
         let records = match reader.read(STREAM_READ_RECORDS_MAX).await {
             Ok(records) => records,
+            // Retention deleted what this stream had yet to read: skip to the first event left.
+            Err(Error::Purged { first_available, .. })
+                if first_available > reader.next_position() =>
+            {
+                let skipped = reader.next_position()..=first_available - 1;
+                match storage.reader(&topic, first_available).await {
+                    Ok(fresh) => reader = fresh,
+                    Err(error) => {
+                        let _ = batches.send(Err(error)).await;
+                        return;
+                    }
+                }
+                let batch = Batch { reads: vec![Read::Purged(skipped)], through };
+                if batches.send(Ok(batch)).await.is_err() {
+                    return;
+                }
+                continue;
+            }
             Err(error) => {
                 let _ = batches.send(Err(error)).await;
                 return;

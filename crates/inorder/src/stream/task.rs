@@ -44,7 +44,7 @@ use crate::{
         PARKED_LIST_MAX, STREAM_PENDING_EVENTS_MAX, STREAM_READ_BATCHES_MAX,
         STREAM_REORDER_EVENTS_MAX, STREAM_TIMEOUT_RECHECK,
     },
-    runtime::{StreamContext, read_event},
+    runtime::{StreamContext, SubscriptionStats, read_event},
     state::{KeyState, ParkReason},
     waiters::Waiters,
 };
@@ -83,13 +83,15 @@ impl Stream {
     ) -> Result<Self> {
         let storage = &ctx.storage;
         let stored = storage.stream_state(&ctx.id).await?;
-        let (first, last) = storage.positions(&ctx.topic.name).await?;
+        let (_, last) = storage.positions(&ctx.topic.name).await?;
+        // Below the first retained position the reader is told `Purged` and skips what went,
+        // counted (`skip_purged`): one path for a stream that fell behind retention, whether it
+        // was running or stopped.
         let watermark = match (&stored, ctx.subscription.config.start) {
             (Some(state), _) => state.watermark,
             (None, StartFrom::Earliest) => 0,
             (None, StartFrom::Latest) => last,
-        }
-        .max(first.saturating_sub(1));
+        };
         let (parked, discarded) = count_parked(ctx).await?;
         let mut progress =
             Progress::resume(&stored.unwrap_or_default(), watermark, parked, discarded);
@@ -177,6 +179,11 @@ impl Stream {
         let Batch { reads, through } = batch;
         let mut fresh = Vec::with_capacity(reads.len());
         for read in reads {
+            if let Read::Purged(range) = read {
+                let skipped = self.progress.skip_purged(&self.ctx.id, range.clone())?;
+                self.skipped_by_retention(&range, skipped);
+                continue;
+            }
             if !self.progress.accept(&self.ctx.id, read.position())? {
                 continue; // resolved before the restart
             }
@@ -185,6 +192,7 @@ impl Stream {
                 // No event to hand over: resolved, as the subscriptions that got here before
                 // the loss resolved it.
                 Read::Lost(position) => self.progress.resolve_lost(position),
+                Read::Purged(_) => {}
             }
         }
         if let Some((turns, _)) = &self.turns {
@@ -201,6 +209,26 @@ impl Stream {
             self.drive(&book_key).await?;
         }
         Ok(())
+    }
+
+    /// Says that retention deleted events this stream had not resolved (`skipped` of `range`).
+    fn skipped_by_retention(&self, range: &std::ops::RangeInclusive<u64>, skipped: u64) {
+        if skipped == 0 {
+            return;
+        }
+        tracing::warn!(
+            stream = %self.ctx.id,
+            from = range.start(),
+            to = range.end(),
+            skipped,
+            "retention deleted events this subscription had not handled: skipped"
+        );
+        let labels = [
+            ("subscription", self.ctx.id.subscription.to_string()),
+            ("topic", self.ctx.id.topic.to_string()),
+        ];
+        metrics::counter!("inorder_retention_skipped_events_total", &labels).increment(skipped);
+        SubscriptionStats::add(&self.ctx.subscription.stats.skipped_by_retention, skipped);
     }
 
     /// The processbook entry of an event: its key, or (without per-key order) the event itself.
@@ -291,8 +319,15 @@ impl Stream {
                 && parked.reason == ParkReason::Blocked
                 && parked.discarded_at_micros.is_none()
             {
-                events
-                    .push(read_event(ctx.storage.as_ref(), &ctx.id.topic, parked.position).await?);
+                match read_event(ctx.storage.as_ref(), &ctx.id.topic, parked.position).await {
+                    Ok(event) => events.push(event),
+                    // Retention deleted it: it stays parked (listed; an operator discards it).
+                    Err(Error::Purged { .. }) => {
+                        tracing::warn!(stream = %ctx.id, position = parked.position,
+                            "a blocked follower was deleted by retention; it stays parked");
+                    }
+                    Err(error) => return Err(error),
+                }
             }
         }
         Ok((events, more))

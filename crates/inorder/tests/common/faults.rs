@@ -232,6 +232,18 @@ impl Storage for FaultyStorage {
         self.inner.ids_indexed_to(topic).await
     }
 
+    async fn footprint(&self, topic: &Name) -> inorder::Result<inorder::Footprint> {
+        self.inner.footprint(topic).await
+    }
+
+    async fn purge(
+        &self,
+        topic: &Name,
+        request: &inorder::PurgeRequest,
+    ) -> inorder::Result<inorder::Footprint> {
+        self.inner.purge(topic, request).await
+    }
+
     async fn close(&self) {
         self.inner.close().await;
     }
