@@ -168,6 +168,9 @@ enum LogCommand {
 }
 
 fn main() -> std::process::ExitCode {
+    // Every HTTP client of the process (webhooks, the CLI, benches) speaks TLS through rustls
+    // with ring; reqwest builds no client before a provider is installed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let level = if matches!(cli.command, Command::Serve { .. }) { "info" } else { "warn" };
     tracing_subscriber::fmt()

@@ -175,6 +175,8 @@ impl WebhookHandler {
             config.timeout
         );
         describe_metrics();
+        // The process's TLS provider (ring); a second install (another subscription) is a no-op.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
             .timeout(config.timeout)
             .connect_timeout(config.timeout)

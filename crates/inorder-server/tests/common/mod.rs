@@ -101,6 +101,8 @@ impl Drop for ServerProcess {
 
 /// A client with a sane timeout.
 pub fn client() -> reqwest::Client {
+    // reqwest's TLS needs a process-wide provider (the binary installs the same one).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
 }
 
