@@ -182,7 +182,7 @@ impl TopicConfig {
         self
     }
 
-    fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         Name::new("topic", &self.name).map_err(|e| Error::config(e.to_string()))?;
         if self.actions.len() > TOPIC_ACTIONS_MAX {
             return Err(Error::config(format!(
@@ -417,7 +417,7 @@ impl SubscriptionConfig {
         self
     }
 
-    fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         Name::new("subscription", &self.name).map_err(|e| Error::config(e.to_string()))?;
         if self.topics.is_empty() && self.topic_patterns.is_empty() {
             return Err(Error::config(format!("subscription {} consumes no topic", self.name)));

@@ -128,10 +128,7 @@ impl EngineBuilder {
         let (indexer, indexer_task) = indexer::spawn(Arc::clone(&storage), shutdown.subscribe());
         let keepers = subscriptions
             .values()
-            .filter_map(|s| {
-                let turns = Arc::clone(s.turns.as_ref()?);
-                Some(turn_keeper::spawn(s.name.to_string(), turns, Arc::clone(&storage)))
-            })
+            .filter_map(|s| Some((s.name.clone(), spawn_keeper(s, &storage)?)))
             .collect();
         let engine = Engine {
             inner: Arc::new(EngineInner {
@@ -139,7 +136,8 @@ impl EngineBuilder {
                 storage,
                 topics: RwLock::new(HashMap::new()),
                 creating: tokio::sync::Mutex::new(()),
-                subscriptions,
+                managing: tokio::sync::Mutex::new(()),
+                subscriptions: RwLock::new(subscriptions),
                 streams: RwLock::new(BTreeMap::new()),
                 checkpointer,
                 checkpointer_task: Mutex::new(Some(checkpointer_task)),
@@ -151,6 +149,7 @@ impl EngineBuilder {
                 shutdown,
             }),
         };
+        engine.restore_pauses().await?;
         engine.open_topics().await?;
         let retainer = retainer::spawn(
             Arc::downgrade(&engine.inner),
@@ -160,6 +159,15 @@ impl EngineBuilder {
         *engine.inner.retainer.lock() = Some(retainer);
         Ok(engine)
     }
+}
+
+/// Starts the turn keeper of `subscription` if it keeps commit-order turns.
+pub(crate) fn spawn_keeper(
+    subscription: &SubscriptionRuntime,
+    storage: &Arc<dyn Storage>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let turns = Arc::clone(subscription.turns.as_ref()?);
+    Some(turn_keeper::spawn(subscription.name.to_string(), turns, Arc::clone(storage)))
 }
 
 /// The running engine. Cheap to clone.
@@ -172,19 +180,30 @@ pub(crate) struct EngineInner {
     pub(crate) config: EngineConfig,
     pub(crate) storage: Arc<dyn Storage>,
     pub(crate) topics: RwLock<HashMap<Name, Arc<TopicRuntime>>>,
-    creating: tokio::sync::Mutex<()>,
-    pub(crate) subscriptions: BTreeMap<Name, Arc<SubscriptionRuntime>>,
+    /// Held while a topic is registered (and while a subscription starts its streams).
+    pub(crate) creating: tokio::sync::Mutex<()>,
+    /// Serialises management calls (see `manage`).
+    pub(crate) managing: tokio::sync::Mutex<()>,
+    /// Live subscriptions (declared, or added at run time: see `manage`).
+    pub(crate) subscriptions: RwLock<BTreeMap<Name, Arc<SubscriptionRuntime>>>,
     pub(crate) streams: RwLock<BTreeMap<StreamId, StreamHandle>>,
-    checkpointer: mpsc::Sender<CommitRequest>,
+    pub(crate) checkpointer: mpsc::Sender<CommitRequest>,
     checkpointer_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     pub(crate) indexer: mpsc::Sender<IndexJob>,
     indexer_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The turn keepers of subscriptions over several topics (see `turn_keeper`).
-    keepers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    pub(crate) keepers: Mutex<BTreeMap<Name, tokio::task::JoinHandle<()>>>,
     /// The task that applies the topics' retention (see `retainer`).
     retainer: Mutex<Option<tokio::task::JoinHandle<()>>>,
     pub(crate) waiters: Arc<Waiters>,
-    shutdown: watch::Sender<bool>,
+    pub(crate) shutdown: watch::Sender<bool>,
+}
+
+impl EngineInner {
+    /// A snapshot of the live subscriptions.
+    pub(crate) fn subscriptions(&self) -> Vec<Arc<SubscriptionRuntime>> {
+        self.subscriptions.read().values().cloned().collect()
+    }
 }
 
 impl Engine {
@@ -216,7 +235,7 @@ impl Engine {
             for topic in inner.storage.topics().await? {
                 wanted.entry(topic.clone()).or_insert_with(|| TopicConfig::new(topic.as_str()));
             }
-            for subscription in inner.subscriptions.values() {
+            for subscription in inner.subscriptions() {
                 for topic in &subscription.topics {
                     wanted.entry(topic.clone()).or_insert_with(|| TopicConfig::new(topic.as_str()));
                 }
@@ -238,7 +257,11 @@ impl Engine {
     /// A topic whose storage is damaged (its log does not open, or an event to index does not
     /// decode) is registered as **failed**: publishes to it are refused with the damage, and
     /// its streams start and fail visibly — the engine and its other topics run on.
-    async fn register_topic(&self, name: Name, config: TopicConfig) -> Result<Arc<TopicRuntime>> {
+    pub(crate) async fn register_topic(
+        &self,
+        name: Name,
+        config: TopicConfig,
+    ) -> Result<Arc<TopicRuntime>> {
         let inner = &self.inner;
         let opened = async {
             inner.storage.create_topic(&name).await?;
@@ -267,9 +290,10 @@ impl Engine {
             waiters: Arc::clone(&inner.waiters),
             shutdown: inner.shutdown.subscribe(),
         };
-        for subscription in inner.subscriptions.values().filter(|s| s.consumes(&name)) {
+        for subscription in inner.subscriptions().into_iter().filter(|s| s.consumes(&name)) {
             let handle =
-                supervisor::start(Arc::clone(subscription), Arc::clone(&topic), deps.clone()).await;
+                supervisor::start(Arc::clone(&subscription), Arc::clone(&topic), deps.clone())
+                    .await;
             let id = StreamId { subscription: subscription.name.clone(), topic: name.clone() };
             inner.streams.write().insert(id, handle);
         }
@@ -277,8 +301,8 @@ impl Engine {
     }
 
     /// Makes `topic` part of the commit-order turns of every subscription consuming it.
-    fn expect_turns(&self, topic: &Name) {
-        for subscription in self.inner.subscriptions.values().filter(|s| s.consumes(topic)) {
+    pub(crate) fn expect_turns(&self, topic: &Name) {
+        for subscription in self.inner.subscriptions().into_iter().filter(|s| s.consumes(topic)) {
             if let Some(turns) = &subscription.turns {
                 turns.expect(topic);
             }
@@ -295,7 +319,7 @@ impl Engine {
         let storage = &self.inner.storage;
         let (_, last) = storage.positions(topic).await?;
         let mut ahead: Option<(Name, u64)> = None;
-        for subscription in self.inner.subscriptions.values().filter(|s| s.consumes(topic)) {
+        for subscription in self.inner.subscriptions().into_iter().filter(|s| s.consumes(topic)) {
             let id = StreamId { subscription: subscription.name.clone(), topic: topic.clone() };
             let Some(state) = storage.stream_state(&id).await? else { continue };
             let resolved = state.done_above.last().map_or(state.watermark, |(r, _)| *r.end());
@@ -395,7 +419,7 @@ impl Engine {
     pub(crate) fn subscription(&self, name: &str) -> Result<Arc<SubscriptionRuntime>> {
         let unknown = || Error::UnknownSubscription { subscription: name.to_owned() };
         let name = Name::new("subscription", name).map_err(|_| unknown())?;
-        self.inner.subscriptions.get(&name).cloned().ok_or_else(unknown)
+        self.inner.subscriptions.read().get(&name).cloned().ok_or_else(unknown)
     }
 
     /// Parked events of a subscription waiting for an operator (not the discarded ones),
@@ -515,7 +539,8 @@ impl Engine {
         for task in tasks {
             let _ = task.await;
         }
-        for subscription in self.inner.subscriptions.values() {
+        for subscription in self.inner.subscriptions() {
+            subscription.resume();
             subscription.in_flight.close();
         }
         let retainer = self.inner.retainer.lock().take();
@@ -524,7 +549,7 @@ impl Engine {
             let _ = retainer.await;
         }
         let keepers = std::mem::take(&mut *self.inner.keepers.lock());
-        for keeper in keepers {
+        for keeper in keepers.into_values() {
             keeper.abort();
             let _ = keeper.await;
         }

@@ -171,6 +171,16 @@ pub enum Error {
         what: String,
     },
 
+    /// *Input.* A topic or subscription of this name already exists (declared, or created at run
+    /// time with another definition). HTTP 409, `exists`.
+    #[error("{what} {name} already exists")]
+    Exists {
+        /// `topic` or `subscription`.
+        what: &'static str,
+        /// Its name.
+        name: String,
+    },
+
     /// *Input.* The events asked for were deleted by the topic's retention: the first one still
     /// stored is `first_available`. HTTP 410, `purged`.
     #[error(
@@ -342,6 +352,7 @@ impl Error {
                 | Self::IdTaken { .. }
                 | Self::TopicLimit { .. }
                 | Self::Purged { .. }
+                | Self::Exists { .. }
         )
     }
 }

@@ -82,8 +82,8 @@ impl Engine {
             let footprint = self.inner.storage.footprint(&topic.name).await?;
             let subscriptions = self
                 .inner
-                .subscriptions
-                .values()
+                .subscriptions()
+                .into_iter()
                 .filter(|s| s.consumes(&topic.name))
                 .map(|s| s.name.to_string())
                 .collect();
@@ -94,7 +94,7 @@ impl Engine {
                 actions: topic.config.actions.clone(),
                 subscriptions,
                 bytes: footprint.bytes,
-                retention: topic.config.retention,
+                retention: *topic.retention.read(),
             });
         }
         Ok(infos)
@@ -111,7 +111,7 @@ impl Engine {
             streams.iter().map(|(id, s)| (id.clone(), s.status.borrow().clone())).collect()
         };
         let mut infos = Vec::new();
-        for subscription in self.inner.subscriptions.values() {
+        for subscription in self.inner.subscriptions() {
             let mut streams = Vec::new();
             for (id, status) in
                 statuses.iter().filter(|(id, _)| id.subscription == subscription.name)
@@ -149,8 +149,8 @@ impl Engine {
     #[must_use]
     pub fn subscriptions_of(&self, topic: &Name) -> Vec<String> {
         self.inner
-            .subscriptions
-            .values()
+            .subscriptions()
+            .into_iter()
             .filter(|s| s.consumes(topic))
             .map(|s| s.name.to_string())
             .collect()

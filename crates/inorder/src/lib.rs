@@ -31,6 +31,7 @@ mod info;
 mod key_locks;
 mod key_turns;
 pub mod limits;
+mod manage;
 mod outcome;
 mod publish;
 mod replay;
@@ -58,6 +59,7 @@ pub use crate::{
     event::{Event, EventBuilder, ExtensionValue, new_event_id, now_micros},
     handler::{FnHandler, Handler, HandlerContext, HandlerError, Reply, handler_fn},
     info::{StreamInfo, SubscriptionInfo, TopicInfo},
+    manage::Rewind,
     outcome::Outcome,
     retention::{Footprint, PurgeRequest, Retention, segments_to_purge},
     state::{KeyState, ParkReason, ParkedEvent, Progress, StreamId, StreamState},

@@ -168,8 +168,8 @@ impl Engine {
         let topic = event.topic.clone();
         let consumers: Vec<_> = self
             .inner
-            .subscriptions
-            .values()
+            .subscriptions()
+            .into_iter()
             .filter(|s| s.consumes(&topic))
             .map(|s| s.name.clone())
             .collect();

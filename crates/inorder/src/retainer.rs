@@ -52,7 +52,7 @@ async fn sweep(inner: &EngineInner) {
         .read()
         .values()
         .filter(|topic| topic.failure.is_none())
-        .map(|topic| (topic.name.clone(), topic.config.retention))
+        .map(|topic| (topic.name.clone(), *topic.retention.read()))
         .collect();
     for (topic, retention) in topics {
         if let Err(error) = keep(inner, &topic, &retention).await {
@@ -96,7 +96,7 @@ async fn keep(inner: &EngineInner, topic: &Name, retention: &Retention) -> Resul
 /// parked; `None` if no subscription consumes it.
 async fn consumed_below(inner: &EngineInner, topic: &Name) -> Result<Option<u64>> {
     let mut lowest: Option<u64> = None;
-    for subscription in inner.subscriptions.values().filter(|s| s.consumes(topic)) {
+    for subscription in inner.subscriptions().into_iter().filter(|s| s.consumes(topic)) {
         let id = StreamId { subscription: subscription.name.clone(), topic: topic.clone() };
         let status = inner.streams.read().get(&id).map(|handle| handle.status.borrow().clone());
         let (watermark, parked) = match status {

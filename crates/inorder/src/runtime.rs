@@ -34,6 +34,9 @@ pub(crate) struct TopicRuntime {
     pub dedupe: Arc<Dedupe>,
     /// Why the topic takes no events, if its storage is damaged.
     pub failure: Option<String>,
+    /// Its retention: `config.retention` at first, changed at run time by
+    /// [`Engine::set_retention`](crate::Engine::set_retention).
+    pub retention: parking_lot::RwLock<crate::retention::Retention>,
 }
 
 impl TopicRuntime {
@@ -44,7 +47,15 @@ impl TopicRuntime {
             .enumerate()
             .map(|(i, action)| (action.clone(), u32::try_from(i).expect("at most 64 actions")))
             .collect();
-        Self { name, config, action_index: Arc::new(action_index), dedupe: Arc::default(), failure }
+        let retention = parking_lot::RwLock::new(config.retention);
+        Self {
+            name,
+            config,
+            action_index: Arc::new(action_index),
+            dedupe: Arc::default(),
+            failure,
+            retention,
+        }
     }
 
     /// Refuses events while the topic's storage is damaged.
@@ -124,6 +135,8 @@ pub(crate) struct SubscriptionRuntime {
     pub turns: Option<Arc<KeyTurns>>,
     pub stats: SubscriptionStats,
     pub metrics: SubscriptionMetrics,
+    /// While paused: the task that takes (and then holds) every keys-in-flight permit.
+    paused: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl SubscriptionRuntime {
@@ -153,7 +166,34 @@ impl SubscriptionRuntime {
             topics,
             patterns,
             stats: SubscriptionStats::default(),
+            paused: parking_lot::Mutex::new(None),
         })
+    }
+
+    /// Takes every keys-in-flight permit (as calls in flight finish) and holds them: no handler
+    /// call starts until [`SubscriptionRuntime::resume`].
+    pub(crate) fn pause(&self) {
+        let mut paused = self.paused.lock();
+        if paused.is_some() {
+            return;
+        }
+        let permits = Arc::clone(&self.in_flight);
+        let all = u32::try_from(self.config.max_keys_in_flight).unwrap_or(u32::MAX);
+        *paused = Some(tokio::spawn(async move {
+            let _held = permits.acquire_many_owned(all).await;
+            std::future::pending::<()>().await;
+        }));
+    }
+
+    /// Gives the permits back.
+    pub(crate) fn resume(&self) {
+        if let Some(task) = self.paused.lock().take() {
+            task.abort();
+        }
+    }
+
+    pub(crate) fn is_paused(&self) -> bool {
+        self.paused.lock().is_some()
     }
 
     /// Whether the subscription consumes `topic` (exact name or whole-name pattern).

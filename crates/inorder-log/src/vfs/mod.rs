@@ -165,6 +165,14 @@ pub trait Vfs: Send + Sync + fmt::Debug + 'static {
     /// # Errors
     /// `WouldBlock` if another holder has it; otherwise the operating system's error.
     fn lock_exclusive(&self, path: &Path) -> io::Result<Box<dyn VfsLock>>;
+    /// Removes an empty directory. Durable only after [`Vfs::sync_dir`] of its parent.
+    ///
+    /// # Errors
+    /// The operating system's error, or `Unsupported` on file systems that cannot.
+    fn remove_dir(&self, path: &Path) -> io::Result<()> {
+        let _ = path;
+        Err(ErrorKind::Unsupported.into())
+    }
     /// When a file was last modified (retention by age). File systems that keep no such time
     /// answer `Unsupported`, and age-based retention keeps their segments.
     ///
@@ -243,6 +251,10 @@ impl Vfs for StdVfs {
 
     fn modified(&self, path: &Path) -> io::Result<std::time::SystemTime> {
         fs::metadata(path)?.modified()
+    }
+
+    fn remove_dir(&self, path: &Path) -> io::Result<()> {
+        fs::remove_dir(path)
     }
 
     fn lock_exclusive(&self, path: &Path) -> io::Result<Box<dyn VfsLock>> {

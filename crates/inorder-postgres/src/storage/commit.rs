@@ -8,8 +8,9 @@
 //! A `merge` that reaches the stored row is a read-modify-write under a row lock: first
 //! `INSERT … ON CONFLICT DO NOTHING` (the key was new: nothing to merge with; a concurrent
 //! insert of the same key makes us wait for it and then conflict), then `SELECT … FOR UPDATE`
-//! of the keys that existed, [`KeyState::merge`] in Rust, and the write. Keys are never deleted,
-//! so a row found by the insert's conflict is there for the lock. Rows are visited in key order
+//! of the keys that existed, [`KeyState::merge`] in Rust, and the write. Keys are deleted only
+//! while their stream is stopped (a subscription removed, a stream rewound, a topic deleted: see
+//! `manage`), never under a commit, so a row found by the insert's conflict is there for the lock. Rows are visited in key order
 //! so two committers lock in the same order.
 
 use std::collections::{BTreeMap, HashSet};

@@ -7,6 +7,7 @@
 //! | `commit` | a batch of [`StateOp`]s resolved and written in one transaction |
 //! | `notify` | the per-topic watches and the `LISTEN` task that feeds them |
 //! | `reader` | the [`TopicReader`]: bounded range reads by `(topic, position)`; `read_all` by commit position |
+//! | `manage` | definitions made at run time; deleting a subscription's progress, resetting a stream, deleting a topic |
 //! | `retention` | purging a prefix of a topic in batches (events, ids, first position, bytes) |
 //!
 //! **Appends** are grouped: concurrent appends of this process, to any topics, share one
@@ -30,6 +31,7 @@
 
 mod append;
 mod commit;
+mod manage;
 mod notify;
 mod reader;
 mod retention;
@@ -480,6 +482,33 @@ impl Storage for PgStorage {
             )
             .await?;
         rows.first().map_or(Ok(0), |row| to_u64(row.get(0)))
+    }
+
+    async fn put_definition(
+        &self,
+        kind: &str,
+        name: &str,
+        value: Option<Bytes>,
+    ) -> inorder::Result<()> {
+        self.put_definition_row(kind, name, value).await
+    }
+
+    async fn definitions(&self, kind: &str) -> inorder::Result<Vec<(String, Bytes)>> {
+        self.definition_rows(kind).await
+    }
+
+    async fn forget_subscription(&self, subscription: &Name) -> inorder::Result<()> {
+        self.forget_subscription_rows(subscription).await
+    }
+
+    async fn reset_stream(&self, stream: &StreamId, watermark: u64) -> inorder::Result<()> {
+        self.reset_stream_rows(stream, watermark).await
+    }
+
+    async fn delete_topic(&self, topic: &Name) -> inorder::Result<()> {
+        self.delete_topic_rows(topic).await?;
+        self.watches.forget_unwatched(topic);
+        Ok(())
     }
 
     async fn footprint(&self, topic: &Name) -> inorder::Result<inorder::Footprint> {

@@ -27,6 +27,8 @@
 //!                    PRIMARY KEY (topic, id))
 //!                    INDEX inorder_event_ids_position (topic, position)  -- pruned by retention
 //! inorder_ids_indexed (topic text COLLATE "C" PRIMARY KEY, position bigint NOT NULL)
+//! inorder_definitions (kind text COLLATE "C", name text COLLATE "C", value bytea NOT NULL,
+//!                    PRIMARY KEY (kind, name))        -- made through the management API
 //! ```
 //!
 //! - **One events table keyed by `(topic, position)`**, not a table per topic: topics are
@@ -149,6 +151,11 @@ CREATE TABLE IF NOT EXISTS inorder_event_ids (
 CREATE TABLE IF NOT EXISTS inorder_ids_indexed (
     topic text COLLATE "C" PRIMARY KEY,
     position bigint NOT NULL);
+CREATE TABLE IF NOT EXISTS inorder_definitions (
+    kind text COLLATE "C" NOT NULL,
+    name text COLLATE "C" NOT NULL,
+    value bytea NOT NULL,
+    PRIMARY KEY (kind, name));
 "#;
 
 /// Creates the tables if they do not exist and checks the schema version.

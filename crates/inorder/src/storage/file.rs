@@ -473,6 +473,80 @@ impl Storage for FileStorage {
         Ok(Self::footprint_of(&log))
     }
 
+    async fn put_definition(&self, kind: &str, name: &str, value: Option<Bytes>) -> Result<()> {
+        self.state()?.put_definition(kind, name, value).await
+    }
+
+    async fn definitions(&self, kind: &str) -> Result<Vec<(String, Bytes)>> {
+        self.state()?.definitions(kind)
+    }
+
+    async fn forget_subscription(&self, subscription: &Name) -> Result<()> {
+        let state = self.state()?;
+        let mut prefix = subscription.as_str().as_bytes().to_vec();
+        prefix.push(0);
+        for space in [Space::Keys, Space::Parked, Space::Streams] {
+            state.remove_under(space, &prefix, |_| true).await?;
+        }
+        Ok(())
+    }
+
+    async fn reset_stream(&self, stream: &StreamId, watermark: u64) -> Result<()> {
+        let state = self.state()?;
+        let mut prefix = stream_key(stream);
+        prefix.push(0);
+        state.remove_under(Space::Keys, &prefix, |_| true).await?;
+        let above = |key: &[u8]| {
+            key.get(prefix.len()..)
+                .and_then(|raw| raw.try_into().ok())
+                .is_some_and(|raw| u64::from_be_bytes(raw) > watermark)
+        };
+        state.remove_under(Space::Parked, &prefix, above).await?;
+        let progress = StreamState { watermark, ..StreamState::default() };
+        state.commit(vec![StateOp::Stream { stream: stream.clone(), state: progress }], true).await
+    }
+
+    async fn delete_topic(&self, topic: &Name) -> Result<()> {
+        let state = self.state()?;
+        // Every stream on the topic: its key states, parked events, progress.
+        let streams = state.scan(Space::Streams, b"", None, usize::MAX)?;
+        for (key, _) in streams {
+            let Some(split) = key.iter().position(|b| *b == 0) else { continue };
+            if &key[split + 1..] != topic.as_str().as_bytes() {
+                continue;
+            }
+            let mut prefix = key.clone();
+            prefix.push(0);
+            state.remove_under(Space::Keys, &prefix, |_| true).await?;
+            state.remove_under(Space::Parked, &prefix, |_| true).await?;
+            state.remove_under(Space::Streams, &key, |k| k == key.as_slice()).await?;
+        }
+        state.forget_ids(topic).await?;
+        // The log: closed (its writer joined), then its files and directory removed.
+        let _opening = self.opening.lock().await;
+        let open = self.logs.write().remove(topic);
+        if let Some(open) = open {
+            let _ = tokio::task::spawn_blocking(move || drop(open)).await;
+        }
+        let dir = self.topics_dir.join(topic.as_str());
+        let vfs = Arc::clone(&self.vfs);
+        let topics_dir = self.topics_dir.clone();
+        blocking(move || {
+            let names = match vfs.read_dir(&dir) {
+                Ok(names) => names,
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(error) => return Err(fs_error("listing", &dir)(error)),
+            };
+            for name in names {
+                let path = dir.join(name);
+                vfs.remove_file(&path).map_err(fs_error("removing", &path))?;
+            }
+            vfs.remove_dir(&dir).map_err(fs_error("removing", &dir))?;
+            vfs.sync_dir(&topics_dir).map_err(fs_error("syncing", &topics_dir))
+        })
+        .await
+    }
+
     async fn log_stats(&self, topic: &Name) -> Result<Option<inorder_log::LogStats>> {
         Ok(Some(self.log(topic, false).await?.stats()))
     }

@@ -175,6 +175,22 @@ pub trait Storage: Send + Sync + 'static {
     /// deleted position get [`Error::Purged`](crate::Error::Purged).
     async fn purge(&self, topic: &Name, request: &PurgeRequest) -> Result<Footprint>;
 
+    /// Sets (`Some`) or removes (`None`) a definition made at run time — a topic or a
+    /// subscription created through the management API, a paused flag — by kind and name:
+    /// opaque bytes the caller encodes; durable on return.
+    async fn put_definition(&self, kind: &str, name: &str, value: Option<Bytes>) -> Result<()>;
+    /// Every definition of `kind`, by name, in name order.
+    async fn definitions(&self, kind: &str) -> Result<Vec<(String, Bytes)>>;
+    /// Deletes a removed subscription's progress: its stream states, key states and parked
+    /// events (so one created again under its name starts afresh). Durable on return.
+    async fn forget_subscription(&self, subscription: &Name) -> Result<()>;
+    /// Starts a stopped stream over after `watermark` (a rewind): its key states go, and its
+    /// parked events above `watermark`; its progress becomes `watermark`. Durable on return.
+    async fn reset_stream(&self, stream: &StreamId, watermark: u64) -> Result<()>;
+    /// Deletes a topic: its events, its id index, and the progress, key states and parked
+    /// events of every stream on it. A topic created again under its name starts at position 1.
+    async fn delete_topic(&self, topic: &Name) -> Result<()>;
+
     /// Counters of the topic's log (appends, fsyncs, …), if the backend keeps such a log.
     async fn log_stats(&self, _topic: &Name) -> Result<Option<inorder_log::LogStats>> {
         Ok(None)

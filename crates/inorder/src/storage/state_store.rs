@@ -473,5 +473,6 @@ pub(crate) fn read_u64(raw: Option<Bytes>) -> Result<Option<u64>> {
 }
 
 mod ids;
+mod manage;
 #[cfg(test)]
 mod tests;

@@ -169,7 +169,7 @@ async fn supervise(
 }
 
 /// Waits until the checkpointer finished every request queued before this one.
-async fn checkpoints_settled(checkpointer: &mpsc::Sender<CommitRequest>) -> Result<()> {
+pub(crate) async fn checkpoints_settled(checkpointer: &mpsc::Sender<CommitRequest>) -> Result<()> {
     let (done, settled) = oneshot::channel();
     checkpointer.send(CommitRequest { ops: Vec::new(), done }).await.map_err(|_| Error::Stopped)?;
     // A failed barrier still means every earlier request was answered.

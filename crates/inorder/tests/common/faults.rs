@@ -244,6 +244,31 @@ impl Storage for FaultyStorage {
         self.inner.purge(topic, request).await
     }
 
+    async fn put_definition(
+        &self,
+        kind: &str,
+        name: &str,
+        value: Option<Bytes>,
+    ) -> inorder::Result<()> {
+        self.inner.put_definition(kind, name, value).await
+    }
+
+    async fn definitions(&self, kind: &str) -> inorder::Result<Vec<(String, Bytes)>> {
+        self.inner.definitions(kind).await
+    }
+
+    async fn forget_subscription(&self, subscription: &Name) -> inorder::Result<()> {
+        self.inner.forget_subscription(subscription).await
+    }
+
+    async fn reset_stream(&self, stream: &StreamId, watermark: u64) -> inorder::Result<()> {
+        self.inner.reset_stream(stream, watermark).await
+    }
+
+    async fn delete_topic(&self, topic: &Name) -> inorder::Result<()> {
+        self.inner.delete_topic(topic).await
+    }
+
     async fn close(&self) {
         self.inner.close().await;
     }
