@@ -21,10 +21,11 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use inorder::{EngineConfig, SubscriptionConfig, TopicConfig};
+use inorder::EngineConfig;
 use serde::Deserialize;
 
 mod delivery;
+mod entries;
 mod postgres;
 mod source;
 mod values;
@@ -32,6 +33,7 @@ mod webhook;
 
 pub use self::{
     delivery::Delivery,
+    entries::{subscription_from_json, topic_from_json},
     postgres::{PostgresSinkFile, StorageChoice, StorageFile},
     webhook::WebhookFile,
 };
@@ -212,6 +214,11 @@ pub struct ServerConfig {
     pub subscriptions: BTreeMap<String, SubscriptionServerConfig>,
     /// The storage backend.
     pub storage: StorageChoice,
+    /// The lease of pull subscriptions that set none.
+    pub default_lease: Duration,
+    /// Where the declared topics and subscriptions come from (the file's path, or the
+    /// environment), for the management API's refusals.
+    pub declared_in: String,
 }
 
 impl ServerConfig {
@@ -259,33 +266,11 @@ impl ServerConfig {
         if let Some(interval) = file.retention_interval {
             engine.retention_interval = interval;
         }
-        for topic in file.topics {
-            let mut config =
-                TopicConfig::new(&topic.name).actions(topic.actions).repeat(topic.repeat);
-            config.sequence_timeout = topic.sequence_timeout;
-            config.retention = topic.retention.into();
-            engine.topics.push(config);
-        }
+        engine.topics.extend(file.topics.into_iter().map(entries::topic));
         let mut subscriptions = BTreeMap::new();
-        for sub in file.subscriptions {
-            let delivery = delivery::delivery(&sub, source)?;
-            let mut config = SubscriptionConfig::new(&sub.name, sub.topics.clone());
-            config.topic_patterns.clone_from(&sub.topic_patterns);
-            if let Some(ordering) = sub.ordering {
-                config.ordering = ordering.into();
-            }
-            if let Some(policy) = sub.on_failure {
-                config.on_failure = policy.into();
-            }
-            if let Some(start) = sub.start {
-                config.start = start.into();
-            }
-            delivery::fit_engine_config(&mut config, &delivery, &sub, source)?;
-            if let Some(limit) = sub.max_keys_in_flight {
-                config.max_keys_in_flight = limit;
-            }
-            let lease_timeout = sub.lease_timeout.unwrap_or(default_lease);
-            subscriptions.insert(sub.name, SubscriptionServerConfig { delivery, lease_timeout });
+        for sub in &file.subscriptions {
+            let (config, server) = entries::subscription(sub, default_lease, source)?;
+            subscriptions.insert(sub.name.clone(), server);
             engine.subscriptions.push(config);
         }
         engine.validate().map_err(|e| source.whole_error(e))?;
@@ -297,6 +282,8 @@ impl ServerConfig {
             tokens: file.auth.tokens,
             subscriptions,
             storage,
+            default_lease,
+            declared_in: source.origin_name(),
         })
     }
 }

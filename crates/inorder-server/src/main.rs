@@ -9,9 +9,12 @@ mod client;
 mod cloudevent;
 mod commands;
 mod config;
+mod deliveries;
 mod http;
 mod limits;
 mod log_commands;
+mod manage;
+mod manage_commands;
 mod problem;
 mod pull;
 mod serve;
@@ -26,6 +29,7 @@ use crate::{
     commands::{PublishArgs, StatusAnswer},
     config::ServerConfig,
     limits::{DATA_DIR_DEFAULT, DEMO_USERS_DEFAULT, SERVER_URL_DEFAULT},
+    manage_commands::{SubscriptionsCommand, TopicsCommand},
 };
 
 /// mimalloc: the server's hot paths allocate many small, short-lived buffers across threads
@@ -99,10 +103,17 @@ enum Command {
         #[arg(long)]
         subscription: Option<String>,
     },
-    /// List topics.
-    Topics,
-    /// List subscriptions with their progress.
-    Subscriptions,
+    /// List topics; or create or delete one.
+    Topics {
+        #[command(subcommand)]
+        command: Option<TopicsCommand>,
+    },
+    /// List subscriptions with their progress; or create, update, delete, pause, resume or
+    /// rewind one.
+    Subscriptions {
+        #[command(subcommand)]
+        command: Option<SubscriptionsCommand>,
+    },
     /// List, retry or discard parked events.
     Parked {
         /// list, retry or discard.
@@ -237,8 +248,14 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 StatusAnswer::Parked => return Ok(std::process::ExitCode::from(3)),
             }
         }
-        Command::Topics => commands::topics(&client).await?,
-        Command::Subscriptions => commands::subscriptions(&client).await?,
+        Command::Topics { command: None } => commands::topics(&client).await?,
+        Command::Topics { command: Some(command) } => {
+            manage_commands::topics(&client, command).await?;
+        }
+        Command::Subscriptions { command: None } => commands::subscriptions(&client).await?,
+        Command::Subscriptions { command: Some(command) } => {
+            manage_commands::subscriptions(&client, command).await?;
+        }
         Command::Parked { action, subscription, id } => {
             commands::parked(&client, &subscription, &action, id.as_deref()).await?;
         }

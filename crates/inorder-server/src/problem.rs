@@ -94,6 +94,17 @@ impl Problem {
         Self::new(StatusCode::NOT_FOUND, "not-found", "Not found", detail)
     }
 
+    /// 409 `declared`: the topic or subscription is declared in the configuration (named in
+    /// the detail): change it there.
+    pub fn declared(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "declared", "Declared in the configuration", detail)
+    }
+
+    /// 409 `in-use`: a topic that subscriptions consume is deleted only with `?force=true`.
+    pub fn in_use(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "in-use", "In use", detail)
+    }
+
     /// 401 `unauthorized`.
     pub fn unauthorized() -> Self {
         Self::new(
@@ -162,7 +173,6 @@ impl Problem {
     }
 
     /// What went wrong, as the answer's `detail` says it.
-    #[cfg(test)]
     pub fn detail(&self) -> &str {
         &self.detail
     }
@@ -215,6 +225,7 @@ impl From<inorder::Error> for Problem {
                 Self::new(StatusCode::GONE, "purged", "Purged by retention", detail)
                     .with_member("first_available", first_available)
             }
+            E::Exists { .. } => Self::new(StatusCode::CONFLICT, "exists", "Already exists", detail),
             E::TopicLimit { .. } => {
                 Self::new(StatusCode::FORBIDDEN, "topic-limit", "Topic limit reached", detail)
             }

@@ -4,19 +4,19 @@
 //! (long-polls return at once), then stops the engine — every publish answered `201` was durable
 //! before its answer — and exits 0.
 
-use std::{collections::HashMap, future::Future, net::SocketAddr, sync::Arc};
+use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use anyhow::Context;
 use inorder::Engine;
-use inorder_postgres::{PgStorage, PgStorageOptions, PostgresSink};
+use inorder_postgres::{PgStorage, PgStorageOptions};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::sync::{Semaphore, watch};
 
 use crate::{
-    config::{Delivery, ServerConfig, StorageChoice},
+    config::{ServerConfig, StorageChoice},
+    deliveries::{self, Deliveries},
     http::{AppState, router},
-    pull::{PullHandler, PullQueue},
-    webhook::WebhookHandler,
+    manage::Manager,
 };
 
 /// A running server.
@@ -60,34 +60,17 @@ pub async fn start(
     let metrics = metrics_handle();
     register_health_metrics();
     let mut builder = Engine::builder(config.engine.clone());
-    let mut pulls = HashMap::new();
-    let mut deliveries = HashMap::new();
+    let deliveries = Arc::new(Deliveries::default());
     for (name, subscription) in &config.subscriptions {
-        match &subscription.delivery {
-            Delivery::Pull => {
-                let queue = PullQueue::start(subscription.lease_timeout);
-                builder = builder.handler(name, PullHandler(Arc::clone(&queue)));
-                pulls.insert(name.clone(), queue);
-            }
-            Delivery::Postgres(sink) => {
-                let sink = PostgresSink::start(sink.clone())
-                    .await
-                    .with_context(|| format!("subscription {name}: starting the postgres sink"))?;
-                builder = builder.handler(name, sink);
-            }
-            Delivery::Webhook(webhook) => {
-                let keys_in_flight = config
-                    .engine
-                    .subscriptions
-                    .iter()
-                    .find(|engine| engine.name == *name)
-                    .map_or(1, |engine| engine.max_keys_in_flight);
-                let handler = WebhookHandler::new(name, webhook.clone(), keys_in_flight)
-                    .with_context(|| format!("subscription {name}: starting the webhook"))?;
-                builder = builder.handler(name, handler);
-            }
-        }
-        deliveries.insert(name.clone(), subscription.delivery.kind());
+        let keys_in_flight = config
+            .engine
+            .subscriptions
+            .iter()
+            .find(|engine| engine.name == *name)
+            .map_or(1, |engine| engine.max_keys_in_flight);
+        let built = deliveries::build(name, subscription, keys_in_flight).await?;
+        builder = builder.shared_handler(name, Arc::clone(&built.handler));
+        deliveries.insert(name, &built);
     }
     if let StorageChoice::Postgres { url, pool_size } = &config.storage {
         let storage = PgStorage::connect(url, PgStorageOptions { pool_size: *pool_size })
@@ -96,6 +79,8 @@ pub async fn start(
         builder = builder.storage(Arc::new(storage));
     }
     let engine = builder.start().await.context("starting the engine")?;
+    let manager = Arc::new(Manager::new(engine.clone(), Arc::clone(&deliveries), &config));
+    manager.restore().await;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -103,8 +88,8 @@ pub async fn start(
     let (stop, stopping) = watch::channel(false);
     let state = Arc::new(AppState {
         engine: engine.clone(),
-        pulls,
         deliveries,
+        manager,
         publish_permits: Arc::new(Semaphore::new(config.publish_in_flight)),
         tokens: config.tokens.clone(),
         metrics,

@@ -33,12 +33,19 @@ enum Origin {
     Overridden(PathBuf),
     /// No file: the embedded default and `INORDER_*` variables.
     Environment,
+    /// A management API request's body (JSON with the file's keys).
+    Request,
 }
 
 impl Source {
     /// The text of the file at `path`.
     pub(super) fn file(path: &Path, text: String) -> Self {
         Self { text, origin: Origin::File(path.to_owned()) }
+    }
+
+    /// A management API request's body: errors name the key, not a file.
+    pub(super) fn request() -> Self {
+        Self { text: String::new(), origin: Origin::Request }
     }
 
     /// A configuration built from `INORDER_*` overrides applied to the file at `path` (`None`:
@@ -51,6 +58,15 @@ impl Source {
         let text =
             toml::to_string(value).context("INORDER_* overrides do not form a TOML table")?;
         Ok(Self { text, origin })
+    }
+
+    /// What the configuration is called in messages: the file's path, or the environment.
+    pub(super) fn origin_name(&self) -> String {
+        match &self.origin {
+            Origin::File(path) | Origin::Overridden(path) => path.display().to_string(),
+            Origin::Environment => "INORDER_* environment".to_owned(),
+            Origin::Request => "request body".to_owned(),
+        }
     }
 
     /// The text deserialized as `T`; an error names the line and key.
@@ -89,6 +105,7 @@ impl Source {
             },
             Origin::Overridden(path) => format!("{} with INORDER_* overrides", path.display()),
             Origin::Environment => "INORDER_* environment".to_owned(),
+            Origin::Request => "request body".to_owned(),
         };
         match key {
             Some(key) => anyhow::anyhow!("{at}: {key}: {message}"),

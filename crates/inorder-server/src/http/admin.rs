@@ -39,8 +39,14 @@ pub async fn topics(State(state): State<Arc<AppState>>) -> Result<Response, Prob
 
 /// `GET /v1/subscriptions`: per topic stream its health (`state`, `error`, `restarts` while
 /// retrying), position, watermark, lag, in-flight, parked and discarded counts; per
-/// subscription the worst state of its streams.
+/// subscription the worst state of its streams, whether it is paused and declared in the file.
 pub async fn subscriptions(State(state): State<Arc<AppState>>) -> Result<Response, Problem> {
+    let list = subscriptions_json(&state).await?;
+    Ok(Json(json!({ "subscriptions": list })).into_response())
+}
+
+/// Every subscription as `GET /v1/subscriptions` lists it.
+pub(super) async fn subscriptions_json(state: &AppState) -> Result<Vec<Value>, Problem> {
     let mut list = Vec::new();
     for info in state.engine.subscriptions().await? {
         let streams: Vec<Value> = info
@@ -62,17 +68,19 @@ pub async fn subscriptions(State(state): State<Arc<AppState>>) -> Result<Respons
             })
             .collect();
         let overall = overall_state(info.streams.iter().map(|s| &s.status.health));
-        let (offered, leased) = state.pulls.get(&info.name).map_or((0, 0), |q| q.sizes());
+        let (offered, leased) = state.deliveries.pull(&info.name).map_or((0, 0), |q| q.sizes());
         list.push(json!({
             "name": info.name, "state": overall,
             "ordering": format!("{:?}", info.ordering).to_lowercase(),
-            "delivery": state.deliveries.get(&info.name).copied().unwrap_or("handler"),
+            "delivery": state.deliveries.kind(&info.name).unwrap_or("handler"),
+            "paused": state.engine.is_paused(&info.name).unwrap_or(false),
+            "declared": state.manager.declared("subscription", &info.name),
             "topics": streams, "handled": info.handled, "failed_attempts": info.failed_attempts,
             "parked_since_start": info.parked, "offered": offered, "leased": leased,
             "skipped_by_retention_since_start": info.skipped_by_retention,
         }));
     }
-    Ok(Json(json!({ "subscriptions": list })).into_response())
+    Ok(list)
 }
 
 /// A subscription's state: the worst of its streams' (failed > retrying > running); `running`

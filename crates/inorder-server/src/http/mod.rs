@@ -13,11 +13,12 @@
 mod admin;
 mod events;
 mod health;
+mod manage;
 mod metrics;
 mod pull;
 mod status;
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use axum::{
     Router,
@@ -25,7 +26,7 @@ use axum::{
     http::{HeaderMap, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::{delete, get, post},
+    routing::{delete, get, post, put},
 };
 use inorder::{Engine, Name};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -33,17 +34,18 @@ use subtle::ConstantTimeEq;
 use tokio::sync::{Semaphore, watch};
 
 use crate::{
-    cloudevent::media_type_essence, limits::HTTP_WAIT_MAX, problem::Problem, pull::PullQueue,
+    cloudevent::media_type_essence, deliveries::Deliveries, limits::HTTP_WAIT_MAX, manage::Manager,
+    problem::Problem,
 };
 
 /// What every handler shares.
 pub struct AppState {
     /// The engine.
     pub engine: Engine,
-    /// Pull queues by subscription.
-    pub pulls: HashMap<String, Arc<PullQueue>>,
-    /// How each subscription is delivered (`pull`, `postgres`), by name.
-    pub deliveries: HashMap<String, &'static str>,
+    /// Every subscription's delivery: pull queues, kinds.
+    pub deliveries: Arc<Deliveries>,
+    /// Topics and subscriptions made at run time.
+    pub manager: Arc<Manager>,
     /// Permits for publishes in flight.
     pub publish_permits: Arc<Semaphore>,
     /// Accepted bearer tokens (empty: no auth).
@@ -61,11 +63,23 @@ pub fn router(state: Arc<AppState>, body_limit_bytes: usize) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::render))
         .route("/v1/topics", get(admin::topics))
+        .route(
+            "/v1/topics/{topic}",
+            put(manage::put_topic).get(manage::get_topic).delete(manage::delete_topic),
+        )
         .route("/v1/topics/{topic}/events", post(events::publish).get(events::read))
         .route("/v1/topics/{topic}/events:batch", post(events::publish_batch))
         .route("/v1/events", get(events::read_all))
         .route("/v1/status/{topic}/{position}", get(status::status))
         .route("/v1/subscriptions", get(admin::subscriptions))
+        .route(
+            "/v1/subscriptions/{name}",
+            put(manage::put_subscription)
+                .get(manage::get_subscription)
+                .patch(manage::patch_subscription)
+                .delete(manage::delete_subscription)
+                .post(manage::act),
+        )
         .route("/v1/subscriptions/{name}/pull", post(pull::pull))
         .route("/v1/subscriptions/{name}/ack", post(pull::ack))
         .route("/v1/subscriptions/{name}/nack", post(pull::nack))

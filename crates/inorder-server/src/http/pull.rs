@@ -36,10 +36,10 @@ pub struct SettleRequest {
 
 fn queue(state: &AppState, subscription: &str) -> Result<Arc<PullQueue>, Problem> {
     name("subscription", subscription)?;
-    if let Some(queue) = state.pulls.get(subscription) {
-        return Ok(Arc::clone(queue));
+    if let Some(queue) = state.deliveries.pull(subscription) {
+        return Ok(queue);
     }
-    let exists = state.engine.config().subscriptions.iter().any(|s| s.name == subscription);
+    let exists = state.deliveries.kind(subscription).is_some();
     Err(match exists {
         true => Problem::invalid_request(format!(
             "subscription {subscription} is not a pull subscription"
