@@ -36,7 +36,7 @@ use crate::{
     handler::{Handler, SharedHandler},
     indexer::{self, IndexJob},
     limits::{PARKED_LIST_MAX, PUBLISH_BATCH_EVENTS_MAX, STREAM_READ_RECORDS_MAX},
-    replay, retainer,
+    replay,
     runtime::{SubscriptionRuntime, TopicRuntime},
     state::{ParkedEvent, StreamId},
     storage::{FileStorage, StateOp, Storage},
@@ -151,12 +151,7 @@ impl EngineBuilder {
         };
         engine.restore_pauses().await?;
         engine.open_topics().await?;
-        let retainer = retainer::spawn(
-            Arc::downgrade(&engine.inner),
-            engine.inner.config.retention_interval,
-            engine.inner.shutdown.subscribe(),
-        );
-        *engine.inner.retainer.lock() = Some(retainer);
+        engine.start_retainer();
         Ok(engine)
     }
 }
@@ -194,7 +189,7 @@ pub(crate) struct EngineInner {
     /// The turn keepers of subscriptions over several topics (see `turn_keeper`).
     pub(crate) keepers: Mutex<BTreeMap<Name, tokio::task::JoinHandle<()>>>,
     /// The task that applies the topics' retention (see `retainer`).
-    retainer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    pub(crate) retainer: Mutex<Option<tokio::task::JoinHandle<()>>>,
     pub(crate) waiters: Arc<Waiters>,
     pub(crate) shutdown: watch::Sender<bool>,
 }

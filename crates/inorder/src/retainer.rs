@@ -13,23 +13,33 @@
 //! and deleting less than the policy allows is always safe. The task holds the engine weakly and
 //! ends with it or at shutdown.
 
-use std::{sync::Weak, time::Duration};
+use std::{
+    sync::{Arc, Weak},
+    time::Duration,
+};
 
 use inorder_log::Name;
 use tokio::sync::watch;
 
 use crate::{
-    engine::EngineInner, error::Result, limits::RETENTION_PARKED_SCAN_MAX, retention::Retention,
+    engine::{Engine, EngineInner},
+    error::Result,
+    limits::RETENTION_PARKED_SCAN_MAX,
+    retention::Retention,
     state::StreamId,
 };
 
-/// Starts the retainer of `engine` on a task of its own.
-pub(crate) fn spawn(
-    engine: Weak<EngineInner>,
-    interval: Duration,
-    shutdown: watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(run(engine, interval, shutdown))
+impl Engine {
+    /// Starts the engine's retainer on a task of its own (the engine aborts it at shutdown).
+    pub(crate) fn start_retainer(&self) {
+        let inner = &self.inner;
+        let task = tokio::spawn(run(
+            Arc::downgrade(inner),
+            inner.config.retention_interval,
+            inner.shutdown.subscribe(),
+        ));
+        *inner.retainer.lock() = Some(task);
+    }
 }
 
 async fn run(engine: Weak<EngineInner>, interval: Duration, mut shutdown: watch::Receiver<bool>) {
