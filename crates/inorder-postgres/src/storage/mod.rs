@@ -507,7 +507,7 @@ impl Storage for PgStorage {
 
     async fn delete_topic(&self, topic: &Name) -> inorder::Result<()> {
         self.delete_topic_rows(topic).await?;
-        self.watches.forget_unwatched(topic);
+        self.watches.forget(topic);
         Ok(())
     }
 

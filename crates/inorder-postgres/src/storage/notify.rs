@@ -79,6 +79,12 @@ impl Watches {
         }
     }
 
+    /// Forgets a deleted topic's watch: its receivers see it closed (a topic created again
+    /// under the name starts at position 1 with a watch of its own, never the old last one).
+    pub(crate) fn forget(&self, topic: &Name) {
+        self.lock().remove(topic.as_str());
+    }
+
     /// The watched topics.
     fn topics(&self) -> Vec<String> {
         self.lock().keys().cloned().collect()
