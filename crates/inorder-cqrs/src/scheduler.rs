@@ -9,8 +9,9 @@
 //!   is appended with [`Engine::publish_new`], which appends only if no event of the topic holds
 //!   that id. A restart, a redeploy or a second cycler on the same engine therefore never cycles a
 //!   date twice: the loser of a race gets [`inorder::Error::IdTaken`], which means "already
-//!   cycled" and is not an error. (The atomicity of `publish_new` holds among writers sharing one
-//!   engine — one node per topic; across restarts the durable id index keeps it.)
+//!   cycled" and is not an error. (`publish_new` is decided by PostgreSQL when several nodes
+//!   share it, by the engine's claims on one node; across restarts the durable id index keeps
+//!   it.)
 //! - **Catch-up, in order.** A run finds the last cycled date (once per process, by scanning the
 //!   topic; then from memory) and publishes every due date after it in ascending order, so an
 //!   outage of five days produces five events on restart, oldest first. At most

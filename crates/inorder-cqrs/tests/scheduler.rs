@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::{future::Future, sync::Arc, time::Duration};
 
 use inorder::{Engine, EngineConfig, Event, FsyncPolicy};
@@ -243,6 +245,28 @@ async fn cyclers_racing_on_one_engine_cycle_each_date_once() {
     clock.advance(DAY);
     assert_eq!(race(&racers).await, [date("2024-05-06")]);
     assert_eq!(cycled(&engine).await, dates("2024-05-01", "2024-05-06"));
+}
+
+/// Two nodes on one PostgreSQL, each with its own cycler: every date is cycled once across them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cyclers_on_two_nodes_of_one_database_cycle_each_date_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = EngineConfig::new(dir.path());
+    config.auto_create_topics = true;
+    let nodes = common::postgres_nodes(&config, 2).await;
+    let clock = ManualClock::new(instant("2024-05-05T06:30:00Z"));
+    let cycler_config = DailyCyclerConfig::default().hour(6).first_date(date("2024-05-01"));
+    let racers = [
+        Arc::new(cycler(&nodes[0], cycler_config.clone(), &clock)),
+        Arc::new(cycler(&nodes[1], cycler_config, &clock)),
+    ];
+    assert_eq!(race(&racers).await, dates("2024-05-01", "2024-05-05"), "no date published twice");
+    clock.advance(DAY);
+    assert_eq!(race(&racers).await, [date("2024-05-06")]);
+    assert_eq!(cycled(&nodes[1]).await, dates("2024-05-01", "2024-05-06"));
+    for node in nodes {
+        node.shutdown().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,8 +10,11 @@
 //! Why this is atomic: every id of the batch is *claimed* first (the dedupe claims that also
 //! serialise producer retries), then looked up in the durable index; claims are kept until the
 //! indexer has written the ids, so at every instant an id is in the claims, in the index, or not
-//! published. The claims live in the engine's memory: the guarantee holds among writers sharing
-//! one engine (one node per topic, as for subscriptions; see ARCHITECTURE.md).
+//! published. The claims live in the engine's memory, so they decide among writers sharing one
+//! engine; a storage shared by several processes decides itself, atomically with the append
+//! ([`Storage::append_new`](crate::storage::Storage::append_new): PostgreSQL inserts the ids in
+//! the appending transaction, and a held id rolls it back), so of two nodes racing for one id
+//! exactly one appends.
 
 use crate::{
     dedupe::Claim,
@@ -19,6 +22,7 @@ use crate::{
     error::{Error, Result},
     event::Event,
     limits::LOOKUP_IDS_MAX,
+    publish::Append,
     runtime::TopicRuntime,
 };
 
@@ -45,7 +49,7 @@ impl Engine {
             return Err(taken(&topic, &events[i].id));
         }
         let mut positions = vec![0u64; events.len()];
-        self.append_claimed(&topic, &events, claims, &mut positions).await?;
+        self.append_claimed(&topic, &events, claims, &mut positions, Append::New).await?;
         Ok(positions)
     }
 

@@ -78,7 +78,7 @@ impl Engine {
                 None => append.push((i, guard)),
             }
         }
-        self.append_claimed(&topic, &events, append, &mut positions).await?;
+        self.append_claimed(&topic, &events, append, &mut positions, Append::Always).await?;
         Ok(positions)
     }
 
@@ -95,11 +95,15 @@ impl Engine {
         events: &[Event],
         append: Vec<(usize, ClaimGuard)>,
         positions: &mut [u64],
+        condition: Append,
     ) -> Result<()> {
         if append.is_empty() {
             return Ok(());
         }
         let payloads: Vec<Bytes> = append.iter().map(|(i, _)| codec::encode(&events[*i])).collect();
+        let new_ids: Option<Vec<String>> = (condition == Append::New
+            && self.inner.storage.decides_ids())
+        .then(|| append.iter().map(|(i, _)| events[*i].id.clone()).collect());
         let (indices, guards): (Vec<usize>, Vec<ClaimGuard>) = append.into_iter().unzip();
         let storage = Arc::clone(&self.inner.storage);
         let indexer = self.inner.indexer.clone();
@@ -107,7 +111,11 @@ impl Engine {
         let appended = tokio::spawn(async move {
             let started = std::time::Instant::now();
             let count = payloads.len() as u64;
-            let range = storage.append(&topic.name, payloads).await?; // failed: guards release
+            // Failed (or an id taken): the guards release their claims.
+            let range = match new_ids {
+                Some(ids) => storage.append_new(&topic.name, payloads, ids).await?,
+                None => storage.append(&topic.name, payloads).await?,
+            };
             metrics::histogram!("inorder_publish_seconds").record(started.elapsed().as_secs_f64());
             metrics::counter!("inorder_published_total", "topic" => topic.name.to_string())
                 .increment(count);
@@ -211,4 +219,14 @@ impl Engine {
             Err(_) => Err(Error::Timeout { waited: timeout }),
         }
     }
+}
+
+/// Whether an append is conditional on its ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Append {
+    /// Whatever ids the topic holds (producer retries were sorted out by the claims).
+    Always,
+    /// Only if none of its ids is held: decided by the storage when it can
+    /// ([`Storage::decides_ids`](crate::storage::Storage::decides_ids)), across processes.
+    New,
 }

@@ -96,3 +96,40 @@ async fn positions_of_finds_fresh_indexed_and_missing_ids() {
     ));
     assert!(matches!(engine.positions_of("nope", ids()).await, Err(Error::UnknownTopic { .. })));
 }
+
+/// Two nodes on one PostgreSQL: each has its own engine (its own claims), so only the storage
+/// can decide. Round after round both race for the next version of one key; exactly one of them
+/// appends it, and the topic holds each version once. (File storage: one node per directory.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_nodes_racing_for_one_version_exactly_one_appends_it() {
+    let mut fixture = Fixture::new(|c| c.topic(TopicConfig::new("accounts")));
+    if fixture.storage == common::TestStorage::File {
+        eprintln!("file storage: one node per data directory; nothing to check here");
+        return;
+    }
+    let first = fixture.start(vec![]).await;
+    let second = fixture.builder().await.start().await.unwrap();
+    for version in 1..=50 {
+        let race = |engine: &inorder::Engine, writer: &'static str| {
+            let engine = engine.clone();
+            tokio::spawn(async move {
+                engine.publish_new(vec![versioned("a-1", version, writer)]).await
+            })
+        };
+        let (one, two) = (race(&first, "node-1"), race(&second, "node-2"));
+        let results = [one.await.unwrap(), two.await.unwrap()];
+        let won = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(won, 1, "version {version}: {results:?}");
+        for result in &results {
+            if let Err(error) = result {
+                assert!(matches!(error, Error::IdTaken { .. }), "version {version}: {error}");
+            }
+        }
+    }
+    let stored = first.read("accounts", 1, 1000).await.unwrap();
+    let ids: Vec<&str> = stored.iter().map(|e| e.id.as_str()).collect();
+    let expected: Vec<String> = (1..=50).map(|v| format!("a-1@{v}")).collect();
+    assert_eq!(ids, expected, "each version once, in order");
+    second.shutdown().await;
+    fixture.stop().await;
+}

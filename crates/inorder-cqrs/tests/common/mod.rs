@@ -95,3 +95,21 @@ pub fn config(dir: &std::path::Path) -> EngineConfig {
 pub async fn start(builder: EngineBuilder) -> Engine {
     builder.start().await.unwrap()
 }
+
+/// `count` engines ("nodes") of `config` on one fresh PostgreSQL database, each with its own
+/// storage (connections, appender): what several `inorder serve` processes share.
+pub async fn postgres_nodes(config: &EngineConfig, count: usize) -> Vec<Engine> {
+    let url = inorder_testpg::fresh_database().unwrap();
+    let mut nodes = Vec::with_capacity(count);
+    for _ in 0..count {
+        let storage = inorder_postgres::PgStorage::connect(
+            &url,
+            inorder_postgres::PgStorageOptions::default(),
+        )
+        .await
+        .unwrap();
+        let builder = Engine::builder(config.clone()).storage(std::sync::Arc::new(storage));
+        nodes.push(builder.start().await.unwrap());
+    }
+    nodes
+}

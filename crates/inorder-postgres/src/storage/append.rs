@@ -219,6 +219,60 @@ impl Appender {
     }
 }
 
+/// The ids of a conditional append, inserted in its transaction (`$2` ids, `$3` positions); a
+/// held id inserts nothing and is missing from the answer.
+const INSERT_NEW_IDS: &str = "\
+    INSERT INTO inorder_event_ids (topic, id, position) \
+    SELECT $1, i.id, i.position FROM UNNEST($2::bytea[], $3::bigint[]) AS i(id, position) \
+    ON CONFLICT (topic, id) DO NOTHING RETURNING id";
+
+/// Appends `payloads` to `topic` only if none of `ids` is in its id index, in one transaction
+/// of its own: the append (the clock's and the topic's row locks, as every append), then the
+/// ids inserted at their positions. A held id — indexed, or inserted by a transaction that
+/// committed first (the clock's lock serialises them) — rolls everything back: of two nodes
+/// racing for one id, exactly one appends. Outside the group commit: conditional appends (CQRS
+/// commands, scheduler cycles) are few, and one must not fail the others of a group.
+pub(super) async fn append_new(
+    pool: &Pool,
+    watches: &Watches,
+    topic: &Name,
+    payloads: Vec<Bytes>,
+    ids: Vec<String>,
+) -> Answer {
+    let mut client = pool.get().await.map_err(pool_error)?;
+    let transaction = client.transaction().await.map_err(db_error("begin a conditional append"))?;
+    let payloads: Vec<&[u8]> = payloads.iter().map(AsRef::as_ref).collect();
+    let rows = transaction
+        .query(APPEND_ONE, &[&topic.as_str(), &payloads, &schema::CHANNEL])
+        .await
+        .map_err(db_error("append events"))?;
+    let row =
+        rows.first().ok_or_else(|| inorder::Error::UnknownTopic { topic: topic.to_string() })?;
+    let (last, commit) = (to_u64(row.get(1))?, to_u64(row.get(2))?);
+    let count = u64::try_from(payloads.len()).unwrap_or(u64::MAX);
+    let first = (last + 1).checked_sub(count).ok_or_else(|| {
+        inorder::StorageError::corrupt(format!("topic {topic}: counter {last} below {count}"))
+    })?;
+    let keys: Vec<&[u8]> = ids.iter().map(String::as_bytes).collect();
+    let positions: Vec<i64> =
+        (first..=last).map(|p| i64::try_from(p).unwrap_or(i64::MAX)).collect();
+    let inserted = transaction
+        .query(INSERT_NEW_IDS, &[&topic.as_str(), &keys, &positions])
+        .await
+        .map_err(db_error("insert the ids of a conditional append"))?;
+    if inserted.len() < ids.len() {
+        let new: std::collections::HashSet<Vec<u8>> =
+            inserted.iter().map(|row| row.get::<_, Vec<u8>>(0)).collect();
+        let held = ids.iter().find(|id| !new.contains(id.as_bytes())).cloned().unwrap_or_default();
+        // Dropping the transaction rolls the append and the ids back.
+        return Err(inorder::Error::IdTaken { topic: topic.to_string(), id: held });
+    }
+    transaction.commit().await.map_err(db_error("commit a conditional append"))?;
+    watches.advance(topic.as_str(), last);
+    watches.advance(COMMIT_WATCH, commit);
+    Ok(first..=last)
+}
+
 /// Answers a topic's requests with their slices of the positions ending at `last`, or with
 /// `UnknownTopic` when the topic has no row.
 fn answer(topic: &Name, requests: Vec<Request>, last: Option<u64>) {

@@ -242,6 +242,31 @@ impl Storage for PgStorage {
         self.appenders.append(topic, payloads).await
     }
 
+    fn decides_ids(&self) -> bool {
+        true
+    }
+
+    async fn append_new(
+        &self,
+        topic: &Name,
+        payloads: Vec<Bytes>,
+        ids: Vec<String>,
+    ) -> inorder::Result<RangeInclusive<u64>> {
+        if payloads.is_empty()
+            || payloads.len() > STORAGE_APPEND_RECORDS_MAX
+            || ids.len() != payloads.len()
+        {
+            return Err(StorageError::refused(format!(
+                "a conditional append takes 1 to {STORAGE_APPEND_RECORDS_MAX} events with an id each"
+            ))
+            .into());
+        }
+        if self.closed.load(Ordering::Acquire) {
+            return Err(inorder::Error::Stopped);
+        }
+        append::append_new(&self.pool, &self.watches, topic, payloads, ids).await
+    }
+
     async fn reader(&self, topic: &Name, from: u64) -> inorder::Result<Box<dyn TopicReader>> {
         self.existing_positions(topic).await?;
         Ok(Box::new(PgTopicReader {

@@ -115,6 +115,25 @@ pub trait Storage: Send + Sync + 'static {
     async fn create_topic(&self, topic: &Name) -> Result<()>;
     /// Appends encoded events; returns their positions once durable. All or nothing.
     async fn append(&self, topic: &Name, payloads: Vec<Bytes>) -> Result<RangeInclusive<u64>>;
+    /// Whether [`Storage::append_new`] decides on ids itself, for every process sharing the
+    /// storage. The default (`false`): the engine's in-process claims decide, which holds among
+    /// writers sharing one engine only.
+    fn decides_ids(&self) -> bool {
+        false
+    }
+    /// Appends `payloads` only if none of `ids` (their event ids, in order) is held by the
+    /// topic, decided atomically with the append — [`Error::IdTaken`](crate::Error::IdTaken)
+    /// naming the first held id, and nothing appended, otherwise. Called only when
+    /// [`Storage::decides_ids`]; the default appends unconditionally.
+    async fn append_new(
+        &self,
+        topic: &Name,
+        payloads: Vec<Bytes>,
+        ids: Vec<String>,
+    ) -> Result<RangeInclusive<u64>> {
+        let _ = ids;
+        self.append(topic, payloads).await
+    }
     /// A reader of `topic` starting at `from`.
     async fn reader(&self, topic: &Name, from: u64) -> Result<Box<dyn TopicReader>>;
     /// The first position still stored and the last durable one (0 if none).

@@ -232,6 +232,19 @@ impl Storage for FaultyStorage {
         self.inner.ids_indexed_to(topic).await
     }
 
+    fn decides_ids(&self) -> bool {
+        self.inner.decides_ids()
+    }
+
+    async fn append_new(
+        &self,
+        topic: &Name,
+        payloads: Vec<Bytes>,
+        ids: Vec<String>,
+    ) -> inorder::Result<RangeInclusive<u64>> {
+        self.inner.append_new(topic, payloads, ids).await
+    }
+
     async fn footprint(&self, topic: &Name) -> inorder::Result<inorder::Footprint> {
         self.inner.footprint(topic).await
     }
