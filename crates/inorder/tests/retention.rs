@@ -243,3 +243,21 @@ async fn a_million_events_through_max_bytes_keep_the_disk_within_the_bound() {
     assert!(peak <= bound + segment, "peak {peak}");
     fixture.stop().await;
 }
+
+#[tokio::test]
+async fn max_age_deletes_what_was_appended_longer_ago() {
+    let mut fixture =
+        Fixture::new(config(Retention::forever().max_age(Duration::from_secs(1)), &[]));
+    let engine = fixture.start(Vec::new()).await;
+    let old = publish(&engine, 3000).await;
+    // Everything appended so far ages past one second; then nothing of it is left.
+    eventually("what is older than max_age is deleted", || async {
+        first_position(&engine).await > old
+    })
+    .await;
+    let fresh = publish_from(&engine, 10_000, 1).await;
+    assert_eq!(fresh, old + 1, "positions go on after a purge of everything");
+    let kept = engine.read(TOPIC, fresh, 10).await.unwrap();
+    assert_eq!(kept.len(), 1, "a fresh event is kept");
+    fixture.stop().await;
+}
