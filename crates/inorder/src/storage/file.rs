@@ -209,9 +209,28 @@ impl FileStorage {
     }
 
     /// The records of one topic with commits in `from..=visible`, at most `max`, reading from
-    /// the first such position (found by binary search: commits grow with positions).
+    /// the first such position (found by binary search: commits grow with positions). A purge
+    /// that deletes the segment being read meanwhile makes it start over from the first position
+    /// left (what went is gone for every reader alike).
     fn read_committed(log: &Log, from: u64, visible: u64, max: usize) -> Result<Vec<StoredRecord>> {
-        let commit_at = |position: u64| -> Result<Option<u64>> {
+        // Each retry follows a purge that ran meanwhile; purges stop at the active segment.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match Self::read_committed_once(log, from, visible, max) {
+                Err(inorder_log::Error::Purged { .. }) if attempts < 16 => {}
+                other => return other.map_err(Error::from),
+            }
+        }
+    }
+
+    fn read_committed_once(
+        log: &Log,
+        from: u64,
+        visible: u64,
+        max: usize,
+    ) -> std::result::Result<Vec<StoredRecord>, inorder_log::Error> {
+        let commit_at = |position: u64| -> std::result::Result<Option<u64>, inorder_log::Error> {
             let records = log.read(position, ReadLimits::records(1))?;
             Ok(records.into_iter().next().map(|r| frame::split_commit(r.payload).0))
         };
