@@ -185,3 +185,6 @@ pub const RETENTION_PARKED_SCAN_MAX: usize = 1000;
 /// Events removed by one purge statement on storages that delete rows (PostgreSQL); a purge
 /// runs as many as it needs.
 pub const PURGE_BATCH_EVENTS_MAX: u64 = 10_000;
+/// Times `read_all` on the file storage starts a topic over after a purge deleted the segment it
+/// was reading (each follows a purge that ran meanwhile; purges stop at the active segment).
+pub const READ_ALL_PURGE_RETRIES: usize = 16;

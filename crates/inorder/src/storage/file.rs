@@ -49,7 +49,7 @@ use super::{
 use crate::{
     error::{Error, Result, StorageError},
     frame,
-    limits::READ_ALL_EVENTS_MAX,
+    limits::{READ_ALL_EVENTS_MAX, READ_ALL_PURGE_RETRIES},
     retention::{Footprint, PurgeRequest, segments_to_purge},
     state::{KeyState, ParkedEvent, StreamId, StreamState},
 };
@@ -213,12 +213,11 @@ impl FileStorage {
     /// that deletes the segment being read meanwhile makes it start over from the first position
     /// left (what went is gone for every reader alike).
     fn read_committed(log: &Log, from: u64, visible: u64, max: usize) -> Result<Vec<StoredRecord>> {
-        // Each retry follows a purge that ran meanwhile; purges stop at the active segment.
         let mut attempts = 0;
         loop {
             attempts += 1;
             match Self::read_committed_once(log, from, visible, max) {
-                Err(inorder_log::Error::Purged { .. }) if attempts < 16 => {}
+                Err(inorder_log::Error::Purged { .. }) if attempts < READ_ALL_PURGE_RETRIES => {}
                 other => return other.map_err(Error::from),
             }
         }
