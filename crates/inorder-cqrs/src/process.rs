@@ -160,6 +160,17 @@ impl<M: ProcessManager> Runner<M> {
         if topics.is_empty() {
             return Err(Error::Config(format!("process manager {name} consumes no topic")));
         }
+        // Its state is rebuilt from every event of its topics at each start: a topic whose
+        // retention deletes events would make that impossible later, so refuse it now.
+        for info in engine.topics().await? {
+            if info.retention.deletes() && topics.iter().any(|t| t.as_str() == info.name) {
+                return Err(Error::Config(format!(
+                    "process manager {name} consumes topic {}, whose retention deletes events; \
+                     its state is rebuilt from every event of its topics",
+                    info.name
+                )));
+            }
+        }
         let storage = Arc::clone(engine.storage());
         let mut checkpoints = BTreeMap::new();
         for topic in &topics {

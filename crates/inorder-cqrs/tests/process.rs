@@ -157,3 +157,20 @@ async fn bad_names_and_unknown_topics_are_refused() {
     let refused = process::start(engine.clone(), "nowhere", Nowhere).await;
     assert!(refused.is_err(), "a topic that does not exist");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manager_over_a_topic_whose_retention_deletes_events_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = EngineConfig::new(dir.path())
+        .topic(TopicConfig::new("orders").retention(inorder::Retention::forever().max_events(10)))
+        .topic(TopicConfig::new("customers"));
+    let engine = Engine::builder(config).start().await.unwrap();
+    match process::start(engine.clone(), "vip", VipDetector).await {
+        Err(Error::Config(reason)) => {
+            assert!(reason.contains("orders") && reason.contains("retention"), "{reason}");
+        }
+        Err(other) => panic!("unexpected error {other}"),
+        Ok(_) => panic!("a manager started over a topic whose events retention deletes"),
+    }
+    engine.shutdown().await;
+}
