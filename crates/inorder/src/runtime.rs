@@ -34,6 +34,8 @@ pub(crate) struct TopicRuntime {
     pub dedupe: Arc<Dedupe>,
     /// Why the topic takes no events, if its storage is damaged.
     pub failure: Option<String>,
+    /// `inorder_published_total{topic}`, registered once.
+    pub published: metrics::Counter,
     /// Its retention: `config.retention` at first, changed at run time by
     /// [`Engine::set_retention`](crate::Engine::set_retention).
     pub retention: parking_lot::RwLock<crate::retention::Retention>,
@@ -48,7 +50,9 @@ impl TopicRuntime {
             .map(|(i, action)| (action.clone(), u32::try_from(i).expect("at most 64 actions")))
             .collect();
         let retention = parking_lot::RwLock::new(config.retention);
+        let published = metrics::counter!("inorder_published_total", "topic" => name.to_string());
         Self {
+            published,
             name,
             config,
             action_index: Arc::new(action_index),
