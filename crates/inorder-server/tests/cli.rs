@@ -79,6 +79,45 @@ async fn publish_tail_status_and_topics_through_the_cli() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("JSON"), "{output:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_and_subscriptions_are_managed_through_the_cli() {
+    let server = ServerProcess::start(CONFIG);
+    let ok = |args: &[&str]| {
+        let output = inorder(&server, args, None);
+        assert!(output.status.success(), "{args:?}: {output:?}");
+        stdout(&output)
+    };
+    let created =
+        ok(&["topics", "create", "clicks", "--definition", r#"{"retention": {"max_age": "7d"}}"#]);
+    assert!(created.starts_with("topic clicks created"), "{created}");
+    let definition = server.dir.path().join("late.json");
+    std::fs::write(&definition, r#"{"topics": ["clicks"], "ordering": "fifo"}"#).unwrap();
+    let at_file = format!("@{}", definition.display());
+    let created = ok(&["subscriptions", "create", "late", "--definition", &at_file]);
+    assert!(created.starts_with("subscription late created"), "{created}");
+    ok(&["publish", "--topic", "clicks", "--key", "u-1", "--action", "clicked", "{}"]);
+    assert!(ok(&["subscriptions", "pause", "late"]).contains("paused"));
+    assert!(ok(&["subscriptions", "resume", "late"]).contains("resumed"));
+    let messages = pull(&server, "late", 1, "5s").await;
+    ack(&server, "late", &[lease_and_type(&messages[0]).0]).await;
+    let rewound = ok(&["subscriptions", "rewind", "late", "--position", "1"]);
+    assert_eq!(rewound, "subscription late: clicks resumes at position 1\n");
+    assert_eq!(pull(&server, "late", 1, "5s").await.len(), 1, "handed out again after the rewind");
+    ok(&["subscriptions", "update", "late", "--definition", r#"{"max_attempts": 2}"#]);
+    let listed = ok(&["subscriptions"]);
+    assert!(listed.lines().any(|line| line.starts_with("late")), "{listed}");
+
+    // The file's own are refused, naming the file; a consumed topic needs --force.
+    let refused = inorder(&server, &["subscriptions", "delete", "audit"], None);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("inorder.toml"), "{refused:?}");
+    let refused = inorder(&server, &["topics", "delete", "clicks"], None);
+    assert_eq!(refused.status.code(), Some(1), "a consumed topic needs --force");
+    ok(&["topics", "delete", "clicks", "--force"]);
+    ok(&["subscriptions", "delete", "late"]);
+    assert!(!ok(&["topics"]).contains("clicks"));
+}
+
 #[test]
 fn the_demo_shows_every_user_handled_in_order() {
     let output =
