@@ -161,7 +161,7 @@ impl Engine {
     }
 
     /// Starts a subscription over from a position or a time: its streams stop, their progress
-    /// goes back (key states cleared, parked events at or after the new start removed — they are
+    /// goes back (never forward: a start past what a stream resolved leaves it where it is) (key states cleared, parked events at or after the new start removed — they are
     /// handled again; those before stay), and they start again. Status answers pending for
     /// events after the new start until they are handled again. Returns, per topic, the
     /// position the subscription now resumes after.
@@ -210,9 +210,17 @@ impl Engine {
         }
         let (config, handler) = self.stop_subscription(&runtime.name).await?;
         let mut reset = Ok(());
-        for (topic, watermark) in &targets {
+        for (topic, watermark) in &mut targets {
             let stream = StreamId { subscription: runtime.name.clone(), topic: topic.clone() };
-            reset = self.inner.storage.reset_stream(&stream, *watermark).await;
+            // A rewind only goes back: moving a watermark forward would mark events resolved
+            // that no handler saw (and status would call them processed).
+            reset = match self.inner.storage.stream_state(&stream).await {
+                Ok(state) => {
+                    *watermark = (*watermark).min(state.map_or(0, |s| s.watermark));
+                    self.inner.storage.reset_stream(&stream, *watermark).await
+                }
+                Err(error) => Err(error),
+            };
             if reset.is_err() {
                 break;
             }
