@@ -261,3 +261,30 @@ async fn max_age_deletes_what_was_appended_longer_ago() {
     assert_eq!(kept.len(), 1, "a fresh event is kept");
     fixture.stop().await;
 }
+
+/// Retention deleting segments under a subscription that reads and handles while publishers
+/// run: the stream never fails, and every event is either handled or counted as skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_under_a_running_subscription_never_fails_its_stream() {
+    let mut fixture = Fixture::new(config(Retention::forever().max_events(1500), &["s"]));
+    let recorder = Arc::new(common::Recorder::default());
+    let handler = common::RecordingHandler::ok(&recorder).slow(Duration::from_micros(200));
+    let engine = fixture.start(vec![("s", handler)]).await;
+    let last = publish(&engine, 6000).await;
+    eventually("the subscription got to the end", || async {
+        let info = engine.subscriptions().await.unwrap();
+        let stream = &info[0].streams[0];
+        assert_eq!(stream.status.health.as_str(), "running", "{:?}", stream.status.health);
+        stream.status.watermark >= last
+    })
+    .await;
+    let info = engine.subscriptions().await.unwrap();
+    let handled: std::collections::BTreeSet<u64> =
+        recorder.calls().iter().filter(|c| c.ok).map(|c| c.position).collect();
+    assert_eq!(
+        handled.len() as u64 + info[0].skipped_by_retention,
+        last,
+        "each event handled or skipped, once"
+    );
+    fixture.stop().await;
+}
