@@ -153,18 +153,13 @@ async fn without_retries_a_lost_race_is_a_conflict_and_appends_nothing() {
     assert_eq!(strict.execute("acct", Deposit(1)).await.unwrap().version, 3);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_grants_through_many_writers_never_overdraw_and_versions_stay_contiguous() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = start(inorder::Engine::builder(config(dir.path()))).await;
-    let options = BusOptions { retries: 100, ..BusOptions::default() };
-    let buses: Vec<_> = (0..4)
-        .map(|_| CommandBus::<Account>::new(engine.clone(), options.clone()).unwrap())
-        .collect();
+/// Deposits 100 into `acct`, then grants 5 forty times at once, spread over `buses`; returns how
+/// many grants were made and how many refused for want of funds.
+async fn deposit_then_grant_forty_times(buses: &[CommandBus<Account>]) -> (usize, usize) {
     buses[0].execute("acct", Deposit(100)).await.unwrap();
     let tasks: Vec<_> = (0..40)
         .map(|i| {
-            let bus = buses[i % 4].clone();
+            let bus = buses[i % buses.len()].clone();
             tokio::spawn(async move { bus.execute("acct", Grant(5)).await })
         })
         .collect();
@@ -176,7 +171,18 @@ async fn concurrent_grants_through_many_writers_never_overdraw_and_versions_stay
             Err(other) => panic!("unexpected: {other}"),
         }
     }
-    assert_eq!((granted, refused), (20, 20), "exactly the funds were granted");
+    (granted, refused)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_grants_through_many_writers_never_overdraw_and_versions_stay_contiguous() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = start(inorder::Engine::builder(config(dir.path()))).await;
+    let options = BusOptions { retries: 100, ..BusOptions::default() };
+    let buses: Vec<_> = (0..4)
+        .map(|_| CommandBus::<Account>::new(engine.clone(), options.clone()).unwrap())
+        .collect();
+    assert_eq!(deposit_then_grant_forty_times(&buses).await, (20, 20), "exactly the funds");
     let events = engine.read("accounts", 1, 100).await.unwrap();
     let versions: Vec<_> = events.iter().map(|e| e.sequence.unwrap()).collect();
     assert_eq!(versions, (1..=21).collect::<Vec<u64>>());
@@ -196,22 +202,7 @@ async fn two_nodes_racing_commands_on_one_aggregate_never_overdraw() {
         .iter()
         .map(|engine| CommandBus::<Account>::new(engine.clone(), options.clone()).unwrap())
         .collect();
-    buses[0].execute("acct", Deposit(100)).await.unwrap();
-    let tasks: Vec<_> = (0..40)
-        .map(|i| {
-            let bus = buses[i % 2].clone();
-            tokio::spawn(async move { bus.execute("acct", Grant(5)).await })
-        })
-        .collect();
-    let (mut granted, mut refused) = (0, 0);
-    for task in tasks {
-        match task.await.unwrap() {
-            Ok(_) => granted += 1,
-            Err(CommandError::Rejected(AccountError::InsufficientFunds { .. })) => refused += 1,
-            Err(other) => panic!("unexpected: {other}"),
-        }
-    }
-    assert_eq!((granted, refused), (20, 20), "exactly the funds were granted");
+    assert_eq!(deposit_then_grant_forty_times(&buses).await, (20, 20), "exactly the funds");
     let events = nodes[1].read("accounts", 1, 100).await.unwrap();
     let versions: Vec<_> = events.iter().map(|e| e.sequence.unwrap()).collect();
     assert_eq!(versions, (1..=21).collect::<Vec<u64>>(), "one event per version");

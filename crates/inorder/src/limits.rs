@@ -174,6 +174,9 @@ pub const RETENTION_BYTES_MAX: u64 = 1 << 50;
 pub const RETENTION_EVENTS_MAX: u64 = 1 << 53;
 /// How often the retention task looks at every topic with a retention policy, by default.
 pub const RETENTION_INTERVAL_DEFAULT: Duration = Duration::from_secs(1);
+/// Retention rounds between two that also refresh the gauges of topics without a policy (one
+/// storage call each: a round trip per topic on PostgreSQL).
+pub const RETENTION_METRICS_EVERY: u64 = 10;
 /// Shortest configurable retention interval (tests sweep fast; a sweep asks the storage).
 pub const RETENTION_INTERVAL_MIN: Duration = Duration::from_millis(10);
 /// Longest configurable retention interval.

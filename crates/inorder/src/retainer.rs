@@ -1,7 +1,8 @@
 //! The retainer: one task per engine that applies every topic's [`Retention`] and publishes
 //! what each topic holds.
 //!
-//! Every `retention_interval` it goes over the open topics. For a topic with a policy it works
+//! Every `retention_interval` it goes over the open topics with a policy (every
+//! [`RETENTION_METRICS_EVERY`] rounds over all of them, for their gauges). For a topic with a policy it works
 //! out what every subscription consumed (`until_consumed`: below the lowest durable watermark
 //! and the lowest event still parked, of every subscription of the topic) and asks the storage
 //! to purge ([`Storage::purge`]: limits and granularity are the storage's). For every topic it
@@ -24,7 +25,7 @@ use tokio::sync::watch;
 use crate::{
     engine::{Engine, EngineInner},
     error::Result,
-    limits::RETENTION_PARKED_SCAN_MAX,
+    limits::{RETENTION_METRICS_EVERY, RETENTION_PARKED_SCAN_MAX},
     retention::Retention,
     state::StreamId,
 };
@@ -45,24 +46,28 @@ impl Engine {
 async fn run(engine: Weak<EngineInner>, interval: Duration, mut shutdown: watch::Receiver<bool>) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut round: u64 = 0;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             _ = shutdown.wait_for(|stopping| *stopping) => return,
         }
         let Some(inner) = engine.upgrade() else { return };
-        sweep(&inner).await;
+        sweep(&inner, round.is_multiple_of(RETENTION_METRICS_EVERY)).await;
+        round = round.wrapping_add(1);
     }
 }
 
-/// One round over every open topic.
-async fn sweep(inner: &EngineInner) {
+/// One round over the open topics: every one with a policy, and (with `all`) the others for
+/// their gauges — a storage call each, which a database of many topics need not pay every round.
+async fn sweep(inner: &EngineInner, all: bool) {
     let topics: Vec<(Name, Retention)> = inner
         .topics
         .read()
         .values()
         .filter(|topic| topic.failure.is_none())
         .map(|topic| (topic.name.clone(), *topic.retention.read()))
+        .filter(|(_, retention)| all || retention.deletes())
         .collect();
     for (topic, retention) in topics {
         if let Err(error) = keep(inner, &topic, &retention).await {
