@@ -2,11 +2,11 @@
 //! what each topic holds.
 //!
 //! Every `retention_interval` it goes over the open topics with a policy (every
-//! [`RETENTION_METRICS_EVERY`] rounds over all of them, for their gauges). For a topic with a policy it works
-//! out what every subscription consumed (`until_consumed`: below the lowest durable watermark
+//! [`RETENTION_METRICS_EVERY`] rounds over all of them, for their gauges). For a topic with a
+//! policy it works out what every subscription consumed (`until_consumed`: below the lowest durable watermark
 //! and the lowest event still parked, of every subscription of the topic) and asks the storage
-//! to purge ([`Storage::purge`]: limits and granularity are the storage's). For every topic it
-//! sets the gauges `inorder_topic_events`, `inorder_topic_bytes` and
+//! to purge ([`Storage::purge`]: limits and granularity are the storage's). For each topic it
+//! goes over it sets the gauges `inorder_topic_events`, `inorder_topic_bytes` and
 //! `inorder_topic_first_position`.
 //!
 //! A failure (the storage refused or is unreachable) is logged and counted
