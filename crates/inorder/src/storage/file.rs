@@ -524,8 +524,22 @@ impl Storage for FileStorage {
         state.commit(vec![StateOp::Stream { stream: stream.clone(), state: progress }], true).await
     }
 
+    /// Crash-safe in this order: the events first, as a purge of everything (whole segments,
+    /// oldest first, each removal durable: a crash leaves a shorter valid log, never one with a
+    /// hole), so a crash never hands a deleted event out again; then the state (a stream whose
+    /// progress survived a crash skips what went, as behind retention); then the log's last,
+    /// empty segment and its directory. Deleting again finishes what a crash interrupted.
     async fn delete_topic(&self, topic: &Name) -> Result<()> {
         let state = self.state()?;
+        match self.log(topic, false).await {
+            Ok(log) => {
+                log.purge(log.last_position().saturating_add(1)).await?;
+            }
+            Err(Error::UnknownTopic { .. }) => {}
+            // A damaged log does not open: its files go as they are.
+            Err(error) if error.storage_kind() == Some(crate::StorageErrorKind::Corrupt) => {}
+            Err(error) => return Err(error),
+        }
         // Every stream on the topic: its key states, parked events, progress.
         let streams = state.scan(Space::Streams, b"", None, usize::MAX)?;
         for (key, _) in streams {
