@@ -124,6 +124,10 @@ pub const TIMER_DELAY_MAX: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 pub const STATE_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 /// Bytes of one state keyspace's memtable before it is flushed to disk (file backend).
 pub const STATE_MEMTABLE_BYTES: u64 = 16 * 1024 * 1024;
+/// Bytes of the memtable of the id index by position (file backend): written in key order and
+/// read only by retention's pruning, it gains nothing from a large one — and a second 16 MiB one
+/// beside the id index's doubled what the index holds in memory.
+pub const ID_POSITIONS_MEMTABLE_BYTES: u64 = 4 * 1024 * 1024;
 /// State overlay entries that start a fold into the tree (file backend).
 pub const OVERLAY_ENTRIES_FOLD: usize = 64 * 1024;
 /// State overlay entries beyond which a commit waits for the running fold.

@@ -43,8 +43,9 @@ use super::{
 use crate::{
     error::{Error, Result, StorageError},
     limits::{
-        FOLD_BATCH_ENTRIES, JOURNAL_PARTS_PER_APPEND, JOURNAL_SEGMENT_BYTES, OVERLAY_ENTRIES_FOLD,
-        OVERLAY_ENTRIES_HARD_MAX, STATE_CACHE_BYTES, STATE_MEMTABLE_BYTES,
+        FOLD_BATCH_ENTRIES, ID_POSITIONS_MEMTABLE_BYTES, JOURNAL_PARTS_PER_APPEND,
+        JOURNAL_SEGMENT_BYTES, OVERLAY_ENTRIES_FOLD, OVERLAY_ENTRIES_HARD_MAX, STATE_CACHE_BYTES,
+        STATE_MEMTABLE_BYTES,
     },
     state::KeyState,
     watermark::Watermark,
@@ -131,8 +132,12 @@ impl StateStore {
             .open()
             .map_err(tree_error("open"))?;
         let spaces = Space::ALL.map(|space| {
+            let memtable = match space {
+                Space::IdPositions => ID_POSITIONS_MEMTABLE_BYTES,
+                _ => STATE_MEMTABLE_BYTES,
+            };
             db.keyspace(space.name(), || {
-                fjall::KeyspaceCreateOptions::default().max_memtable_size(STATE_MEMTABLE_BYTES)
+                fjall::KeyspaceCreateOptions::default().max_memtable_size(memtable)
             })
             .map_err(tree_error("open keyspace"))
         });
