@@ -162,8 +162,13 @@ impl<M: ProcessManager> Runner<M> {
         }
         // Its state is rebuilt from every event of its topics at each start: a topic whose
         // retention deletes events would make that impossible later, so refuse it now.
-        for info in engine.topics().await? {
-            if info.retention.deletes() && topics.iter().any(|t| t.as_str() == info.name) {
+        for topic in &topics {
+            let info = match engine.topic_info(topic.as_str()).await {
+                Ok(info) => info,
+                Err(inorder::Error::UnknownTopic { .. }) => continue, // reported further on
+                Err(error) => return Err(error.into()),
+            };
+            if info.retention.deletes() {
                 return Err(Error::Config(format!(
                     "process manager {name} consumes topic {}, whose retention deletes events; \
                      its state is rebuilt from every event of its topics",

@@ -123,7 +123,11 @@ impl Manager {
         let _changing = self.changing.lock().await;
         self.refuse_declared(TOPIC, name)?;
         let config = topic_from_json(name, body).map_err(|e| invalid(&e))?;
-        let existing = self.engine.topics().await?.into_iter().find(|t| t.name == name);
+        let existing = match self.engine.topic_info(name).await {
+            Ok(topic) => Some(topic),
+            Err(inorder::Error::UnknownTopic { .. }) => None,
+            Err(error) => return Err(error.into()),
+        };
         let put = match existing {
             None => self.start_topic(name, body).await?,
             Some(topic) => {
@@ -151,13 +155,7 @@ impl Manager {
     pub async fn delete_topic(&self, name: &str, force: bool) -> Result<(), Problem> {
         let _changing = self.changing.lock().await;
         self.refuse_declared(TOPIC, name)?;
-        let topic = self
-            .engine
-            .topics()
-            .await?
-            .into_iter()
-            .find(|t| t.name == name)
-            .ok_or_else(|| inorder::Error::UnknownTopic { topic: name.to_owned() })?;
+        let topic = self.engine.topic_info(name).await?;
         if !topic.subscriptions.is_empty() && !force {
             return Err(Problem::in_use(format!(
                 "topic {name} is consumed by {}; delete with ?force=true to delete it anyway \

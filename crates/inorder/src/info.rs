@@ -9,6 +9,7 @@ use crate::{
     engine::Engine,
     error::Result,
     retention::Retention,
+    runtime::TopicRuntime,
     state::StreamId,
     stream::handle::{StreamHealth, StreamStatus},
 };
@@ -79,25 +80,38 @@ impl Engine {
         };
         let mut infos = Vec::with_capacity(topics.len());
         for topic in topics {
-            let footprint = self.inner.storage.footprint(&topic.name).await?;
-            let subscriptions = self
-                .inner
-                .subscriptions()
-                .into_iter()
-                .filter(|s| s.consumes(&topic.name))
-                .map(|s| s.name.to_string())
-                .collect();
-            infos.push(TopicInfo {
-                name: topic.name.to_string(),
-                first_position: footprint.first,
-                last_position: footprint.last,
-                actions: topic.config.actions.clone(),
-                subscriptions,
-                bytes: footprint.bytes,
-                retention: *topic.retention.read(),
-            });
+            infos.push(self.topic_info_of(&topic).await?);
         }
         Ok(infos)
+    }
+
+    /// One topic with its extent and consumers (one storage call, not one per topic).
+    ///
+    /// # Errors
+    /// [`Error::UnknownTopic`](crate::Error::UnknownTopic), storage errors.
+    pub async fn topic_info(&self, topic: &str) -> Result<TopicInfo> {
+        let topic = self.existing_topic(topic)?;
+        self.topic_info_of(&topic).await
+    }
+
+    async fn topic_info_of(&self, topic: &TopicRuntime) -> Result<TopicInfo> {
+        let footprint = self.inner.storage.footprint(&topic.name).await?;
+        let subscriptions = self
+            .inner
+            .subscriptions()
+            .into_iter()
+            .filter(|s| s.consumes(&topic.name))
+            .map(|s| s.name.to_string())
+            .collect();
+        Ok(TopicInfo {
+            name: topic.name.to_string(),
+            first_position: footprint.first,
+            last_position: footprint.last,
+            actions: topic.config.actions.clone(),
+            subscriptions,
+            bytes: footprint.bytes,
+            retention: *topic.retention.read(),
+        })
     }
 
     /// Every subscription with its streams' progress and health. Answers while the storage is

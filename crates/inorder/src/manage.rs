@@ -130,14 +130,7 @@ impl Engine {
     /// # Errors
     /// [`Error::UnknownSubscription`], storage errors.
     pub async fn pause_subscription(&self, name: &str) -> Result<()> {
-        let _managing = self.inner.managing.lock().await;
-        let runtime = self.subscription(name)?;
-        self.inner
-            .storage
-            .put_definition(PAUSED, runtime.name.as_str(), Some(Bytes::new()))
-            .await?;
-        runtime.pause();
-        Ok(())
+        self.set_paused(name, true).await
     }
 
     /// Resumes a paused subscription (a running one stays running). Durable.
@@ -145,10 +138,20 @@ impl Engine {
     /// # Errors
     /// [`Error::UnknownSubscription`], storage errors.
     pub async fn resume_subscription(&self, name: &str) -> Result<()> {
+        self.set_paused(name, false).await
+    }
+
+    /// Stores the paused flag, then holds or gives back the subscription's permits.
+    async fn set_paused(&self, name: &str, paused: bool) -> Result<()> {
         let _managing = self.inner.managing.lock().await;
         let runtime = self.subscription(name)?;
-        self.inner.storage.put_definition(PAUSED, runtime.name.as_str(), None).await?;
-        runtime.resume();
+        let flag = paused.then(Bytes::new);
+        self.inner.storage.put_definition(PAUSED, runtime.name.as_str(), flag).await?;
+        if paused {
+            runtime.pause();
+        } else {
+            runtime.resume();
+        }
         Ok(())
     }
 

@@ -54,13 +54,7 @@ pub async fn get_topic(
     Path(topic): Path<String>,
 ) -> Result<Response, Problem> {
     name("topic", &topic)?;
-    let info = state
-        .engine
-        .topics()
-        .await?
-        .into_iter()
-        .find(|t| t.name == topic)
-        .ok_or_else(|| inorder::Error::UnknownTopic { topic: topic.clone() })?;
+    let info = state.engine.topic_info(&topic).await?;
     Ok(Json(json!({
         "name": info.name, "first_position": info.first_position,
         "last_position": info.last_position, "bytes": info.bytes,
