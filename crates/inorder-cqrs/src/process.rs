@@ -179,7 +179,7 @@ impl<M: ProcessManager> Runner<M> {
         let storage = Arc::clone(engine.storage());
         let mut checkpoints = BTreeMap::new();
         for topic in &topics {
-            let id = StreamId { subscription: name.clone(), topic: topic.clone() };
+            let id = StreamId::new(name.clone(), topic.clone());
             let checkpoint = storage.stream_state(&id).await?.map_or(0, |s| s.watermark);
             let (_, last) = storage.positions(topic).await?;
             if last < checkpoint {
@@ -331,7 +331,7 @@ impl<M: ProcessManager> Runner<M> {
                 .topics
                 .iter()
                 .map(|topic| StateOp::Stream {
-                    stream: StreamId { subscription: self.name.clone(), topic: topic.clone() },
+                    stream: StreamId::new(self.name.clone(), topic.clone()),
                     state: StreamState {
                         watermark: checkpoints.get(topic.as_str()).copied().unwrap_or(0),
                         ..StreamState::default()

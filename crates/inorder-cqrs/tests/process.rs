@@ -90,10 +90,10 @@ async fn a_log_that_ends_before_the_checkpoint_stops_the_manager_naming_both_pos
         order(&engine, "c-1").await;
     }
     // The state says the manager handled 10 orders: the log is an older backup than the state.
-    let stream = StreamId {
-        subscription: Name::new("subscription", "vip").unwrap(),
-        topic: Name::new("topic", "orders").unwrap(),
-    };
+    let stream = StreamId::new(
+        Name::new("subscription", "vip").unwrap(),
+        Name::new("topic", "orders").unwrap(),
+    );
     let state = StreamState { watermark: 10, ..StreamState::default() };
     engine
         .storage()

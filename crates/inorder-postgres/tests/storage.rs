@@ -27,7 +27,7 @@ fn name(text: &str) -> Name {
 }
 
 fn stream(subscription: &str, topic: &str) -> StreamId {
-    StreamId { subscription: name(subscription), topic: name(topic) }
+    StreamId::new(name(subscription), name(topic))
 }
 
 fn payloads(texts: &[String]) -> Vec<Bytes> {

@@ -24,6 +24,7 @@ use anyhow::{Context, bail};
 use inorder::EngineConfig;
 use serde::Deserialize;
 
+mod cluster;
 mod delivery;
 mod entries;
 mod postgres;
@@ -32,6 +33,7 @@ mod values;
 mod webhook;
 
 pub use self::{
+    cluster::ClusterFile,
     delivery::Delivery,
     entries::{subscription_from_json, topic_from_json},
     postgres::{PostgresSinkFile, StorageChoice, StorageFile},
@@ -78,6 +80,8 @@ pub struct FileConfig {
     pub publish_in_flight: Option<usize>,
     /// Where topics and state live: `file` (the embedded default) or `postgres`.
     pub storage: Option<StorageFile>,
+    /// `[cluster]`: one node of several on one PostgreSQL.
+    pub cluster: Option<ClusterFile>,
     /// Bearer tokens.
     #[serde(default)]
     pub auth: AuthFile,
@@ -265,6 +269,9 @@ impl ServerConfig {
         }
         if let Some(interval) = file.retention_interval {
             engine.retention_interval = interval;
+        }
+        if let Some(cluster) = file.cluster {
+            engine.cluster = Some(cluster.into_config(&storage, source)?);
         }
         engine.topics.extend(file.topics.into_iter().map(entries::topic));
         let mut subscriptions = BTreeMap::new();

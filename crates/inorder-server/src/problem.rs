@@ -259,7 +259,7 @@ impl From<inorder::Error> for Problem {
                 }
             },
             E::StreamFailed { .. } => Self::storage_unavailable(detail, None),
-            E::Stopped => Self::overloaded(detail, RETRY_AFTER_SECONDS),
+            E::Stopped | E::Fenced { .. } => Self::overloaded(detail, RETRY_AFTER_SECONDS),
             E::Decode { .. }
             | E::Gap { .. }
             | E::InvalidConfig { .. }

@@ -20,12 +20,14 @@ use crate::{
     error::{Error, Result},
     handler::panic_message,
     limits::{CHECKPOINT_OPS_MAX, CHECKPOINT_QUEUE_DEPTH},
-    storage::{StateOp, Storage},
+    storage::{Fence, StateOp, Storage},
 };
 
 /// A batch of state changes and where to report it durable.
 pub(crate) struct CommitRequest {
     pub ops: Vec<StateOp>,
+    /// The lease `ops` hold under (cluster mode; `ops` carry it as a [`StateOp::Fence`]).
+    pub fence: Option<Fence>,
     pub done: oneshot::Sender<Result<()>>,
 }
 
@@ -36,28 +38,60 @@ pub(crate) fn spawn(
     let (requests, mut receiver) = mpsc::channel::<CommitRequest>(CHECKPOINT_QUEUE_DEPTH);
     let task = tokio::spawn(async move {
         while let Some(first) = receiver.recv().await {
-            let mut ops = first.ops;
-            let mut waiting = vec![first.done];
-            while ops.len() < CHECKPOINT_OPS_MAX {
+            let mut size = first.ops.len();
+            let mut batch = vec![first];
+            while size < CHECKPOINT_OPS_MAX {
                 match receiver.try_recv() {
                     Ok(next) => {
-                        ops.extend(next.ops);
-                        waiting.push(next.done);
+                        size += next.ops.len();
+                        batch.push(next);
                     }
                     Err(_) => break,
                 }
             }
-            let result = commit(storage.as_ref(), ops).await;
-            if let Err(error) = &result {
-                tracing::error!(%error, streams = waiting.len(), "checkpoint failed");
-                metrics::counter!("inorder_checkpoint_failures_total").increment(1);
-            }
-            for done in waiting {
-                let _ = done.send(result.as_ref().copied().map_err(again));
-            }
+            commit_batch(storage.as_ref(), batch).await;
         }
     });
     (requests, task)
+}
+
+/// Commits `batch` as one write and answers it. A commit refused because one of its leases was
+/// lost (cluster mode) answers the requests under that lease with the refusal and commits the
+/// others again: one node's lost partition never fails another's checkpoint.
+async fn commit_batch(storage: &dyn Storage, mut batch: Vec<CommitRequest>) {
+    loop {
+        let ops: Vec<StateOp> = batch.iter().flat_map(|r| r.ops.iter().cloned()).collect();
+        let result = commit(storage, ops).await;
+        if let Err(Error::Fenced { subscription, partition }) = &result {
+            let lost = |r: &CommitRequest| {
+                r.fence.as_ref().is_some_and(|f| {
+                    f.subscription.as_str() == subscription && f.partition == *partition
+                })
+            };
+            let (fenced, rest): (Vec<_>, Vec<_>) = batch.into_iter().partition(lost);
+            tracing::warn!(subscription, partition, "a checkpoint of a lost partition was refused");
+            // Each round answers at least one request (none carrying that lease: all of them),
+            // so this ends.
+            let (answered, rest) =
+                if fenced.is_empty() { (rest, Vec::new()) } else { (fenced, rest) };
+            for request in answered {
+                let _ = request.done.send(result.as_ref().copied().map_err(again));
+            }
+            batch = rest;
+            if batch.is_empty() {
+                return;
+            }
+            continue;
+        }
+        if let Err(error) = &result {
+            tracing::error!(%error, streams = batch.len(), "checkpoint failed");
+            metrics::counter!("inorder_checkpoint_failures_total").increment(1);
+        }
+        for request in batch {
+            let _ = request.done.send(result.as_ref().copied().map_err(again));
+        }
+        return;
+    }
 }
 
 /// The same failure for another stream of the batch (errors are not `Clone`; the kinds that
@@ -66,6 +100,9 @@ fn again(error: &Error) -> Error {
     match error {
         Error::Storage(error) => Error::Storage(error.clone()),
         Error::Stopped => Error::Stopped,
+        Error::Fenced { subscription, partition } => {
+            Error::Fenced { subscription: subscription.clone(), partition: *partition }
+        }
         other => Error::Internal { what: format!("checkpoint: {other}") },
     }
 }

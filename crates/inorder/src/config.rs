@@ -10,10 +10,12 @@ use inorder_log::{FsyncPolicy, Name};
 use crate::{
     error::{Error, Result},
     limits::{
-        KEYS_IN_FLIGHT_DEFAULT, KEYS_IN_FLIGHT_MAX, RETENTION_INTERVAL_DEFAULT,
-        RETENTION_INTERVAL_MAX, RETENTION_INTERVAL_MIN, RETRY_DELAY_MAX, RETRY_FACTOR_DEFAULT,
-        RETRY_INITIAL_DEFAULT, RETRY_MAX_ATTEMPTS_DEFAULT, RETRY_MAX_DELAY_DEFAULT,
-        SEQUENCE_TIMEOUT_MAX, TOPIC_ACTIONS_MAX, TOPICS_DEFAULT_MAX, TOPICS_MAX,
+        KEYS_IN_FLIGHT_DEFAULT, KEYS_IN_FLIGHT_MAX, LEASE_TTL_DEFAULT, LEASE_TTL_MAX,
+        LEASE_TTL_MIN, NODE_ID_MAX_BYTES, PARTITIONS_DEFAULT, PARTITIONS_MAX,
+        RETENTION_INTERVAL_DEFAULT, RETENTION_INTERVAL_MAX, RETENTION_INTERVAL_MIN,
+        RETRY_DELAY_MAX, RETRY_FACTOR_DEFAULT, RETRY_INITIAL_DEFAULT, RETRY_MAX_ATTEMPTS_DEFAULT,
+        RETRY_MAX_DELAY_DEFAULT, SEQUENCE_TIMEOUT_MAX, TOPIC_ACTIONS_MAX, TOPICS_DEFAULT_MAX,
+        TOPICS_MAX,
     },
     retention::Retention,
 };
@@ -39,6 +41,57 @@ pub struct EngineConfig {
     pub topics: Vec<TopicConfig>,
     /// Subscriptions.
     pub subscriptions: Vec<SubscriptionConfig>,
+    /// Cluster mode: this engine is one of several nodes sharing one storage, handling the
+    /// partitions of each subscription's keys it leases (see [`crate::cluster`]). `None`: every
+    /// key here.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// This node's part in a cluster of engines sharing one storage (PostgreSQL).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// This node's id, unique among live nodes (`hostname-pid` by default in the server).
+    pub node: String,
+    /// Partitions each subscription's keys are split into; every node must use the same.
+    pub partitions: u16,
+    /// How long a lease lasts without renewal: a dead node's partitions move after it.
+    pub lease_ttl: Duration,
+}
+
+impl ClusterConfig {
+    /// A node with the default partitions and lease.
+    #[must_use]
+    pub fn new(node: impl Into<String>) -> Self {
+        Self { node: node.into(), partitions: PARTITIONS_DEFAULT, lease_ttl: LEASE_TTL_DEFAULT }
+    }
+
+    /// Checks the bounds.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming the setting.
+    pub fn validate(&self) -> Result<()> {
+        if self.node.is_empty()
+            || self.node.len() > NODE_ID_MAX_BYTES
+            || self.node.chars().any(char::is_control)
+        {
+            return Err(Error::config(format!(
+                "cluster.node must be 1..={NODE_ID_MAX_BYTES} bytes without control characters"
+            )));
+        }
+        if !(1..=PARTITIONS_MAX).contains(&self.partitions) {
+            return Err(Error::config(format!(
+                "cluster.partitions must be within 1..={PARTITIONS_MAX}"
+            )));
+        }
+        if !(LEASE_TTL_MIN..=LEASE_TTL_MAX).contains(&self.lease_ttl) {
+            return Err(Error::config(format!(
+                "cluster.lease_ttl must be within {}..={}",
+                humanize(LEASE_TTL_MIN),
+                humanize(LEASE_TTL_MAX)
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl EngineConfig {
@@ -54,6 +107,7 @@ impl EngineConfig {
             retention_interval: RETENTION_INTERVAL_DEFAULT,
             topics: Vec::new(),
             subscriptions: Vec::new(),
+            cluster: None,
         }
     }
 
@@ -100,9 +154,13 @@ impl EngineConfig {
                 return Err(Error::config(format!("topic {} is declared twice", topic.name)));
             }
         }
+        if let Some(cluster) = &self.cluster {
+            cluster.validate()?;
+        }
         let mut subscriptions = BTreeSet::new();
         for subscription in &self.subscriptions {
             subscription.validate()?;
+            self.check_clustered(subscription)?;
             if !subscriptions.insert(subscription.name.as_str()) {
                 return Err(Error::config(format!(
                     "subscription {} is declared twice",
@@ -118,6 +176,24 @@ impl EngineConfig {
                     )));
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Refuses, in cluster mode, what partitions cannot keep yet: per-key commit order across
+    /// several topics (its turns are one node's).
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming the subscription.
+    pub fn check_clustered(&self, subscription: &SubscriptionConfig) -> Result<()> {
+        let several = subscription.topics.len() + subscription.topic_patterns.len() > 1
+            || !subscription.topic_patterns.is_empty();
+        if self.cluster.is_some() && several && subscription.ordering == Ordering::Fifo {
+            return Err(Error::config(format!(
+                "subscription {}: fifo order over several topics is not available in cluster \
+                 mode (use one topic, or ordering = \"none\" / \"actions\" / \"sequence\")",
+                subscription.name
+            )));
         }
         Ok(())
     }

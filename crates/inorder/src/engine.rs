@@ -29,6 +29,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::{
     checkpoint::{self, CommitRequest},
+    cluster::{ClusterState, spawn_mirror},
     codec,
     config::{EngineConfig, TopicConfig},
     error::{Error, Result, StorageError, StorageErrorKind},
@@ -41,7 +42,7 @@ use crate::{
     state::{ParkedEvent, StreamId},
     storage::{FileStorage, StateOp, Storage},
     stream::{
-        handle::{StreamHandle, StreamMsg},
+        handle::{StreamHandle, StreamHealth, StreamMsg},
         supervisor::{self, StreamDeps},
     },
     turn_keeper,
@@ -122,6 +123,14 @@ impl EngineBuilder {
                 Arc::new(opened) as Arc<dyn Storage>
             }
         };
+        if config.cluster.is_some() && storage.coordination().is_none() {
+            return Err(Error::config(format!(
+                "cluster mode needs a storage several nodes share (PostgreSQL); the {} storage \
+                 belongs to one process",
+                storage.backend()
+            )));
+        }
+        let cluster = config.cluster.clone().map(|c| Arc::new(ClusterState::new(c)));
         replay::reset(storage.as_ref(), &subscriptions, &self.replay).await?;
         let (checkpointer, checkpointer_task) = checkpoint::spawn(Arc::clone(&storage));
         let (shutdown, _) = watch::channel(false);
@@ -147,10 +156,12 @@ impl EngineBuilder {
                 retainer: Mutex::new(None),
                 waiters: Arc::new(Waiters::default()),
                 shutdown,
+                cluster,
             }),
         };
         engine.restore_pauses().await?;
         engine.open_topics().await?;
+        engine.start_cluster().await;
         engine.start_retainer();
         Ok(engine)
     }
@@ -192,6 +203,8 @@ pub(crate) struct EngineInner {
     pub(crate) retainer: Mutex<Option<tokio::task::JoinHandle<()>>>,
     pub(crate) waiters: Arc<Waiters>,
     pub(crate) shutdown: watch::Sender<bool>,
+    /// Cluster mode: leases, mirrors (see `cluster`).
+    pub(crate) cluster: Option<Arc<ClusterState>>,
 }
 
 impl EngineInner {
@@ -199,6 +212,82 @@ impl EngineInner {
     pub(crate) fn subscriptions(&self) -> Vec<Arc<SubscriptionRuntime>> {
         self.subscriptions.read().values().cloned().collect()
     }
+
+    /// What a stream started now shares with the others.
+    pub(crate) fn stream_deps(&self) -> StreamDeps {
+        StreamDeps {
+            storage: Arc::clone(&self.storage),
+            checkpointer: self.checkpointer.clone(),
+            waiters: Arc::clone(&self.waiters),
+            shutdown: self.shutdown.subscribe(),
+        }
+    }
+
+    /// Starts the streams of `subscription` on `topic`: one; in cluster mode one per partition
+    /// — a stream where this node holds the partition's lease, a [mirror](crate::cluster)
+    /// elsewhere. The caller holds `creating`.
+    pub(crate) async fn start_streams(
+        &self,
+        subscription: &Arc<SubscriptionRuntime>,
+        topic: &Arc<TopicRuntime>,
+    ) {
+        match &self.cluster {
+            None => {
+                let id = StreamId::new(subscription.name.clone(), topic.name.clone());
+                let handle = supervisor::start(
+                    Arc::clone(subscription),
+                    Arc::clone(topic),
+                    None,
+                    self.stream_deps(),
+                )
+                .await;
+                self.streams.write().insert(id, handle);
+            }
+            Some(cluster) => {
+                for partition in 0..cluster.config.partitions {
+                    self.start_partition(cluster, subscription, topic, partition).await;
+                }
+            }
+        }
+    }
+
+    /// Starts the stream (or mirror) of one partition on one topic, replacing what ran there.
+    pub(crate) async fn start_partition(
+        &self,
+        cluster: &ClusterState,
+        subscription: &Arc<SubscriptionRuntime>,
+        topic: &Arc<TopicRuntime>,
+        partition: u16,
+    ) {
+        let id = StreamId::partitioned(subscription.name.clone(), topic.name.clone(), partition);
+        let old = self.streams.write().remove(&id);
+        if let Some(old) = old {
+            stop_stream(old).await;
+        }
+        let handle = match cluster.lease(&subscription.name, partition) {
+            Some(lease) => {
+                supervisor::start(
+                    Arc::clone(subscription),
+                    Arc::clone(topic),
+                    Some(lease),
+                    self.stream_deps(),
+                )
+                .await
+            }
+            None => spawn_mirror(id.clone(), cluster.remote.subscribe(), self.shutdown.subscribe()),
+        };
+        self.streams.write().insert(id, handle);
+    }
+}
+
+/// Aborts a stream's task (its calls in flight are abandoned) and waits for it to end; a failed
+/// stream leaves the failed-streams gauge.
+pub(crate) async fn stop_stream(handle: StreamHandle) {
+    if matches!(handle.status.borrow().health, StreamHealth::Failed { .. }) {
+        metrics::gauge!("inorder_streams_failed").decrement(1.0);
+    }
+    handle.task.abort();
+    let _ = handle.task.await;
 }
 
 impl Engine {
@@ -279,18 +368,8 @@ impl Engine {
         // Before the topic takes events: none may be granted a turn ahead of them.
         self.expect_turns(&name);
         inner.topics.write().insert(name.clone(), Arc::clone(&topic));
-        let deps = StreamDeps {
-            storage: Arc::clone(&inner.storage),
-            checkpointer: inner.checkpointer.clone(),
-            waiters: Arc::clone(&inner.waiters),
-            shutdown: inner.shutdown.subscribe(),
-        };
         for subscription in inner.subscriptions().into_iter().filter(|s| s.consumes(&name)) {
-            let handle =
-                supervisor::start(Arc::clone(&subscription), Arc::clone(&topic), deps.clone())
-                    .await;
-            let id = StreamId { subscription: subscription.name.clone(), topic: name.clone() };
-            inner.streams.write().insert(id, handle);
+            inner.start_streams(&subscription, &topic).await;
         }
         Ok(topic)
     }
@@ -315,7 +394,7 @@ impl Engine {
         let (_, last) = storage.positions(topic).await?;
         let mut ahead: Option<(Name, u64)> = None;
         for subscription in self.inner.subscriptions().into_iter().filter(|s| s.consumes(topic)) {
-            let id = StreamId { subscription: subscription.name.clone(), topic: topic.clone() };
+            let id = StreamId::new(subscription.name.clone(), topic.clone());
             let Some(state) = storage.stream_state(&id).await? else { continue };
             let resolved = state.done_above.last().map_or(state.watermark, |(r, _)| *r.end());
             let resolved = resolved.max(state.watermark);
@@ -450,7 +529,8 @@ impl Engine {
     /// # Errors
     /// [`Error::UnknownSubscription`], [`Error::UnknownTopic`], [`Error::UnknownParked`].
     pub async fn retry_parked(&self, subscription: &str, topic: &str, position: u64) -> Result<()> {
-        self.operate(subscription, topic, |reply| StreamMsg::Retry { position, reply }).await
+        self.operate(subscription, topic, position, |reply| StreamMsg::Retry { position, reply })
+            .await
     }
 
     /// Drops a parked event; if it blocked its key, the key moves on.
@@ -463,19 +543,29 @@ impl Engine {
         topic: &str,
         position: u64,
     ) -> Result<()> {
-        self.operate(subscription, topic, |reply| StreamMsg::Discard { position, reply }).await
+        self.operate(subscription, topic, position, |reply| StreamMsg::Discard { position, reply })
+            .await
     }
 
     async fn operate(
         &self,
         subscription: &str,
         topic: &str,
+        position: u64,
         message: impl FnOnce(oneshot::Sender<Result<()>>) -> StreamMsg,
     ) -> Result<()> {
-        let id = StreamId {
-            subscription: self.subscription(subscription)?.name.clone(),
-            topic: self.existing_topic(topic)?.name.clone(),
-        };
+        let mut id = StreamId::new(
+            self.subscription(subscription)?.name.clone(),
+            self.existing_topic(topic)?.name.clone(),
+        );
+        if let Some(cluster) = &self.inner.cluster {
+            // The stream of the parked event's key's partition (a mirror refuses: another
+            // node holds it).
+            let parked = self.inner.storage.parked_event(&id, position).await?;
+            let partitions = cluster.config.partitions;
+            let partition = parked.map_or(0, |p| crate::cluster::partition_of(&p.key, partitions));
+            id.partition = Some(partition);
+        }
         let inbox = self
             .inner
             .streams
@@ -526,6 +616,7 @@ impl Engine {
     /// Stops every stream and the checkpointer. In-flight handler calls are abandoned; their
     /// events are handed to the handler again after the next start (at-least-once).
     pub async fn shutdown(&self) {
+        self.stop_cluster_tasks().await;
         self.inner.shutdown.send_replace(true);
         let tasks: Vec<_> = {
             let mut streams = self.inner.streams.write();
@@ -558,6 +649,7 @@ impl Engine {
         if let Some(indexer) = indexer {
             let _ = indexer.await;
         }
+        self.leave_cluster().await;
         self.inner.storage.close().await;
     }
 }

@@ -195,6 +195,20 @@ pub enum Error {
         first_available: u64,
     },
 
+    /// This node no longer holds the lease of a partition (cluster mode): another node took it
+    /// over, or the lease ran out before it was renewed. Nothing of the write that met it was
+    /// stored; the partition's stream stops here and goes on where its new owner runs it. HTTP
+    /// 503.
+    #[error(
+        "partition {partition} of subscription {subscription} is no longer leased to this node"
+    )]
+    Fenced {
+        /// The subscription.
+        subscription: String,
+        /// The partition.
+        partition: u16,
+    },
+
     /// The engine is shutting down or stopped. HTTP 503.
     #[error("the engine is stopped")]
     Stopped,

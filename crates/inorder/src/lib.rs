@@ -17,6 +17,7 @@
 #![warn(missing_docs)]
 
 mod checkpoint;
+pub mod cluster;
 pub mod codec;
 mod conditional;
 mod config;
@@ -51,8 +52,8 @@ pub use inorder_log::{Error as LogError, FsyncPolicy, Name};
 
 pub use crate::{
     config::{
-        EngineConfig, FailurePolicy, Ordering, RetryPolicy, StartFrom, SubscriptionConfig,
-        TopicConfig, TopicPattern,
+        ClusterConfig, EngineConfig, FailurePolicy, Ordering, RetryPolicy, StartFrom,
+        SubscriptionConfig, TopicConfig, TopicPattern,
     },
     engine::{Engine, EngineBuilder},
     error::{Error, Result, StorageError, StorageErrorKind},

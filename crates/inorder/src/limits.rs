@@ -195,3 +195,27 @@ pub const PURGE_BATCH_EVENTS_MAX: u64 = 10_000;
 /// Times `read_all` on the file storage starts a topic over after a purge deleted the segment it
 /// was reading (each follows a purge that ran meanwhile; purges stop at the active segment).
 pub const READ_ALL_PURGE_RETRIES: usize = 16;
+
+/// Partitions a subscription's keys are split into in cluster mode, by default: enough to spread
+/// over a handful of nodes, few enough that every node reading every partition stays cheap.
+pub const PARTITIONS_DEFAULT: u16 = 16;
+/// Most partitions of a subscription (each is a stream reading the whole topic on its node).
+pub const PARTITIONS_MAX: u16 = 256;
+/// How long a partition lease lasts without renewal, by default: the failover time after a node
+/// dies without releasing its partitions.
+pub const LEASE_TTL_DEFAULT: Duration = Duration::from_secs(10);
+/// Shortest configurable lease: a renewal round trip must fit in a third of it many times over.
+pub const LEASE_TTL_MIN: Duration = Duration::from_secs(1);
+/// Longest configurable lease.
+pub const LEASE_TTL_MAX: Duration = Duration::from_secs(10 * 60);
+/// Renewals per lease lifetime: a node renews every `lease_ttl / LEASE_RENEWALS_PER_TTL`, so two
+/// renewals may fail in a row before the lease runs out.
+pub const LEASE_RENEWALS_PER_TTL: u32 = 3;
+/// Longest node id.
+pub const NODE_ID_MAX_BYTES: usize = 128;
+/// Shortest time between two refreshes of the progress of partitions held by other nodes (each
+/// is one storage query, woken by their commits).
+pub const MIRROR_REFRESH_MIN: Duration = Duration::from_millis(20);
+/// Longest time between two such refreshes, whether or not a commit was announced (a lost
+/// notification costs at most this much staleness).
+pub const MIRROR_REFRESH_MAX: Duration = Duration::from_secs(1);

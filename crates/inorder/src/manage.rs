@@ -27,15 +27,12 @@ use inorder_log::Name;
 
 use crate::{
     config::{SubscriptionConfig, TopicConfig},
-    engine::{Engine, spawn_keeper},
+    engine::{Engine, spawn_keeper, stop_stream},
     error::{Error, Result},
     handler::Handler,
     runtime::SubscriptionRuntime,
     state::StreamId,
-    stream::{
-        handle::StreamHealth,
-        supervisor::{self, StreamDeps, checkpoints_settled},
-    },
+    stream::supervisor::checkpoints_settled,
 };
 
 /// The storage definition kind of paused flags.
@@ -174,6 +171,13 @@ impl Engine {
     /// position without its topic on a subscription of several topics, storage errors (the
     /// subscription is started again whatever happened).
     pub async fn rewind_subscription(&self, name: &str, to: Rewind) -> Result<Vec<(String, u64)>> {
+        if self.inner.cluster.is_some() {
+            // Its partitions run on several nodes: one node cannot stop them all first.
+            return Err(Error::config(
+                "rewinding a subscription is not available in cluster mode (stop every node, \
+                 rewind on one without [cluster], start them again)",
+            ));
+        }
         let _managing = self.inner.managing.lock().await;
         let runtime = self.subscription(name)?;
         let topics: Vec<Name> = {
@@ -214,7 +218,7 @@ impl Engine {
         let (config, handler) = self.stop_subscription(&runtime.name).await?;
         let mut reset = Ok(());
         for (topic, watermark) in &mut targets {
-            let stream = StreamId { subscription: runtime.name.clone(), topic: topic.clone() };
+            let stream = StreamId::new(runtime.name.clone(), topic.clone());
             // A rewind only goes back: moving a watermark forward would mark events resolved
             // that no handler saw (and status would call them processed).
             reset = match self.inner.storage.stream_state(&stream).await {
@@ -342,6 +346,7 @@ impl Engine {
         config: SubscriptionConfig,
         handler: Arc<dyn Handler>,
     ) -> Result<()> {
+        self.inner.config.check_clustered(&config)?;
         let runtime = Arc::new(SubscriptionRuntime::new(config, handler)?);
         let paused = self.inner.storage.definitions(PAUSED).await?;
         if paused.iter().any(|(name, _)| name == runtime.name.as_str()) {
@@ -361,16 +366,8 @@ impl Engine {
         if let Some(keeper) = spawn_keeper(&runtime, &self.inner.storage) {
             self.inner.keepers.lock().insert(runtime.name.clone(), keeper);
         }
-        let deps = StreamDeps {
-            storage: Arc::clone(&self.inner.storage),
-            checkpointer: self.inner.checkpointer.clone(),
-            waiters: Arc::clone(&self.inner.waiters),
-            shutdown: self.inner.shutdown.subscribe(),
-        };
         for topic in topics {
-            let id = StreamId { subscription: runtime.name.clone(), topic: topic.name.clone() };
-            let handle = supervisor::start(Arc::clone(&runtime), topic, deps.clone()).await;
-            self.inner.streams.write().insert(id, handle);
+            self.inner.start_streams(&runtime, &topic).await;
         }
         tracing::info!(subscription = %runtime.name, "subscription started");
         Ok(())
@@ -408,14 +405,4 @@ impl Engine {
         tracing::info!(subscription = %name, "subscription stopped");
         Ok((runtime.config.clone(), Arc::clone(&runtime.handler)))
     }
-}
-
-/// Aborts a stream's task (its calls in flight are abandoned) and waits for it to end; a failed
-/// stream leaves the failed-streams gauge.
-async fn stop_stream(handle: crate::stream::handle::StreamHandle) {
-    if matches!(handle.status.borrow().health, StreamHealth::Failed { .. }) {
-        metrics::gauge!("inorder_streams_failed").decrement(1.0);
-    }
-    handle.task.abort();
-    let _ = handle.task.await;
 }

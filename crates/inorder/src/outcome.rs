@@ -20,4 +20,10 @@ pub enum Outcome {
         /// The position of the earlier event.
         position: u64,
     },
+    /// Cluster mode: another node holds the key's partition and handled the event (its reply
+    /// stays with that node).
+    HandledElsewhere {
+        /// The event's position.
+        position: u64,
+    },
 }

@@ -22,6 +22,7 @@ use crate::{
     outcome::Outcome,
     runtime::TopicRuntime,
     state::StreamId,
+    status::EventStatus,
 };
 
 impl Engine {
@@ -205,8 +206,26 @@ impl Engine {
                 }
             })?;
         let topic = event.topic.clone();
+        let key = event.key.clone();
         let position = self.publish(event).await?;
-        let id = StreamId { subscription: runtime.name.clone(), topic };
+        let mut id = StreamId::new(runtime.name.clone(), topic);
+        if let Some(cluster) = &self.inner.cluster {
+            id.partition = Some(crate::cluster::partition_of(&key, cluster.config.partitions));
+            if self.is_remote(&id) {
+                // Another node handles the key: its reply stays there; its status is shared.
+                drop(registration);
+                let status = self
+                    .wait_event_status(id.topic.as_str(), position, Some(subscription), timeout)
+                    .await?;
+                return match status {
+                    EventStatus::Processed => Ok(Outcome::HandledElsewhere { position }),
+                    EventStatus::Parked(parked) => {
+                        Ok(Outcome::Parked { reason: parked.reason, error: parked.error })
+                    }
+                    EventStatus::Pending => Err(Error::Timeout { waited: timeout }),
+                };
+            }
+        }
         if self.processed_by_stream(&id, position) {
             // Outcomes are delivered before the watermark is published: if it is processed and
             // nothing was delivered, it was handled before this wait (a deduplicated publish).

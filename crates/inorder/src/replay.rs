@@ -39,7 +39,7 @@ pub(crate) async fn reset(
             .iter()
             .filter(|topic| subscription.consumes(topic))
             .map(|topic| StateOp::Stream {
-                stream: StreamId { subscription: subscription.name.clone(), topic: topic.clone() },
+                stream: StreamId::new(subscription.name.clone(), topic.clone()),
                 state: StreamState::default(),
             })
             .collect();

@@ -112,14 +112,22 @@ async fn keep(inner: &EngineInner, topic: &Name, retention: &Retention) -> Resul
 async fn consumed_below(inner: &EngineInner, topic: &Name) -> Result<Option<u64>> {
     let mut lowest: Option<u64> = None;
     for subscription in inner.subscriptions().into_iter().filter(|s| s.consumes(topic)) {
-        let id = StreamId { subscription: subscription.name.clone(), topic: topic.clone() };
-        let status = inner.streams.read().get(&id).map(|handle| handle.status.borrow().clone());
-        let (watermark, parked) = match status {
-            Some(status) => (status.watermark, status.parked),
-            None => {
-                let stored = inner.storage.stream_state(&id).await?;
-                (stored.map_or(0, |state| state.watermark), 1)
-            }
+        let id = StreamId::new(subscription.name.clone(), topic.clone());
+        // Every stream of the subscription on the topic: one, or (cluster mode) one per
+        // partition, mirrors of other nodes' partitions included.
+        let statuses: Vec<_> = inner
+            .streams
+            .read()
+            .iter()
+            .filter(|(other, _)| other.subscription == id.subscription && other.topic == id.topic)
+            .map(|(_, handle)| handle.status.borrow().clone())
+            .collect();
+        let (watermark, parked) = if statuses.is_empty() {
+            let stored = inner.storage.stream_state(&id).await?;
+            (stored.map_or(0, |state| state.watermark), 1)
+        } else {
+            let lowest = statuses.iter().map(|s| s.watermark).min().unwrap_or(0);
+            (lowest, statuses.iter().map(|s| s.parked.max(u64::from(s.may_have_parked()))).sum())
         };
         let mut below = watermark.saturating_add(1);
         if parked > 0

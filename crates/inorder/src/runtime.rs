@@ -12,6 +12,7 @@ use inorder_log::Name;
 use tokio::sync::Semaphore;
 
 use crate::{
+    cluster::LeaseClock,
     codec,
     config::{Ordering, SubscriptionConfig, TopicConfig, TopicPattern},
     dedupe::Dedupe,
@@ -21,7 +22,7 @@ use crate::{
     key_locks::KeyLocks,
     key_turns::KeyTurns,
     state::StreamId,
-    storage::Storage,
+    storage::{StateOp, Storage},
     stream::sequencer::Contract,
 };
 
@@ -212,6 +213,8 @@ pub(crate) struct StreamContext {
     pub subscription: Arc<SubscriptionRuntime>,
     pub topic: Arc<TopicRuntime>,
     pub storage: Arc<dyn Storage>,
+    /// Cluster mode: the lease of the stream's partition.
+    pub lease: Option<Arc<LeaseClock>>,
 }
 
 /// Calls the subscription's handler once (attempt `attempt`), timing it; a panic is a failure.
@@ -238,6 +241,16 @@ pub(crate) async fn call_handler(
 }
 
 impl StreamContext {
+    /// Whether the stream handles `key` (in cluster mode, keys of its partition only).
+    pub(crate) fn owns(&self, key: &str) -> bool {
+        self.lease.as_ref().is_none_or(|lease| lease.owns(key))
+    }
+
+    /// The fence its commits carry, in cluster mode.
+    pub(crate) fn fence(&self) -> Option<StateOp> {
+        self.lease.as_ref().map(|lease| StateOp::Fence(lease.fence.clone()))
+    }
+
     /// Reads the event at `position` of the stream's topic.
     pub(crate) async fn read_event(&self, position: u64) -> Result<Event> {
         read_event(self.storage.as_ref(), &self.topic.name, position).await

@@ -15,19 +15,44 @@ const STREAM_STATE_VERSION: u8 = 2;
 /// Version 2 added `discarded_at_micros`.
 const PARKED_VERSION: u8 = 2;
 
-/// A stream: one subscription consuming one topic. Ordering, progress and the watermark are
+/// A stream: one subscription consuming one topic — in [cluster mode](crate::cluster), one
+/// partition of the subscription's keys on that topic. Ordering, progress and the watermark are
 /// per stream.
+///
+/// Key states and parked events belong to the subscription and topic whatever the partition: a
+/// key is in exactly one partition, so storages key them by `(subscription, topic)` only. Only
+/// the progress ([`StreamState`]) is per partition.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StreamId {
     /// The subscription.
     pub subscription: Name,
     /// The topic.
     pub topic: Name,
+    /// The partition of the subscription's keys (`None`: every key, one node).
+    pub partition: Option<u16>,
+}
+
+impl StreamId {
+    /// The stream of every key of `subscription` on `topic`.
+    #[must_use]
+    pub fn new(subscription: Name, topic: Name) -> Self {
+        Self { subscription, topic, partition: None }
+    }
+
+    /// The stream of one partition of the subscription's keys.
+    #[must_use]
+    pub fn partitioned(subscription: Name, topic: Name, partition: u16) -> Self {
+        Self { subscription, topic, partition: Some(partition) }
+    }
 }
 
 impl fmt::Display for StreamId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.subscription, self.topic)
+        write!(f, "{}/{}", self.subscription, self.topic)?;
+        match self.partition {
+            Some(partition) => write!(f, "#{partition}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -288,7 +313,7 @@ impl ParkedEvent {
     /// The stream the event belongs to.
     #[must_use]
     pub fn stream(&self) -> StreamId {
-        StreamId { subscription: self.subscription.clone(), topic: self.topic.clone() }
+        StreamId::new(self.subscription.clone(), self.topic.clone())
     }
 
     /// The storage encoding (versioned), for storage backends.
@@ -350,10 +375,7 @@ mod tests {
     use super::*;
 
     fn stream() -> StreamId {
-        StreamId {
-            subscription: Name::new("subscription", "s").unwrap(),
-            topic: Name::new("topic", "t").unwrap(),
-        }
+        StreamId::new(Name::new("subscription", "s").unwrap(), Name::new("topic", "t").unwrap())
     }
 
     #[test]

@@ -118,6 +118,17 @@ impl Engine {
         Ok(watches)
     }
 
+    /// [`Error::Stopped`] once the engine is shutting down.
+    fn check_running(&self) -> Result<()> {
+        if *self.inner.shutdown.borrow() { Err(Error::Stopped) } else { Ok(()) }
+    }
+
+    /// Whether `id` is a mirror of a partition another node holds.
+    pub(crate) fn is_remote(&self, id: &StreamId) -> bool {
+        let streams = self.inner.streams.read();
+        streams.get(id).is_some_and(|s| s.status.borrow().health == StreamHealth::Remote)
+    }
+
     pub(crate) fn processed_by_stream(&self, id: &StreamId, position: u64) -> bool {
         let streams = self.inner.streams.read();
         streams.get(id).is_some_and(|s| s.status.borrow().watermark >= position)
@@ -259,10 +270,16 @@ impl Engine {
             let mut changes: Vec<Change<'_>> =
                 watches.iter_mut().map(|(_, w)| Box::pin(w.changed()) as Change<'_>).collect();
             changes.push(Box::pin(appended.changed()));
-            match tokio::time::timeout_at(deadline, select_all(changes)).await {
-                Ok((Ok(()), _, _)) => {}
-                Ok((Err(_), _, _)) => return Err(Error::Stopped),
+            let replaced = match tokio::time::timeout_at(deadline, select_all(changes)).await {
+                Ok((Ok(()), _, _)) => false,
+                Ok((Err(_), _, _)) => true,
                 Err(_) => return Ok(EventStatus::Pending),
+            };
+            if replaced {
+                // A stream was replaced (a partition moved between nodes, a subscription
+                // changed): watch the ones running now.
+                self.check_running()?;
+                watches = self.status_watches(topic, subscription)?;
             }
         }
     }
@@ -341,10 +358,18 @@ impl Engine {
                 return Ok(false);
             }
             let changed = select_all(watches.iter_mut().map(|w| Box::pin(w.changed())));
-            match tokio::time::timeout_at(deadline, changed).await {
-                Ok((Ok(()), _, _)) => {}
-                Ok((Err(_), _, _)) => return Err(Error::Stopped),
+            let replaced = match tokio::time::timeout_at(deadline, changed).await {
+                Ok((Ok(()), _, _)) => false,
+                Ok((Err(_), _, _)) => true,
                 Err(_) => return Ok(false),
+            };
+            if replaced {
+                self.check_running()?;
+                watches = self
+                    .status_watches(Entity::parse(entity).topic(), None)?
+                    .into_iter()
+                    .map(|(_, w)| w)
+                    .collect();
             }
         }
     }

@@ -13,14 +13,17 @@
 //! `manage`), never under a commit, so a row found by the insert's conflict is there for the lock. Rows are visited in key order
 //! so two committers lock in the same order.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use deadpool_postgres::Transaction;
-use inorder::{KeyState, Name, storage::StateOp};
+use inorder::{
+    KeyState, Name, StreamId,
+    storage::{Fence, StateOp},
+};
 
 use tokio_postgres::error::SqlState;
 
-use super::{db_error, to_i64};
+use super::{db_error, schema::CHANNEL, to_i64};
 
 type Result<T, E = Failure> = std::result::Result<T, E>;
 
@@ -62,7 +65,10 @@ struct KeyChange {
 /// One final change per row.
 #[derive(Default)]
 pub(crate) struct Resolved {
-    streams: BTreeMap<(Name, Name), Vec<u8>>,
+    /// By subscription, topic and partition (`-1`: none).
+    streams: BTreeMap<(Name, Name, i32), Vec<u8>>,
+    /// The leases the commit holds only under (cluster mode).
+    fences: BTreeSet<Fence>,
     keys: BTreeMap<(Name, Name, String), KeyChange>,
     /// `None` removes the parked event.
     parked: BTreeMap<(Name, Name, u64), Option<Vec<u8>>>,
@@ -77,7 +83,13 @@ impl Resolved {
         for op in ops {
             match op {
                 StateOp::Stream { stream, state } => {
-                    resolved.streams.insert((stream.subscription, stream.topic), state.encode());
+                    let part = part(&stream);
+                    resolved
+                        .streams
+                        .insert((stream.subscription, stream.topic, part), state.encode());
+                }
+                StateOp::Fence(fence) => {
+                    resolved.fences.insert(fence);
                 }
                 StateOp::Key { stream, key, state, merge } => {
                     let row = (stream.subscription, stream.topic, key);
@@ -112,6 +124,7 @@ impl Resolved {
 
     /// Writes every change inside `transaction` (which the caller commits).
     pub(crate) async fn apply(&self, transaction: &Transaction<'_>) -> Result<()> {
+        self.check_fences(transaction).await?;
         self.write_streams(transaction).await?;
         self.write_keys(transaction).await?;
         self.write_parked(transaction).await?;
@@ -122,18 +135,80 @@ impl Resolved {
         if self.streams.is_empty() {
             return Ok(());
         }
-        let (subscriptions, topics, states): (Vec<&str>, Vec<&str>, Vec<&[u8]>) = unzip3(
-            self.streams.iter().map(|((s, t), state)| (s.as_str(), t.as_str(), state.as_slice())),
-        );
+        let (mut subscriptions, mut topics, mut parts, mut states) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for ((subscription, topic, part), state) in &self.streams {
+            subscriptions.push(subscription.as_str());
+            topics.push(topic.as_str());
+            parts.push(*part);
+            states.push(state.as_slice());
+        }
         execute(
             transaction,
             "write stream states",
-            "INSERT INTO inorder_streams (subscription, topic, state) \
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[]) \
-             ON CONFLICT (subscription, topic) DO UPDATE SET state = EXCLUDED.state",
-            &[&subscriptions, &topics, &states],
+            "INSERT INTO inorder_streams (subscription, topic, part, state) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::integer[], $4::bytea[]) \
+             ON CONFLICT (subscription, topic, part) DO UPDATE SET state = EXCLUDED.state",
+            &[&subscriptions, &topics, &parts, &states],
         )
-        .await
+        .await?;
+        if !self.fences.is_empty() {
+            // Other nodes mirror partition progress: wake them (delivered on commit).
+            execute(
+                transaction,
+                "announce partition progress",
+                "SELECT pg_notify($1, nextval('inorder_progress')::text || ' #progress')",
+                &[&CHANNEL],
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Refuses the commit unless every lease it holds under is still this node's, with the
+    /// epoch it was taken with. The rows are share-locked until the commit ends, so a takeover
+    /// (an update of the row) waits for this commit, and a commit after a takeover sees the new
+    /// epoch.
+    async fn check_fences(&self, transaction: &Transaction<'_>) -> Result<()> {
+        if self.fences.is_empty() {
+            return Ok(());
+        }
+        let (mut subscriptions, mut parts, mut nodes, mut epochs) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for fence in &self.fences {
+            subscriptions.push(fence.subscription.as_str());
+            parts.push(i32::from(fence.partition));
+            nodes.push(fence.node.as_str());
+            epochs.push(i64::try_from(fence.epoch).unwrap_or(i64::MAX));
+        }
+        let statement = transaction
+            .prepare_cached(
+                "SELECT l.subscription, l.part FROM inorder_leases AS l \
+                 JOIN UNNEST($1::text[], $2::integer[], $3::text[], $4::bigint[]) \
+                   AS f(subscription, part, owner, epoch) \
+                 ON l.subscription = f.subscription AND l.part = f.part \
+                   AND l.owner = f.owner AND l.epoch = f.epoch \
+                 FOR SHARE OF l",
+            )
+            .await
+            .map_err(db("check leases"))?;
+        let rows = transaction
+            .query(&statement, &[&subscriptions, &parts, &nodes, &epochs])
+            .await
+            .map_err(db("check leases"))?;
+        let held: HashSet<(&str, i32)> =
+            rows.iter().map(|row| (row.get::<_, &str>(0), row.get::<_, i32>(1))).collect();
+        match self
+            .fences
+            .iter()
+            .find(|f| !held.contains(&(f.subscription.as_str(), i32::from(f.partition))))
+        {
+            None => Ok(()),
+            Some(lost) => Err(Failure::Other(inorder::Error::Fenced {
+                subscription: lost.subscription.to_string(),
+                partition: lost.partition,
+            })),
+        }
     }
 
     async fn write_keys(&self, transaction: &Transaction<'_>) -> Result<()> {
@@ -323,6 +398,11 @@ fn unzip3<A, B, C>(items: impl Iterator<Item = (A, B, C)>) -> (Vec<A>, Vec<B>, V
         out.2.push(c);
     }
     out
+}
+
+/// The `part` column of a stream: its partition, `-1` for none.
+pub(crate) fn part(stream: &StreamId) -> i32 {
+    stream.partition.map_or(-1, i32::from)
 }
 
 /// A stored value that does not decode.

@@ -89,6 +89,7 @@ impl PgStorage {
         watermark: u64,
     ) -> inorder::Result<()> {
         let (subscription, topic) = (stream.subscription.as_str(), stream.topic.as_str());
+        let part = super::commit::part(stream);
         let state = StreamState { watermark, ..StreamState::default() }.encode();
         let above = to_i64(watermark)?;
         self.in_one_transaction(
@@ -104,9 +105,10 @@ impl PgStorage {
                     &[&subscription, &topic, &above],
                 ),
                 (
-                    "INSERT INTO inorder_streams (subscription, topic, state) VALUES ($1, $2, $3) \
-                     ON CONFLICT (subscription, topic) DO UPDATE SET state = EXCLUDED.state",
-                    &[&subscription, &topic, &state],
+                    "INSERT INTO inorder_streams (subscription, topic, part, state) \
+                     VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (subscription, topic, part) DO UPDATE SET state = EXCLUDED.state",
+                    &[&subscription, &topic, &part, &state],
                 ),
             ],
         )

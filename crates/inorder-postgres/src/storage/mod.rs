@@ -8,6 +8,7 @@
 //! | `notify` | the per-topic watches and the `LISTEN` task that feeds them |
 //! | `reader` | the [`TopicReader`]: bounded range reads by `(topic, position)`; `read_all` by commit position |
 //! | `manage` | definitions made at run time; deleting a subscription's progress, resetting a stream, deleting a topic |
+//! | `cluster` | cluster mode: heartbeats, partition leases (fencing tokens), partition progress for mirrors |
 //! | `retention` | purging a prefix of a topic in batches (events, ids, first position, bytes) |
 //!
 //! **Appends** are grouped: concurrent appends of this process, to any topics, share one
@@ -30,6 +31,7 @@
 //! ([`inorder::Error::Stopped`]).
 
 mod append;
+mod cluster;
 mod commit;
 mod manage;
 mod notify;
@@ -382,8 +384,9 @@ impl Storage for PgStorage {
         let rows = self
             .query(
                 "read stream state",
-                "SELECT state FROM inorder_streams WHERE subscription = $1 AND topic = $2",
-                &[&stream.subscription.as_str(), &stream.topic.as_str()],
+                "SELECT state FROM inorder_streams \
+                 WHERE subscription = $1 AND topic = $2 AND part = $3",
+                &[&stream.subscription.as_str(), &stream.topic.as_str(), &commit::part(stream)],
             )
             .await?;
         rows.first()
@@ -442,7 +445,7 @@ impl Storage for PgStorage {
             .map(|row| {
                 let topic = Name::new("topic", row.get::<_, &str>(0))
                     .map_err(|e| commit::corrupt("parked event topic", &e.to_string()))?;
-                let stream = StreamId { subscription: subscription.clone(), topic };
+                let stream = StreamId::new(subscription.clone(), topic);
                 ParkedEvent::decode(
                     &stream,
                     to_u64(row.get(1))?,
@@ -557,6 +560,10 @@ impl Storage for PgStorage {
         self.pool.close();
         self.watches.clear();
         tracing::info!(url = %self.url, "postgres storage closed");
+    }
+
+    fn coordination(&self) -> Option<&dyn inorder::storage::Coordination> {
+        Some(self)
     }
 }
 

@@ -43,6 +43,10 @@ pub(crate) struct Watches {
 /// (names allow only `A-Z a-z 0-9 . _ -`); appends notify it as `"<last commit> #commit"`.
 pub(crate) const COMMIT_WATCH: &str = "#commit";
 
+/// The watch of partition progress (cluster mode): commits of partition streams notify
+/// `"<number> #progress"`, numbered by the `inorder_progress` sequence.
+pub(crate) const PROGRESS_WATCH: &str = "#progress";
+
 impl Watches {
     fn lock(&self) -> MutexGuard<'_, HashMap<String, watch::Sender<u64>>> {
         self.senders.lock()
@@ -180,8 +184,9 @@ async fn resync(pool: &Pool, watches: &Watches) -> Result<()> {
     let rows = client
         .query(
             "SELECT name, last_position FROM inorder_topics WHERE name = ANY($1::text[]) \
-             UNION ALL SELECT $2, last_commit FROM inorder_commit_clock",
-            &[&topics, &COMMIT_WATCH],
+             UNION ALL SELECT $2, last_commit FROM inorder_commit_clock \
+             UNION ALL SELECT $3, last_value FROM inorder_progress",
+            &[&topics, &COMMIT_WATCH, &PROGRESS_WATCH],
         )
         .await
         .map_err(Error::query("re-read topic positions"))?;

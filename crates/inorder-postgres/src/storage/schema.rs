@@ -15,8 +15,9 @@
 //! inorder_commit_clock (singleton boolean PRIMARY KEY CHECK (singleton),
 //!                    last_commit bigint NOT NULL)               -- the commit counter (v2)
 //! inorder_streams   (subscription text COLLATE "C", topic text COLLATE "C",
+//!                    part integer NOT NULL DEFAULT -1,          -- partition, -1: none (v4)
 //!                    state bytea NOT NULL,                      -- StreamState::encode
-//!                    PRIMARY KEY (subscription, topic))
+//!                    PRIMARY KEY (subscription, topic, part))
 //! inorder_keys      (subscription text COLLATE "C", topic text COLLATE "C", key bytea,
 //!                    state bytea NOT NULL,                      -- KeyState::encode
 //!                    PRIMARY KEY (subscription, topic, key))
@@ -29,6 +30,12 @@
 //! inorder_ids_indexed (topic text COLLATE "C" PRIMARY KEY, position bigint NOT NULL)
 //! inorder_definitions (kind text COLLATE "C", name text COLLATE "C", value bytea NOT NULL,
 //!                    PRIMARY KEY (kind, name))        -- made through the management API
+//! inorder_leases    (subscription text COLLATE "C", part integer, -- cluster mode (v4)
+//!                    owner text, epoch bigint NOT NULL DEFAULT 0,  -- the fencing token
+//!                    expires_at timestamptz NOT NULL DEFAULT '-infinity',
+//!                    PRIMARY KEY (subscription, part))
+//! inorder_nodes     (node text PRIMARY KEY, expires_at timestamptz NOT NULL) -- heartbeats (v4)
+//! SEQUENCE inorder_progress                   -- numbers the notifications of partition progress
 //! ```
 //!
 //! - **One events table keyed by `(topic, position)`**, not a table per topic: topics are
@@ -61,6 +68,11 @@
 //!   `payload_bytes` lowered by what went. Appends add their payload bytes in the statement that
 //!   advances `last_position`, so the byte count is exact without reading the events.
 //!
+//! - **Leases are rows, times are the database's** (`now()`): nodes' clocks never meet. A lease
+//!   row's `epoch` goes up by one with every takeover and every state commit of a partition
+//!   checks it under `FOR SHARE` (see `cluster.rs`), so a takeover waits for a commit in flight
+//!   and a commit after a takeover is refused.
+//!
 //! Creating the schema takes a transaction-level advisory lock: concurrent `CREATE TABLE IF NOT
 //! EXISTS` of two nodes starting at once can otherwise fail on the catalog's unique indexes.
 
@@ -68,10 +80,10 @@ use tokio_postgres::Client;
 
 use crate::error::{Error, Result};
 
-/// The version of the tables above. Versions 1 (before commit positions) and 2 (before
-/// retention) are migrated in place ([`MIGRATE_1_TO_2`], [`MIGRATE_2_TO_3`]); any other version
-/// is refused, never changed.
-pub(crate) const SCHEMA_VERSION: i32 = 3;
+/// The version of the tables above. Versions 1 (before commit positions), 2 (before retention)
+/// and 3 (before cluster mode) are migrated in place ([`MIGRATE_1_TO_2`], [`MIGRATE_2_TO_3`],
+/// [`MIGRATE_3_TO_4`]); any other version is refused, never changed.
+pub(crate) const SCHEMA_VERSION: i32 = 4;
 
 /// Adds commit positions to a version-1 database: events stored before get commit 0 (adding a
 /// column with a constant default rewrites nothing).
@@ -93,6 +105,15 @@ UPDATE inorder_topics AS t SET payload_bytes = coalesce(
 UPDATE inorder_schema SET version = 3;
 "#;
 
+/// Adds cluster mode to a version-3 database: stream progress per partition (every stored stream
+/// is unpartitioned: `-1`), leases, heartbeats.
+const MIGRATE_3_TO_4: &str = r#"
+ALTER TABLE inorder_streams ADD COLUMN IF NOT EXISTS part integer NOT NULL DEFAULT -1;
+ALTER TABLE inorder_streams DROP CONSTRAINT IF EXISTS inorder_streams_pkey;
+ALTER TABLE inorder_streams ADD PRIMARY KEY (subscription, topic, part);
+UPDATE inorder_schema SET version = 4;
+"#;
+
 /// Indexes created after any migration (`IF NOT EXISTS`: also on a fresh database).
 const INDEXES: &str = r#"
 CREATE INDEX IF NOT EXISTS inorder_events_commit ON inorder_events (commit_position);
@@ -102,7 +123,8 @@ CREATE INDEX IF NOT EXISTS inorder_event_ids_position ON inorder_event_ids (topi
 /// The advisory lock key that serialises schema creation (`"inorder"` in ASCII).
 const SCHEMA_LOCK_KEY: i64 = 0x0069_6e6f_7264_6572;
 
-/// The notification channel of appends; the payload is `"<last position> <topic>"`.
+/// The notification channel of appends; the payload is `"<last position> <topic>"` (and, for
+/// commits of partition progress, `"<number> #progress"`).
 pub(crate) const CHANNEL: &str = "inorder_appended";
 
 const DDL: &str = r#"
@@ -129,8 +151,9 @@ INSERT INTO inorder_commit_clock (last_commit) VALUES (0) ON CONFLICT DO NOTHING
 CREATE TABLE IF NOT EXISTS inorder_streams (
     subscription text COLLATE "C" NOT NULL,
     topic text COLLATE "C" NOT NULL,
+    part integer NOT NULL DEFAULT -1,
     state bytea NOT NULL,
-    PRIMARY KEY (subscription, topic));
+    PRIMARY KEY (subscription, topic, part));
 CREATE TABLE IF NOT EXISTS inorder_keys (
     subscription text COLLATE "C" NOT NULL,
     topic text COLLATE "C" NOT NULL,
@@ -156,6 +179,17 @@ CREATE TABLE IF NOT EXISTS inorder_definitions (
     name text COLLATE "C" NOT NULL,
     value bytea NOT NULL,
     PRIMARY KEY (kind, name));
+CREATE TABLE IF NOT EXISTS inorder_leases (
+    subscription text COLLATE "C" NOT NULL,
+    part integer NOT NULL,
+    owner text,
+    epoch bigint NOT NULL DEFAULT 0,
+    expires_at timestamptz NOT NULL DEFAULT '-infinity',
+    PRIMARY KEY (subscription, part));
+CREATE TABLE IF NOT EXISTS inorder_nodes (
+    node text PRIMARY KEY,
+    expires_at timestamptz NOT NULL);
+CREATE SEQUENCE IF NOT EXISTS inorder_progress;
 "#;
 
 /// Creates the tables if they do not exist and checks the schema version.
@@ -180,6 +214,10 @@ pub(crate) async fn create(client: &mut Client) -> Result<()> {
     }
     if version == 2 {
         transaction.batch_execute(MIGRATE_2_TO_3).await.map_err(Error::query("migrate to 3"))?;
+        version = read_version(&transaction).await?;
+    }
+    if version == 3 {
+        transaction.batch_execute(MIGRATE_3_TO_4).await.map_err(Error::query("migrate to 4"))?;
         version = read_version(&transaction).await?;
     }
     if version != SCHEMA_VERSION {

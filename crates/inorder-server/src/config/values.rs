@@ -10,8 +10,9 @@ use std::{fmt, time::Duration};
 use inorder::{
     FailurePolicy, FsyncPolicy, Ordering, StartFrom,
     limits::{
-        RETENTION_AGE_MAX, RETENTION_BYTES_MAX, RETENTION_EVENTS_MAX, RETENTION_INTERVAL_MAX,
-        RETENTION_INTERVAL_MIN, RETRY_DELAY_MAX, SEQUENCE_TIMEOUT_MAX, TOPICS_MAX,
+        LEASE_TTL_MAX, LEASE_TTL_MIN, PARTITIONS_MAX, RETENTION_AGE_MAX, RETENTION_BYTES_MAX,
+        RETENTION_EVENTS_MAX, RETENTION_INTERVAL_MAX, RETENTION_INTERVAL_MIN, RETRY_DELAY_MAX,
+        SEQUENCE_TIMEOUT_MAX, TOPICS_MAX,
     },
 };
 use inorder_postgres::limits::{
@@ -332,6 +333,21 @@ fn duration_within<'de, D: Deserializer<'de>>(
         )));
     }
     Ok(duration)
+}
+
+/// `[cluster] lease_ttl`: within the engine's [`LEASE_TTL_MIN`]..=[`LEASE_TTL_MAX`].
+pub(super) fn lease_ttl<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Duration>, D::Error> {
+    duration_within(deserializer, LEASE_TTL_MIN, LEASE_TTL_MAX).map(Some)
+}
+
+/// `[cluster] partitions`: within `1..=`[`PARTITIONS_MAX`].
+pub(super) fn partitions<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<u16>, D::Error> {
+    let count = count_within(deserializer, 1, usize::from(PARTITIONS_MAX))?;
+    Ok(Some(u16::try_from(count).unwrap_or(PARTITIONS_MAX)))
 }
 
 /// A count within `min..=max`.

@@ -83,13 +83,15 @@ pub(super) async fn subscriptions_json(state: &AppState) -> Result<Vec<Value>, P
     Ok(list)
 }
 
-/// A subscription's state: the worst of its streams' (failed > retrying > running); `running`
-/// without streams (a pattern that matches no topic yet).
+/// A subscription's state: the worst of its streams' (failed > retrying > running > remote: in
+/// cluster mode, partitions other nodes hold); `running` without streams (a pattern that matches
+/// no topic yet).
 fn overall_state<'a>(streams: impl IntoIterator<Item = &'a StreamHealth>) -> &'static str {
     let severity = |health: &&StreamHealth| match health {
-        StreamHealth::Running => 0,
-        StreamHealth::Retrying { .. } => 1,
-        StreamHealth::Failed { .. } => 2,
+        StreamHealth::Remote => 0,
+        StreamHealth::Running => 1,
+        StreamHealth::Retrying { .. } => 2,
+        StreamHealth::Failed { .. } => 3,
     };
     streams.into_iter().max_by_key(severity).map_or("running", StreamHealth::as_str)
 }

@@ -42,7 +42,7 @@ use super::{
     commit_clock::CommitClock,
     keys::{
         COMMITS_RESERVED_KEY, Space, id_key, ids_indexed_key, key_key, parked_key,
-        split_parked_key, stream_key,
+        split_parked_key, stream_key, stream_prefix,
     },
     state_store::{StateStore, blocking, corrupt, read_u64},
 };
@@ -426,7 +426,7 @@ impl Storage for FileStorage {
             let mut prefix = subscription.as_str().as_bytes().to_vec();
             prefix.push(0);
             let after = after.map(|(topic, position)| {
-                parked_key(&StreamId { subscription: subscription.clone(), topic }, position)
+                parked_key(&StreamId::new(subscription.clone(), topic), position)
             });
             let entries = state.scan(Space::Parked, &prefix, after.as_deref(), max)?;
             entries
@@ -434,7 +434,7 @@ impl Storage for FileStorage {
                 .map(|(key, value)| {
                     let (topic, position) = split_parked_key(&key[prefix.len()..])
                         .ok_or_else(|| corrupt("parked key", "malformed"))?;
-                    let stream = StreamId { subscription: subscription.clone(), topic };
+                    let stream = StreamId::new(subscription.clone(), topic);
                     ParkedEvent::decode(&stream, position, &value)
                         .map_err(|e| corrupt("parked event", e))
                 })
@@ -511,7 +511,7 @@ impl Storage for FileStorage {
 
     async fn reset_stream(&self, stream: &StreamId, watermark: u64) -> Result<()> {
         let state = self.state()?;
-        let mut prefix = stream_key(stream);
+        let mut prefix = stream_prefix(stream);
         prefix.push(0);
         state.remove_under(Space::Keys, &prefix, |_| true).await?;
         let above = |key: &[u8]| {

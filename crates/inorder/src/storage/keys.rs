@@ -57,9 +57,22 @@ impl Space {
 /// Meta key: the last journal position folded into the tree.
 pub(crate) const FOLDED_KEY: &[u8] = b"journal-folded";
 
+/// A stream's progress: `subscription\0topic`, then `\0` and the partition (big-endian) for a
+/// partitioned stream.
 pub(crate) fn stream_key(stream: &StreamId) -> Vec<u8> {
+    let mut key = stream_prefix(stream);
+    if let Some(partition) = stream.partition {
+        key.push(0);
+        key.extend_from_slice(&partition.to_be_bytes());
+    }
+    key
+}
+
+/// What key states and parked events are filed under: the subscription and topic (a key is in
+/// one partition, so they need no partition).
+pub(crate) fn stream_prefix(stream: &StreamId) -> Vec<u8> {
     let mut key =
-        Vec::with_capacity(stream.subscription.as_str().len() + stream.topic.as_str().len() + 1);
+        Vec::with_capacity(stream.subscription.as_str().len() + stream.topic.as_str().len() + 4);
     key.extend_from_slice(stream.subscription.as_str().as_bytes());
     key.push(0);
     key.extend_from_slice(stream.topic.as_str().as_bytes());
@@ -67,14 +80,14 @@ pub(crate) fn stream_key(stream: &StreamId) -> Vec<u8> {
 }
 
 pub(crate) fn key_key(stream: &StreamId, key: &str) -> Vec<u8> {
-    let mut bytes = stream_key(stream);
+    let mut bytes = stream_prefix(stream);
     bytes.push(0);
     bytes.extend_from_slice(key.as_bytes());
     bytes
 }
 
 pub(crate) fn parked_key(stream: &StreamId, position: u64) -> Vec<u8> {
-    let mut bytes = stream_key(stream);
+    let mut bytes = stream_prefix(stream);
     bytes.push(0);
     bytes.extend_from_slice(&position.to_be_bytes());
     bytes

@@ -16,6 +16,7 @@
 //! implements the same trait with tables.
 
 mod commit_clock;
+mod coordination;
 mod file;
 mod journal;
 mod keys;
@@ -27,7 +28,10 @@ use bytes::Bytes;
 use inorder_log::Name;
 use tokio::sync::watch;
 
-pub use self::file::FileStorage;
+pub use self::{
+    coordination::{Coordination, Fence, Lease},
+    file::FileStorage,
+};
 use crate::{
     error::Result,
     retention::{Footprint, PurgeRequest},
@@ -84,6 +88,10 @@ pub enum StateOp {
         /// Its position.
         position: u64,
     },
+    /// The rest of the commit holds only while this lease does (cluster mode): the storage
+    /// checks it inside the commit and refuses everything with
+    /// [`Error::Fenced`](crate::Error::Fenced) if another node took the partition over.
+    Fence(Fence),
     /// Every event id up to this position of the topic is indexed.
     IdsIndexedTo {
         /// The topic.
@@ -218,4 +226,10 @@ pub trait Storage: Send + Sync + 'static {
     /// Releases files, locks and connections (after the engine stopped). Later calls fail with
     /// [`Error::Stopped`](crate::Error::Stopped).
     async fn close(&self) {}
+
+    /// The leases and shared progress several nodes coordinate through ([cluster
+    /// mode](crate::cluster)); `None` (the default) for a storage one process owns.
+    fn coordination(&self) -> Option<&dyn Coordination> {
+        None
+    }
 }

@@ -430,6 +430,14 @@ impl StateStore {
                 StateOp::IdsIndexedTo { topic, position } => {
                     (Space::Meta, ids_indexed_key(&topic), Some(position.to_be_bytes().to_vec()))
                 }
+                StateOp::Fence(fence) => {
+                    return Err(crate::error::StorageError::refused(format!(
+                        "partition {} of {} is leased, but the file storage belongs to one \
+                         process: cluster mode needs a shared storage (PostgreSQL)",
+                        fence.partition, fence.subscription
+                    ))
+                    .into());
+                }
             };
             entries.insert((space, key), value);
         }

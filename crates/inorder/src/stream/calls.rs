@@ -7,6 +7,7 @@ use std::{collections::VecDeque, sync::Arc};
 use tokio::{sync::OwnedSemaphorePermit, task::JoinSet};
 
 use crate::{
+    cluster::LeaseClock,
     error::{Error, Result},
     event::Event,
     handler::{HandlerError, Reply},
@@ -24,15 +25,20 @@ pub(super) struct CallResult {
 /// Handler calls in flight and waiting for a permit.
 pub(super) struct Calls {
     subscription: Arc<SubscriptionRuntime>,
-    running: JoinSet<CallResult>,
+    /// Cluster mode: no call starts past this lease's deadline.
+    lease: Option<Arc<LeaseClock>>,
+    running: JoinSet<Result<CallResult>>,
     /// Calls waiting for a keys-in-flight permit (bounded by the stream's read budget: one per
     /// key at most).
     waiting: VecDeque<(String, Event, u32)>,
 }
 
 impl Calls {
-    pub(super) fn new(subscription: Arc<SubscriptionRuntime>) -> Self {
-        Self { subscription, running: JoinSet::new(), waiting: VecDeque::new() }
+    pub(super) fn new(
+        subscription: Arc<SubscriptionRuntime>,
+        lease: Option<Arc<LeaseClock>>,
+    ) -> Self {
+        Self { subscription, lease, running: JoinSet::new(), waiting: VecDeque::new() }
     }
 
     /// Calls the handler for `event` now if a permit is free, else when one is.
@@ -51,14 +57,19 @@ impl Calls {
         permit: OwnedSemaphorePermit,
     ) {
         let subscription = Arc::clone(&self.subscription);
+        let lease = self.lease.clone();
         self.running.spawn(async move {
             let key = match &subscription.key_locks {
                 Some(locks) => Some(locks.lock(&event.key).await),
                 None => None,
             };
+            if let Some(lease) = lease.as_ref().filter(|lease| !lease.is_valid()) {
+                // The partition may be another node's by now: its calls are no longer ours.
+                return Err(lease.lost());
+            }
             let result = call_handler(&subscription, &event, attempt).await;
             drop((key, permit));
-            CallResult { book_key, event, attempt, result }
+            Ok(CallResult { book_key, event, attempt, result })
         });
     }
 
@@ -69,7 +80,7 @@ impl Calls {
         let permits = Arc::clone(&self.subscription.in_flight);
         let waiting = !self.waiting.is_empty();
         tokio::select! {
-            Some(joined) = self.running.join_next() => joined.map(Some).map_err(abnormal),
+            Some(joined) = self.running.join_next() => joined.map_err(abnormal)?.map(Some),
             permit = permits.acquire_owned(), if waiting => {
                 let permit = permit.map_err(|_| Error::Stopped)?;
                 if let Some((book_key, event, attempt)) = self.waiting.pop_front() {
@@ -83,7 +94,7 @@ impl Calls {
 
     /// A call that finished already, without waiting.
     pub(super) fn try_next(&mut self) -> Option<Result<CallResult>> {
-        self.running.try_join_next().map(|joined| joined.map_err(abnormal))
+        self.running.try_join_next().map(|joined| joined.map_err(abnormal).and_then(|call| call))
     }
 }
 

@@ -38,16 +38,20 @@ pub enum StreamHealth {
         /// Why.
         error: Arc<str>,
     },
+    /// Cluster mode: another node holds this partition; the status shown is the progress it
+    /// committed, mirrored from the storage.
+    Remote,
 }
 
 impl StreamHealth {
-    /// `running`, `retrying` or `failed`, as written in APIs.
+    /// `running`, `retrying`, `failed` or `remote`, as written in APIs.
     #[must_use]
     pub fn as_str(&self) -> &'static str {
         match self {
             Self::Running => "running",
             Self::Retrying { .. } => "retrying",
             Self::Failed { .. } => "failed",
+            Self::Remote => "remote",
         }
     }
 
@@ -55,7 +59,7 @@ impl StreamHealth {
     #[must_use]
     pub fn error(&self) -> Option<&str> {
         match self {
-            Self::Running => None,
+            Self::Running | Self::Remote => None,
             Self::Retrying { error, .. } | Self::Failed { error } => Some(error),
         }
     }
@@ -102,7 +106,8 @@ impl StreamStatus {
 
     /// Whether an event at `position` may be parked in this stream (else no need to look).
     pub(crate) fn may_have_parked(&self) -> bool {
-        self.parked > 0 || self.discarded > 0
+        // A mirror of another node's partition does not know its parked count.
+        self.parked > 0 || self.discarded > 0 || self.health == StreamHealth::Remote
     }
 }
 

@@ -22,6 +22,7 @@ use crate::{
     checkpoint::CommitRequest,
     error::{Error, Result},
     outcome::Outcome,
+    runtime::StreamContext,
     state::{StreamId, StreamState},
     storage::StateOp,
     watermark::{MaxTime, Watermark},
@@ -240,7 +241,7 @@ impl Progress {
     /// Sends the next checkpoint if none is in flight and there is something to make durable.
     pub(super) async fn checkpoint(
         &mut self,
-        id: &StreamId,
+        ctx: &StreamContext,
         checkpointer: &mpsc::Sender<CommitRequest>,
     ) -> Result<()> {
         if self.in_flight.is_some() || !self.next.dirty {
@@ -250,9 +251,13 @@ impl Progress {
         let mut ops = next.ops;
         let state = self.durable_state();
         let done_above = state.done_above.iter().map(|(range, _)| range.clone()).collect();
-        ops.push(StateOp::Stream { stream: id.clone(), state });
+        ops.push(StateOp::Stream { stream: ctx.id.clone(), state });
+        if let Some(fence) = ctx.fence() {
+            ops.push(fence);
+        }
         let (done, is_done) = oneshot::channel();
-        checkpointer.send(CommitRequest { ops, done }).await.map_err(|_| Error::Stopped)?;
+        let fence = ctx.lease.as_ref().map(|lease| lease.fence.clone());
+        checkpointer.send(CommitRequest { ops, fence, done }).await.map_err(|_| Error::Stopped)?;
         self.in_flight = Some(InFlight {
             done: is_done,
             watermark: self.done.through(),
@@ -300,7 +305,7 @@ mod tests {
     use crate::stream::worker::Done;
 
     fn id() -> StreamId {
-        StreamId { subscription: "s".parse().unwrap(), topic: "t".parse().unwrap() }
+        StreamId::new("s".parse().unwrap(), "t".parse().unwrap())
     }
 
     fn handled(position: u64, time_micros: i64) -> Record {

@@ -12,6 +12,7 @@
 //! | a panic, fewer than [`STREAM_PANICS_MAX`] in a row | restart after the backoff | `retrying` |
 //! | a panic, [`STREAM_PANICS_MAX`] in a row | fail | `failed` |
 //! | corrupt, unavailable or refusing storage, a gap, an undecodable event, a bug | fail | `failed` |
+//! | its partition's lease lost (cluster mode: fenced, or past its deadline) | stop | (unchanged: the lease keeper puts a mirror in its place) |
 //!
 //! Progress between failures (a durable checkpoint) resets the backoff and the panic count.
 //! Before a restart the supervisor waits until the checkpointer has finished every checkpoint
@@ -33,6 +34,7 @@ use super::{
 };
 use crate::{
     checkpoint::CommitRequest,
+    cluster::LeaseClock,
     error::{Error, Result},
     handler::panic_message,
     limits::{
@@ -69,17 +71,26 @@ impl Ending {
     }
 }
 
-/// Starts the stream of `subscription` on `topic` under its supervisor. The first incarnation
+/// Starts the stream of `subscription` on `topic` (of the partition `lease` holds, in cluster
+/// mode) under its supervisor. The first incarnation
 /// is opened before this returns, so the stream's status is its durable progress from the
 /// start; if opening fails, the supervisor handles that like any failure.
 pub(crate) async fn start(
     subscription: Arc<SubscriptionRuntime>,
     topic: Arc<TopicRuntime>,
+    lease: Option<Arc<LeaseClock>>,
     deps: StreamDeps,
 ) -> StreamHandle {
-    let id = StreamId { subscription: subscription.name.clone(), topic: topic.name.clone() };
-    let ctx =
-        Arc::new(StreamContext { id, subscription, topic, storage: Arc::clone(&deps.storage) });
+    let id = match &lease {
+        Some(lease) => StreamId::partitioned(
+            subscription.name.clone(),
+            topic.name.clone(),
+            lease.fence.partition,
+        ),
+        None => StreamId::new(subscription.name.clone(), topic.name.clone()),
+    };
+    let storage = Arc::clone(&deps.storage);
+    let ctx = Arc::new(StreamContext { id, subscription, topic, storage, lease });
     let (inbox_sender, inbox) = mpsc::channel(STREAM_INBOX_DEPTH);
     let first = open(&ctx, &deps).await;
     let initial = first.as_ref().map(|stream| stream.status(0)).unwrap_or_default();
@@ -133,6 +144,11 @@ async fn supervise(
         }
         let restart = match &ending {
             Ending::Error(Error::Stopped) => return,
+            Ending::Error(error @ Error::Fenced { .. }) => {
+                // Another node holds the partition now: the lease keeper puts a mirror here.
+                tracing::warn!(stream = %ctx.id, %error, "partition lost; its stream stops");
+                return;
+            }
             Ending::Error(error) => error.is_transient(),
             Ending::Panic(_) => {
                 panics += 1;
@@ -171,7 +187,10 @@ async fn supervise(
 /// Waits until the checkpointer finished every request queued before this one.
 pub(crate) async fn checkpoints_settled(checkpointer: &mpsc::Sender<CommitRequest>) -> Result<()> {
     let (done, settled) = oneshot::channel();
-    checkpointer.send(CommitRequest { ops: Vec::new(), done }).await.map_err(|_| Error::Stopped)?;
+    checkpointer
+        .send(CommitRequest { ops: Vec::new(), fence: None, done })
+        .await
+        .map_err(|_| Error::Stopped)?;
     // A failed barrier still means every earlier request was answered.
     settled.await.map_err(|_| Error::Stopped).map(|_| ())
 }

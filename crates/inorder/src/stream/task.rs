@@ -45,7 +45,7 @@ use crate::{
         STREAM_REORDER_EVENTS_MAX, STREAM_TIMEOUT_RECHECK,
     },
     runtime::{StreamContext, SubscriptionStats, read_event},
-    state::{KeyState, ParkReason},
+    state::{KeyState, ParkReason, StreamId},
     waiters::Waiters,
 };
 
@@ -82,7 +82,15 @@ impl Stream {
         waiters: &Arc<Waiters>,
     ) -> Result<Self> {
         let storage = &ctx.storage;
-        let stored = storage.stream_state(&ctx.id).await?;
+        let stored = match storage.stream_state(&ctx.id).await? {
+            // A partition taken for the first time goes on from where the subscription was
+            // before cluster mode, if it ran without it.
+            None if ctx.id.partition.is_some() => {
+                let whole = StreamId::new(ctx.id.subscription.clone(), ctx.id.topic.clone());
+                storage.stream_state(&whole).await?
+            }
+            stored => stored,
+        };
         let (_, last) = storage.positions(&ctx.topic.name).await?;
         // Below the first retained position the reader is told `Purged` and skips what went,
         // counted (`skip_purged`): one path for a stream that fell behind retention, whether it
@@ -115,7 +123,7 @@ impl Stream {
             reader,
             progress,
             book: Processbook::default(),
-            calls: Calls::new(Arc::clone(&ctx.subscription)),
+            calls: Calls::new(Arc::clone(&ctx.subscription), ctx.lease.clone()),
             timers: Timers::default(),
             turns,
             awaiting_turn: HashMap::new(),
@@ -171,7 +179,7 @@ impl Stream {
                     None => return Err(self.reader.ended().await),
                 },
             }
-            self.progress.checkpoint(&self.ctx.id, &self.checkpointer).await?;
+            self.progress.checkpoint(&self.ctx, &self.checkpointer).await?;
         }
     }
 
@@ -188,7 +196,9 @@ impl Stream {
                 continue; // resolved before the restart
             }
             match read {
-                Read::Event(event) => fresh.push(event),
+                Read::Event(event) if self.ctx.owns(&event.key) => fresh.push(event),
+                // Another partition's key (cluster mode): its own stream handles it.
+                Read::Event(event) => self.progress.resolve_lost(event.position),
                 // No event to hand over: resolved, as the subscriptions that got here before
                 // the loss resolved it.
                 Read::Lost(position) => self.progress.resolve_lost(position),

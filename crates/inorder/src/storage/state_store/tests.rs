@@ -5,7 +5,7 @@ use super::*;
 use crate::state::{StreamId, StreamState};
 
 fn stream() -> StreamId {
-    StreamId { subscription: "s".parse().unwrap(), topic: "t".parse().unwrap() }
+    StreamId::new("s".parse().unwrap(), "t".parse().unwrap())
 }
 
 fn key_op(key: &str, last_position: u64) -> StateOp {
