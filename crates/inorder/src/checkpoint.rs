@@ -70,6 +70,7 @@ async fn commit_batch(storage: &dyn Storage, mut batch: Vec<CommitRequest>) {
             };
             let (fenced, rest): (Vec<_>, Vec<_>) = batch.into_iter().partition(lost);
             tracing::warn!(subscription, partition, "a checkpoint of a lost partition was refused");
+            metrics::counter!("inorder_checkpoints_fenced_total").increment(1);
             // Each round answers at least one request (none carrying that lease: all of them),
             // so this ends.
             let (answered, rest) =

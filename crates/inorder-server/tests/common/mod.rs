@@ -82,6 +82,14 @@ impl ServerProcess {
         child.wait().unwrap()
     }
 
+    /// Sends `kill -<signal>` (`STOP`, `CONT`, …) to the running server.
+    pub fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().unwrap();
+        let sent =
+            Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "could not send SIG{signal}");
+    }
+
     /// Starts the server again after a stop.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop the server first");
