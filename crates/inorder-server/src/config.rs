@@ -502,6 +502,11 @@ delivery = "pull"
             ":4: topics.t.retention.max_age: must be at most 100years",
         );
         refused("retention_interval = \"1ms\"\n", ":1: retention_interval: must be at least 10ms");
+        refused("[cluster]\nlease_ttl = \"10ms\"\n", ":2: cluster.lease_ttl: must be at least 1s");
+        refused(
+            "[cluster]\npartitions = 1000\n",
+            ":2: cluster.partitions: must be within 1..=256, got 1000",
+        );
         refused(
             "segment_bytes = \"1KiB\"\n",
             ":1: segment_bytes: must be within 4096..=1073741824 bytes",
@@ -578,6 +583,23 @@ delivery = "pull"
             ":3: storage.postgres: only for backend = \"postgres\"",
         );
         assert_eq!(load("storage = \"file\"\n").unwrap().storage, StorageChoice::File);
+    }
+
+    #[test]
+    fn cluster_mode_needs_the_postgres_storage_and_takes_its_settings() {
+        let error = format!("{:#}", load("[cluster]\nnode = \"a\"\n").unwrap_err());
+        assert!(error.contains("cluster mode needs storage = \"postgres\""), "{error}");
+        let config = load(
+            "[storage.postgres]\nurl = \"postgres://h/db\"\n[cluster]\nnode = \"a\"\n\
+             partitions = 4\nlease_ttl = \"2s\"\n",
+        )
+        .unwrap();
+        let cluster = config.engine.cluster.unwrap();
+        assert_eq!((cluster.node.as_str(), cluster.partitions), ("a", 4));
+        assert_eq!(cluster.lease_ttl, Duration::from_secs(2));
+        let default = load("[storage.postgres]\nurl = \"postgres://h/db\"\n[cluster]\n").unwrap();
+        let node = default.engine.cluster.unwrap().node;
+        assert!(node.ends_with(&format!("-{}", std::process::id())), "{node}");
     }
 
     #[test]
