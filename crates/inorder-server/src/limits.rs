@@ -155,6 +155,10 @@ const _: () = assert!(
     "a lease inserted into the oldest DelayQueue still fits its wheel"
 );
 
+/// How often a node of a cluster brings its topics and subscriptions to the stored definitions
+/// (those created, changed, paused or deleted through another node): one storage query per kind.
+pub const DEFINITIONS_SYNC_INTERVAL: Duration = Duration::from_secs(2);
+
 #[cfg(test)]
 mod tests {
     use super::*;

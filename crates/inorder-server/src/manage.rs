@@ -12,8 +12,16 @@
 //! - At start, stored topics are registered first, then stored subscriptions; one that no longer
 //!   loads (a changed limit, a database gone) is logged as an error and counted in
 //!   `inorder_definitions_failed`, never silently dropped, and can still be deleted.
+//! - In cluster mode every node runs what is stored: [`Manager::sync`], every
+//!   [`DEFINITIONS_SYNC_INTERVAL`], starts what another node created, restarts what it changed,
+//!   stops what it deleted, and applies its pauses. The manager remembers what it applied, so a
+//!   sync changes only what differs.
 
-use std::{collections::BTreeSet, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use bytes::Bytes;
 use inorder::{Engine, Rewind};
@@ -22,6 +30,7 @@ use serde_json::Value;
 use crate::{
     config::{ServerConfig, subscription_from_json, topic_from_json},
     deliveries::{self, Deliveries},
+    limits::DEFINITIONS_SYNC_INTERVAL,
     problem::Problem,
 };
 
@@ -37,6 +46,8 @@ pub struct Manager {
     declared_in: String,
     default_lease: Duration,
     changing: tokio::sync::Mutex<()>,
+    /// The stored definitions this node runs, by kind and name (as stored: with the name).
+    applied: parking_lot::Mutex<BTreeMap<(&'static str, String), Value>>,
 }
 
 /// Whether a `PUT` created the definition or found it as asked.
@@ -59,6 +70,7 @@ impl Manager {
             declared_in: config.declared_in.clone(),
             default_lease: config.default_lease,
             changing: tokio::sync::Mutex::new(()),
+            applied: parking_lot::Mutex::default(),
         }
     }
 
@@ -76,8 +88,14 @@ impl Manager {
             };
             for (name, value) in stored {
                 let restored = match serde_json::from_slice::<Value>(&value) {
-                    Ok(body) if kind == TOPIC => self.start_topic(&name, &body).await.map(drop),
-                    Ok(body) => self.start_subscription(&name, &body, false).await,
+                    Ok(body) if kind == TOPIC => self
+                        .start_topic(&name, &body)
+                        .await
+                        .map(|_| self.applied(kind, &name, &body)),
+                    Ok(body) => self
+                        .start_subscription(&name, &body, false)
+                        .await
+                        .map(|()| self.applied(kind, &name, &body)),
                     Err(error) => Err(Problem::internal(error.to_string())),
                 };
                 if let Err(problem) = restored {
@@ -87,6 +105,104 @@ impl Manager {
             }
         }
         metrics::gauge!("inorder_definitions_failed").set(f64::from(failed));
+    }
+
+    /// Cluster mode: brings this node to the stored definitions (see the module's notes).
+    /// Failures are logged and retried at the next sync.
+    pub async fn sync(&self) {
+        let _changing = self.changing.lock().await;
+        for kind in [TOPIC, SUBSCRIPTION] {
+            let stored = match self.engine.definitions(kind).await {
+                Ok(stored) => stored,
+                Err(error) => {
+                    tracing::warn!(%error, kind, "cannot read the stored definitions to sync");
+                    return;
+                }
+            };
+            let stored: BTreeMap<String, Value> = stored
+                .into_iter()
+                .filter(|(name, _)| !self.declared(kind, name))
+                .filter_map(|(name, value)| Some((name, serde_json::from_slice(&value).ok()?)))
+                .collect();
+            let applied: BTreeMap<String, Value> = self
+                .applied
+                .lock()
+                .iter()
+                .filter(|((k, _), _)| *k == kind)
+                .map(|((_, name), value)| (name.clone(), value.clone()))
+                .collect();
+            for (name, body) in &stored {
+                let synced = match (kind, applied.get(name)) {
+                    (_, Some(old)) if old == body => continue,
+                    (TOPIC, None) => self.sync_topic(name, body, false).await,
+                    (TOPIC, Some(_)) => self.sync_topic(name, body, true).await,
+                    (_, old) => self.start_subscription(name, body, old.is_some()).await,
+                };
+                match synced {
+                    Ok(()) => {
+                        tracing::info!(kind, %name, "definition taken from another node");
+                        self.applied(kind, name, body);
+                    }
+                    Err(problem) => tracing::warn!(kind, %name, error = problem.detail(),
+                        "a definition made on another node did not load here; retrying"),
+                }
+            }
+            for name in applied.keys().filter(|name| !stored.contains_key(*name)) {
+                let removed = match kind {
+                    TOPIC => match self.engine.delete_topic(name).await {
+                        Ok(()) | Err(inorder::Error::UnknownTopic { .. }) => Ok(()),
+                        Err(error) => Err(error),
+                    },
+                    _ => match self.engine.remove_subscription(name).await {
+                        Ok(()) | Err(inorder::Error::UnknownSubscription { .. }) => {
+                            self.deliveries.remove(name);
+                            Ok(())
+                        }
+                        Err(error) => Err(error),
+                    },
+                };
+                match removed {
+                    Ok(()) => {
+                        tracing::info!(kind, %name, "deleted on another node: stopped here");
+                        self.applied.lock().remove(&(kind, name.clone()));
+                    }
+                    Err(error) => tracing::warn!(kind, %name, %error, "stopping a definition \
+                        deleted on another node failed; retrying"),
+                }
+            }
+        }
+        if let Err(error) = self.engine.apply_stored_pauses().await {
+            tracing::warn!(%error, "cannot apply the stored pauses");
+        }
+    }
+
+    /// Runs [`Manager::sync`] every [`DEFINITIONS_SYNC_INTERVAL`] until aborted.
+    pub fn spawn_sync(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let manager = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(DEFINITIONS_SYNC_INTERVAL).await;
+                manager.sync().await;
+            }
+        })
+    }
+
+    /// A topic stored by another node: registered here (or found registered: created by a
+    /// publish), its retention as stored.
+    async fn sync_topic(&self, name: &str, body: &Value, known: bool) -> Result<(), Problem> {
+        let config = topic_from_json(name, body).map_err(|e| invalid(&e))?;
+        if !known {
+            match self.engine.add_topic(config.clone()).await {
+                Ok(()) | Err(inorder::Error::Exists { .. }) => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Ok(self.engine.set_retention(name, config.retention)?)
+    }
+
+    /// Remembers that this node runs `body` (as stored) for `kind` `name`.
+    fn applied(&self, kind: &'static str, name: &str, body: &Value) {
+        self.applied.lock().insert((kind, name.to_owned()), with_name(name, body));
     }
 
     fn refuse_declared(&self, kind: &str, name: &str) -> Result<(), Problem> {
@@ -164,6 +280,7 @@ impl Manager {
             )));
         }
         self.engine.put_definition(TOPIC, name, None).await?;
+        self.applied.lock().remove(&(TOPIC, name.to_owned()));
         self.engine.delete_topic(name).await?;
         Ok(())
     }
@@ -230,6 +347,7 @@ impl Manager {
             );
         }
         self.engine.put_definition(SUBSCRIPTION, name, None).await?;
+        self.applied.lock().remove(&(SUBSCRIPTION, name.to_owned()));
         match self.engine.remove_subscription(name).await {
             Ok(()) | Err(inorder::Error::UnknownSubscription { .. }) => {}
             Err(error) => return Err(error.into()),
@@ -266,9 +384,11 @@ impl Manager {
         Ok(())
     }
 
-    async fn store(&self, kind: &str, name: &str, body: &Value) -> Result<(), Problem> {
+    async fn store(&self, kind: &'static str, name: &str, body: &Value) -> Result<(), Problem> {
         let value = Bytes::from(with_name(name, body).to_string());
-        Ok(self.engine.put_definition(kind, name, Some(value)).await?)
+        self.engine.put_definition(kind, name, Some(value)).await?;
+        self.applied(kind, name, body);
+        Ok(())
     }
 }
 

@@ -81,6 +81,8 @@ pub async fn start(
     let engine = builder.start().await.context("starting the engine")?;
     let manager = Arc::new(Manager::new(engine.clone(), Arc::clone(&deliveries), &config));
     manager.restore().await;
+    // Every node of a cluster runs what is stored, whichever node took the change.
+    let syncer = config.engine.cluster.is_some().then(|| manager.spawn_sync());
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -102,10 +104,11 @@ pub async fn start(
             tracing::info!("stopping: finishing requests in flight");
             stop.send_replace(true);
         };
-        axum::serve(listener, app)
-            .with_graceful_shutdown(graceful)
-            .await
-            .context("serving HTTP")?;
+        let served = axum::serve(listener, app).with_graceful_shutdown(graceful).await;
+        if let Some(syncer) = syncer {
+            syncer.abort();
+        }
+        served.context("serving HTTP")?;
         engine.shutdown().await;
         tracing::info!("stopped");
         Ok(())

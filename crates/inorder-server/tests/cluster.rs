@@ -1,7 +1,8 @@
 //! Several `inorder serve` processes on one PostgreSQL (`[cluster]`), delivering to a webhook
 //! receiver in the test process that records every call: each key on one node at a time, in
 //! order, nothing lost — through a `kill -9` of a node and its restart, and through a node
-//! frozen (SIGSTOP) past its lease, whose late checkpoint fencing refuses before it rejoins.
+//! frozen (SIGSTOP) past its lease, whose late checkpoint fencing refuses before it rejoins; a
+//! subscription created, paused and deleted through one node runs, pauses and stops on all.
 
 #![allow(clippy::unwrap_used)]
 
@@ -15,7 +16,7 @@ use std::{
 };
 
 use axum::{Router, extract::State, http::HeaderMap, routing::post};
-use common::{ServerProcess, client, get};
+use common::{ServerProcess, client, eventually, get};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 
@@ -237,4 +238,126 @@ async fn a_node_frozen_past_its_lease_is_fenced_and_rejoins() {
     for node in [&first, &second] {
         assert_eq!(status(node, last).await, 200);
     }
+}
+
+/// The subscriptions `server` runs, by name, with their `paused` flag.
+async fn running(server: &ServerProcess) -> BTreeMap<String, bool> {
+    let (status, body) = get(server, "/v1/subscriptions").await;
+    assert_eq!(status, 200, "{body}");
+    body["subscriptions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap().to_owned(), s["paused"].as_bool().unwrap_or(false)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_made_through_one_node_runs_pauses_and_stops_on_every_node() {
+    let url = inorder_testpg::fresh_database().unwrap();
+    let (receiver, hook) = start_receiver(Duration::ZERO).await;
+    // Nodes without a declared subscription: only the topic.
+    let bare = |node: &str| {
+        let full = config(&url, node, hook, "1s");
+        full[..full.find("[[subscriptions]]").unwrap()].to_owned()
+    };
+    let (one, two) = (ServerProcess::start(&bare("one")), ServerProcess::start(&bare("two")));
+    let definition = json!({"topics": ["orders"], "delivery": "webhook", "max_keys_in_flight": 64,
+                            "webhook": {"url": format!("http://{hook}/hook")}});
+    let response = client()
+        .put(one.url("/v1/subscriptions/hook"))
+        .header("content-type", "application/json")
+        .body(definition.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 201);
+    eventually("the other node runs it", Duration::from_secs(20), async || {
+        let seen = running(&two).await;
+        if seen.contains_key("hook") { Ok(()) } else { Err(format!("{seen:?}")) }
+    })
+    .await;
+    // Both nodes hand events over: every key delivered, in order, part of them by node two.
+    let (keys, per_key) = (100, 20);
+    publish(&two, keys, 0, per_key).await;
+    wait_all(&receiver, keys, per_key, Duration::from_secs(60)).await;
+    check_order(&receiver);
+    eventually("node two delivered its partitions' events", Duration::from_secs(20), async || {
+        let sent = metric(&two, "inorder_webhook_requests_total").await;
+        if sent > 0.0 { Ok(()) } else { Err(format!("{sent}")) }
+    })
+    .await;
+    // A pause through node two holds node one's calls too; a delete through it stops node one.
+    let (status, body) = common::post_json(&two, "/v1/subscriptions/hook:pause", &json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    eventually("node one paused", Duration::from_secs(20), async || {
+        let seen = running(&one).await;
+        if seen.get("hook") == Some(&true) { Ok(()) } else { Err(format!("{seen:?}")) }
+    })
+    .await;
+    let response = client().delete(two.url("/v1/subscriptions/hook")).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 204);
+    eventually("node one stopped it", Duration::from_secs(20), async || {
+        let seen = running(&one).await;
+        if seen.contains_key("hook") { Err(format!("{seen:?}")) } else { Ok(()) }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_pulling_from_every_node_gets_every_event_in_key_order() {
+    let url = inorder_testpg::fresh_database().unwrap();
+    let (_unused, hook) = start_receiver(Duration::ZERO).await;
+    // The webhook subscription replaced by a pull one (the default delivery).
+    let pulled = |node: &str| {
+        let full = config(&url, node, hook, "2s");
+        format!(
+            "{}[[subscriptions]]\nname = \"jobs\"\ntopics = [\"orders\"]\n",
+            &full[..full.find("[[subscriptions]]").unwrap()]
+        )
+    };
+    let nodes = [ServerProcess::start(&pulled("one")), ServerProcess::start(&pulled("two"))];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(&nodes[0], "inorder_leases_held").await < 1.0
+        || metric(&nodes[1], "inorder_leases_held").await < 1.0
+    {
+        assert!(Instant::now() < deadline, "the partitions were never split");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (keys, per_key) = (50, 20);
+    publish(&nodes[0], keys, 0, per_key).await;
+    let total = keys * 20;
+    // One consumer, pulling from each node in turn, acking what it got before the next pull.
+    let receiver = Receiver::default();
+    let mut from_node = [0usize; 2];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut turn = 0;
+    loop {
+        let seen: BTreeSet<(String, u64)> =
+            receiver.calls.lock().iter().map(|c| (c.0.clone(), c.1)).collect();
+        if seen.len() == total {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{} of {total} pulled", seen.len());
+        let node = &nodes[turn % 2];
+        let messages = common::pull(node, "jobs", 100, "100ms").await;
+        let start = Instant::now();
+        let leases: Vec<&str> = messages.iter().map(|m| m["lease"].as_str().unwrap()).collect();
+        if !leases.is_empty() {
+            common::ack(node, "jobs", &leases).await;
+        }
+        let end = Instant::now();
+        for message in &messages {
+            let id = message["event"]["id"].as_str().unwrap();
+            let (key, index) = id.rsplit_once('#').unwrap();
+            receiver.calls.lock().push((key.to_owned(), index.parse().unwrap(), start, end));
+        }
+        from_node[turn % 2] += messages.len();
+        turn += 1;
+    }
+    check_order(&receiver);
+    assert!(
+        from_node.iter().all(|&n| n > 0),
+        "each node leased its partitions' events: {from_node:?}"
+    );
 }

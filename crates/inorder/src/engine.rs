@@ -261,7 +261,9 @@ impl EngineInner {
     ) {
         let id = StreamId::partitioned(subscription.name.clone(), topic.name.clone(), partition);
         let old = self.streams.write().remove(&id);
+        let mut shown = None;
         if let Some(old) = old {
+            shown = Some(old.status.borrow().clone());
             stop_stream(old).await;
         }
         let handle = match cluster.lease(&subscription.name, partition) {
@@ -274,7 +276,12 @@ impl EngineInner {
                 )
                 .await
             }
-            None => spawn_mirror(id.clone(), cluster.remote.subscribe(), self.shutdown.subscribe()),
+            None => spawn_mirror(
+                id.clone(),
+                cluster.remote.subscribe(),
+                self.shutdown.subscribe(),
+                shown,
+            ),
         };
         self.streams.write().insert(id, handle);
     }

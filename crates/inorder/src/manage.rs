@@ -330,6 +330,27 @@ impl Engine {
         Ok(low)
     }
 
+    /// Pauses and resumes running subscriptions as their stored flags say — in cluster mode, a
+    /// pause or resume another node took. Returns how many changed.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn apply_stored_pauses(&self) -> Result<usize> {
+        let _managing = self.inner.managing.lock().await;
+        let paused: std::collections::BTreeSet<String> =
+            self.inner.storage.definitions(PAUSED).await?.into_iter().map(|(n, _)| n).collect();
+        let mut changed = 0;
+        for runtime in self.inner.subscriptions() {
+            match (paused.contains(runtime.name.as_str()), runtime.is_paused()) {
+                (true, false) => runtime.pause(),
+                (false, true) => runtime.resume(),
+                _ => continue,
+            }
+            changed += 1;
+        }
+        Ok(changed)
+    }
+
     /// Pauses, before any stream starts, the subscriptions stored as paused.
     pub(crate) async fn restore_pauses(&self) -> Result<()> {
         for (name, _) in self.inner.storage.definitions(PAUSED).await? {

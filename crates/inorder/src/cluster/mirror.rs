@@ -17,14 +17,24 @@ pub(crate) type Remote = BTreeMap<StreamId, StreamState>;
 
 /// A mirror of the partition stream `id`: its status follows `remote`; operator commands are
 /// refused with [`Error::Fenced`] (the node holding the partition takes them).
+/// `shown`: what this engine showed of the partition before (the stream it ran, when it gave
+/// the partition up) — the mirror starts from the further of that and the stored progress, so
+/// an answer once processed stays so while the refresh catches up.
 pub(crate) fn spawn(
     id: StreamId,
     mut remote: watch::Receiver<Arc<Remote>>,
     mut shutdown: watch::Receiver<bool>,
+    shown: Option<StreamStatus>,
 ) -> StreamHandle {
     let (inbox_sender, mut inbox) = mpsc::channel(STREAM_INBOX_DEPTH);
     let mut commits = 0;
-    let initial = status_of(remote.borrow_and_update().get(&id), commits);
+    let mut initial = status_of(remote.borrow_and_update().get(&id), commits);
+    if let Some(shown) = shown.filter(|shown| shown.watermark > initial.watermark) {
+        initial.watermark = shown.watermark;
+        initial.max_time_micros = shown.max_time_micros;
+        initial.read_position = shown.watermark.saturating_add(1);
+        initial.done_above = shown.done_above;
+    }
     let (status, receiver) = watch::channel(initial);
     let task = tokio::spawn(async move {
         loop {
@@ -36,9 +46,12 @@ pub(crate) fn spawn(
                     let state = remote.borrow_and_update().get(&id).cloned();
                     status.send_if_modified(|current| {
                         let next = status_of(state.as_ref(), commits + 1);
-                        let moved = next.watermark != current.watermark
-                            || next.done_above != current.done_above
-                            || next.max_time_micros != current.max_time_micros;
+                        // Stored progress only moves forward (a rewind is refused in cluster
+                        // mode); a read older than what is shown never takes it back.
+                        let moved = next.watermark > current.watermark
+                            || (next.watermark == current.watermark
+                                && (next.done_above != current.done_above
+                                    || next.max_time_micros != current.max_time_micros));
                         if moved {
                             commits += 1;
                             *current = next;
