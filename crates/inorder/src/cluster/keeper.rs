@@ -45,13 +45,19 @@ impl Engine {
         cluster.tasks.lock().extend([keeper, refresher]);
     }
 
-    /// Stops the keeper and the refresher (first in a shutdown: no lease moves after).
+    /// Stops the keeper (after the round it is in: every lease it took is then known and
+    /// released at the end of the shutdown) and the refresher — first in a shutdown: no lease
+    /// moves after.
     pub(crate) async fn stop_cluster_tasks(&self) {
         let Some(cluster) = &self.inner.cluster else { return };
+        cluster.stopping.send_replace(true);
         let tasks = std::mem::take(&mut *cluster.tasks.lock());
-        for task in tasks {
-            task.abort();
-            let _ = task.await;
+        for mut task in tasks {
+            // A round stuck on an unreachable storage does not hold the shutdown past a lease.
+            if tokio::time::timeout(cluster.config.lease_ttl, &mut task).await.is_err() {
+                task.abort();
+                let _ = task.await;
+            }
         }
     }
 
@@ -83,8 +89,12 @@ fn lease_of(clock: &LeaseClock) -> Lease {
 
 async fn keep(engine: Weak<EngineInner>, cluster: Arc<ClusterState>, mut known: BTreeSet<Name>) {
     let period = cluster.config.lease_ttl / LEASE_RENEWALS_PER_TTL;
+    let mut stopping = cluster.stopping.subscribe();
     loop {
-        tokio::time::sleep(period).await;
+        tokio::select! {
+            () = tokio::time::sleep(period) => {}
+            _ = stopping.wait_for(|stop| *stop) => return,
+        }
         let Some(inner) = engine.upgrade() else { return };
         if let Err(error) = round(&inner, &cluster, &mut known).await {
             tracing::warn!(%error, "lease round failed; retrying");
@@ -242,6 +252,7 @@ async fn refresh(engine: Weak<EngineInner>, cluster: Arc<ClusterState>) {
             None
         }
     };
+    let mut stopping = cluster.stopping.subscribe();
     loop {
         let changed = async {
             match progress.as_mut() {
@@ -249,7 +260,10 @@ async fn refresh(engine: Weak<EngineInner>, cluster: Arc<ClusterState>) {
                 None => std::future::pending().await,
             }
         };
-        let _ = tokio::time::timeout(MIRROR_REFRESH_MAX, changed).await;
+        tokio::select! {
+            _ = tokio::time::timeout(MIRROR_REFRESH_MAX, changed) => {}
+            _ = stopping.wait_for(|stop| *stop) => return,
+        }
         let Some(inner) = engine.upgrade() else { return };
         if let Some(coordination) = inner.storage.coordination() {
             match read_remote(&inner, coordination).await {

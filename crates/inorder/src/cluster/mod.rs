@@ -55,6 +55,9 @@ pub(crate) struct ClusterState {
     pub remote: watch::Sender<Arc<Remote>>,
     /// The keeper and the refresher.
     pub tasks: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Set at shutdown: the keeper finishes its round (a lease taken is then known, and
+    /// released) and stops.
+    pub stopping: watch::Sender<bool>,
 }
 
 impl ClusterState {
@@ -64,6 +67,7 @@ impl ClusterState {
             leases: parking_lot::RwLock::default(),
             remote: watch::channel(Arc::default()).0,
             tasks: parking_lot::Mutex::default(),
+            stopping: watch::channel(false).0,
         }
     }
 
