@@ -234,3 +234,35 @@ async fn two_nodes_share_a_subscription_by_key_and_one_takes_all_when_the_other_
     assert_eq!(nodes.into_iter().collect::<Vec<_>>(), ["node-a"]);
     a.shutdown().await;
 }
+
+/// A node that does not run a subscription (declared on the other node only) takes no share of
+/// it: the node that runs it handles every key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_one_node_runs_is_handled_whole_by_that_node() {
+    let url = fresh().await;
+    let calls: Calls = Arc::default();
+    let runs = node(&url, "runs-it", &calls).await;
+    let mut config = EngineConfig::new("unused-with-postgres").topic(TopicConfig::new("orders"));
+    config.cluster = Some(ClusterConfig {
+        node: "does-not".to_owned(),
+        partitions: 8,
+        lease_ttl: Duration::from_secs(1),
+    });
+    let other = Engine::builder(config)
+        .storage(open(&url).await as Arc<dyn Storage>)
+        .start()
+        .await
+        .unwrap();
+    // Once now, and once after four lease rounds (ttl/3 each), when each node has long seen the
+    // other's heartbeat and any share would have been given up.
+    for (from, to) in [(0, 100), (100, 200)] {
+        let last = publish(&other, from, to).await;
+        let status = runs.wait_event_status("orders", last, None, PATIENCE).await.unwrap();
+        assert_eq!(status, EventStatus::Processed, "events {from}..{to}");
+        tokio::time::sleep(Duration::from_millis(1_400)).await;
+    }
+    let positions = check_order(&calls);
+    assert_eq!(positions.values().map(Vec::len).sum::<usize>(), 200);
+    other.shutdown().await;
+    runs.shutdown().await;
+}

@@ -8,7 +8,7 @@
 //! partition another is taking. The epoch goes up by one with every take; the commit checks it
 //! (`commit.rs`, `check_fences`).
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use bytes::Bytes;
 use inorder::{
@@ -36,22 +36,37 @@ fn name(kind: &'static str, raw: &str) -> inorder::Result<Name> {
 
 #[async_trait::async_trait]
 impl Coordination for PgStorage {
-    async fn heartbeat(&self, node: &str, ttl: Duration) -> inorder::Result<Vec<String>> {
-        // The statement's own insert is not visible to its SELECT: `OR node = $1` counts it.
+    async fn heartbeat(
+        &self,
+        node: &str,
+        subscriptions: &[Name],
+        ttl: Duration,
+    ) -> inorder::Result<BTreeMap<String, usize>> {
+        let running: Vec<&str> = subscriptions.iter().map(Name::as_str).collect();
+        // The statement's own upsert is not visible to its SELECT: this node's row is added.
         let rows = self
             .query(
                 "heartbeat",
-                "WITH beat AS (INSERT INTO inorder_nodes (node, expires_at) \
-                   VALUES ($1, now() + $2::float8 * interval '1 second') \
-                   ON CONFLICT (node) DO UPDATE SET expires_at = EXCLUDED.expires_at), \
+                "WITH beat AS (INSERT INTO inorder_nodes (node, subscriptions, expires_at) \
+                   VALUES ($1, $2, now() + $3::float8 * interval '1 second') \
+                   ON CONFLICT (node) DO UPDATE SET subscriptions = EXCLUDED.subscriptions, \
+                     expires_at = EXCLUDED.expires_at), \
                  gone AS (DELETE FROM inorder_nodes \
                    WHERE expires_at < now() - interval '1 hour' AND node <> $1) \
-                 SELECT node FROM inorder_nodes WHERE (expires_at > now() OR node = $1) \
-                 UNION SELECT $1 ORDER BY 1",
-                &[&node, &seconds(ttl)],
+                 SELECT s, count(*) FROM ( \
+                   SELECT unnest(subscriptions) AS s FROM inorder_nodes \
+                     WHERE expires_at > now() AND node <> $1 \
+                   UNION ALL SELECT unnest($2::text[])) AS running \
+                 GROUP BY s",
+                &[&node, &running, &seconds(ttl)],
             )
             .await?;
-        Ok(rows.iter().map(|row| row.get::<_, String>(0)).collect())
+        rows.iter()
+            .map(|row| {
+                let count = usize::try_from(row.get::<_, i64>(1)).unwrap_or(usize::MAX);
+                Ok((row.get::<_, String>(0), count))
+            })
+            .collect()
     }
 
     async fn leave(&self, node: &str) -> inorder::Result<()> {

@@ -34,7 +34,8 @@
 //!                    owner text, epoch bigint NOT NULL DEFAULT 0,  -- the fencing token
 //!                    expires_at timestamptz NOT NULL DEFAULT '-infinity',
 //!                    PRIMARY KEY (subscription, part))
-//! inorder_nodes     (node text PRIMARY KEY, expires_at timestamptz NOT NULL) -- heartbeats (v4)
+//! inorder_nodes     (node text PRIMARY KEY, subscriptions text[] NOT NULL, -- heartbeats (v4):
+//!                    expires_at timestamptz NOT NULL)      -- what each live node runs
 //! SEQUENCE inorder_progress                   -- numbers the notifications of partition progress
 //! ```
 //!
@@ -188,6 +189,7 @@ CREATE TABLE IF NOT EXISTS inorder_leases (
     PRIMARY KEY (subscription, part));
 CREATE TABLE IF NOT EXISTS inorder_nodes (
     node text PRIMARY KEY,
+    subscriptions text[] NOT NULL DEFAULT '{}',
     expires_at timestamptz NOT NULL);
 CREATE SEQUENCE IF NOT EXISTS inorder_progress;
 "#;

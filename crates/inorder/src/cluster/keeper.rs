@@ -4,9 +4,9 @@
 //!
 //! | step | what it does |
 //! |---|---|
-//! | heartbeat | says this node is alive; learns the live nodes |
+//! | heartbeat | says this node is alive and which subscriptions it runs; learns how many live nodes run each |
 //! | renew | extends every lease it holds; a lease not renewed (taken over, expired) or past its local deadline is **lost**: its streams stop, mirrors take their place |
-//! | balance | per subscription, its fair share is `ceil(partitions / live nodes)`: below it, take free or expired partitions; above it, stop those streams, settle their checkpoints, then release |
+//! | balance | per subscription, its fair share is `ceil(partitions / live nodes running it)`: below it, take free or expired partitions; above it, stop those streams, settle their checkpoints, then release |
 //! | forget | leases of subscriptions no longer running here are released |
 //!
 //! A failed round (the storage unreachable) is logged and counted; the next one tries again.
@@ -111,8 +111,9 @@ async fn round(
 ) -> Result<()> {
     let Some(coordination) = inner.storage.coordination() else { return Ok(()) };
     let (node, ttl) = (cluster.config.node.as_str(), cluster.config.lease_ttl);
+    let running: Vec<Name> = inner.subscriptions().into_iter().map(|s| s.name.clone()).collect();
     let sent = Instant::now();
-    let nodes = coordination.heartbeat(node, ttl).await?;
+    let runners = coordination.heartbeat(node, &running, ttl).await?;
     let renewed: BTreeMap<(Name, u16), u64> = coordination
         .renew(node, ttl)
         .await?
@@ -169,9 +170,12 @@ async fn round(
             release.push(lease_of(&clock));
         }
     }
-    let live = u16::try_from(nodes.len().max(1)).unwrap_or(u16::MAX);
-    let share = usize::from(cluster.config.partitions.div_ceil(live));
     for (name, subscription) in &subscriptions {
+        // A fair share among the live nodes that run this subscription: a node that does not
+        // (declared elsewhere only, or not yet synced) leaves its part to the others.
+        let runners = runners.get(name.as_str()).copied().unwrap_or(1).max(1);
+        let runners = u16::try_from(runners).unwrap_or(u16::MAX);
+        let share = usize::from(cluster.config.partitions.div_ceil(runners));
         if !known.contains(name) {
             coordination.ensure_partitions(name, cluster.config.partitions).await?;
             known.insert(name.clone());
@@ -210,7 +214,8 @@ async fn round(
         }
     }
     coordination.release(node, &release).await?;
-    metrics::gauge!("inorder_cluster_nodes").set(nodes.len() as f64);
+    let most = runners.values().copied().max().unwrap_or(1);
+    metrics::gauge!("inorder_cluster_nodes").set(most as f64);
     metrics::gauge!("inorder_leases_held").set(cluster.leases.read().len() as f64);
     Ok(())
 }

@@ -10,7 +10,7 @@
 //! **Leases.** Each (subscription, partition) has a lease row in the storage: owner, epoch and
 //! expiry in the storage's clock. A node's [keeper](keeper) renews what it holds every
 //! `lease_ttl / 3`, takes free or expired partitions up to its fair share (`ceil(partitions /
-//! live nodes)`), gives up what is over it (after stopping those streams and settling their
+//! live nodes running the subscription)`: heartbeats say what each node runs), gives up what is over it (after stopping those streams and settling their
 //! checkpoints), and releases everything on shutdown. A node that dies keeps its partitions
 //! until their leases expire; the others take them then and go on from the last durable
 //! checkpoint: at-least-once at the takeover, as after a crash.

@@ -9,7 +9,7 @@
 //! whole commit once the epoch moved on, so a node that lost its lease — paused, partitioned,
 //! slow — can never overwrite what the new owner does.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use inorder_log::Name;
 use tokio::sync::watch;
@@ -46,8 +46,14 @@ pub struct Lease {
 /// Leases, heartbeats and shared progress, kept by a storage several nodes share.
 #[async_trait::async_trait]
 pub trait Coordination: Send + Sync {
-    /// Says `node` is alive for `ttl` more; returns every live node, sorted.
-    async fn heartbeat(&self, node: &str, ttl: Duration) -> Result<Vec<String>>;
+    /// Says `node` is alive for `ttl` more, running `subscriptions`; returns, per subscription
+    /// some live node runs, how many live nodes run it (this one included).
+    async fn heartbeat(
+        &self,
+        node: &str,
+        subscriptions: &[Name],
+        ttl: Duration,
+    ) -> Result<BTreeMap<String, usize>>;
     /// Takes `node` out of the live nodes (on shutdown, after it released its leases).
     async fn leave(&self, node: &str) -> Result<()>;
     /// Makes sure `subscription` has lease rows for `partitions` partitions;
