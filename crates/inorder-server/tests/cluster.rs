@@ -277,6 +277,11 @@ async fn a_subscription_made_through_one_node_runs_pauses_and_stops_on_every_nod
         if seen.contains_key("hook") { Ok(()) } else { Err(format!("{seen:?}")) }
     })
     .await;
+    eventually("node two takes its share", Duration::from_secs(20), async || {
+        let held = metric(&two, "inorder_leases_held").await;
+        if held >= 1.0 { Ok(()) } else { Err(format!("{held}")) }
+    })
+    .await;
     // Both nodes hand events over: every key delivered, in order, part of them by node two.
     let (keys, per_key) = (100, 20);
     publish(&two, keys, 0, per_key).await;
