@@ -42,6 +42,14 @@ pub const STORAGE_NOTIFY_QUEUE_DEPTH: usize = 1024;
 /// transaction is retried; every op is idempotent).
 pub const STORAGE_COMMIT_ATTEMPTS_MAX: u32 = 3;
 
+/// How long PostgreSQL lets a storage connection sit idle inside a transaction before it ends the
+/// session (`idle_in_transaction_session_timeout`). The storage's transactions send their
+/// statements back to back, so only a stalled process — frozen (SIGSTOP), swapped out, cut off
+/// mid-commit — reaches it; its row locks (a lease row share-locked by a fenced commit, a topic's
+/// counter) would otherwise hold up every other node until the process woke.
+pub const STORAGE_IDLE_IN_TRANSACTION_TIMEOUT: std::time::Duration =
+    std::time::Duration::from_secs(5);
+
 const _: () = assert!(STORAGE_POOL_SIZE_DEFAULT <= STORAGE_POOL_SIZE_MAX);
 const _: () = assert!(STORAGE_POOL_SIZE_DEFAULT >= 1);
 

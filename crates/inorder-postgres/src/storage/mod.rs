@@ -67,8 +67,8 @@ use crate::{
     connect::redact_url,
     error::{Error, Result},
     limits::{
-        STORAGE_APPEND_RECORDS_MAX, STORAGE_COMMIT_ATTEMPTS_MAX, STORAGE_POOL_SIZE_DEFAULT,
-        STORAGE_POOL_SIZE_MAX,
+        STORAGE_APPEND_RECORDS_MAX, STORAGE_COMMIT_ATTEMPTS_MAX,
+        STORAGE_IDLE_IN_TRANSACTION_TIMEOUT, STORAGE_POOL_SIZE_DEFAULT, STORAGE_POOL_SIZE_MAX,
     },
 };
 
@@ -121,8 +121,15 @@ impl PgStorage {
             )));
         }
         let redacted = redact_url(url);
-        let config: tokio_postgres::Config =
+        let mut config: tokio_postgres::Config =
             url.parse().map_err(|e| Error::InvalidConfig(format!("url {redacted}: {e}")))?;
+        // A stalled process must not keep its row locks (see the limit).
+        let session = format!(
+            "{} -c idle_in_transaction_session_timeout={}",
+            config.get_options().unwrap_or_default(),
+            STORAGE_IDLE_IN_TRANSACTION_TIMEOUT.as_millis()
+        );
+        config.options(session.trim_start());
         let mut client = crate::connect::connect(url).await?;
         schema::create(&mut client).await?;
         drop(client);
