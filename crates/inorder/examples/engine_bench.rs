@@ -13,7 +13,8 @@
 //! - `engine.e2e.group.topics16`, `.topics256`: the same spread over 16 and 256 topics, one
 //!   subscription over all of them (how the per-append commit position scales with topics).
 //!
-//! `BENCH_ONLY_E2E=1` runs only the e2e figures.
+//! `BENCH_ONLY_E2E=1` runs only the e2e figures; `BENCH_ONLY_FIFO=1` only the fifo dispatch, without
+//! its baseline (to profile it).
 //!
 //! `--quick` uses 210k events for dispatch (the full run uses 1.02M: 102 rounds over the keys,
 //! so every 3-action sequence completes).
@@ -78,6 +79,9 @@ async fn main() -> Result<()> {
 
     if std::env::var_os("BENCH_ONLY_E2E").is_none() {
         dispatch_benches(dir.path(), events).await?;
+    }
+    if std::env::var_os("BENCH_ONLY_FIFO").is_some() {
+        return Ok(()); // a profile of the dispatch alone
     }
     let run_for = Duration::from_secs(if quick { 3 } else { 10 });
     for topics in [1, 16, 256] {
