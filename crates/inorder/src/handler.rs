@@ -68,6 +68,20 @@ impl From<&str> for HandlerError {
     }
 }
 
+/// What a handler did with a run of one key's consecutive events ([`Handler::handle_run`]).
+///
+/// The first `replies.len()` events of the run were handled, in order; if `failed` is set, the
+/// event after them failed with it (retried or parked as any failure); the events after that
+/// were not handled and are handed to the handler again, in order, once the handled ones are
+/// durable.
+#[derive(Debug, Default)]
+pub struct RunReply {
+    /// One reply per handled event, from the run's first on.
+    pub replies: Vec<Reply>,
+    /// Why the event after the handled ones failed, if it did.
+    pub failed: Option<HandlerError>,
+}
+
 /// What a handler knows about the call beyond the event.
 #[derive(Debug, Clone)]
 pub struct HandlerContext {
@@ -82,6 +96,29 @@ pub struct HandlerContext {
 pub trait Handler: Send + Sync + 'static {
     /// Handles one event. Called for one key at a time, in the subscription's order.
     async fn handle(&self, event: &Event, context: &HandlerContext) -> Result<Reply, HandlerError>;
+
+    /// The most consecutive events of one key this handler takes in one call of
+    /// [`Handler::handle_run`]. 1, the default, hands events one at a time to
+    /// [`Handler::handle`]. The engine caps it at [`RUN_EVENTS_MAX`](crate::limits::RUN_EVENTS_MAX),
+    /// and forms runs only where per-key order is one sequence: `fifo` ordering of a
+    /// subscription over one topic (others, and retries, go one event at a time).
+    fn max_run(&self) -> usize {
+        1
+    }
+
+    /// Handles 2 ..= [`Handler::max_run`] consecutive events of one key, in their order, in one
+    /// call: a key's next events wait while it runs, as for one event. The default calls
+    /// [`Handler::handle`] for each in turn and stops at the first failure.
+    async fn handle_run(&self, events: &[Event], context: &HandlerContext) -> RunReply {
+        let mut replies = Vec::with_capacity(events.len());
+        for event in events {
+            match self.handle(event, context).await {
+                Ok(reply) => replies.push(reply),
+                Err(error) => return RunReply { replies, failed: Some(error) },
+            }
+        }
+        RunReply { replies, failed: None }
+    }
 
     /// Called when the subscription is replayed from its first event
     /// ([`EngineBuilder::replay`](crate::EngineBuilder::replay)): after its progress was reset
@@ -134,6 +171,26 @@ pub(crate) async fn call(
         Err(panic) => {
             Err(HandlerError::retry(format!("handler panicked: {}", panic_message(panic.as_ref()))))
         }
+    }
+}
+
+/// Calls the handler for a run, turning a panic into a retryable failure of its first event.
+pub(crate) async fn call_run(
+    handler: &SharedHandler,
+    events: &[Event],
+    context: &HandlerContext,
+) -> RunReply {
+    use futures_util::FutureExt;
+    let call: Pin<Box<dyn Future<Output = _> + Send + '_>> = handler.handle_run(events, context);
+    match std::panic::AssertUnwindSafe(call).catch_unwind().await {
+        Ok(reply) => reply,
+        Err(panic) => RunReply {
+            replies: Vec::new(),
+            failed: Some(HandlerError::retry(format!(
+                "handler panicked: {}",
+                panic_message(panic.as_ref())
+            ))),
+        },
     }
 }
 

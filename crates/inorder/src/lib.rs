@@ -58,7 +58,7 @@ pub use crate::{
     engine::{Engine, EngineBuilder},
     error::{Error, Result, StorageError, StorageErrorKind},
     event::{Event, EventBuilder, ExtensionValue, new_event_id, now_micros},
-    handler::{FnHandler, Handler, HandlerContext, HandlerError, Reply, handler_fn},
+    handler::{FnHandler, Handler, HandlerContext, HandlerError, Reply, RunReply, handler_fn},
     info::{StreamInfo, SubscriptionInfo, TopicInfo},
     manage::Rewind,
     outcome::Outcome,

@@ -50,6 +50,11 @@ pub const PROCESSBOOK_CHECKED_WORKERS_MAX: usize = 256;
 /// Operator commands waiting for a stream task.
 pub const STREAM_INBOX_DEPTH: usize = 64;
 
+/// Most consecutive events of one key in one handler call ([`Handler::max_run`](crate::Handler::max_run)
+/// is capped at it): a run's events are all in flight together, so after a crash at most this
+/// many of a key are handed to the handler again.
+pub const RUN_EVENTS_MAX: usize = 1024;
+
 /// Default limit of keys whose handler runs at once, per subscription.
 pub const KEYS_IN_FLIGHT_DEFAULT: usize = 256;
 /// Largest configurable keys-in-flight limit.

@@ -18,7 +18,7 @@ use crate::{
     dedupe::Dedupe,
     error::{Error, Result, StorageError},
     event::Event,
-    handler::{self, HandlerContext, HandlerError, Reply, SharedHandler},
+    handler::{self, HandlerContext, HandlerError, Reply, RunReply, SharedHandler},
     key_locks::KeyLocks,
     key_turns::KeyTurns,
     state::StreamId,
@@ -238,6 +238,26 @@ pub(crate) async fn call_handler(
         }
     }
     result
+}
+
+/// Calls the subscription's handler once for a run of one key's events (each on its first
+/// attempt), timing it; a panic fails the run's first event.
+pub(crate) async fn call_run_handler(
+    subscription: &SubscriptionRuntime,
+    events: &[Event],
+) -> RunReply {
+    let context = HandlerContext { subscription: subscription.name.clone(), attempt: 1 };
+    let started = std::time::Instant::now();
+    let reply = handler::call_run(&subscription.handler, events, &context).await;
+    subscription.metrics.handle_seconds.record(started.elapsed().as_secs_f64());
+    let handled = reply.replies.len().min(events.len()) as u64;
+    SubscriptionStats::add(&subscription.stats.handled, handled);
+    subscription.metrics.handled.increment(handled);
+    if reply.failed.is_some() {
+        SubscriptionStats::add(&subscription.stats.failed_attempts, 1);
+        subscription.metrics.failures.increment(1);
+    }
+    reply
 }
 
 impl StreamContext {

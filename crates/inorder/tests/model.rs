@@ -1,7 +1,9 @@
 //! A proptest model of the engine: random interleavings of publishes over many keys, action
 //! sequences published in random order, transient handler failures and restarts. Per key, the
 //! handled order must be exactly the log order (fifo) or the action order, each event handled
-//! once, except an event in flight at a restart, which may be handled again right after it.
+//! once, except an event in flight at a restart, which may be handled again right after it —
+//! or, for a handler taking runs of a key's events ([`Handler::max_run`]), the run in flight,
+//! handed again whole or in part, in order, never longer than `max_run`.
 
 #![allow(clippy::unwrap_used)]
 
@@ -16,7 +18,7 @@ use std::{
 };
 
 use inorder::{
-    Engine, EngineConfig, Event, Handler, HandlerContext, HandlerError, Ordering, Reply,
+    Engine, EngineConfig, Event, Handler, HandlerContext, HandlerError, Ordering, Reply, RunReply,
     SubscriptionConfig, TopicConfig,
 };
 use proptest::prelude::*;
@@ -54,10 +56,37 @@ struct ModelHandler {
     calls: Arc<Mutex<Vec<ModelCall>>>,
     epoch: Arc<AtomicU32>,
     fail_one_in: u64,
+    /// Runs of up to this many events (1: one at a time).
+    max_run: usize,
+    /// A run call handles at most this many of its events and returns the rest untouched (as a
+    /// pull consumer leasing part of a run does).
+    cut: usize,
 }
 
 #[async_trait::async_trait]
 impl Handler for ModelHandler {
+    fn max_run(&self) -> usize {
+        self.max_run
+    }
+
+    async fn handle_run(&self, events: &[Event], context: &HandlerContext) -> RunReply {
+        assert!(
+            (2..=self.max_run).contains(&events.len()),
+            "a run of {} events, max_run {}",
+            events.len(),
+            self.max_run
+        );
+        assert!(events.windows(2).all(|w| w[0].key == w[1].key && w[0].position < w[1].position));
+        let mut replies = Vec::new();
+        for event in events.iter().take(self.cut) {
+            match self.handle(event, context).await {
+                Ok(reply) => replies.push(reply),
+                Err(error) => return RunReply { replies, failed: Some(error) },
+            }
+        }
+        RunReply { replies, failed: None }
+    }
+
     async fn handle(&self, event: &Event, context: &HandlerContext) -> Result<Reply, HandlerError> {
         if context.attempt == 1 && event.position.is_multiple_of(self.fail_one_in) {
             return Err(HandlerError::retry("transient"));
@@ -91,7 +120,7 @@ async fn start(
     common::start_shared(storage, config(dir), &["fs", "ps"], &handler).await
 }
 
-async fn run(ops: Vec<Op>, fail_one_in: u64) {
+async fn run(ops: Vec<Op>, fail_one_in: u64, max_run: usize, cut: usize) {
     let dir = tempfile::tempdir().unwrap();
     let calls = Arc::new(Mutex::new(Vec::new()));
     let epoch = Arc::new(AtomicU32::new(0));
@@ -99,6 +128,8 @@ async fn run(ops: Vec<Op>, fail_one_in: u64) {
         calls: Arc::clone(&calls),
         epoch: Arc::clone(&epoch),
         fail_one_in,
+        max_run,
+        cut,
     });
     let storage = common::TestStorage::from_env();
     let mut engine = start(dir.path(), &storage, &handler).await;
@@ -143,8 +174,10 @@ async fn run(ops: Vec<Op>, fail_one_in: u64) {
         by_key.entry(key.clone()).or_default().push((*epoch, *position, action.clone()));
     }
     for (key, expected) in fifo_expected {
-        let handled: Vec<u64> =
-            common::once_each(&key, &by_key[&key]).into_iter().map(|(p, _)| p).collect();
+        let handled: Vec<u64> = common::once_each_run(&key, &by_key[&key], max_run)
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
         assert_eq!(handled, expected, "key {key}: fifo order");
     }
     for key in action_keys {
@@ -161,8 +194,10 @@ proptest! {
     fn per_key_order_holds_through_failures_and_restarts(
         ops in prop::collection::vec(op(), 1..24),
         fail_one_in in 2u64..6,
+        max_run in prop_oneof![Just(1usize), 2usize..6],
+        cut in 1usize..6,
     ) {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        runtime.block_on(run(ops, fail_one_in));
+        runtime.block_on(run(ops, fail_one_in, max_run, cut));
     }
 }

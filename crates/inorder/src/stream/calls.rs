@@ -1,6 +1,6 @@
 //! A stream's handler calls in flight: each one a short task on the runtime (so handlers of
 //! different keys run in parallel), started only with one of the subscription's keys-in-flight
-//! permits; calls waiting for a permit queue here, in the order their keys became ready.
+//! permits (one per call, whether it hands over one event or a run of a key's events); calls waiting for a permit queue here, in the order their keys became ready.
 
 use std::{collections::VecDeque, sync::Arc};
 
@@ -10,16 +10,30 @@ use crate::{
     cluster::LeaseClock,
     error::{Error, Result},
     event::Event,
-    handler::{HandlerError, Reply},
-    runtime::{SubscriptionRuntime, call_handler},
+    handler::{HandlerError, Reply, RunReply},
+    runtime::{SubscriptionRuntime, call_handler, call_run_handler},
 };
+
+/// A handler call to make: one event, or a run of one key's consecutive events.
+#[allow(clippy::large_enum_variant)] // transient; boxing `One`, the common case, would allocate per event
+pub(super) enum Call {
+    /// One event, on attempt `attempt`.
+    One { event: Event, attempt: u32 },
+    /// Two or more consecutive events of one key, each on its first attempt.
+    Run { events: Vec<Event> },
+}
 
 /// A finished handler call.
 pub(super) struct CallResult {
     pub book_key: String,
-    pub event: Event,
-    pub attempt: u32,
-    pub result: std::result::Result<Reply, HandlerError>,
+    pub called: Called,
+}
+
+/// What a finished call returned.
+#[allow(clippy::large_enum_variant)] // as `Call`
+pub(super) enum Called {
+    One { event: Event, attempt: u32, result: std::result::Result<Reply, HandlerError> },
+    Run { events: Vec<Event>, reply: RunReply },
 }
 
 /// Handler calls in flight and waiting for a permit.
@@ -30,7 +44,7 @@ pub(super) struct Calls {
     running: JoinSet<Result<CallResult>>,
     /// Calls waiting for a keys-in-flight permit (bounded by the stream's read budget: one per
     /// key at most).
-    waiting: VecDeque<(String, Event, u32)>,
+    waiting: VecDeque<(String, Call)>,
 }
 
 impl Calls {
@@ -43,33 +57,48 @@ impl Calls {
 
     /// Calls the handler for `event` now if a permit is free, else when one is.
     pub(super) fn start(&mut self, book_key: String, event: Event, attempt: u32) {
+        self.start_call(book_key, Call::One { event, attempt });
+    }
+
+    /// Makes `call` now if a permit is free, else when one is.
+    pub(super) fn start_call(&mut self, book_key: String, call: Call) {
         match Arc::clone(&self.subscription.in_flight).try_acquire_owned() {
-            Ok(permit) => self.spawn(book_key, event, attempt, permit),
-            Err(_) => self.waiting.push_back((book_key, event, attempt)),
+            Ok(permit) => self.spawn(book_key, call, permit),
+            Err(_) => self.waiting.push_back((book_key, call)),
         }
     }
 
-    fn spawn(
-        &mut self,
-        book_key: String,
-        event: Event,
-        attempt: u32,
-        permit: OwnedSemaphorePermit,
-    ) {
+    fn spawn(&mut self, book_key: String, call: Call, permit: OwnedSemaphorePermit) {
         let subscription = Arc::clone(&self.subscription);
         let lease = self.lease.clone();
         self.running.spawn(async move {
+            let event_key = match &call {
+                Call::One { event, .. } => &event.key,
+                Call::Run { events } => match events.first() {
+                    Some(first) => &first.key,
+                    None => return Err(Error::Internal { what: "an empty run".to_owned() }),
+                },
+            };
             let key = match &subscription.key_locks {
-                Some(locks) => Some(locks.lock(&event.key).await),
+                Some(locks) => Some(locks.lock(event_key).await),
                 None => None,
             };
             if let Some(lease) = lease.as_ref().filter(|lease| !lease.is_valid()) {
                 // The partition may be another node's by now: its calls are no longer ours.
                 return Err(lease.lost());
             }
-            let result = call_handler(&subscription, &event, attempt).await;
+            let called = match call {
+                Call::One { event, attempt } => {
+                    let result = call_handler(&subscription, &event, attempt).await;
+                    Called::One { event, attempt, result }
+                }
+                Call::Run { events } => {
+                    let reply = call_run_handler(&subscription, &events).await;
+                    Called::Run { events, reply }
+                }
+            };
             drop((key, permit));
-            Ok(CallResult { book_key, event, attempt, result })
+            Ok(CallResult { book_key, called })
         });
     }
 
@@ -83,8 +112,8 @@ impl Calls {
             Some(joined) = self.running.join_next() => joined.map_err(abnormal)?.map(Some),
             permit = permits.acquire_owned(), if waiting => {
                 let permit = permit.map_err(|_| Error::Stopped)?;
-                if let Some((book_key, event, attempt)) = self.waiting.pop_front() {
-                    self.spawn(book_key, event, attempt, permit);
+                if let Some((book_key, call)) = self.waiting.pop_front() {
+                    self.spawn(book_key, call, permit);
                 }
                 Ok(None)
             }

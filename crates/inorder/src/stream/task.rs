@@ -26,7 +26,7 @@ use tokio::{
 };
 
 use super::{
-    calls::{CallResult, Calls},
+    calls::{Call, CallResult, Called, Calls},
     handle::{StreamHealth, StreamMsg, StreamStatus},
     processbook::Processbook,
     progress::{Committed, Progress},
@@ -41,7 +41,7 @@ use crate::{
     event::Event,
     key_turns::{Grants, KeyTurns, TurnEvent},
     limits::{
-        PARKED_LIST_MAX, STREAM_PENDING_EVENTS_MAX, STREAM_READ_BATCHES_MAX,
+        PARKED_LIST_MAX, RUN_EVENTS_MAX, STREAM_PENDING_EVENTS_MAX, STREAM_READ_BATCHES_MAX,
         STREAM_REORDER_EVENTS_MAX, STREAM_TIMEOUT_RECHECK,
     },
     runtime::{StreamContext, SubscriptionStats, read_event},
@@ -72,6 +72,10 @@ pub(super) struct Stream {
     turns: Option<(Arc<KeyTurns>, Arc<Grants>)>,
     /// Calls waiting for their key's turn, by processbook key (one per key: its worker is busy).
     awaiting_turn: HashMap<String, (Event, u32)>,
+    /// The most events of a key one handler call takes: the handler's
+    /// [`max_run`](crate::Handler::max_run) where a key's events are one sequence (ordered, and
+    /// no commit-order turns across topics), else 1.
+    run_max: usize,
 }
 
 impl Stream {
@@ -114,7 +118,14 @@ impl Stream {
             progress.read_position(),
             batch_sender,
         );
-        tracing::info!(stream = %ctx.id, watermark, last, parked, "stream starting");
+        // (Workers also take no run while a sequencer orders their key.)
+        let run_max = match (&turns, ctx.subscription.config.ordering) {
+            (None, Ordering::Fifo | Ordering::Actions | Ordering::Sequence) => {
+                ctx.subscription.handler.max_run().clamp(1, RUN_EVENTS_MAX)
+            }
+            _ => 1,
+        };
+        tracing::info!(stream = %ctx.id, watermark, last, parked, run_max, "stream starting");
         Ok(Self {
             ctx: Arc::clone(ctx),
             checkpointer: checkpointer.clone(),
@@ -127,6 +138,7 @@ impl Stream {
             timers: Timers::default(),
             turns,
             awaiting_turn: HashMap::new(),
+            run_max,
         })
     }
 
@@ -265,7 +277,8 @@ impl Stream {
         } else {
             self.ctx.storage.key_state(&self.ctx.id, key).await?.unwrap_or_default()
         };
-        let worker = KeyWorker::new(&self.ctx, key.to_owned(), state, self.unordered());
+        let worker =
+            KeyWorker::new(&self.ctx, key.to_owned(), state, self.unordered(), self.run_max);
         self.book.insert(book_key.to_owned(), worker);
         Ok(())
     }
@@ -290,6 +303,15 @@ impl Stream {
                         }
                         _ => self.calls.start(book_key.to_owned(), event, attempt),
                     }
+                    return Ok(());
+                }
+                Step::CallRun { events } => {
+                    debug_assert!(self.turns.is_none(), "runs form only without turns");
+                    self.calls.start_call(book_key.to_owned(), Call::Run { events });
+                    return Ok(());
+                }
+                Step::Retry { event, attempt, delay } => {
+                    self.timers.retry(delay, book_key.to_owned(), event, attempt);
                     return Ok(());
                 }
                 Step::Finished(record) => {
@@ -361,11 +383,16 @@ impl Stream {
     }
 
     async fn on_call_result(&mut self, call: CallResult) -> Result<()> {
-        let CallResult { book_key, event, attempt, result } = call;
+        let CallResult { book_key, called } = call;
         let ctx = Arc::clone(&self.ctx);
         let after = self
             .book
-            .update(&book_key, |worker| worker.handler_result(&ctx, event, attempt, result))
+            .update(&book_key, |worker| match called {
+                Called::One { event, attempt, result } => {
+                    worker.handler_result(&ctx, event, attempt, result)
+                }
+                Called::Run { events, reply } => worker.run_result(&ctx, events, reply),
+            })
             .ok_or_else(|| Error::Internal {
                 what: format!("no worker for key {book_key} after its handler call"),
             })?;

@@ -10,7 +10,9 @@
 //! The worker is **busy** from the step it hands out (a handler call, or events to record) until
 //! the stream reports the checkpoint holding the key's completion **durable**
 //! ([`KeyWorker::committed`]); only the worker itself sets and clears it. So after a crash, at
-//! most the one event a key had in flight is handed to the handler again. A worker with nothing
+//! most the one event a key had in flight is handed to the handler again — or its one run: a
+//! handler that takes runs ([`crate::Handler::max_run`]) gets a key's queued events together
+//! where the order is one sequence (`fifo` over one topic, nothing blocked, parked or retried). A worker with nothing
 //! queued, nothing waiting and nothing in flight is removed by the stream.
 
 use std::{
@@ -27,7 +29,7 @@ use super::{
 use crate::{
     config::FailurePolicy,
     event::{Event, now_micros},
-    handler::{HandlerError, Reply},
+    handler::{HandlerError, Reply, RunReply},
     limits::{PARKED_ERROR_BYTES_MAX, RETRY_DELAY_MAX},
     outcome::Outcome,
     runtime::{StreamContext, SubscriptionStats},
@@ -78,6 +80,10 @@ pub(super) enum Item {
 pub(super) enum Step {
     /// Call the handler (attempt `attempt`).
     Call { event: Event, attempt: u32 },
+    /// Call the handler once for these consecutive events (two or more, first attempts).
+    CallRun { events: Vec<Event> },
+    /// Call the handler (attempt `attempt`) after `delay`: an event of a run failed.
+    Retry { event: Event, attempt: u32, delay: Duration },
     /// These events are finished: record them (and the key's state) durably.
     Finished(Record),
     /// List the key's blocked followers after this position, then ask again.
@@ -120,11 +126,23 @@ pub(super) struct KeyWorker {
     retrying_blocker: Option<u64>,
     /// Whether the stored state is replaced (`false`) or max-merged (`none` ordering).
     merge: bool,
+    /// The most events one handler call takes (1: no runs).
+    run_max: usize,
+    /// The event of a run that failed after others of the run were handled: decided (retried
+    /// or parked) once those are durable, before anything else of the key.
+    failed: Option<(Event, HandlerError)>,
 }
 
 impl KeyWorker {
-    /// A worker for `key`, resuming from its durable `state`.
-    pub(super) fn new(ctx: &StreamContext, key: String, state: KeyState, merge: bool) -> Self {
+    /// A worker for `key`, resuming from its durable `state`; a handler call takes up to
+    /// `run_max` of its events (runs form only without a sequencer).
+    pub(super) fn new(
+        ctx: &StreamContext,
+        key: String,
+        state: KeyState,
+        merge: bool,
+        run_max: usize,
+    ) -> Self {
         let sequencer = ctx
             .topic
             .contract(ctx.subscription.config.ordering)
@@ -141,6 +159,8 @@ impl KeyWorker {
             retried: HashSet::new(),
             retrying_blocker: None,
             merge,
+            run_max,
+            failed: None,
         }
     }
 
@@ -167,6 +187,7 @@ impl KeyWorker {
     /// Whether the worker can be removed: nothing queued, waiting, replaying or in progress.
     pub(super) fn is_idle(&self) -> bool {
         !self.busy
+            && self.failed.is_none()
             && self.queue.is_empty()
             && self.replay.is_empty()
             && self.followers_after.is_none()
@@ -182,11 +203,24 @@ impl KeyWorker {
     pub(super) fn next_step(&mut self, ctx: &StreamContext, room: bool) -> Step {
         debug_assert!(!self.busy, "a busy key takes no step");
         let step = self.step(ctx, room);
-        self.busy = matches!(step, Step::Call { .. } | Step::Finished(_));
+        self.busy = matches!(
+            step,
+            Step::Call { .. } | Step::CallRun { .. } | Step::Retry { .. } | Step::Finished(_)
+        );
         step
     }
 
     fn step(&mut self, ctx: &StreamContext, room: bool) -> Step {
+        if let Some((event, error)) = self.failed.take() {
+            self.busy = true; // deciding a call's result, as after the call
+            return match self.handler_result(ctx, event, 1, Err(error)) {
+                AfterCall::Retry { event, attempt, delay } => Step::Retry { event, attempt, delay },
+                AfterCall::Finished(record) => Step::Finished(record),
+            };
+        }
+        if let Some(events) = self.take_run() {
+            return Step::CallRun { events };
+        }
         loop {
             if let Some(event) = self.replay.pop_front() {
                 match self.offer(ctx, event, room) {
@@ -210,6 +244,83 @@ impl KeyWorker {
                 return step;
             }
         }
+    }
+
+    /// The key's queued events as one run, when there are two or more and nothing else decides
+    /// the order: no sequencer, nothing blocked, replayed or retried.
+    fn take_run(&mut self) -> Option<Vec<Event>> {
+        if self.run_max < 2
+            || self.sequencer.is_some()
+            || self.state.blocked_by.is_some()
+            || !self.replay.is_empty()
+            || self.followers_after.is_some()
+            || !self.retried.is_empty()
+        {
+            return None;
+        }
+        let n = self
+            .queue
+            .iter()
+            .take(self.run_max)
+            .take_while(|item| matches!(item, Item::Event(_)))
+            .count();
+        if n < 2 {
+            return None;
+        }
+        let events: Vec<Event> = self
+            .queue
+            .drain(..n)
+            .filter_map(|item| match item {
+                Item::Event(event) => Some(event),
+                Item::Retry(_) | Item::Discard(_) => None,
+            })
+            .collect();
+        debug_assert_eq!(events.len(), n, "a run takes events only");
+        Some(events)
+    }
+
+    /// The handler returned for a run: its handled prefix is recorded; a failed event is
+    /// decided once that is durable (at once when nothing was handled); the events after it go
+    /// back to the front of the queue, in order.
+    pub(super) fn run_result(
+        &mut self,
+        ctx: &StreamContext,
+        events: Vec<Event>,
+        reply: RunReply,
+    ) -> AfterCall {
+        debug_assert!(self.busy, "a run result for a key that had no call");
+        let RunReply { replies, failed } = reply;
+        let mut events = events.into_iter();
+        let mut items = Vec::with_capacity(replies.len());
+        for reply in replies {
+            let Some(event) = events.next() else { break };
+            self.state.last_time_micros = self.state.last_time_micros.max(event.time_micros);
+            self.advance(&event);
+            self.state.last_position = self.state.last_position.max(event.position);
+            items.push(self.done(&event, Outcome::Handled(reply)));
+        }
+        // Nothing handled and nothing failed would hand the run over again at once: a failure.
+        let failed = failed.or_else(|| {
+            items.is_empty().then(|| {
+                HandlerError::retry("the handler returned without handling its run's first event")
+            })
+        });
+        let next = match failed {
+            Some(error) => events.next().map(|next| (next, error)),
+            None => None,
+        };
+        let rest: Vec<Event> = events.collect();
+        for event in rest.into_iter().rev() {
+            self.queue.push_front(Item::Event(event));
+        }
+        if let Some((next, error)) = next {
+            if items.is_empty() {
+                return self.handler_result(ctx, next, 1, Err(error));
+            }
+            self.failed = Some((next, error));
+        }
+        let ops = vec![self.key_op(ctx)];
+        AfterCall::Finished(Record { items, ops, ..Record::default() })
     }
 
     /// Routes an event through the block check and the sequencer.

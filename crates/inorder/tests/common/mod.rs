@@ -380,3 +380,46 @@ where
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// One key's successful calls as `(position, what)` in call order, for a handler taking runs of
+/// up to `max_run` events: after a restart the key's run in flight may be handed again — some
+/// of the events last handled (at most `max_run`), in their order, then new ones. Any other
+/// repeat, and a repeat within one epoch, fails the test.
+pub fn once_each_run<T: Clone>(
+    key: &str,
+    calls: &[(u32, u64, T)],
+    max_run: usize,
+) -> Vec<(u64, T)> {
+    let mut kept: Vec<(u32, u64, T)> = Vec::new();
+    // While a run is handed again: the index in `kept` of the repeat expected next.
+    let mut again: Option<usize> = None;
+    for call in calls {
+        if let Some(next) = again.take()
+            && kept.get(next).is_some_and(|k| k.1 == call.1)
+        {
+            assert!(call.0 > kept[next].0, "key {key}: {} handled twice without a restart", call.1);
+            again = Some(next + 1);
+            continue;
+        }
+        match kept.last() {
+            Some(last) if call.1 <= last.1 => {
+                let Some(at) = kept.iter().rposition(|k| k.1 == call.1) else {
+                    panic!("key {key}: {} handled after {}", call.1, last.1);
+                };
+                assert!(
+                    call.0 > kept[at].0,
+                    "key {key}: {} handled twice without a restart",
+                    call.1
+                );
+                assert!(
+                    kept.len() - at <= max_run,
+                    "key {key}: {} events handed again after a restart, more than a run ({max_run})",
+                    kept.len() - at
+                );
+                again = Some(at + 1);
+            }
+            _ => kept.push(call.clone()),
+        }
+    }
+    kept.into_iter().map(|(_, at, what)| (at, what)).collect()
+}
