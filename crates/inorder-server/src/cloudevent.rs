@@ -27,7 +27,9 @@ mod out;
 
 use members::{Items, Members};
 
-pub use self::out::{binary_headers, render};
+#[cfg(test)]
+pub use self::out::render;
+pub use self::out::{Structured, binary_headers};
 
 use crate::limits::{EVENT_CORE_MEMBERS_MAX, EVENT_SOURCE_DEFAULT};
 

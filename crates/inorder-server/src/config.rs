@@ -182,6 +182,8 @@ pub struct SubscriptionFile {
     /// Lease of pulled events (`30s`).
     #[serde(default, deserialize_with = "values::lease_timeout")]
     pub lease_timeout: Option<Duration>,
+    /// Consecutive events of one key a pull may lease at once (pull delivery; 1 by default).
+    pub max_per_key: Option<usize>,
     /// Attempts before an event is parked.
     pub max_attempts: Option<u32>,
     /// Delay before a webhook's second attempt (`100ms`), doubling after each failure.
@@ -199,6 +201,8 @@ pub struct SubscriptionServerConfig {
     pub delivery: Delivery,
     /// Lease of pulled events.
     pub lease_timeout: Duration,
+    /// Consecutive events of one key a pull may lease at once.
+    pub max_per_key: usize,
 }
 
 /// Everything `inorder serve` runs with.
@@ -540,6 +544,23 @@ delivery = "pull"
             "[[topics]]\nname = \"t\"\n[[subscriptions]]\nname = \"s\"\ntopics = [\"t\"]\nlease_timeout = \"2days\"\n",
             ":6: subscriptions.s.lease_timeout: must be at most 1day",
         );
+        let pull = "[[topics]]\nname = \"t\"\n[[subscriptions]]\nname = \"s\"\ntopics = [\"t\"]\n";
+        refused(
+            &format!("{pull}max_per_key = 1001\n"),
+            ":6: subscriptions.s.max_per_key: must be within 1..=1000",
+        );
+        refused(
+            &format!("{pull}max_per_key = 0\n"),
+            ":6: subscriptions.s.max_per_key: must be within 1..=1000",
+        );
+        refused(
+            &format!(
+                "{pull}delivery = \"webhook\"\nmax_per_key = 5\n[subscriptions.webhook]\nurl = \"http://h/\"\n"
+            ),
+            ":7: subscriptions.s.max_per_key: applies to delivery = \"pull\" only",
+        );
+        let config = load(&format!("{pull}max_per_key = 100\n")).unwrap();
+        assert_eq!(config.subscriptions["s"].max_per_key, 100);
         let sink = "[[topics]]\nname = \"t\"\n[[subscriptions]]\nname = \"s\"\ntopics = [\"t\"]\n\
                     delivery = \"postgres\"\n[subscriptions.postgres]\nurl = \"postgres://h/db\"\ntable = \"t\"\n";
         refused(

@@ -51,7 +51,7 @@ pub async fn build(
     Ok(match &server.delivery {
         Delivery::Pull => {
             let queue = PullQueue::start(server.lease_timeout);
-            let handler = Arc::new(PullHandler(Arc::clone(&queue)));
+            let handler = Arc::new(PullHandler::new(Arc::clone(&queue), server.max_per_key));
             Built { handler, pull: Some(queue), kind }
         }
         Delivery::Postgres(sink) => {

@@ -29,6 +29,9 @@ pub const NACK_DELAY_MAX: Duration = RETRY_DELAY_MAX;
 pub const PULL_EVENTS_DEFAULT: usize = 10;
 /// Most events one pull may lease.
 pub const PULL_EVENTS_MAX: usize = 1000;
+/// Most consecutive events of one key a pull subscription may lease at once (`max_per_key`;
+/// 1 by default: one event per key until it is acked).
+pub const PULL_PER_KEY_MAX: usize = PULL_EVENTS_MAX;
 /// Events one read of a topic returns when its query names no `limit`.
 pub const READ_EVENTS_DEFAULT: usize = 100;
 /// Most events one read of a topic returns.
@@ -136,6 +139,8 @@ pub const DELAY_QUEUE_RENEW_AGE: Duration = Duration::from_secs(365 * 24 * 60 * 
 const _: () = assert!(HTTP_WAIT_MAX.as_secs() <= WAIT_MAX.as_secs(), "the engine would cut it");
 const _: () = assert!(TAIL_FOLLOW_WAIT.as_secs() <= HTTP_WAIT_MAX.as_secs());
 const _: () = assert!(PULL_EVENTS_DEFAULT <= PULL_EVENTS_MAX);
+const _: () =
+    assert!(PULL_PER_KEY_MAX <= inorder::limits::RUN_EVENTS_MAX, "the engine would cut it");
 const _: () =
     assert!(READ_EVENTS_DEFAULT <= READ_EVENTS_MAX && TAIL_READ_EVENTS <= READ_EVENTS_MAX);
 const _: () = assert!(PARKED_LIST_DEFAULT <= PARKED_LIST_MAX);

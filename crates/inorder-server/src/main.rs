@@ -142,6 +142,10 @@ enum Command {
         /// A short run.
         #[arg(long)]
         quick: bool,
+        /// `peers`: only the figures whose names start with this (`peers.consume`), to profile
+        /// one phase (what they need runs all the same, unreported).
+        #[arg(long)]
+        only: Option<String>,
     },
 }
 
@@ -260,8 +264,8 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             commands::parked(&client, &subscription, &action, id.as_deref()).await?;
         }
         Command::Demo { users } => commands::demo(users).await?,
-        Command::Bench { what, quick } => match what.as_str() {
-            "peers" => bench::peers::peers(quick).await?,
+        Command::Bench { what, quick, only } => match what.as_str() {
+            "peers" => bench::peers::peers(quick, only.as_deref()).await?,
             _ => bench::http::http(quick).await?,
         },
         Command::Log(_) => unreachable!("log commands run before the runtime starts"),

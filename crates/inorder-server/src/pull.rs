@@ -1,17 +1,24 @@
 //! Pull delivery: HTTP consumers lease events, then ack or nack them.
 //!
-//! A pull subscription's handler is a [`PullHandler`]: when the engine hands it an event, it
-//! *offers* the event to consumers and waits for their decision. So everything the engine
-//! guarantees holds for HTTP consumers too — a key's next event is offered only after the
-//! previous one was acked (and made durable), so two events of one key are never leased at once
-//! and in `actions` ordering only a key's next action is leasable; the number of offered events
-//! is bounded by the subscription's keys-in-flight limit.
+//! A pull subscription's handler is a [`PullHandler`]: when the engine hands it an event — or
+//! a *run* of one key's consecutive events, with `max_per_key` above 1 — it *offers* them to
+//! consumers and waits for their decision. So everything the engine guarantees holds for HTTP
+//! consumers too — a key's next events are offered only after the previous ones were acked (and
+//! made durable), so one key's events are never leased by two pulls at once, and in `actions`
+//! ordering only a key's next action is leasable; the number of offers is bounded by the
+//! subscription's keys-in-flight limit.
 //!
-//! - `pull` leases up to `max` offered events for the lease timeout;
+//! - `pull` leases up to `max` offered events for the lease timeout, each run whole (up to the
+//!   pull's room: what does not fit goes back to the engine untouched, offered again after the
+//!   leased part is durable);
 //! - `ack` ends them (the handler succeeds);
 //! - `nack` fails them, to be offered again after its delay (attempt + 1);
 //! - an expired lease fails the same way, at once; after `max_attempts` the engine parks the
 //!   event.
+//!
+//! A run is decided in order: its acked prefix is handled; its first nacked or expired event
+//! fails (the rest of the run's leases end with it, their events offered again after it); it is
+//! decided as soon as that much is known.
 //!
 //! Leases expire on a timer, never by polling: their deadlines wait in a
 //! [`DelayQueue`] beside the leases (under the same lock, so a lease and its deadline go
@@ -27,7 +34,7 @@ use std::{
     time::Duration,
 };
 
-use inorder::{Event, Handler, HandlerContext, HandlerError, Reply};
+use inorder::{Event, Handler, HandlerContext, HandlerError, Reply, RunReply};
 use parking_lot::{Mutex, MutexGuard};
 use tokio::{
     sync::{Notify, oneshot},
@@ -35,30 +42,50 @@ use tokio::{
 };
 use tokio_util::time::{DelayQueue, delay_queue};
 
-use crate::limits::{DELAY_QUEUE_RENEW_AGE, LEASE_TIMEOUT_MAX, PULL_EVENTS_MAX};
+use crate::limits::{DELAY_QUEUE_RENEW_AGE, LEASE_TIMEOUT_MAX, PULL_EVENTS_MAX, PULL_PER_KEY_MAX};
 
 /// What a consumer decided about a leased event.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 enum Decision {
     Ack,
     Nack { delay: Duration },
     Expired,
 }
 
-struct Offer {
-    event: Event,
+/// How a run ended: its first `acked` events were acked; the next one failed, if `failed`.
+#[derive(Debug)]
+struct RunDecision {
+    acked: usize,
+    failed: Option<Decision>,
+}
+
+/// One offer: the events of one handler call (one event, or a run of one key's).
+struct Run {
+    /// Not leased yet (emptied by the pull that leases the run).
+    events: Vec<Event>,
     attempt: u32,
-    decide: oneshot::Sender<Decision>,
+    /// Per leased event: the consumer's decision so far, and its lease id while held.
+    decisions: Vec<Option<Decision>>,
+    leases: Vec<String>,
+    decide: oneshot::Sender<RunDecision>,
 }
 
 struct Lease {
-    decide: oneshot::Sender<Decision>,
+    run: u64,
+    /// The event's index in its run.
+    index: usize,
     /// Its deadline in [`Queue::deadlines`].
     deadline: delay_queue::Key,
 }
 
 struct Queue {
-    offers: VecDeque<Offer>,
+    /// Runs offered and not leased, in the order they were offered.
+    offers: VecDeque<u64>,
+    /// Undecided runs by id, offered or leased.
+    runs: HashMap<u64, Run>,
+    next_run: u64,
+    /// Leases handed out so far: with the queue's random prefix, the next lease's id.
+    next_lease: u64,
     /// Held leases by id. A lease is here exactly while its id waits in `deadlines`.
     leases: HashMap<String, Lease>,
     /// Lease ids by deadline.
@@ -73,6 +100,9 @@ impl Queue {
     fn new() -> Self {
         Self {
             offers: VecDeque::new(),
+            runs: HashMap::new(),
+            next_run: 0,
+            next_lease: 0,
             leases: HashMap::new(),
             deadlines: DelayQueue::new(),
             deadlines_since: Instant::now(),
@@ -92,6 +122,43 @@ impl Queue {
                 reaper.wake_by_ref(); // to wait on the new queue
             }
         }
+    }
+
+    /// Records the decision on held lease `lease`; false if it is not held (unknown, settled,
+    /// expired, or ended with its run).
+    fn decide(&mut self, lease: &str, decision: Decision) -> bool {
+        let Some(held) = self.leases.remove(lease) else { return false };
+        let deadline = self.deadlines.try_remove(&held.deadline);
+        assert!(
+            deadline.is_some_and(|d| d.get_ref() == lease),
+            "a held lease's deadline is queued"
+        );
+        let Some(run) = self.runs.get_mut(&held.run) else {
+            panic!("lease {lease} held for run {} that was decided", held.run);
+        };
+        run.decisions[held.index] = Some(decision);
+        let live = !run.decide.is_closed();
+        self.conclude(held.run);
+        live
+    }
+
+    /// Decides run `id` if its decisions so far say how it ends: every event acked, or the
+    /// first not acked failed. Its other leases end with it.
+    fn conclude(&mut self, id: u64) {
+        let Some(run) = self.runs.get(&id) else { return };
+        let acked = run.decisions.iter().take_while(|d| matches!(d, Some(Decision::Ack))).count();
+        let failed = match run.decisions.get(acked) {
+            None => None,
+            Some(Some(failure)) => Some(*failure),
+            Some(None) => return, // undecided: wait for it
+        };
+        let Some(run) = self.runs.remove(&id) else { return };
+        for lease in &run.leases {
+            if let Some(held) = self.leases.remove(lease) {
+                self.deadlines.try_remove(&held.deadline);
+            }
+        }
+        let _ = run.decide.send(RunDecision { acked, failed });
     }
 }
 
@@ -118,6 +185,10 @@ pub struct Settled {
 /// The offers and leases of one pull subscription.
 pub struct PullQueue {
     lease_timeout: Duration,
+    /// A UUIDv7 (time and random bits) drawn when the queue starts: lease ids of another queue
+    /// (or of this subscription before a restart) never match this one's; a counter makes the
+    /// rest (no random draw per lease).
+    lease_prefix: String,
     queue: Mutex<Queue>,
     /// Wakes pulls waiting for offers.
     offered: Notify,
@@ -137,8 +208,10 @@ impl PullQueue {
             "lease_timeout {lease_timeout:?} passed the configuration's check"
         );
         let (stop, stopped) = oneshot::channel();
+        let lease_prefix = uuid::Uuid::now_v7().simple().to_string();
         let queue = Arc::new(Self {
             lease_timeout,
+            lease_prefix,
             queue: Mutex::new(Queue::new()),
             offered: Notify::new(),
             _reaper_stop: stop,
@@ -183,48 +256,49 @@ impl PullQueue {
             tracing::error!(lease_timeout = ?self.lease_timeout, "a lease deadline past the clock's range");
             return Vec::new();
         };
-        let mut queue = self.lock();
+        let mut guard = self.lock();
+        let queue = &mut *guard;
         queue.renew_idle_deadlines(now);
         let mut leased = Vec::new();
         while leased.len() < max {
-            let Some(offer) = queue.offers.pop_front() else { break };
-            if offer.decide.is_closed() {
-                continue; // the engine stopped waiting (shutdown): nothing to lease
+            let Some(id) = queue.offers.pop_front() else { break };
+            let Some(run) = queue.runs.get_mut(&id) else { continue };
+            if run.decide.is_closed() {
+                queue.runs.remove(&id); // the engine stopped waiting (shutdown): nothing to lease
+                continue;
             }
-            let lease = uuid::Uuid::now_v7().simple().to_string();
-            let key = queue.deadlines.insert_at(lease.clone(), deadline);
-            queue.leases.insert(lease.clone(), Lease { decide: offer.decide, deadline: key });
-            leased.push(Leased { lease, attempt: offer.attempt, event: offer.event });
+            // What does not fit goes back to the engine untouched (the run is cut short).
+            let mut events = std::mem::take(&mut run.events);
+            events.truncate(max - leased.len());
+            run.decisions = vec![None; events.len()];
+            run.leases = Vec::with_capacity(events.len());
+            for (index, event) in events.into_iter().enumerate() {
+                let lease = format!("{}{:x}", self.lease_prefix, queue.next_lease);
+                queue.next_lease += 1;
+                let key = queue.deadlines.insert_at(lease.clone(), deadline);
+                queue.leases.insert(lease.clone(), Lease { run: id, index, deadline: key });
+                run.leases.push(lease.clone());
+                leased.push(Leased { lease, attempt: run.attempt, event });
+            }
         }
         leased
     }
 
     /// Acks leases: their events are done.
     pub fn ack(&self, leases: &[String]) -> Settled {
-        self.settle(leases, || Decision::Ack)
+        self.settle(leases, Decision::Ack)
     }
 
     /// Nacks leases: their events are offered again after `delay`.
     pub fn nack(&self, leases: &[String], delay: Duration) -> Settled {
-        self.settle(leases, || Decision::Nack { delay })
+        self.settle(leases, Decision::Nack { delay })
     }
 
-    fn settle(&self, leases: &[String], decision: impl Fn() -> Decision) -> Settled {
+    fn settle(&self, leases: &[String], decision: Decision) -> Settled {
         let mut queue = self.lock();
         let mut settled = Settled::default();
         for lease in leases {
-            let sent = match queue.leases.remove(lease) {
-                Some(held) => {
-                    let deadline = queue.deadlines.try_remove(&held.deadline);
-                    assert!(
-                        deadline.is_some_and(|d| d.get_ref() == lease),
-                        "a held lease's deadline is queued"
-                    );
-                    held.decide.send(decision()).is_ok()
-                }
-                None => false,
-            };
-            if sent {
+            if queue.decide(lease, decision) {
                 settled.settled += 1;
             } else {
                 settled.unknown.push(lease.clone());
@@ -236,7 +310,24 @@ impl PullQueue {
     /// Events offered and not leased, and leases held.
     pub fn sizes(&self) -> (usize, usize) {
         let queue = self.lock();
-        (queue.offers.len(), queue.leases.len())
+        let offered =
+            queue.offers.iter().filter_map(|id| queue.runs.get(id)).map(|r| r.events.len());
+        (offered.sum(), queue.leases.len())
+    }
+
+    /// Offers `events` (one handler call's) and waits for the consumers' decision.
+    async fn offer(&self, events: Vec<Event>, attempt: u32) -> Result<RunDecision, HandlerError> {
+        let (decide, decision) = oneshot::channel();
+        {
+            let mut queue = self.lock();
+            let id = queue.next_run;
+            queue.next_run += 1;
+            let run = Run { events, attempt, decisions: Vec::new(), leases: Vec::new(), decide };
+            queue.runs.insert(id, run);
+            queue.offers.push_back(id);
+        }
+        self.offered.notify_waiters();
+        decision.await.map_err(|_| HandlerError::retry("the offer was dropped"))
     }
 
     /// Expires every lease past its deadline, and leaves the reaper's waker with the next one.
@@ -253,7 +344,10 @@ impl PullQueue {
                     "lease {lease} expired but was not held: a deadline waits only for a held lease"
                 );
             };
-            let _ = held.decide.send(Decision::Expired);
+            if let Some(run) = queue.runs.get_mut(&held.run) {
+                run.decisions[held.index] = Some(Decision::Expired);
+                queue.conclude(held.run);
+            }
         }
     }
 }
@@ -273,28 +367,53 @@ async fn reap(queue: Weak<PullQueue>, stopped: oneshot::Receiver<()>) {
     }
 }
 
-/// The handler of a pull subscription: offers each event and waits for the consumers.
-pub struct PullHandler(pub Arc<PullQueue>);
+/// The handler of a pull subscription: offers each event — or each run of up to `max_per_key`
+/// of a key's events — and waits for the consumers.
+pub struct PullHandler {
+    queue: Arc<PullQueue>,
+    max_per_key: usize,
+}
+
+impl PullHandler {
+    /// Offers through `queue`, up to `max_per_key` consecutive events of a key at once (capped
+    /// at [`PULL_PER_KEY_MAX`]).
+    pub fn new(queue: Arc<PullQueue>, max_per_key: usize) -> Self {
+        Self { queue, max_per_key: max_per_key.clamp(1, PULL_PER_KEY_MAX) }
+    }
+}
+
+/// The handler's error for a failed event.
+fn failure(decision: Decision) -> HandlerError {
+    match decision {
+        Decision::Nack { delay } => HandlerError::retry_after("nacked by the consumer", delay),
+        Decision::Expired => HandlerError::retry_after("lease expired", Duration::ZERO),
+        Decision::Ack => HandlerError::retry("an acked event counted as failed (a bug)"),
+    }
+}
 
 #[async_trait::async_trait]
 impl Handler for PullHandler {
+    fn max_run(&self) -> usize {
+        self.max_per_key
+    }
+
     async fn handle(&self, event: &Event, context: &HandlerContext) -> Result<Reply, HandlerError> {
-        let (decide, decision) = oneshot::channel();
-        self.0.lock().offers.push_back(Offer {
-            event: event.clone(),
-            attempt: context.attempt,
-            decide,
-        });
-        self.0.offered.notify_waiters();
-        match decision.await {
-            Ok(Decision::Ack) => Ok(Reply::Null),
-            Ok(Decision::Nack { delay }) => {
-                Err(HandlerError::retry_after("nacked by the consumer", delay))
+        let decided = self.queue.offer(vec![event.clone()], context.attempt).await?;
+        match decided {
+            RunDecision { acked: 1.., .. } => Ok(Reply::Null),
+            RunDecision { failed: Some(decision), .. } => Err(failure(decision)),
+            RunDecision { failed: None, .. } => {
+                Err(HandlerError::retry("the offer was not leased"))
             }
-            Ok(Decision::Expired) => {
-                Err(HandlerError::retry_after("lease expired", Duration::ZERO))
+        }
+    }
+
+    async fn handle_run(&self, events: &[Event], context: &HandlerContext) -> RunReply {
+        match self.queue.offer(events.to_vec(), context.attempt).await {
+            Ok(RunDecision { acked, failed }) => {
+                RunReply { replies: vec![Reply::Null; acked], failed: failed.map(failure) }
             }
-            Err(_) => Err(HandlerError::retry("the offer was dropped")),
+            Err(error) => RunReply { replies: Vec::new(), failed: Some(error) },
         }
     }
 }
@@ -310,7 +429,7 @@ mod tests {
     #[tokio::test]
     async fn an_acked_lease_completes_the_handler() {
         let queue = PullQueue::start(Duration::from_secs(30));
-        let handler = PullHandler(Arc::clone(&queue));
+        let handler = PullHandler::new(Arc::clone(&queue), 1);
         let event = Event::builder("t", "k", "a").build().unwrap();
         let call = tokio::spawn(async move { handler.handle(&event, &context(1)).await });
         let leased = queue.pull(10, Duration::from_secs(5)).await;
@@ -323,7 +442,7 @@ mod tests {
     #[tokio::test]
     async fn an_expired_lease_fails_the_handler() {
         let queue = PullQueue::start(Duration::from_millis(50));
-        let handler = PullHandler(Arc::clone(&queue));
+        let handler = PullHandler::new(Arc::clone(&queue), 1);
         let event = Event::builder("t", "k", "a").build().unwrap();
         let call = tokio::spawn(async move { handler.handle(&event, &context(1)).await });
         let leased = queue.pull(1, Duration::from_secs(5)).await;
@@ -339,7 +458,7 @@ mod tests {
         let started = Instant::now();
         assert!(queue.pull(1, Duration::from_millis(50)).await.is_empty());
         assert!(started.elapsed() >= Duration::from_millis(50));
-        let handler = PullHandler(Arc::clone(&queue));
+        let handler = PullHandler::new(Arc::clone(&queue), 1);
         let waiting = {
             let queue = Arc::clone(&queue);
             tokio::spawn(async move { queue.pull(1, Duration::from_secs(5)).await })
@@ -356,7 +475,7 @@ mod tests {
         queue: &Arc<PullQueue>,
         key: &str,
     ) -> tokio::task::JoinHandle<Result<Reply, HandlerError>> {
-        let handler = PullHandler(Arc::clone(queue));
+        let handler = PullHandler::new(Arc::clone(queue), 1);
         let event = Event::builder("t", key, "a").build().unwrap();
         tokio::spawn(async move { handler.handle(&event, &context(1)).await })
     }
@@ -413,6 +532,84 @@ mod tests {
         assert_eq!(call.await.unwrap().unwrap_err().message(), "lease expired");
         assert!(leased_at.elapsed() >= Duration::from_secs(30));
         assert_eq!(queue.ack(&[leased[0].lease.clone()]).unknown.len(), 1);
+    }
+
+    /// Hands `count` events of key `k` to the queue as one run, as the engine would.
+    fn offer_run(queue: &Arc<PullQueue>, count: usize) -> tokio::task::JoinHandle<RunReply> {
+        let handler = PullHandler::new(Arc::clone(queue), 8);
+        let events: Vec<Event> = (0..count)
+            .map(|i| Event::builder("t", "k", format!("a{i}")).build().unwrap())
+            .collect();
+        tokio::spawn(async move { handler.handle_run(&events, &context(1)).await })
+    }
+
+    fn ids(leased: &[Leased]) -> Vec<String> {
+        leased.iter().map(|l| l.lease.clone()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_run_is_leased_whole_by_one_pull_in_order_and_acked_together() {
+        let queue = PullQueue::start(Duration::from_secs(30));
+        let run = offer_run(&queue, 3);
+        let leased = lease(&queue, 3).await;
+        let actions: Vec<&str> = leased.iter().map(|l| l.event.action.as_str()).collect();
+        assert_eq!(actions, ["a0", "a1", "a2"]);
+        assert_eq!(queue.ack(&ids(&leased)).settled, 3);
+        let reply = run.await.unwrap();
+        assert_eq!((reply.replies.len(), reply.failed), (3, None));
+        assert_eq!(queue.sizes(), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_run_waits_for_its_first_events_decision_even_when_later_ones_are_acked() {
+        let queue = PullQueue::start(Duration::from_secs(30));
+        let run = offer_run(&queue, 2);
+        let leased = lease(&queue, 2).await;
+        assert_eq!(queue.ack(&[leased[1].lease.clone()]).settled, 1);
+        // A decided run ends its leases at once (in the ack's call): the first is still held.
+        assert_eq!(queue.sizes(), (0, 1), "the first event is undecided");
+        assert_eq!(queue.ack(&[leased[0].lease.clone()]).settled, 1);
+        assert_eq!(run.await.unwrap().replies.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_nack_in_a_run_keeps_the_acked_prefix_and_ends_the_later_leases() {
+        let queue = PullQueue::start(Duration::from_secs(30));
+        let run = offer_run(&queue, 4);
+        let leased = ids(&lease(&queue, 4).await);
+        assert_eq!(queue.ack(&leased[..1]).settled, 1);
+        assert_eq!(queue.nack(&leased[1..2], Duration::from_millis(7)).settled, 1);
+        let reply = run.await.unwrap();
+        assert_eq!(reply.replies.len(), 1, "the acked prefix is handled");
+        let failed = reply.failed.unwrap();
+        assert_eq!(failed.message(), "nacked by the consumer");
+        assert_eq!(failed.retry_delay(), Some(Duration::from_millis(7)));
+        assert_eq!(queue.ack(&leased[2..]).unknown, &leased[2..], "ended with the run");
+        assert_eq!(queue.sizes(), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_run_wider_than_the_pull_is_cut_and_the_rest_goes_back_to_the_engine() {
+        let queue = PullQueue::start(Duration::from_secs(30));
+        let run = offer_run(&queue, 5);
+        let leased = queue.pull(2, Duration::from_secs(1)).await;
+        assert_eq!(leased.len(), 2);
+        assert_eq!(queue.sizes(), (0, 2), "nothing of the run is left to lease");
+        queue.ack(&ids(&leased));
+        let reply = run.await.unwrap();
+        assert_eq!((reply.replies.len(), reply.failed), (2, None), "three handed back untouched");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_expired_run_fails_at_its_first_unacked_event() {
+        let queue = PullQueue::start(Duration::from_secs(30));
+        let run = offer_run(&queue, 3);
+        let leased = ids(&lease(&queue, 3).await);
+        queue.ack(&leased[..1]);
+        let reply = run.await.unwrap(); // the clock moves on to the deadline
+        assert_eq!(reply.replies.len(), 1);
+        assert_eq!(reply.failed.unwrap().message(), "lease expired");
+        assert_eq!(queue.sizes(), (0, 0));
     }
 
     #[tokio::test]

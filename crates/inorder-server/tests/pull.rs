@@ -71,6 +71,47 @@ async fn fifo_leases_one_event_per_key_until_it_is_acked() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_max_per_key_a_pull_leases_a_keys_next_events_together_and_no_other_pull_gets_them() {
+    let server = ServerProcess::start(&config("fifo", "max_per_key = 4"));
+    for i in 1..=7 {
+        publish(&server, &format!("k1-{i}"), "k1").await;
+    }
+    publish(&server, "k2-1", "k2").await;
+    read_everything(&server, 8).await;
+    // Each key's first event was offered alone, before the rest queued behind it.
+    let first = pull(&server, "s", 100, "2s").await;
+    assert_eq!(types(&first), ["k1-1", "k2-1"]);
+    let leases: Vec<&str> = first.iter().map(|m| lease_and_type(m).0).collect();
+    ack(&server, "s", &leases).await;
+    // Then k1's next four together, in log order, on one pull.
+    let run = pull(&server, "s", 100, "2s").await;
+    let in_order: Vec<&str> = run.iter().map(|m| lease_and_type(m).1).collect();
+    assert_eq!(in_order, ["k1-2", "k1-3", "k1-4", "k1-5"]);
+    assert!(pull(&server, "s", 100, "200ms").await.is_empty(), "k1 is held by the first pull");
+    // Acked as a prefix: the first two; the third nacked ends the run there.
+    let leases: Vec<&str> = run.iter().map(|m| lease_and_type(m).0).collect();
+    ack(&server, "s", &leases[..2]).await;
+    let (status, body) = post_json(
+        &server,
+        "/v1/subscriptions/s/nack",
+        &json!({"leases": [leases[2]], "delay": "0s"}),
+    )
+    .await;
+    assert_eq!((status, &body["nacked"]), (200, &json!(1)), "{body}");
+    let (_, body) =
+        post_json(&server, "/v1/subscriptions/s/ack", &json!({"leases": [leases[3]]})).await;
+    assert_eq!(body["unknown"], json!([leases[3]]), "its lease ended with the run");
+    let again = pull(&server, "s", 100, "2s").await;
+    let in_order: Vec<(u64, &str)> =
+        again.iter().map(|m| (m["attempt"].as_u64().unwrap(), lease_and_type(m).1)).collect();
+    assert_eq!(in_order, [(2, "k1-4")], "the nacked event alone, on its next attempt");
+    ack(&server, "s", &[lease_and_type(&again[0]).0]).await;
+    let rest = pull(&server, "s", 100, "2s").await;
+    let in_order: Vec<&str> = rest.iter().map(|m| lease_and_type(m).1).collect();
+    assert_eq!(in_order, ["k1-5", "k1-6", "k1-7"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn actions_leases_only_the_next_action_of_a_key() {
     let server = ServerProcess::start(&config("actions", ""));
     for action in ["a3", "a2", "a1"] {

@@ -14,6 +14,7 @@
 //! | `peers.publish.single` | one `POST` per event, [`IN_FLIGHT`] connections | one `XADD` per round trip, [`IN_FLIGHT`] connections |
 //! | `peers.publish.batch100` | `POST …/events:batch` of 100 | 100 pipelined `XADD`s |
 //! | `peers.consume.ordered` | one pull consumer: pull ≤ 1000 leases (one per key: fifo), ack them | one group consumer: `XREADGROUP COUNT 1000`, `XACK` them |
+//! | `peers.consume.ordered.runs` | the same with `max_per_key = ` [`RUN_PER_KEY`]: a pull leases up to that many consecutive events of a key | the same figure as above |
 //! | `peers.latency.p50`, `.p99` | publish at [`LATENCY_RATE`]/s, a pull consumer waiting (`wait`), publish → received | the same with `XREADGROUP BLOCK` |
 //!
 //! Throughput ratios are ours / Redis (higher is better); latency ratios too (lower is
@@ -47,11 +48,19 @@ const PAYLOAD_BYTES: usize = 256;
 /// Connections the latency publisher spreads its events over (so one slow reply does not hold
 /// the rate back).
 const LATENCY_CONNECTIONS: usize = 16;
+/// `max_per_key` of the subscription behind `peers.consume.ordered.runs`.
+const RUN_PER_KEY: usize = 100;
 /// How long a child server may take to answer.
 const START_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Runs the comparison.
-pub async fn peers(quick: bool) -> anyhow::Result<()> {
+pub async fn peers(quick: bool, only: Option<&str>) -> anyhow::Result<()> {
+    // A figure is measured if its name starts with `only`; a phase runs if one of its figures
+    // is, or a later phase needs it.
+    let wanted = |figure: &str| only.is_none_or(|prefix| figure.starts_with(prefix));
+    let phase = |group: &str| {
+        only.is_none_or(|prefix| group.starts_with(prefix) || prefix.starts_with(group))
+    };
     let events: u64 = if quick { 50_000 } else { 200_000 };
     let latency_for = if quick { Duration::from_secs(3) } else { Duration::from_secs(10) };
     let dir = tempfile::tempdir()?;
@@ -66,23 +75,39 @@ pub async fn peers(quick: bool) -> anyhow::Result<()> {
     let mut ours = Inorder::start(dir.path()).await?;
     let client = reqwest::Client::builder().pool_max_idle_per_host(IN_FLIGHT * 2).build()?;
 
-    let theirs = redis.publish(events, 1).await?;
-    let mine = ours.publish(&client, events, 1).await?;
-    report("peers.publish.single", "events/s", mine, "redis_streams", theirs);
+    if wanted("peers.publish.single") {
+        let theirs = redis.publish(events, 1).await?;
+        let mine = ours.publish(&client, events, 1).await?;
+        report("peers.publish.single", "events/s", mine, "redis_streams", theirs);
+    }
 
-    let theirs = redis.publish(events, 100).await?;
-    let mine = ours.publish(&client, events, 100).await?;
-    report("peers.publish.batch100", "events/s", mine, "redis_streams", theirs);
+    // Consumption reads what the batches published.
+    if wanted("peers.publish.batch100") || phase("peers.consume") {
+        let theirs = redis.publish(events, 100).await?;
+        let mine = ours.publish(&client, events, 100).await?;
+        if wanted("peers.publish.batch100") {
+            report("peers.publish.batch100", "events/s", mine, "redis_streams", theirs);
+        }
+    }
+    if phase("peers.consume") {
+        let theirs = redis.consume(events).await?;
+        if wanted("peers.consume.ordered") {
+            let mine = ours.consume(&client, "consume", events).await?;
+            report("peers.consume.ordered", "events/s", mine, "redis_streams", theirs);
+        }
+        if wanted("peers.consume.ordered.runs") {
+            let mine = ours.consume(&client, "consume_runs", events).await?;
+            report("peers.consume.ordered.runs", "events/s", mine, "redis_streams", theirs);
+        }
+    }
 
-    let theirs = redis.consume(events).await?;
-    let mine = ours.consume(&client, events).await?;
-    report("peers.consume.ordered", "events/s", mine, "redis_streams", theirs);
-
-    let theirs = redis.latency(latency_for).await?;
-    let mine = ours.latency(&client, latency_for).await?;
-    for (name, index) in [("peers.latency.p50", 50), ("peers.latency.p99", 99)] {
-        let (mine, theirs) = (percentile(&mine, index), percentile(&theirs, index));
-        report(name, "us", mine, "redis_streams", theirs);
+    if phase("peers.latency") {
+        let theirs = redis.latency(latency_for).await?;
+        let mine = ours.latency(&client, latency_for).await?;
+        for (name, index) in [("peers.latency.p50", 50), ("peers.latency.p99", 99)] {
+            let (mine, theirs) = (percentile(&mine, index), percentile(&theirs, index));
+            report(name, "us", mine, "redis_streams", theirs);
+        }
     }
     ours.stop().await;
     redis.stop().await;
@@ -171,7 +196,9 @@ impl Inorder {
         let mut toml = format!(
             "data_dir = {data:?}\nlisten = \"{addr}\"\nauto_create_topics = true\n\n\
              [[subscriptions]]\nname = \"consume\"\ntopics = [\"batch\"]\ndelivery = \"pull\"\n\
-             max_keys_in_flight = {KEYS}\n\n"
+             max_keys_in_flight = {KEYS}\n\n\
+             [[subscriptions]]\nname = \"consume_runs\"\ntopics = [\"batch\"]\ndelivery = \"pull\"\n\
+             max_keys_in_flight = {KEYS}\nmax_per_key = {RUN_PER_KEY}\n\n"
         );
         toml.push_str(
             "[[subscriptions]]\nname = \"latency\"\ntopics = [\"latency\"]\ndelivery = \"pull\"\n\
@@ -232,10 +259,15 @@ impl Inorder {
         .await
     }
 
-    /// Pulls and acks `events` of topic `batch` through the `consume` subscription.
-    async fn consume(&mut self, client: &reqwest::Client, events: u64) -> anyhow::Result<f64> {
-        let pull = format!("{}/v1/subscriptions/consume/pull", self.base);
-        let ack = format!("{}/v1/subscriptions/consume/ack", self.base);
+    /// Pulls and acks `events` of topic `batch` through `subscription`.
+    async fn consume(
+        &mut self,
+        client: &reqwest::Client,
+        subscription: &str,
+        events: u64,
+    ) -> anyhow::Result<f64> {
+        let pull = format!("{}/v1/subscriptions/{subscription}/pull", self.base);
+        let ack = format!("{}/v1/subscriptions/{subscription}/ack", self.base);
         let started = Instant::now();
         let mut acked = 0;
         while acked < events {

@@ -6,20 +6,60 @@
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header::CONTENT_TYPE};
 use base64::Engine as _;
 use inorder::{Event, ExtensionValue};
-use serde_json::{Map, Value};
+use serde::{Serialize, Serializer, ser::SerializeMap};
+#[cfg(test)]
+use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::{InvalidEvent, invalid, is_json};
 
+/// One context attribute's value, borrowed from the event where it can be.
+enum Attr<'a> {
+    Str(&'a str),
+    Time(jiff::Timestamp),
+    /// A number CloudEvents carries as a string (`sequence`).
+    Digits(u64),
+    Int(i64),
+    Count(u64),
+    Bool(bool),
+}
+
+impl Serialize for Attr<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Str(text) => serializer.serialize_str(text),
+            Self::Time(time) => serializer.collect_str(time),
+            Self::Digits(n) => serializer.collect_str(n),
+            Self::Int(n) => serializer.serialize_i64(*n),
+            Self::Count(n) => serializer.serialize_u64(*n),
+            Self::Bool(flag) => serializer.serialize_bool(*flag),
+        }
+    }
+}
+
+impl Attr<'_> {
+    /// The value as header text.
+    fn text(&self) -> String {
+        match self {
+            Self::Str(text) => (*text).to_owned(),
+            Self::Time(time) => time.to_string(),
+            Self::Digits(n) | Self::Count(n) => n.to_string(),
+            Self::Int(n) => n.to_string(),
+            Self::Bool(flag) => flag.to_string(),
+        }
+    }
+}
+
 /// The context attributes of an event going out — everything but `datacontenttype`, which
 /// each mode carries its own way, and `data` — with `partitionkey`, `position` and `commit`.
-fn attributes(event: &Event) -> Vec<(&str, Value)> {
-    let mut attributes: Vec<(&str, Value)> = Vec::with_capacity(16 + event.extensions.len());
-    attributes.push(("specversion", "1.0".into()));
-    attributes.push(("id", event.id.as_str().into()));
-    attributes.push(("source", event.source.as_str().into()));
-    attributes.push(("type", event.action.as_str().into()));
+fn attributes(event: &Event) -> Vec<(&str, Attr<'_>)> {
+    let mut attributes: Vec<(&str, Attr<'_>)> = Vec::with_capacity(16 + event.extensions.len());
+    attributes.push(("specversion", Attr::Str("1.0")));
+    attributes.push(("id", Attr::Str(&event.id)));
+    attributes.push(("source", Attr::Str(&event.source)));
+    attributes.push(("type", Attr::Str(&event.action)));
     if let Ok(time) = jiff::Timestamp::from_microsecond(event.time_micros) {
-        attributes.push(("time", time.to_string().into()));
+        attributes.push(("time", Attr::Time(time)));
     }
     let optional = [
         ("subject", &event.subject),
@@ -29,52 +69,93 @@ fn attributes(event: &Event) -> Vec<(&str, Value)> {
     ];
     for (name, value) in optional {
         if let Some(value) = value {
-            attributes.push((name, value.as_str().into()));
+            attributes.push((name, Attr::Str(value)));
         }
     }
-    attributes.push(("partitionkey", event.key.as_str().into()));
+    attributes.push(("partitionkey", Attr::Str(&event.key)));
     if let Some(sequence) = event.sequence {
-        attributes.push(("sequence", sequence.to_string().into()));
+        attributes.push(("sequence", Attr::Digits(sequence)));
     }
     for (name, value) in &event.extensions {
         let value = match value {
-            ExtensionValue::String(text) => Value::from(text.as_str()),
-            ExtensionValue::Integer(n) => Value::from(*n),
-            ExtensionValue::Boolean(flag) => Value::from(*flag),
+            ExtensionValue::String(text) => Attr::Str(text),
+            ExtensionValue::Integer(n) => Attr::Int(*n),
+            ExtensionValue::Boolean(flag) => Attr::Bool(*flag),
         };
         attributes.push((name, value));
     }
-    attributes.push(("position", event.position.into()));
-    attributes.push(("commit", event.commit.into()));
+    attributes.push(("position", Attr::Count(event.position)));
+    attributes.push(("commit", Attr::Count(event.commit)));
     attributes
 }
 
-/// An event as a structured CloudEvent, with `position`, `commit` and `partitionkey`.
-#[must_use]
+/// An event's data in a structured CloudEvent.
+enum Data<'a> {
+    /// JSON data, as stored (checked to be JSON, not re-encoded).
+    Json(&'a RawValue),
+    Text(&'a str),
+    Base64(String),
+}
+
+/// `data` (JSON or text) or `data_base64`, and its value; `None` without data.
+fn data(event: &Event) -> Option<(&'static str, Data<'_>)> {
+    if event.data.is_empty() {
+        return None;
+    }
+    let json = is_json(event.data_content_type.as_deref())
+        .then(|| serde_json::from_slice::<&RawValue>(&event.data).ok())
+        .flatten();
+    Some(match (json, std::str::from_utf8(&event.data)) {
+        (Some(raw), _) => ("data", Data::Json(raw)),
+        (None, Ok(text)) => ("data", Data::Text(text)),
+        (None, Err(_)) => (
+            "data_base64",
+            Data::Base64(base64::engine::general_purpose::STANDARD.encode(&event.data)),
+        ),
+    })
+}
+
+/// An event as a structured CloudEvent, serialized straight from the event (its JSON data
+/// copied as stored): what reads and pulls send.
+pub struct Structured<'a> {
+    /// The event.
+    pub event: &'a Event,
+    /// Whether to add its `topic` (reads across topics do).
+    pub topic: bool,
+}
+
+impl Serialize for Structured<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let event = self.event;
+        let mut map = serializer.serialize_map(None)?;
+        for (name, value) in attributes(event) {
+            map.serialize_entry(name, &value)?;
+        }
+        if let Some(content_type) = &event.data_content_type {
+            map.serialize_entry("datacontenttype", content_type)?;
+        }
+        match data(event) {
+            Some((name, Data::Json(raw))) => map.serialize_entry(name, raw)?,
+            Some((name, Data::Text(text))) => map.serialize_entry(name, text)?,
+            Some((name, Data::Base64(encoded))) => map.serialize_entry(name, &encoded)?,
+            None => {}
+        }
+        if self.topic {
+            map.serialize_entry("topic", event.topic.as_str())?;
+        }
+        map.end()
+    }
+}
+
+/// [`Structured`] as a [`Value`] (tests look into it).
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
 pub fn render(event: &Event) -> Value {
-    let mut object: Map<String, Value> =
-        attributes(event).into_iter().map(|(name, value)| (name.to_owned(), value)).collect();
-    if let Some(content_type) = &event.data_content_type {
-        object.insert("datacontenttype".into(), content_type.clone().into());
-    }
-    if !event.data.is_empty() {
-        let json = is_json(event.data_content_type.as_deref())
-            .then(|| serde_json::from_slice::<Value>(&event.data).ok())
-            .flatten();
-        match (json, std::str::from_utf8(&event.data)) {
-            (Some(value), _) => object.insert("data".into(), value),
-            (None, Ok(text)) => object.insert("data".into(), text.into()),
-            (None, Err(_)) => object.insert(
-                "data_base64".into(),
-                base64::engine::general_purpose::STANDARD.encode(&event.data).into(),
-            ),
-        };
-    }
-    Value::Object(object)
+    serde_json::to_value(Structured { event, topic: false }).unwrap()
 }
 
 /// The headers of an event going out in binary mode (a webhook's request; the body is `data` as
-/// stored): every attribute [`render`] writes as a `ce-` header, percent-encoded as the HTTP
+/// stored): every attribute [`Structured`] writes as a `ce-` header, percent-encoded as the HTTP
 /// binding asks, and `datacontenttype` as `Content-Type` (as it is) — `application/json` for data
 /// without one that is JSON, as [`render`] reads it.
 ///
@@ -87,11 +168,7 @@ pub fn binary_headers(event: &Event) -> Result<HeaderMap, InvalidEvent> {
     for (name, value) in attributes {
         let header = HeaderName::try_from(format!("ce-{name}"))
             .map_err(|_| invalid(format!("attribute {name:?} cannot be a ce- header")))?;
-        let text = match value {
-            Value::String(text) => text,
-            other => other.to_string(),
-        };
-        headers.insert(header, header_value(&percent_encode(&text)));
+        headers.insert(header, header_value(&percent_encode(&value.text())));
     }
     let content_type = match &event.data_content_type {
         // A media type goes as it is (quotes and spaces are its syntax); one that cannot be a

@@ -8,7 +8,10 @@ use anyhow::Context;
 use inorder::{SubscriptionConfig, TopicConfig};
 use serde_json::Value;
 
-use super::{SubscriptionFile, SubscriptionServerConfig, TopicFile, delivery, source::Source};
+use super::{
+    Delivery, SubscriptionFile, SubscriptionServerConfig, TopicFile, delivery, source::Source,
+};
+use crate::limits::PULL_PER_KEY_MAX;
 
 /// The engine's settings of a topic entry.
 pub(super) fn topic(topic: TopicFile) -> TopicConfig {
@@ -41,7 +44,19 @@ pub(super) fn subscription(
         config.max_keys_in_flight = limit;
     }
     let lease_timeout = sub.lease_timeout.unwrap_or(default_lease);
-    Ok((config, SubscriptionServerConfig { delivery, lease_timeout }))
+    let max_per_key = match (sub.max_per_key, &delivery) {
+        (None, _) => 1,
+        (Some(n), Delivery::Pull) if (1..=PULL_PER_KEY_MAX).contains(&n) => n,
+        (Some(_), Delivery::Pull) => {
+            let message = format!("must be within 1..={PULL_PER_KEY_MAX}");
+            return Err(source.key_error(&["subscriptions", &sub.name, "max_per_key"], message));
+        }
+        (Some(_), _) => {
+            let message = "applies to delivery = \"pull\" only";
+            return Err(source.key_error(&["subscriptions", &sub.name, "max_per_key"], message));
+        }
+    };
+    Ok((config, SubscriptionServerConfig { delivery, lease_timeout, max_per_key }))
 }
 
 /// `body` (a JSON object with the keys of `[[topics]]`) as topic `name`'s definition.

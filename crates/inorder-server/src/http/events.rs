@@ -116,8 +116,9 @@ pub async fn read(
         events = state.engine.read(topic.as_str(), from, limit).await?;
     }
     let next = events.last().map_or(from, |e| e.position + 1);
-    let events: Vec<_> = events.iter().map(cloudevent::render).collect();
-    Ok(Json(json!({ "events": events, "next": next })).into_response())
+    let events: Vec<_> =
+        events.iter().map(|event| cloudevent::Structured { event, topic: false }).collect();
+    Ok(Json(Page { events, next }).into_response())
 }
 
 /// Query of `GET /v1/events`.
@@ -152,13 +153,14 @@ pub async fn read_all(
         }
         (events, next) = state.engine.read_all(from, limit).await?;
     }
-    let events: Vec<_> = events
-        .iter()
-        .map(|event| {
-            let mut rendered = cloudevent::render(event);
-            rendered["topic"] = event.topic.as_str().into();
-            rendered
-        })
-        .collect();
-    Ok(Json(json!({ "events": events, "next": next })).into_response())
+    let events: Vec<_> =
+        events.iter().map(|event| cloudevent::Structured { event, topic: true }).collect();
+    Ok(Json(Page { events, next }).into_response())
+}
+
+/// A page of a read across topics, serialized straight from the events.
+#[derive(serde::Serialize)]
+struct Page<'a> {
+    events: Vec<cloudevent::Structured<'a>>,
+    next: u64,
 }

@@ -7,7 +7,7 @@ use axum::{
     extract::{Path, State, rejection::BytesRejection},
     response::{IntoResponse, Response},
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{AppState, body, duration, json_body, name, stopped, wait};
@@ -24,6 +24,19 @@ use crate::{
 pub struct PullRequest {
     max: Option<usize>,
     wait: Option<String>,
+}
+
+/// Answer of `pull`, serialized straight from the leased events.
+#[derive(Serialize)]
+struct Messages<'a> {
+    messages: Vec<Message<'a>>,
+}
+
+#[derive(Serialize)]
+struct Message<'a> {
+    lease: &'a str,
+    attempt: u32,
+    event: cloudevent::Structured<'a>,
 }
 
 /// Body of `ack` and `nack`.
@@ -71,9 +84,13 @@ pub async fn pull(
     };
     let messages: Vec<_> = leased
         .iter()
-        .map(|l| json!({ "lease": l.lease, "attempt": l.attempt, "event": cloudevent::render(&l.event) }))
+        .map(|l| Message {
+            lease: &l.lease,
+            attempt: l.attempt,
+            event: cloudevent::Structured { event: &l.event, topic: false },
+        })
         .collect();
-    Ok(Json(json!({ "messages": messages })).into_response())
+    Ok(Json(Messages { messages }).into_response())
 }
 
 fn settle_request(raw: Result<bytes::Bytes, BytesRejection>) -> Result<SettleRequest, Problem> {
