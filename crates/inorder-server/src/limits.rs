@@ -32,6 +32,12 @@ pub const PULL_EVENTS_MAX: usize = 1000;
 /// Most consecutive events of one key a pull subscription may lease at once (`max_per_key`;
 /// 1 by default: one event per key until it is acked).
 pub const PULL_PER_KEY_MAX: usize = PULL_EVENTS_MAX;
+/// Events of a publish stream (`events:stream`) appended at once: what arrived while the
+/// previous append was made durable, up to the engine's batch limit.
+pub const STREAM_BATCH_EVENTS_MAX: usize = inorder::limits::PUBLISH_BATCH_EVENTS_MAX;
+/// Acknowledgement chunks (one per append) a publish stream may have ready before the client
+/// reads them; past it the stream stops reading events.
+pub const STREAM_ACK_CHUNKS_MAX: usize = 4;
 /// Events one read of a topic returns when its query names no `limit`.
 pub const READ_EVENTS_DEFAULT: usize = 100;
 /// Most events one read of a topic returns.

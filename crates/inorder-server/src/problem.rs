@@ -183,14 +183,22 @@ impl Problem {
     }
 }
 
-impl IntoResponse for Problem {
-    fn into_response(self) -> Response {
-        let mut body = self.members;
+impl Problem {
+    /// The problem's JSON document (as its response's body).
+    #[must_use]
+    pub fn to_json(&self) -> Value {
+        let mut body = self.members.clone();
         body.insert("type".to_owned(), format!("{TYPE_BASE}{}", self.kind).into());
         body.insert("title".to_owned(), self.title.into());
         body.insert("status".to_owned(), self.status.as_u16().into());
-        body.insert("detail".to_owned(), self.detail.into());
-        let body = Value::Object(body);
+        body.insert("detail".to_owned(), self.detail.clone().into());
+        Value::Object(body)
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let body = self.to_json();
         let mut response = (self.status, body.to_string()).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));

@@ -7,6 +7,7 @@
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use inorder::Engine;
 use inorder_postgres::{PgStorage, PgStorageOptions};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -87,6 +88,13 @@ pub async fn start(
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
+    // Answers go out as soon as they are written: a streamed acknowledgement (or any small
+    // write after another) must not wait for the client's delayed ACK (Nagle's algorithm).
+    let listener = listener.tap_io(|connection| {
+        if let Err(error) = connection.set_nodelay(true) {
+            tracing::debug!(%error, "could not set TCP_NODELAY on a connection");
+        }
+    });
     let (stop, stopping) = watch::channel(false);
     let state = Arc::new(AppState {
         engine: engine.clone(),

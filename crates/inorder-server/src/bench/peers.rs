@@ -12,6 +12,7 @@
 //! | figure | inorder | Redis |
 //! |---|---|---|
 //! | `peers.publish.single` | one `POST` per event, [`IN_FLIGHT`] connections | one `XADD` per round trip, [`IN_FLIGHT`] connections |
+//! | `peers.publish.stream` | [`STREAMS`] publish streams (`events:stream`): events sent without waiting, each acked once durable | the `peers.publish.single` figure (Redis's client answer to pipelining is batches, below) |
 //! | `peers.publish.batch100` | `POST …/events:batch` of 100 | 100 pipelined `XADD`s |
 //! | `peers.consume.ordered` | one pull consumer: pull ≤ 1000 leases (one per key: fifo), ack them | one group consumer: `XREADGROUP COUNT 1000`, `XACK` them |
 //! | `peers.consume.ordered.runs` | the same with `max_per_key = ` [`RUN_PER_KEY`]: a pull leases up to that many consecutive events of a key | the same figure as above |
@@ -30,6 +31,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use serde_json::{Value as Json, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::{process::Child, sync::Mutex};
 
 use super::{
@@ -48,6 +50,10 @@ const PAYLOAD_BYTES: usize = 256;
 /// Connections the latency publisher spreads its events over (so one slow reply does not hold
 /// the rate back).
 const LATENCY_CONNECTIONS: usize = 16;
+/// Publish streams (`events:stream` requests) the streaming publish spreads its events over.
+const STREAMS: usize = 4;
+/// Events a streaming producer writes at once (one chunk of lines, each acked on its own).
+const STREAM_CHUNK_EVENTS: u64 = 64;
 /// `max_per_key` of the subscription behind `peers.consume.ordered.runs`.
 const RUN_PER_KEY: usize = 100;
 /// How long a child server may take to answer.
@@ -79,6 +85,10 @@ pub async fn peers(quick: bool, only: Option<&str>) -> anyhow::Result<()> {
         let theirs = redis.publish(events, 1).await?;
         let mine = ours.publish(&client, events, 1).await?;
         report("peers.publish.single", "events/s", mine, "redis_streams", theirs);
+        if wanted("peers.publish.stream") {
+            let mine = ours.publish_stream(events).await?;
+            report("peers.publish.stream", "events/s", mine, "redis_streams", theirs);
+        }
     }
 
     // Consumption reads what the batches published.
@@ -257,6 +267,74 @@ impl Inorder {
             }
         })
         .await
+    }
+
+    /// Publishes `events` to topic `stream` over STREAMS publish streams, each event acked.
+    ///
+    /// The client is a plain HTTP/1.1 connection (chunked request body written while the
+    /// response is read): what a producer library does; reqwest's streamed bodies flush each
+    /// item on its own and hold the sender to a few thousand events per second.
+    async fn publish_stream(&mut self, events: u64) -> anyhow::Result<f64> {
+        self.round += 1;
+        let address = self.base.trim_start_matches("http://").to_owned();
+        let (round, payload) = (self.round, Arc::new(payload()));
+        let per_stream = events / STREAMS as u64;
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for stream in 0..STREAMS as u64 {
+            let (address, payload) = (address.clone(), Arc::clone(&payload));
+            tasks.push(tokio::spawn(async move {
+                let connection = tokio::net::TcpStream::connect(&address).await?;
+                connection.set_nodelay(true)?;
+                let (mut reader, mut writer) = connection.into_split();
+                let first = stream * per_stream;
+                let sender = tokio::spawn(async move {
+                    let head = format!(
+                        "POST /v1/topics/stream/events:stream HTTP/1.1\r\nhost: {address}\r\n\
+                         content-type: application/x-ndjson\r\ntransfer-encoding: chunked\r\n\r\n"
+                    );
+                    writer.write_all(head.as_bytes()).await?;
+                    let mut next = first;
+                    while next < first + per_stream {
+                        // Up to STREAM_CHUNK_EVENTS lines per chunk, written without waiting.
+                        let end = (next + STREAM_CHUNK_EVENTS).min(first + per_stream);
+                        let mut lines = String::new();
+                        for i in next..end {
+                            lines.push_str(&event_json(round, i, &payload, 0).to_string());
+                            lines.push('\n');
+                        }
+                        let chunk = format!("{:x}\r\n{lines}\r\n", lines.len());
+                        writer.write_all(chunk.as_bytes()).await?;
+                        next = end;
+                    }
+                    writer.write_all(b"0\r\n\r\n").await?;
+                    anyhow::Ok(writer)
+                });
+                // Counts acknowledgements (`"seq"`) in the answer, whatever its chunking.
+                let mut acked = 0;
+                let mut buffer = vec![0u8; 1 << 16];
+                let mut carry: Vec<u8> = Vec::new();
+                while acked < per_stream {
+                    let n = reader.read(&mut buffer).await?;
+                    anyhow::ensure!(n > 0, "the stream ended after {acked} acks");
+                    carry.extend_from_slice(&buffer[..n]);
+                    anyhow::ensure!(
+                        !carry.windows(8).any(|w| w == b"\"error\":"),
+                        "a streamed event was refused: {}",
+                        String::from_utf8_lossy(&carry)
+                    );
+                    acked += carry.windows(5).filter(|w| *w == b"\"seq\"").count() as u64;
+                    let keep = carry.len().saturating_sub(4);
+                    carry.drain(..keep);
+                }
+                drop(sender.await??);
+                anyhow::Ok(())
+            }));
+        }
+        for task in tasks {
+            task.await??;
+        }
+        Ok((per_stream * STREAMS as u64) as f64 / started.elapsed().as_secs_f64())
     }
 
     /// Pulls and acks `events` of topic `batch` through `subscription`.

@@ -17,6 +17,7 @@ mod manage;
 mod metrics;
 mod pull;
 mod status;
+mod stream;
 
 use std::{sync::Arc, time::Duration};
 
@@ -69,6 +70,12 @@ pub fn router(state: Arc<AppState>, body_limit_bytes: usize) -> Router {
         )
         .route("/v1/topics/{topic}/events", post(events::publish).get(events::read))
         .route("/v1/topics/{topic}/events:batch", post(events::publish_batch))
+        .route(
+            "/v1/topics/{topic}/events:stream",
+            post(move |state, path, headers, body| {
+                stream::publish(state, path, headers, body, body_limit_bytes)
+            }),
+        )
         .route("/v1/events", get(events::read_all))
         .route("/v1/status/{topic}/{position}", get(status::status))
         .route("/v1/subscriptions", get(admin::subscriptions))
