@@ -37,6 +37,29 @@ use crate::{
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `mi_option_purge_delay` in mimalloc's `mi_option_e` (the same in its v2 and v3).
+const MIMALLOC_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// How long mimalloc keeps freed memory before giving it back to the OS, in milliseconds. Its
+/// default (10 ms) gives back request and batch buffers between two bursts of publishes, and
+/// takes them back with page faults that zero whole (transparent huge) pages: 15% of the
+/// server's time in a profile of batch publishing, and ~10% of its throughput. A second keeps
+/// what a steady load reuses and still returns what a burst left. `MIMALLOC_PURGE_DELAY` in the
+/// environment wins.
+const ALLOCATOR_PURGE_DELAY_MS: std::ffi::c_long = 1000;
+
+/// Sets mimalloc's options before anything else runs (see [`ALLOCATOR_PURGE_DELAY_MS`]).
+#[allow(unsafe_code)] // the one call into C: mimalloc's documented option setter
+fn tune_allocator() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: `mi_option_set` stores an integer option; it takes any value of a valid
+        // option, and purge_delay is one (see MIMALLOC_OPTION_PURGE_DELAY).
+        unsafe {
+            libmimalloc_sys::mi_option_set(MIMALLOC_OPTION_PURGE_DELAY, ALLOCATOR_PURGE_DELAY_MS);
+        }
+    }
+}
+
 /// Durable, ordered event processing: a server with a CloudEvents HTTP API, and its CLI.
 #[derive(Debug, Parser)]
 #[command(name = "inorder", version, propagate_version = true)]
@@ -183,6 +206,7 @@ enum LogCommand {
 }
 
 fn main() -> std::process::ExitCode {
+    tune_allocator();
     // Every HTTP client of the process (webhooks, the CLI, benches) speaks TLS through rustls
     // with ring; reqwest builds no client before a provider is installed.
     let _ = rustls::crypto::ring::default_provider().install_default();

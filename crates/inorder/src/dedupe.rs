@@ -11,6 +11,9 @@
 //! A claim is held by a [`ClaimGuard`] that owns a handle on the topic's [`Dedupe`], so it can
 //! outlive the publisher's future: the append task keeps it until the outcome is known (a
 //! publisher that gives up waiting must not release a claim whose append still lands).
+//!
+//! A claim costs one map entry: the channel a concurrent publisher of the same id waits on is
+//! made only when one comes (rare: a producer's retry racing its first try), not per event.
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -22,8 +25,16 @@ use crate::{limits::INDEXED_MARK_POSITIONS, watermark::Watermark};
 /// The dedupe state of one topic.
 #[derive(Default)]
 pub(crate) struct Dedupe {
-    claims: Mutex<HashMap<String, watch::Sender<Option<u64>>>>,
+    claims: Mutex<HashMap<String, Slot>>,
     indexed: Mutex<Indexed>,
+}
+
+/// A claimed id: its position once appended, and the channel of publishers waiting for it.
+#[derive(Default)]
+struct Slot {
+    position: Option<u64>,
+    /// Made by the first publisher that waits; dropped unresolved, it tells them it failed.
+    waiters: Option<watch::Sender<Option<u64>>>,
 }
 
 #[derive(Default)]
@@ -46,7 +57,6 @@ pub(crate) enum Claim {
 pub(crate) struct ClaimGuard {
     dedupe: Arc<Dedupe>,
     id: String,
-    position: watch::Sender<Option<u64>>,
     resolved: bool,
 }
 
@@ -54,7 +64,12 @@ impl ClaimGuard {
     /// Announces the id's position to waiting publishers and keeps the claim until
     /// [`Dedupe::release`] (after the id is indexed); returns the id.
     pub(crate) fn resolve(mut self, position: u64) -> String {
-        self.position.send_replace(Some(position));
+        if let Some(slot) = self.dedupe.claims.lock().get_mut(&self.id) {
+            slot.position = Some(position);
+            if let Some(waiters) = &slot.waiters {
+                waiters.send_replace(Some(position));
+            }
+        }
         self.resolved = true;
         std::mem::take(&mut self.id)
     }
@@ -72,23 +87,19 @@ impl Dedupe {
     /// Claims `id` for publishing, or reports who holds it.
     pub(crate) fn claim(self: &Arc<Self>, id: &str) -> Claim {
         let mut claims = self.claims.lock();
-        if let Some(holder) = claims.get(id) {
-            return Claim::Theirs(holder.subscribe());
+        if let Some(slot) = claims.get_mut(id) {
+            let position = slot.position;
+            let waiters = slot.waiters.get_or_insert_with(|| watch::channel(position).0);
+            return Claim::Theirs(waiters.subscribe());
         }
-        let (position, _) = watch::channel(None);
-        claims.insert(id.to_owned(), position.clone());
-        Claim::Mine(ClaimGuard {
-            dedupe: Arc::clone(self),
-            id: id.to_owned(),
-            position,
-            resolved: false,
-        })
+        claims.insert(id.to_owned(), Slot::default());
+        Claim::Mine(ClaimGuard { dedupe: Arc::clone(self), id: id.to_owned(), resolved: false })
     }
 
     /// The position of a published id still held as a claim (`None` if there is no claim, or
     /// its publish has not appended yet).
     pub(crate) fn position(&self, id: &str) -> Option<u64> {
-        self.claims.lock().get(id).and_then(|holder| *holder.borrow())
+        self.claims.lock().get(id).and_then(|slot| slot.position)
     }
 
     /// Releases the resolved claims of `ids` (they are indexed, or will be from the log).
