@@ -11,7 +11,7 @@ use axum::{
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{AppState, body, content_type, name, stopped, wait};
+use super::{AppState, body, content_type, json_response, name, rendered_size, stopped, wait};
 use crate::{
     cloudevent,
     limits::{READ_EVENTS_DEFAULT, READ_EVENTS_MAX, RETRY_AFTER_SECONDS},
@@ -116,9 +116,10 @@ pub async fn read(
         events = state.engine.read(topic.as_str(), from, limit).await?;
     }
     let next = events.last().map_or(from, |e| e.position + 1);
+    let capacity = rendered_size(events.iter());
     let events: Vec<_> =
         events.iter().map(|event| cloudevent::Structured { event, topic: false }).collect();
-    Ok(Json(Page { events, next }).into_response())
+    Ok(json_response(&Page { events, next }, capacity))
 }
 
 /// Query of `GET /v1/events`.
@@ -153,9 +154,10 @@ pub async fn read_all(
         }
         (events, next) = state.engine.read_all(from, limit).await?;
     }
+    let capacity = rendered_size(events.iter());
     let events: Vec<_> =
         events.iter().map(|event| cloudevent::Structured { event, topic: true }).collect();
-    Ok(Json(Page { events, next }).into_response())
+    Ok(json_response(&Page { events, next }, capacity))
 }
 
 /// A page of a read across topics, serialized straight from the events.

@@ -143,6 +143,21 @@ async fn record_request(request: Request, next: Next) -> Response {
     response
 }
 
+/// `value` as a JSON response, serialized into a buffer of `capacity` bytes to start with: a
+/// page of events is hundreds of KiB, which growing from axum's 128 bytes copies twice over.
+pub(crate) fn json_response<T: serde::Serialize>(value: &T, capacity: usize) -> Response {
+    let mut body = Vec::with_capacity(capacity);
+    match serde_json::to_writer(&mut body, value) {
+        Ok(()) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(error) => Problem::internal(format!("encoding the answer: {error}")).into_response(),
+    }
+}
+
+/// The bytes of `events` rendered, roughly: their data and ~512 bytes of attributes each.
+pub(crate) fn rendered_size<'e>(events: impl Iterator<Item = &'e inorder::Event>) -> usize {
+    events.map(|event| event.data.len() + 512).sum()
+}
+
 /// A validated name from a path segment.
 pub(crate) fn name(kind: &'static str, raw: &str) -> Result<Name, Problem> {
     Name::new(kind, raw).map_err(|e| Problem::from(inorder::Error::InvalidName(e)))

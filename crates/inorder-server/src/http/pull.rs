@@ -10,7 +10,9 @@ use axum::{
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{AppState, body, duration, json_body, name, stopped, wait};
+use super::{
+    AppState, body, duration, json_body, json_response, name, rendered_size, stopped, wait,
+};
 use crate::{
     cloudevent,
     limits::{NACK_DELAY_MAX, PULL_EVENTS_DEFAULT, PULL_EVENTS_MAX},
@@ -90,7 +92,8 @@ pub async fn pull(
             event: cloudevent::Structured { event: &l.event, topic: false },
         })
         .collect();
-    Ok(Json(Messages { messages }).into_response())
+    let capacity = rendered_size(leased.iter().map(|l| &l.event));
+    Ok(json_response(&Messages { messages }, capacity))
 }
 
 fn settle_request(raw: Result<bytes::Bytes, BytesRejection>) -> Result<SettleRequest, Problem> {
