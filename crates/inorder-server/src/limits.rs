@@ -38,6 +38,9 @@ pub const STREAM_BATCH_EVENTS_MAX: usize = inorder::limits::PUBLISH_BATCH_EVENTS
 /// Acknowledgement chunks (one per append) a publish stream may have ready before the client
 /// reads them; past it the stream stops reading events.
 pub const STREAM_ACK_CHUNKS_MAX: usize = 4;
+/// Chunks of leased messages (one per lease round) a consume stream may have ready before the
+/// client reads them; past it the stream leases no more.
+pub const CONSUME_CHUNKS_MAX: usize = 2;
 /// Events one read of a topic returns when its query names no `limit`.
 pub const READ_EVENTS_DEFAULT: usize = 100;
 /// Most events one read of a topic returns.

@@ -260,3 +260,84 @@ async fn a_nack_delay_above_the_maximum_is_refused_and_the_subscription_goes_on(
     let (status, body) = get(&server, &format!("/v1/status/t/{position}?wait=5s")).await;
     assert_eq!(status, 200, "{body}");
 }
+
+/// Opens a consume stream of subscription `s`; its messages arrive on the receiver.
+async fn consume(
+    server: &ServerProcess,
+    window: u64,
+) -> tokio::sync::mpsc::Receiver<serde_json::Value> {
+    use futures_util::StreamExt;
+    let response = common::client()
+        .post(server.url("/v1/subscriptions/s/consume"))
+        .json(&json!({ "window": window }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let (found, messages) = tokio::sync::mpsc::channel(1024);
+    tokio::spawn(async move {
+        let mut body = response.bytes_stream();
+        let mut pending = Vec::new();
+        while let Some(Ok(chunk)) = body.next().await {
+            pending.extend_from_slice(&chunk);
+            while let Some(at) = pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=at).collect();
+                if found.send(serde_json::from_slice(&line).unwrap()).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    messages
+}
+
+async fn next_message(
+    messages: &mut tokio::sync::mpsc::Receiver<serde_json::Value>,
+) -> serde_json::Value {
+    tokio::time::timeout(Duration::from_secs(10), messages.recv()).await.unwrap().unwrap()
+}
+
+/// (offered, leased) of subscription `s`.
+async fn sizes(server: &ServerProcess) -> (u64, u64) {
+    let (_, body) = get(server, "/v1/subscriptions").await;
+    let s = &body["subscriptions"][0];
+    (s["offered"].as_u64().unwrap(), s["leased"].as_u64().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consume_stream_holds_at_most_its_window_and_leases_more_as_acks_free_it() {
+    let server = ServerProcess::start(&config("fifo", ""));
+    for key in 1..=6 {
+        publish(&server, &format!("k{key}"), &format!("k{key}")).await;
+    }
+    read_everything(&server, 6).await;
+    let mut messages = consume(&server, 4).await;
+    let mut first = Vec::new();
+    for _ in 0..4 {
+        first.push(next_message(&mut messages).await);
+    }
+    common::eventually("two offers wait behind the window", Duration::from_secs(10), async || {
+        let sizes = sizes(&server).await;
+        if sizes == (2, 4) { Ok(()) } else { Err(format!("{sizes:?}")) }
+    })
+    .await;
+    let acked: Vec<&str> = first[..2].iter().map(|m| lease_and_type(m).0).collect();
+    ack(&server, "s", &acked).await;
+    let more = [next_message(&mut messages).await, next_message(&mut messages).await];
+    let mut all: Vec<String> =
+        first.iter().chain(&more).map(|m| lease_and_type(m).1.to_owned()).collect();
+    all.sort();
+    assert_eq!(all, ["k1", "k2", "k3", "k4", "k5", "k6"], "each event once, on one stream");
+    assert_eq!(sizes(&server).await, (0, 4));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consume_window_out_of_range_is_refused() {
+    let server = ServerProcess::start(&config("fifo", ""));
+    for window in [0, 1001] {
+        let (status, body) =
+            post_json(&server, "/v1/subscriptions/s/consume", &json!({ "window": window })).await;
+        assert_eq!(status, 400, "{body}");
+        assert!(body["detail"].as_str().unwrap().contains("window"), "{body}");
+    }
+}

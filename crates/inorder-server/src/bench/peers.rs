@@ -15,6 +15,7 @@
 //! | `peers.publish.stream` | [`STREAMS`] publish streams (`events:stream`): events sent without waiting, each acked once durable | the `peers.publish.single` figure (Redis's client answer to pipelining is batches, below) |
 //! | `peers.publish.batch100` | `POST …/events:batch` of 100 | 100 pipelined `XADD`s |
 //! | `peers.consume.ordered` | one pull consumer: pull ≤ 1000 leases (one per key: fifo), ack them | one group consumer: `XREADGROUP COUNT 1000`, `XACK` them |
+//! | `peers.consume.ordered.stream` | a consume stream (`…/consume`, window 1000, `max_per_key = ` [`RUN_PER_KEY`]): leases arrive on one long response, acks go on other connections, [`ACKS_IN_FLIGHT`] at once | the same figure as above |
 //! | `peers.consume.ordered.runs` | the same with `max_per_key = ` [`RUN_PER_KEY`]: a pull leases up to that many consecutive events of a key | the same figure as above |
 //! | `peers.latency.p50`, `.p99` | publish at [`LATENCY_RATE`]/s, a pull consumer waiting (`wait`), publish → received | the same with `XREADGROUP BLOCK` |
 //!
@@ -30,6 +31,7 @@ use std::{
 };
 
 use anyhow::{Context, bail};
+use futures_util::StreamExt;
 use serde_json::{Value as Json, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::{process::Child, sync::Mutex};
@@ -54,6 +56,8 @@ const LATENCY_CONNECTIONS: usize = 16;
 const STREAMS: usize = 4;
 /// Events a streaming producer writes at once (one chunk of lines, each acked on its own).
 const STREAM_CHUNK_EVENTS: u64 = 64;
+/// Ack requests a streaming consumer has in flight at once.
+const ACKS_IN_FLIGHT: usize = 4;
 /// `max_per_key` of the subscription behind `peers.consume.ordered.runs`.
 const RUN_PER_KEY: usize = 100;
 /// How long a child server may take to answer.
@@ -108,6 +112,10 @@ pub async fn peers(quick: bool, only: Option<&str>) -> anyhow::Result<()> {
         if wanted("peers.consume.ordered.runs") {
             let mine = ours.consume(&client, "consume_runs", events).await?;
             report("peers.consume.ordered.runs", "events/s", mine, "redis_streams", theirs);
+        }
+        if wanted("peers.consume.ordered.stream") {
+            let mine = ours.consume_stream(&client, events).await?;
+            report("peers.consume.ordered.stream", "events/s", mine, "redis_streams", theirs);
         }
     }
 
@@ -208,6 +216,8 @@ impl Inorder {
              [[subscriptions]]\nname = \"consume\"\ntopics = [\"batch\"]\ndelivery = \"pull\"\n\
              max_keys_in_flight = {KEYS}\n\n\
              [[subscriptions]]\nname = \"consume_runs\"\ntopics = [\"batch\"]\ndelivery = \"pull\"\n\
+             max_keys_in_flight = {KEYS}\nmax_per_key = {RUN_PER_KEY}\n\n\
+             [[subscriptions]]\nname = \"consume_stream\"\ntopics = [\"batch\"]\ndelivery = \"pull\"\n\
              max_keys_in_flight = {KEYS}\nmax_per_key = {RUN_PER_KEY}\n\n"
         );
         toml.push_str(
@@ -335,6 +345,53 @@ impl Inorder {
             task.await??;
         }
         Ok((per_stream * STREAMS as u64) as f64 / started.elapsed().as_secs_f64())
+    }
+
+    /// Consumes `events` of topic `batch` through subscription `consume_stream`: one consume
+    /// stream brings the leases, acks go out on other connections as they are read.
+    async fn consume_stream(
+        &mut self,
+        client: &reqwest::Client,
+        events: u64,
+    ) -> anyhow::Result<f64> {
+        let url = format!("{}/v1/subscriptions/consume_stream/consume", self.base);
+        let ack = format!("{}/v1/subscriptions/consume_stream/ack", self.base);
+        let started = Instant::now();
+        let response = client.post(&url).json(&json!({ "window": 1000 })).send().await?;
+        anyhow::ensure!(response.status().is_success(), "consume: {}", response.status());
+        let mut body = response.bytes_stream();
+        let mut pending: Vec<u8> = Vec::new();
+        let mut acks = tokio::task::JoinSet::new();
+        let (mut received, mut acked) = (0u64, 0u64);
+        while received < events {
+            let Some(chunk) = body.next().await else { bail!("the consume stream ended") };
+            pending.extend_from_slice(&chunk?);
+            let mut leases = Vec::new();
+            while let Some(at) = pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=at).collect();
+                let mut message: Json = serde_json::from_slice(&line)?;
+                leases.push(message["lease"].take());
+                received += 1;
+            }
+            if leases.is_empty() {
+                continue;
+            }
+            while acks.len() >= ACKS_IN_FLIGHT {
+                acked += acks.join_next().await.context("an ack task")???;
+            }
+            let (client, ack) = (client.clone(), ack.clone());
+            acks.spawn(async move {
+                let count = leases.len() as u64;
+                let response = client.post(&ack).json(&json!({ "leases": leases })).send().await?;
+                anyhow::ensure!(response.status().is_success(), "ack: {}", response.status());
+                anyhow::Ok(count)
+            });
+        }
+        while let Some(count) = acks.join_next().await {
+            acked += count??;
+        }
+        anyhow::ensure!(acked == events, "{acked} of {events} acked");
+        Ok(acked as f64 / started.elapsed().as_secs_f64())
     }
 
     /// Pulls and acks `events` of topic `batch` through `subscription`.

@@ -88,6 +88,7 @@ pub fn router(state: Arc<AppState>, body_limit_bytes: usize) -> Router {
                 .post(manage::act),
         )
         .route("/v1/subscriptions/{name}/pull", post(pull::pull))
+        .route("/v1/subscriptions/{name}/consume", post(pull::consume))
         .route("/v1/subscriptions/{name}/ack", post(pull::ack))
         .route("/v1/subscriptions/{name}/nack", post(pull::nack))
         .route("/v1/subscriptions/{name}/parked", get(admin::parked))

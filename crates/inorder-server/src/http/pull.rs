@@ -9,15 +9,18 @@ use axum::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tokio::sync::mpsc;
 
 use super::{
     AppState, body, duration, json_body, json_response, name, rendered_size, stopped, wait,
 };
 use crate::{
     cloudevent,
-    limits::{NACK_DELAY_MAX, PULL_EVENTS_DEFAULT, PULL_EVENTS_MAX},
+    limits::{
+        CONSUME_CHUNKS_MAX, HTTP_WAIT_MAX, NACK_DELAY_MAX, PULL_EVENTS_DEFAULT, PULL_EVENTS_MAX,
+    },
     problem::Problem,
-    pull::PullQueue,
+    pull::{PullQueue, Window},
 };
 
 /// Body of `pull`.
@@ -94,6 +97,83 @@ pub async fn pull(
         .collect();
     let capacity = rendered_size(leased.iter().map(|l| &l.event));
     Ok(json_response(&Messages { messages }, capacity))
+}
+
+/// Body of `consume`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumeRequest {
+    window: Option<usize>,
+}
+
+/// `POST /v1/subscriptions/{name}/consume` `{"window": 100}`: a consume stream. The answer is
+/// NDJSON, one leased message per line (as `pull` answers them), for as long as the request
+/// lasts; the stream leases more whenever it holds fewer than `window` leases (≤ 1000), so a
+/// consumer acks (on another connection) and never asks again.
+pub async fn consume(
+    State(state): State<Arc<AppState>>,
+    Path(subscription): Path<String>,
+    raw: Result<bytes::Bytes, BytesRejection>,
+) -> Result<Response, Problem> {
+    let queue = queue(&state, &subscription)?;
+    let raw = body(raw)?;
+    let request: ConsumeRequest =
+        if raw.is_empty() { ConsumeRequest { window: None } } else { json_body(&raw)? };
+    let window = request.window.unwrap_or(PULL_EVENTS_DEFAULT);
+    if window == 0 || window > PULL_EVENTS_MAX {
+        return Err(Problem::invalid_request(format!(
+            "window must be within 1..={PULL_EVENTS_MAX}"
+        )));
+    }
+    let (lines, out) = mpsc::channel::<bytes::Bytes>(CONSUME_CHUNKS_MAX);
+    tokio::spawn(lease_into(queue, window, lines, state.stopping.clone()));
+    let out = futures_util::stream::unfold(out, |mut out| async move {
+        out.recv().await.map(|chunk| (Ok::<_, std::convert::Infallible>(chunk), out))
+    });
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(out),
+    )
+        .into_response())
+}
+
+/// A consume stream's task: leases while the window has room and writes the messages, until
+/// the client goes or the server stops. Its leases outlive it (acked, or they expire).
+async fn lease_into(
+    queue: Arc<PullQueue>,
+    limit: usize,
+    lines: mpsc::Sender<bytes::Bytes>,
+    stopping: tokio::sync::watch::Receiver<bool>,
+) {
+    let window = Arc::new(Window::default());
+    loop {
+        let room = limit.saturating_sub(window.held());
+        let leased = tokio::select! {
+            leased = queue.pull_into(room.max(1), HTTP_WAIT_MAX, Some(&window)), if room > 0 => leased,
+            () = window.freed(), if room == 0 => continue,
+            () = lines.closed() => return,
+            () = stopped(stopping.clone()) => return,
+        };
+        if leased.is_empty() {
+            continue;
+        }
+        let mut chunk = Vec::with_capacity(rendered_size(leased.iter().map(|l| &l.event)));
+        for l in &leased {
+            let message = Message {
+                lease: &l.lease,
+                attempt: l.attempt,
+                event: cloudevent::Structured { event: &l.event, topic: false },
+            };
+            if serde_json::to_writer(&mut chunk, &message).is_err() {
+                tracing::error!(lease = l.lease, "a leased message could not be encoded");
+                return;
+            }
+            chunk.push(b'\n');
+        }
+        if lines.send(bytes::Bytes::from(chunk)).await.is_err() {
+            return; // the client went: its leases are acked on another connection, or expire
+        }
+    }
 }
 
 fn settle_request(raw: Result<bytes::Bytes, BytesRejection>) -> Result<SettleRequest, Problem> {
