@@ -97,6 +97,15 @@ async fn read_events(
         }
     };
     loop {
+        // Nothing new to read: wait for the next append instead of asking the log (a read
+        // is a hop to a blocking thread and back).
+        let next = reader.next_position();
+        if *last.borrow_and_update() < next {
+            if last.wait_for(|last| *last >= next).await.is_err() {
+                return;
+            }
+            continue;
+        }
         let records = match reader.read(STREAM_READ_RECORDS_MAX).await {
             Ok(records) => records,
             // Retention deleted what this stream had yet to read: skip to the first event left.
