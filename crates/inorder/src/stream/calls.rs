@@ -11,6 +11,7 @@ use crate::{
     error::{Error, Result},
     event::Event,
     handler::{HandlerError, Reply, RunReply},
+    key_locks::KeyLock,
     runtime::{SubscriptionRuntime, call_handler, call_run_handler},
 };
 
@@ -68,38 +69,28 @@ impl Calls {
         }
     }
 
+    /// Spawns the call's task: one future per kind, so that a one-event call's task (the
+    /// common case) carries no run's state.
     fn spawn(&mut self, book_key: String, call: Call, permit: OwnedSemaphorePermit) {
         let subscription = Arc::clone(&self.subscription);
         let lease = self.lease.clone();
-        self.running.spawn(async move {
-            let event_key = match &call {
-                Call::One { event, .. } => &event.key,
-                Call::Run { events } => match events.first() {
-                    Some(first) => &first.key,
-                    None => return Err(Error::Internal { what: "an empty run".to_owned() }),
-                },
-            };
-            let key = match &subscription.key_locks {
-                Some(locks) => Some(locks.lock(event_key).await),
-                None => None,
-            };
-            if let Some(lease) = lease.as_ref().filter(|lease| !lease.is_valid()) {
-                // The partition may be another node's by now: its calls are no longer ours.
-                return Err(lease.lost());
-            }
-            let called = match call {
-                Call::One { event, attempt } => {
-                    let result = call_handler(&subscription, &event, attempt).await;
-                    Called::One { event, attempt, result }
-                }
-                Call::Run { events } => {
-                    let reply = call_run_handler(&subscription, &events).await;
-                    Called::Run { events, reply }
-                }
-            };
-            drop((key, permit));
-            Ok(CallResult { book_key, called })
-        });
+        match call {
+            Call::One { event, attempt } => self.running.spawn(async move {
+                let key = admit(&subscription, lease.as_deref(), &event.key).await?;
+                let result = call_handler(&subscription, &event, attempt).await;
+                drop((key, permit));
+                Ok(CallResult { book_key, called: Called::One { event, attempt, result } })
+            }),
+            Call::Run { events } => self.running.spawn(async move {
+                let Some(first) = events.first() else {
+                    return Err(Error::Internal { what: "an empty run".to_owned() });
+                };
+                let key = admit(&subscription, lease.as_deref(), &first.key).await?;
+                let reply = call_run_handler(&subscription, &events).await;
+                drop((key, permit));
+                Ok(CallResult { book_key, called: Called::Run { events, reply } })
+            }),
+        };
     }
 
     /// The next finished call, or `None` when a waiting call got its permit and started
@@ -125,6 +116,24 @@ impl Calls {
     pub(super) fn try_next(&mut self) -> Option<Result<CallResult>> {
         self.running.try_join_next().map(|joined| joined.map_err(abnormal).and_then(|call| call))
     }
+}
+
+/// Takes the key's lock (subscriptions over several topics) and checks the lease (cluster
+/// mode: no call starts past its deadline) before a call.
+async fn admit(
+    subscription: &SubscriptionRuntime,
+    lease: Option<&LeaseClock>,
+    key: &str,
+) -> Result<Option<KeyLock>> {
+    let guard = match &subscription.key_locks {
+        Some(locks) => Some(locks.lock(key).await),
+        None => None,
+    };
+    if let Some(lease) = lease.filter(|lease| !lease.is_valid()) {
+        // The partition may be another node's by now: its calls are no longer ours.
+        return Err(lease.lost());
+    }
+    Ok(guard)
 }
 
 /// A call task that did not return: a panic outside the handler (whose panics are caught

@@ -130,7 +130,8 @@ pub(super) struct KeyWorker {
     run_max: usize,
     /// The event of a run that failed after others of the run were handled: decided (retried
     /// or parked) once those are durable, before anything else of the key.
-    failed: Option<(Event, HandlerError)>,
+    /// (Boxed: rare, and a worker per live key should stay small.)
+    failed: Option<Box<(Event, HandlerError)>>,
 }
 
 impl KeyWorker {
@@ -211,7 +212,8 @@ impl KeyWorker {
     }
 
     fn step(&mut self, ctx: &StreamContext, room: bool) -> Step {
-        if let Some((event, error)) = self.failed.take() {
+        if let Some(failed) = self.failed.take() {
+            let (event, error) = *failed;
             self.busy = true; // deciding a call's result, as after the call
             return match self.handler_result(ctx, event, 1, Err(error)) {
                 AfterCall::Retry { event, attempt, delay } => Step::Retry { event, attempt, delay },
@@ -317,7 +319,7 @@ impl KeyWorker {
             if items.is_empty() {
                 return self.handler_result(ctx, next, 1, Err(error));
             }
-            self.failed = Some((next, error));
+            self.failed = Some(Box::new((next, error)));
         }
         let ops = vec![self.key_op(ctx)];
         AfterCall::Finished(Record { items, ops, ..Record::default() })
