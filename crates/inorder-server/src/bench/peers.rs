@@ -18,6 +18,7 @@
 //! | `peers.consume.ordered.stream` | a consume stream (`…/consume`, window 1000, `max_per_key = ` [`RUN_PER_KEY`]): leases arrive on one long response, acks go on other connections, [`ACKS_IN_FLIGHT`] at once | the same figure as above |
 //! | `peers.consume.ordered.runs` | the same with `max_per_key = ` [`RUN_PER_KEY`]: a pull leases up to that many consecutive events of a key | the same figure as above |
 //! | `peers.latency.p50`, `.p99` | publish at [`LATENCY_RATE`]/s, a pull consumer waiting (`wait`), publish → received | the same with `XREADGROUP BLOCK` |
+//! | `peers.latency.stream.p50`, `.p99` | the same with a consume stream (window 100, acks on another connection) | the same figure as above |
 //!
 //! Throughput ratios are ours / Redis (higher is better); latency ratios too (lower is
 //! better). The client runs in this process and shares the machine's cores with both servers.
@@ -121,10 +122,19 @@ pub async fn peers(quick: bool, only: Option<&str>) -> anyhow::Result<()> {
 
     if phase("peers.latency") {
         let theirs = redis.latency(latency_for).await?;
-        let mine = ours.latency(&client, latency_for).await?;
+        let mine = ours.latency(&client, latency_for, false).await?;
         for (name, index) in [("peers.latency.p50", 50), ("peers.latency.p99", 99)] {
             let (mine, theirs) = (percentile(&mine, index), percentile(&theirs, index));
             report(name, "us", mine, "redis_streams", theirs);
+        }
+        if wanted("peers.latency.stream") {
+            let mine = ours.latency(&client, latency_for, true).await?;
+            for (name, index) in
+                [("peers.latency.stream.p50", 50), ("peers.latency.stream.p99", 99)]
+            {
+                let (mine, theirs) = (percentile(&mine, index), percentile(&theirs, index));
+                report(name, "us", mine, "redis_streams", theirs);
+            }
         }
     }
     ours.stop().await;
@@ -222,7 +232,9 @@ impl Inorder {
         );
         toml.push_str(
             "[[subscriptions]]\nname = \"latency\"\ntopics = [\"latency\"]\ndelivery = \"pull\"\n\
-             start = \"latest\"\n",
+             start = \"latest\"\n\n\
+             [[subscriptions]]\nname = \"latency_stream\"\ntopics = [\"latency_stream\"]\n\
+             delivery = \"pull\"\nstart = \"latest\"\n",
         );
         std::fs::write(&config, toml)?;
         let mut serve = tokio::process::Command::new(std::env::current_exe()?);
@@ -420,13 +432,17 @@ impl Inorder {
 
     /// Publishes to `latency` at LATENCY_RATE for `duration` while a pull consumer receives;
     /// returns publish → received in microseconds.
+    /// With `stream`, the consumer is a consume stream on topic `latency_stream` (acks sent on
+    /// another connection without waiting), else pulls on topic `latency`.
     async fn latency(
         &mut self,
         client: &reqwest::Client,
         duration: Duration,
+        stream: bool,
     ) -> anyhow::Result<Vec<u64>> {
         let base = Instant::now();
-        let url = format!("{}/v1/topics/latency/events", self.base);
+        let topic = if stream { "latency_stream" } else { "latency" };
+        let url = format!("{}/v1/topics/{topic}/events", self.base);
         let payload = Arc::new(payload());
         let total = LATENCY_RATE * duration.as_secs();
         let publisher = {
@@ -439,6 +455,66 @@ impl Inorder {
                 }
             }))
         };
+        let samples = if stream {
+            self.received_by_stream(client, base, total).await?
+        } else {
+            self.received_by_pulls(client, base, total).await?
+        };
+        publisher.await??;
+        Ok(samples)
+    }
+
+    /// Receives `total` events of `latency_stream` on a consume stream; publish → received, µs.
+    async fn received_by_stream(
+        &self,
+        client: &reqwest::Client,
+        base: Instant,
+        total: u64,
+    ) -> anyhow::Result<Vec<u64>> {
+        let url = format!("{}/v1/subscriptions/latency_stream/consume", self.base);
+        let ack = format!("{}/v1/subscriptions/latency_stream/ack", self.base);
+        let response = client.post(&url).json(&json!({ "window": 100 })).send().await?;
+        anyhow::ensure!(response.status().is_success(), "consume: {}", response.status());
+        let mut body = response.bytes_stream();
+        let mut pending: Vec<u8> = Vec::new();
+        let mut acks = tokio::task::JoinSet::new();
+        let mut samples = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+        while (samples.len() as u64) < total {
+            let Some(chunk) = body.next().await else { bail!("the consume stream ended") };
+            let now = micros_since(base);
+            pending.extend_from_slice(&chunk?);
+            let mut leases = Vec::new();
+            while let Some(at) = pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=at).collect();
+                let mut message: Json = serde_json::from_slice(&line)?;
+                let sent = message["event"]["data"]["t"].as_u64().context("no t in the event")?;
+                samples.push(now.saturating_sub(sent));
+                leases.push(message["lease"].take());
+            }
+            if !leases.is_empty() {
+                let (client, ack) = (client.clone(), ack.clone());
+                acks.spawn(async move {
+                    client.post(&ack).json(&json!({ "leases": leases })).send().await
+                });
+            }
+            while let Some(done) = acks.try_join_next() {
+                done??;
+            }
+        }
+        while let Some(done) = acks.join_next().await {
+            done??;
+        }
+        Ok(samples)
+    }
+
+    /// Receives `total` events of `latency` by pull, acking each pull's before the next;
+    /// publish → received, µs.
+    async fn received_by_pulls(
+        &self,
+        client: &reqwest::Client,
+        base: Instant,
+        total: u64,
+    ) -> anyhow::Result<Vec<u64>> {
         let pull = format!("{}/v1/subscriptions/latency/pull", self.base);
         let ack = format!("{}/v1/subscriptions/latency/ack", self.base);
         let mut samples = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
@@ -455,7 +531,6 @@ impl Inorder {
                 client.post(&ack).json(&json!({ "leases": leases })).send().await?;
             }
         }
-        publisher.await??;
         Ok(samples)
     }
 
