@@ -341,3 +341,22 @@ async fn a_consume_window_out_of_range_is_refused() {
         assert!(body["detail"].as_str().unwrap().contains("window"), "{body}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_ends_an_open_consume_stream() {
+    let mut server = ServerProcess::start(&config("fifo", ""));
+    publish(&server, "k1", "k1").await;
+    let mut messages = consume(&server, 4).await;
+    next_message(&mut messages).await;
+    let stopped = tokio::task::spawn_blocking(move || {
+        let status = server.terminate();
+        (server, status)
+    });
+    let (_server, status) = tokio::time::timeout(Duration::from_secs(20), stopped)
+        .await
+        .expect("SIGTERM stops the server within 20 s with a consume stream open")
+        .unwrap();
+    assert!(status.success(), "a graceful stop exits with 0: {status:?}");
+    let ended = tokio::time::timeout(Duration::from_secs(10), messages.recv()).await;
+    assert!(matches!(ended, Ok(None)), "the stream ended: {ended:?}");
+}

@@ -182,3 +182,23 @@ async fn a_stream_of_another_media_type_is_refused() {
     let stream = Stream::open(&server, "application/json").await;
     assert_eq!(stream.status, 415);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_ends_an_open_publish_stream_after_its_acks() {
+    let mut server = ServerProcess::start(TOPIC);
+    let mut stream = Stream::open(&server, "application/x-ndjson").await;
+    stream.send(event("before-stop", "k")).await;
+    assert_eq!(stream.ack().await["position"], 1);
+    // The request stays open (the client neither ends it nor goes): the server still stops.
+    let stopped = tokio::task::spawn_blocking(move || {
+        let status = server.terminate();
+        (server, status)
+    });
+    let (_server, status) = tokio::time::timeout(Duration::from_secs(20), stopped)
+        .await
+        .expect("SIGTERM stops the server within 20 s with a publish stream open")
+        .unwrap();
+    assert!(status.success(), "a graceful stop exits with 0: {status:?}");
+    let ended = tokio::time::timeout(Duration::from_secs(10), stream.acks.recv()).await;
+    assert!(matches!(ended, Ok(None)), "the stream ended: {ended:?}");
+}

@@ -11,7 +11,9 @@
 //! together ([`STREAM_BATCH_EVENTS_MAX`] at most, cut at a repeated event id), one append in
 //! flight per stream, so their log order is the stream's order and they share an fsync with
 //! each other and with every other publisher's. A line longer than the server's body limit, or
-//! a body that breaks off, ends the stream after the acknowledgements of what came before it.
+//! a body that breaks off, ends the stream after the acknowledgements of what came before it; so
+//! does the server's graceful stop (an unfinished line is dropped), which would otherwise wait
+//! for the client to end its request.
 
 use std::{collections::HashSet, convert::Infallible, sync::Arc};
 
@@ -27,7 +29,7 @@ use inorder::{Event, Name};
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use super::{AppState, content_type, name};
+use super::{AppState, content_type, name, stopped};
 use crate::{
     cloudevent,
     limits::{STREAM_ACK_CHUNKS_MAX, STREAM_BATCH_EVENTS_MAX},
@@ -118,7 +120,17 @@ impl Publisher {
             if ended {
                 return;
             }
-            match body.next().await {
+            let next = tokio::select! {
+                next = body.next() => next,
+                () = stopped(self.state.stopping.clone()) => {
+                    // The server stops: what came complete is published and acknowledged, an
+                    // unfinished line is dropped, and the answer ends so the stop can finish.
+                    let complete = buffer.iter().rposition(|&b| b == b'\n').map_or(0, |at| at + 1);
+                    buffer.truncate(complete);
+                    None
+                }
+            };
+            match next {
                 Some(Ok(chunk)) => buffer.extend_from_slice(&chunk),
                 Some(Err(error)) => {
                     tracing::debug!(%error, "a publish stream's body broke off");
