@@ -266,7 +266,6 @@ async fn consume(
     server: &ServerProcess,
     window: u64,
 ) -> tokio::sync::mpsc::Receiver<serde_json::Value> {
-    use futures_util::StreamExt;
     let response = common::client()
         .post(server.url("/v1/subscriptions/s/consume"))
         .json(&json!({ "window": window }))
@@ -274,21 +273,7 @@ async fn consume(
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let (found, messages) = tokio::sync::mpsc::channel(1024);
-    tokio::spawn(async move {
-        let mut body = response.bytes_stream();
-        let mut pending = Vec::new();
-        while let Some(Ok(chunk)) = body.next().await {
-            pending.extend_from_slice(&chunk);
-            while let Some(at) = pending.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = pending.drain(..=at).collect();
-                if found.send(serde_json::from_slice(&line).unwrap()).await.is_err() {
-                    return;
-                }
-            }
-        }
-    });
-    messages
+    common::ndjson_lines(response)
 }
 
 async fn next_message(
@@ -344,19 +329,11 @@ async fn a_consume_window_out_of_range_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_stop_ends_an_open_consume_stream() {
-    let mut server = ServerProcess::start(&config("fifo", ""));
+    let server = ServerProcess::start(&config("fifo", ""));
     publish(&server, "k1", "k1").await;
     let mut messages = consume(&server, 4).await;
     next_message(&mut messages).await;
-    let stopped = tokio::task::spawn_blocking(move || {
-        let status = server.terminate();
-        (server, status)
-    });
-    let (_server, status) = tokio::time::timeout(Duration::from_secs(20), stopped)
-        .await
-        .expect("SIGTERM stops the server within 20 s with a consume stream open")
-        .unwrap();
-    assert!(status.success(), "a graceful stop exits with 0: {status:?}");
+    common::terminate_within_20s(server).await;
     let ended = tokio::time::timeout(Duration::from_secs(10), messages.recv()).await;
     assert!(matches!(ended, Ok(None)), "the stream ended: {ended:?}");
 }

@@ -9,7 +9,6 @@ mod common;
 use std::time::Duration;
 
 use common::{ServerProcess, get};
-use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -39,19 +38,7 @@ impl Stream {
             .expect("the answer starts before the request ends")
             .unwrap();
         let status = response.status().as_u16();
-        let (found, acks) = mpsc::channel(1024);
-        tokio::spawn(async move {
-            let mut body = response.bytes_stream();
-            let mut pending = Vec::new();
-            while let Some(Ok(chunk)) = body.next().await {
-                pending.extend_from_slice(&chunk);
-                while let Some(at) = pending.iter().position(|&b| b == b'\n') {
-                    let line: Vec<u8> = pending.drain(..=at).collect();
-                    let _ = found.send(serde_json::from_slice(&line).unwrap()).await;
-                }
-            }
-        });
-        Self { lines: Some(lines), acks, status }
+        Self { lines: Some(lines), acks: common::ndjson_lines(response), status }
     }
 
     async fn send(&self, line: impl Into<String>) {
@@ -185,20 +172,12 @@ async fn a_stream_of_another_media_type_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_stop_ends_an_open_publish_stream_after_its_acks() {
-    let mut server = ServerProcess::start(TOPIC);
+    let server = ServerProcess::start(TOPIC);
     let mut stream = Stream::open(&server, "application/x-ndjson").await;
     stream.send(event("before-stop", "k")).await;
     assert_eq!(stream.ack().await["position"], 1);
     // The request stays open (the client neither ends it nor goes): the server still stops.
-    let stopped = tokio::task::spawn_blocking(move || {
-        let status = server.terminate();
-        (server, status)
-    });
-    let (_server, status) = tokio::time::timeout(Duration::from_secs(20), stopped)
-        .await
-        .expect("SIGTERM stops the server within 20 s with a publish stream open")
-        .unwrap();
-    assert!(status.success(), "a graceful stop exits with 0: {status:?}");
+    common::terminate_within_20s(server).await;
     let ended = tokio::time::timeout(Duration::from_secs(10), stream.acks.recv()).await;
     assert!(matches!(ended, Ok(None)), "the stream ended: {ended:?}");
 }

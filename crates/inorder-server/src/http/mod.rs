@@ -154,6 +154,25 @@ pub(crate) fn json_response<T: serde::Serialize>(value: &T, capacity: usize) -> 
     }
 }
 
+/// A JSON body that may be empty (then `T::default()`).
+pub(crate) fn optional_json_body<T: serde::de::DeserializeOwned + Default>(
+    raw: Result<bytes::Bytes, BytesRejection>,
+) -> Result<T, Problem> {
+    let raw = body(raw)?;
+    if raw.is_empty() { Ok(T::default()) } else { json_body(&raw) }
+}
+
+/// The media type of streamed lines (publish acks, consume streams).
+pub(crate) const NDJSON: &str = "application/x-ndjson";
+
+/// A `200` NDJSON answer streaming the chunks a task sends into `chunks` until it drops it.
+pub(crate) fn ndjson_response(chunks: tokio::sync::mpsc::Receiver<bytes::Bytes>) -> Response {
+    let body = futures_util::stream::unfold(chunks, |mut chunks| async move {
+        chunks.recv().await.map(|chunk| (Ok::<_, std::convert::Infallible>(chunk), chunks))
+    });
+    ([(header::CONTENT_TYPE, NDJSON)], axum::body::Body::from_stream(body)).into_response()
+}
+
 /// The bytes of `events` rendered, roughly: their data and ~512 bytes of attributes each.
 pub(crate) fn rendered_size<'e>(events: impl Iterator<Item = &'e inorder::Event>) -> usize {
     events.map(|event| event.data.len() + 512).sum()

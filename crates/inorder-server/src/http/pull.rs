@@ -12,7 +12,8 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::{
-    AppState, body, duration, json_body, json_response, name, rendered_size, stopped, wait,
+    AppState, body, duration, json_body, json_response, name, ndjson_response, optional_json_body,
+    rendered_size, stopped, wait,
 };
 use crate::{
     cloudevent,
@@ -20,11 +21,11 @@ use crate::{
         CONSUME_CHUNKS_MAX, HTTP_WAIT_MAX, NACK_DELAY_MAX, PULL_EVENTS_DEFAULT, PULL_EVENTS_MAX,
     },
     problem::Problem,
-    pull::{PullQueue, Window},
+    pull::{Leased, PullQueue, Window},
 };
 
 /// Body of `pull`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PullRequest {
     max: Option<usize>,
@@ -42,6 +43,24 @@ struct Message<'a> {
     lease: &'a str,
     attempt: u32,
     event: cloudevent::Structured<'a>,
+}
+
+impl<'a> Message<'a> {
+    fn of(leased: &'a Leased) -> Self {
+        let event = cloudevent::Structured { event: &leased.event, topic: false };
+        Self { lease: &leased.lease, attempt: leased.attempt, event }
+    }
+}
+
+/// A count of events a request names (`max`, `window`): its default when absent, else within
+/// `1..=PULL_EVENTS_MAX`.
+fn events_count(name: &str, value: Option<usize>) -> Result<usize, Problem> {
+    let count = value.unwrap_or(PULL_EVENTS_DEFAULT);
+    if (1..=PULL_EVENTS_MAX).contains(&count) {
+        Ok(count)
+    } else {
+        Err(Problem::invalid_request(format!("{name} must be within 1..={PULL_EVENTS_MAX}")))
+    }
 }
 
 /// Body of `ack` and `nack`.
@@ -75,32 +94,20 @@ pub async fn pull(
     raw: Result<bytes::Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
     let queue = queue(&state, &subscription)?;
-    let raw = body(raw)?;
-    let request: PullRequest =
-        if raw.is_empty() { PullRequest { max: None, wait: None } } else { json_body(&raw)? };
-    let max = request.max.unwrap_or(PULL_EVENTS_DEFAULT);
-    if max == 0 || max > PULL_EVENTS_MAX {
-        return Err(Problem::invalid_request(format!("max must be within 1..={PULL_EVENTS_MAX}")));
-    }
+    let request: PullRequest = optional_json_body(raw)?;
+    let max = events_count("max", request.max)?;
     let wait = wait(request.wait.as_deref())?;
     let leased = tokio::select! {
         leased = queue.pull(max, wait) => leased,
         () = stopped(state.stopping.clone()) => Vec::new(),
     };
-    let messages: Vec<_> = leased
-        .iter()
-        .map(|l| Message {
-            lease: &l.lease,
-            attempt: l.attempt,
-            event: cloudevent::Structured { event: &l.event, topic: false },
-        })
-        .collect();
+    let messages: Vec<_> = leased.iter().map(Message::of).collect();
     let capacity = rendered_size(leased.iter().map(|l| &l.event));
     Ok(json_response(&Messages { messages }, capacity))
 }
 
 /// Body of `consume`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConsumeRequest {
     window: Option<usize>,
@@ -116,25 +123,11 @@ pub async fn consume(
     raw: Result<bytes::Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
     let queue = queue(&state, &subscription)?;
-    let raw = body(raw)?;
-    let request: ConsumeRequest =
-        if raw.is_empty() { ConsumeRequest { window: None } } else { json_body(&raw)? };
-    let window = request.window.unwrap_or(PULL_EVENTS_DEFAULT);
-    if window == 0 || window > PULL_EVENTS_MAX {
-        return Err(Problem::invalid_request(format!(
-            "window must be within 1..={PULL_EVENTS_MAX}"
-        )));
-    }
+    let request: ConsumeRequest = optional_json_body(raw)?;
+    let window = events_count("window", request.window)?;
     let (lines, out) = mpsc::channel::<bytes::Bytes>(CONSUME_CHUNKS_MAX);
     tokio::spawn(lease_into(queue, window, lines, state.stopping.clone()));
-    let out = futures_util::stream::unfold(out, |mut out| async move {
-        out.recv().await.map(|chunk| (Ok::<_, std::convert::Infallible>(chunk), out))
-    });
-    Ok((
-        [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
-        axum::body::Body::from_stream(out),
-    )
-        .into_response())
+    Ok(ndjson_response(out))
 }
 
 /// A consume stream's task: leases while the window has room and writes the messages, until
@@ -159,12 +152,7 @@ async fn lease_into(
         }
         let mut chunk = Vec::with_capacity(rendered_size(leased.iter().map(|l| &l.event)));
         for l in &leased {
-            let message = Message {
-                lease: &l.lease,
-                attempt: l.attempt,
-                event: cloudevent::Structured { event: &l.event, topic: false },
-            };
-            if serde_json::to_writer(&mut chunk, &message).is_err() {
+            if serde_json::to_writer(&mut chunk, &Message::of(l)).is_err() {
                 tracing::error!(lease = l.lease, "a leased message could not be encoded");
                 return;
             }

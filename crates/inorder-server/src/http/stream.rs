@@ -15,13 +15,13 @@
 //! does the server's graceful stop (an unfinished line is dropped), which would otherwise wait
 //! for the client to end its request.
 
-use std::{collections::HashSet, convert::Infallible, sync::Arc};
+use std::{collections::HashSet, sync::Arc};
 
 use axum::{
     body::{Body, Bytes},
     extract::{Path, State},
-    http::{HeaderMap, StatusCode, header},
-    response::{IntoResponse, Response},
+    http::HeaderMap,
+    response::Response,
 };
 use bytes::BytesMut;
 use futures_util::{FutureExt, StreamExt};
@@ -29,15 +29,12 @@ use inorder::{Event, Name};
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use super::{AppState, content_type, name, stopped};
+use super::{AppState, NDJSON, content_type, name, ndjson_response, stopped};
 use crate::{
     cloudevent,
     limits::{STREAM_ACK_CHUNKS_MAX, STREAM_BATCH_EVENTS_MAX},
     problem::Problem,
 };
-
-/// The media type of both directions.
-const NDJSON: &str = "application/x-ndjson";
 
 /// `POST /v1/topics/{topic}/events:stream` (see the module's documentation).
 pub async fn publish(
@@ -59,10 +56,7 @@ pub async fn publish(
     }
     let (acks, out) = mpsc::channel(STREAM_ACK_CHUNKS_MAX);
     tokio::spawn(Publisher { state, topic, line_limit, acks, seq: 0 }.run(body));
-    let out = futures_util::stream::unfold(out, |mut out| async move {
-        out.recv().await.map(|chunk| (Ok::<Bytes, Infallible>(chunk), out))
-    });
-    Ok((StatusCode::OK, [(header::CONTENT_TYPE, NDJSON)], Body::from_stream(out)).into_response())
+    Ok(ndjson_response(out))
 }
 
 /// One stream's publishing task: reads lines, appends them in batches, writes the acks.

@@ -35,7 +35,7 @@ use std::{sync::Arc, time::Duration};
 use inorder::{Event, Handler, HandlerContext, HandlerError, Reply, RunReply};
 
 use self::queue::{Decision, RunDecision};
-pub use self::queue::{PullQueue, Window};
+pub use self::queue::{Leased, PullQueue, Window};
 use crate::limits::PULL_PER_KEY_MAX;
 
 /// The handler of a pull subscription: offers each event — or each run of up to `max_per_key`

@@ -2,7 +2,7 @@
 
 use tokio::time::Instant;
 
-use super::{queue::Leased, *};
+use super::*;
 
 fn context(attempt: u32) -> HandlerContext {
     HandlerContext { subscription: "s".parse().unwrap(), attempt }

@@ -265,3 +265,33 @@ pub fn problem_type(body: &Value) -> &str {
     let kind = body["type"].as_str().unwrap_or_else(|| panic!("not a problem: {body}"));
     kind.strip_prefix("https://inorder.dev/problems/").unwrap_or(kind)
 }
+
+/// The JSON lines of a streamed (NDJSON) answer, as they arrive; the receiver ends with it.
+pub fn ndjson_lines(response: reqwest::Response) -> tokio::sync::mpsc::Receiver<Value> {
+    use futures_util::StreamExt;
+    let (found, lines) = tokio::sync::mpsc::channel(1024);
+    tokio::spawn(async move {
+        let mut body = response.bytes_stream();
+        let mut pending = Vec::new();
+        while let Some(Ok(chunk)) = body.next().await {
+            pending.extend_from_slice(&chunk);
+            while let Some(at) = pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=at).collect();
+                if found.send(serde_json::from_slice(&line).unwrap()).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    lines
+}
+
+/// Stops `server` with SIGTERM within 20 s (or fails the test) and checks it exited with 0.
+pub async fn terminate_within_20s(mut server: ServerProcess) {
+    let stopped = tokio::task::spawn_blocking(move || server.terminate());
+    let status = tokio::time::timeout(std::time::Duration::from_secs(20), stopped)
+        .await
+        .expect("SIGTERM stops the server within 20 s")
+        .unwrap();
+    assert!(status.success(), "a graceful stop exits with 0: {status:?}");
+}
