@@ -297,6 +297,8 @@ async fn a_consume_stream_holds_at_most_its_window_and_leases_more_as_acks_free_
     }
     read_everything(&server, 6).await;
     let mut messages = consume(&server, 4).await;
+    let open = "inorder_consume_streams_open{subscription=\"s\"} 1";
+    assert!(common::metrics(&server).await.contains(open), "counted while open");
     let mut first = Vec::new();
     for _ in 0..4 {
         first.push(next_message(&mut messages).await);

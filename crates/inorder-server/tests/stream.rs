@@ -74,7 +74,18 @@ async fn each_event_is_acknowledged_while_the_stream_stays_open() {
         stream.send(event(&format!("e{i}"), "k")).await;
         assert_eq!(stream.ack().await, json!({"seq": i, "position": i}));
     }
+    let open = "inorder_publish_streams_open{topic=\"t\"}";
+    assert!(common::metrics(&server).await.contains(&format!("{open} 1")), "counted while open");
     stream.finish();
+    common::eventually(
+        "the ended stream is no longer counted",
+        Duration::from_secs(10),
+        async || {
+            let text = common::metrics(&server).await;
+            if text.contains(&format!("{open} 0")) { Ok(()) } else { Err(text) }
+        },
+    )
+    .await;
     let (_, status) = get(&server, "/v1/status/t/3?wait=5s").await;
     assert_eq!(status["processed"], true, "acked means durable and readable: {status}");
 }

@@ -173,6 +173,25 @@ pub(crate) fn ndjson_response(chunks: tokio::sync::mpsc::Receiver<bytes::Bytes>)
     ([(header::CONTENT_TYPE, NDJSON)], axum::body::Body::from_stream(body)).into_response()
 }
 
+/// Counts an open stream in gauge `name` (labels `labels`) for as long as it lives.
+pub(crate) struct OpenStream {
+    gauge: ::metrics::Gauge,
+}
+
+impl OpenStream {
+    pub(crate) fn count(name: &'static str, labels: &[(&'static str, String)]) -> Self {
+        let gauge = ::metrics::gauge!(name, labels);
+        gauge.increment(1);
+        Self { gauge }
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.gauge.decrement(1);
+    }
+}
+
 /// The bytes of `events` rendered, roughly: their data and ~512 bytes of attributes each.
 pub(crate) fn rendered_size<'e>(events: impl Iterator<Item = &'e inorder::Event>) -> usize {
     events.map(|event| event.data.len() + 512).sum()

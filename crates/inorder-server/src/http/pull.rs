@@ -12,8 +12,8 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::{
-    AppState, body, duration, json_body, json_response, name, ndjson_response, optional_json_body,
-    rendered_size, stopped, wait,
+    AppState, OpenStream, body, duration, json_body, json_response, name, ndjson_response,
+    optional_json_body, rendered_size, stopped, wait,
 };
 use crate::{
     cloudevent,
@@ -126,7 +126,8 @@ pub async fn consume(
     let request: ConsumeRequest = optional_json_body(raw)?;
     let window = events_count("window", request.window)?;
     let (lines, out) = mpsc::channel::<bytes::Bytes>(CONSUME_CHUNKS_MAX);
-    tokio::spawn(lease_into(queue, window, lines, state.stopping.clone()));
+    let open = OpenStream::count("inorder_consume_streams_open", &[("subscription", subscription)]);
+    tokio::spawn(lease_into(queue, window, lines, state.stopping.clone(), open));
     Ok(ndjson_response(out))
 }
 
@@ -137,6 +138,7 @@ async fn lease_into(
     limit: usize,
     lines: mpsc::Sender<bytes::Bytes>,
     stopping: tokio::sync::watch::Receiver<bool>,
+    _open: OpenStream,
 ) {
     let window = Arc::new(Window::default());
     loop {

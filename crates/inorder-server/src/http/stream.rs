@@ -29,7 +29,7 @@ use inorder::{Event, Name};
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use super::{AppState, NDJSON, content_type, name, ndjson_response, stopped};
+use super::{AppState, NDJSON, OpenStream, content_type, name, ndjson_response, stopped};
 use crate::{
     cloudevent,
     limits::{STREAM_ACK_CHUNKS_MAX, STREAM_BATCH_EVENTS_MAX},
@@ -55,7 +55,8 @@ pub async fn publish(
         }
     }
     let (acks, out) = mpsc::channel(STREAM_ACK_CHUNKS_MAX);
-    tokio::spawn(Publisher { state, topic, line_limit, acks, seq: 0 }.run(body));
+    let open = OpenStream::count("inorder_publish_streams_open", &[("topic", topic.to_string())]);
+    tokio::spawn(Publisher { state, topic, line_limit, acks, seq: 0 }.run(body, open));
     Ok(ndjson_response(out))
 }
 
@@ -78,7 +79,8 @@ enum End {
 }
 
 impl Publisher {
-    async fn run(mut self, body: Body) {
+    /// Runs the stream; `_open` counts it in `inorder_publish_streams_open` until it ends.
+    async fn run(mut self, body: Body, _open: OpenStream) {
         let mut body = body.into_data_stream();
         let mut buffer = BytesMut::new();
         let mut ended = false;

@@ -266,6 +266,11 @@ pub fn problem_type(body: &Value) -> &str {
     kind.strip_prefix("https://inorder.dev/problems/").unwrap_or(kind)
 }
 
+/// The server's `/metrics` text.
+pub async fn metrics(server: &ServerProcess) -> String {
+    client().get(server.url("/metrics")).send().await.unwrap().text().await.unwrap()
+}
+
 /// The JSON lines of a streamed (NDJSON) answer, as they arrive; the receiver ends with it.
 pub fn ndjson_lines(response: reqwest::Response) -> tokio::sync::mpsc::Receiver<Value> {
     use futures_util::StreamExt;
