@@ -12,8 +12,8 @@
 //! ([`KeyWorker::committed`]); only the worker itself sets and clears it. So after a crash, at
 //! most the one event a key had in flight is handed to the handler again — or its one run: a
 //! handler that takes runs ([`crate::Handler::max_run`]) gets a key's queued events together
-//! where the order is one sequence (`fifo` over one topic, nothing blocked, parked or retried). A worker with nothing
-//! queued, nothing waiting and nothing in flight is removed by the stream.
+//! where the order is one sequence (`fifo` over one topic, nothing blocked, parked or retried).
+//! A worker with nothing queued, nothing waiting and nothing in flight is removed by the stream.
 
 use std::{
     collections::{HashSet, VecDeque},
