@@ -160,6 +160,9 @@ async fn a_nacked_event_comes_back_after_its_delay_with_the_next_attempt() {
     let server = ServerProcess::start(&config("fifo", ""));
     publish(&server, "flaky", "k").await;
     let first = pull(&server, "s", 1, "2s").await;
+    // Taken before the nack is sent: the server's delay starts when it takes the nack, which is
+    // after this and may be well before its answer arrives.
+    let nacked_at = Instant::now();
     let (status, body) = post_json(
         &server,
         "/v1/subscriptions/s/nack",
@@ -167,7 +170,6 @@ async fn a_nacked_event_comes_back_after_its_delay_with_the_next_attempt() {
     )
     .await;
     assert_eq!((status, body["nacked"].clone()), (200, json!(1)));
-    let nacked_at = Instant::now();
     assert!(pull(&server, "s", 1, "200ms").await.is_empty(), "not before its delay");
     let again = pull(&server, "s", 1, "3s").await;
     assert!(nacked_at.elapsed() >= Duration::from_millis(400));
