@@ -26,6 +26,36 @@ async fn open(url: &str) -> Arc<PgStorage> {
     Arc::new(PgStorage::connect(url, PgStorageOptions::default()).await.unwrap())
 }
 
+/// Waits until `node` holds `count` leases, each renewed at least `rounds` lease rounds
+/// (`ttl`/3 each) after this call began, in the database's clock: the lease rounds have run,
+/// whatever the machine's speed.
+async fn renewed_for_rounds(url: &str, node: &str, count: i64, ttl: Duration, rounds: u32) {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let since: std::time::SystemTime = client.query_one("SELECT now()", &[]).await.unwrap().get(0);
+    let ahead = (ttl + ttl / 3 * rounds).as_secs_f64();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let renewed: i64 = client
+            .query_one(
+                "SELECT count(*) FROM inorder_leases \
+                 WHERE owner = $1 AND expires_at > $2::timestamptz + make_interval(secs => $3::float8)",
+                &[&node, &since, &ahead],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if renewed == count {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{node}: {renewed} of {count} leases renewed {rounds} rounds on"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn name(text: &str) -> Name {
     text.parse().unwrap()
 }
@@ -259,7 +289,7 @@ async fn a_subscription_one_node_runs_is_handled_whole_by_that_node() {
         let last = publish(&other, from, to).await;
         let status = runs.wait_event_status("orders", last, None, PATIENCE).await.unwrap();
         assert_eq!(status, EventStatus::Processed, "events {from}..{to}");
-        tokio::time::sleep(Duration::from_millis(1_400)).await;
+        renewed_for_rounds(&url, "runs-it", 8, Duration::from_secs(1), 4).await;
     }
     let positions = check_order(&calls);
     assert_eq!(positions.values().map(Vec::len).sum::<usize>(), 200);
