@@ -276,7 +276,7 @@ struct Shared {
     /// URL of the `postgres` database; other databases replace its last path segment.
     base_url: String,
     bin: PathBuf,
-    _cluster: Option<Cluster>,
+    own_cluster: Option<Cluster>,
 }
 
 fn shared() -> Result<&'static Shared, String> {
@@ -289,14 +289,14 @@ fn shared() -> Result<&'static Shared, String> {
                         return Err(Error::BadSharedUrl(url).to_string());
                     }
                     let bin = bin_dir().map_err(|e| e.to_string())?;
-                    Shared { base_url: url, bin, _cluster: None }
+                    Shared { base_url: url, bin, own_cluster: None }
                 }
                 _ => {
                     let cluster = Cluster::start().map_err(|e| e.to_string())?;
                     Shared {
                         base_url: cluster.url("postgres"),
                         bin: cluster.bin.clone(),
-                        _cluster: Some(cluster),
+                        own_cluster: Some(cluster),
                     }
                 }
             };
@@ -312,13 +312,47 @@ fn shared() -> Result<&'static Shared, String> {
 /// # Errors
 /// A message if no server can be started or reached.
 pub fn fresh_database() -> Result<String, String> {
+    fresh_database_owned_by(std::process::id())
+}
+
+/// [`fresh_database`] for process `owner`: on a cluster shared by a whole run, the database is
+/// dropped when `owner` exits, so that a run of hundreds of test processes holds only the
+/// databases of the tests still running (each new database is a copy of `template1`, ~8 MB,
+/// and the scale tests write hundreds of MB: kept to the end of the run, they filled the disk
+/// of a CI machine and stopped the server mid-run).
+fn fresh_database_owned_by(owner: u32) -> Result<String, String> {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let shared = shared()?;
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
     let name = format!("t_{}_{}_{nanos}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
     create_database(&shared.bin, &shared.base_url, &name).map_err(|e| e.to_string())?;
+    if shared.own_cluster.is_none() {
+        // A cluster of this process's own goes with it, databases and all.
+        spawn_database_watchdog(&shared.bin, &shared.base_url, &name, owner)
+            .map_err(|e| e.to_string())?;
+    }
     let (base, _) = shared.base_url.rsplit_once('/').ok_or("shared URL without a database")?;
     Ok(format!("{base}/{name}"))
+}
+
+/// A detached shell that waits for `owner` to exit, then drops database `name` (`WITH (FORCE)`:
+/// a server child the test left running is disconnected).
+fn spawn_database_watchdog(bin: &Path, admin_url: &str, name: &str, owner: u32) -> Result<()> {
+    const SCRIPT: &str = r#"owner=$1; psql=$2; url=$3; sql=$4
+while kill -0 "$owner" 2>/dev/null; do sleep 1; done
+"$psql" -X -q -d "$url" -c "$sql" >/dev/null 2>&1"#;
+    Command::new("setsid")
+        .args(["sh", "-c", SCRIPT, "inorder-testpg-dropper"])
+        .arg(owner.to_string())
+        .arg(bin.join("psql"))
+        .arg(admin_url)
+        .arg(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(io("starting a database's watchdog (setsid sh)"))?;
+    Ok(())
 }
 
 fn create_database(bin: &Path, admin_url: &str, name: &str) -> Result<()> {
@@ -429,6 +463,28 @@ mod tests {
         let root = cluster.root.clone();
         drop(cluster);
         assert!(!root.exists(), "{} is left behind", root.display());
+    }
+
+    #[test]
+    fn a_database_is_dropped_when_the_process_it_was_made_for_exits() {
+        let cluster = Cluster::start().unwrap();
+        let admin = cluster.url("postgres");
+        let url = cluster.create_database("owned").unwrap();
+        let mut owner = Command::new("sleep").arg("60").spawn().unwrap();
+        spawn_database_watchdog(&cluster.bin, &admin, "owned", owner.id()).unwrap();
+        psql(&url, "CREATE TABLE t (v int)");
+        let count = "SELECT count(*) FROM pg_database WHERE datname = 'owned'";
+        assert_eq!(psql(&admin, count), "1", "dropped while its owner runs");
+        owner.kill().unwrap();
+        owner.wait().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while psql(&admin, count) != "0" {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still there 20 s after its owner exited"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
     }
 
     #[test]
