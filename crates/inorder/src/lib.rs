@@ -43,6 +43,7 @@ mod state;
 mod status;
 pub mod storage;
 mod stream;
+mod topics;
 mod turn_keeper;
 mod waiters;
 mod watermark;
