@@ -232,27 +232,18 @@ impl Cluster {
     /// A detached shell that waits for `owner` to exit, then stops the server and removes the
     /// directory.
     fn spawn_watchdog(&self, owner: u32) -> Result<()> {
-        const SCRIPT: &str = r#"owner=$1; pgctl=$2; data=$3; root=$4; shift 4
-while kill -0 "$owner" 2>/dev/null; do sleep 1; done
+        const SCRIPT: &str = r#"pgctl=$1; data=$2; root=$3; shift 3
 "$@" "$pgctl" -D "$data" stop -m immediate >/dev/null 2>&1
 rm -rf "$root""#;
-        let mut command = Command::new("setsid");
-        command
-            .args(["sh", "-c", SCRIPT, "inorder-testpg-watchdog"])
-            .arg(owner.to_string())
-            .arg(self.bin.join("pg_ctl"))
-            .arg(&self.data)
-            .arg(&self.root);
+        let mut args = vec![
+            self.bin.join("pg_ctl").into_os_string(),
+            self.data.clone().into_os_string(),
+            self.root.clone().into_os_string(),
+        ];
         if running_as_root() {
-            command.args(["runuser", "-u", "postgres", "--"]);
+            args.extend(["runuser", "-u", "postgres", "--"].map(Into::into));
         }
-        command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(io("starting the cluster's watchdog (setsid sh)"))?;
-        Ok(())
+        spawn_after_exit_of(owner, "the cluster's watchdog", SCRIPT, &args)
     }
 }
 
@@ -338,20 +329,37 @@ fn fresh_database_owned_by(owner: u32) -> Result<String, String> {
 /// A detached shell that waits for `owner` to exit, then drops database `name` (`WITH (FORCE)`:
 /// a server child the test left running is disconnected).
 fn spawn_database_watchdog(bin: &Path, admin_url: &str, name: &str, owner: u32) -> Result<()> {
-    const SCRIPT: &str = r#"owner=$1; psql=$2; url=$3; sql=$4
-while kill -0 "$owner" 2>/dev/null; do sleep 1; done
+    const SCRIPT: &str = r#"psql=$1; url=$2; sql=$3
 "$psql" -X -q -d "$url" -c "$sql" >/dev/null 2>&1"#;
+    let args = [
+        bin.join("psql").into_os_string(),
+        admin_url.into(),
+        format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)").into(),
+    ];
+    spawn_after_exit_of(owner, "a database's watchdog", SCRIPT, &args)
+}
+
+/// Starts a detached shell (`setsid sh`, in a session of its own, so the owner's process group
+/// being killed leaves it running) that waits for process `owner` to exit, then runs `script`
+/// with `args` as `$1 …`.
+fn spawn_after_exit_of(
+    owner: u32,
+    what: &str,
+    script: &str,
+    args: &[std::ffi::OsString],
+) -> Result<()> {
+    let script = format!(
+        "owner=$1; shift 1\nwhile kill -0 \"$owner\" 2>/dev/null; do sleep 1; done\n{script}"
+    );
     Command::new("setsid")
-        .args(["sh", "-c", SCRIPT, "inorder-testpg-dropper"])
+        .args(["sh", "-c", &script, "inorder-testpg-watchdog"])
         .arg(owner.to_string())
-        .arg(bin.join("psql"))
-        .arg(admin_url)
-        .arg(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .map_err(io("starting a database's watchdog (setsid sh)"))?;
+        .map_err(io(format!("starting {what} (setsid sh)")))?;
     Ok(())
 }
 
