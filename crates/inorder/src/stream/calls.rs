@@ -16,10 +16,9 @@ use crate::{
 };
 
 /// A handler call to make: one event, or a run of one key's consecutive events.
-#[allow(clippy::large_enum_variant)] // transient; boxing `One`, the common case, would allocate per event
 pub(super) enum Call {
     /// One event, on attempt `attempt`.
-    One { event: Event, attempt: u32 },
+    One { event: Box<Event>, attempt: u32 },
     /// Two or more consecutive events of one key, each on its first attempt.
     Run { events: Vec<Event> },
 }
@@ -31,9 +30,8 @@ pub(super) struct CallResult {
 }
 
 /// What a finished call returned.
-#[allow(clippy::large_enum_variant)] // as `Call`
 pub(super) enum Called {
-    One { event: Event, attempt: u32, result: std::result::Result<Reply, HandlerError> },
+    One { event: Box<Event>, attempt: u32, result: std::result::Result<Reply, HandlerError> },
     Run { events: Vec<Event>, reply: RunReply },
 }
 
@@ -57,7 +55,7 @@ impl Calls {
     }
 
     /// Calls the handler for `event` now if a permit is free, else when one is.
-    pub(super) fn start(&mut self, book_key: String, event: Event, attempt: u32) {
+    pub(super) fn start(&mut self, book_key: String, event: Box<Event>, attempt: u32) {
         self.start_call(book_key, Call::One { event, attempt });
     }
 

@@ -19,7 +19,7 @@ use crate::{
 #[allow(clippy::large_enum_variant)] // transient; an event is the common case
 pub(super) enum Read {
     /// The event stored there.
-    Event(Event),
+    Event(Box<Event>),
     /// A position whose event the log lost (filled so it is never handed out again).
     Lost(u64),
     /// Positions the topic's retention deleted before the stream read them: skipped, never
@@ -144,7 +144,7 @@ async fn read_events(
                 if codec::is_lost(&record.payload) {
                     Ok(Read::Lost(record.position))
                 } else {
-                    codec::decode_record(&topic, record).map(Read::Event)
+                    codec::decode_record(&topic, record).map(|event| Read::Event(Box::new(event)))
                 }
             })
             .collect();

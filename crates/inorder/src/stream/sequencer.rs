@@ -21,11 +21,11 @@ use crate::{event::Event, limits::SEQUENCE_BUFFER_EVENTS_MAX, state::ParkReason,
 #[derive(Debug)]
 pub(crate) enum Offer {
     /// It is next: handle it.
-    Ready(Event),
+    Ready(Box<Event>),
     /// It is early: the sequencer holds it.
     Buffered,
     /// It can never be handled in order.
-    Park(Event, ParkReason, Option<String>),
+    Park(Box<Event>, ParkReason, Option<String>),
 }
 
 /// How a topic orders a key's events.
@@ -43,7 +43,7 @@ pub(crate) struct Sequencer {
     contract: Contract,
     progress: Progress,
     /// Early events by slot (action index or sequence number).
-    buffer: BTreeMap<u64, Event>,
+    buffer: BTreeMap<u64, Box<Event>>,
 }
 
 impl Sequencer {
@@ -70,7 +70,7 @@ impl Sequencer {
 
     /// Offers a newly arrived event. Without `room` (the stream's reorder budget is spent) an
     /// early event is parked as `buffer_full` instead of waiting.
-    pub(crate) fn offer(&mut self, event: Event, room: bool) -> Offer {
+    pub(crate) fn offer(&mut self, event: Box<Event>, room: bool) -> Offer {
         let (slot, next) = match self.slot_of(&event) {
             Ok(slot) => slot,
             Err(reason) => return Offer::Park(event, ParkReason::Failed, Some(reason)),
@@ -121,14 +121,14 @@ impl Sequencer {
     }
 
     /// The buffered event that became next, if any.
-    pub(crate) fn take_ready(&mut self) -> Option<Event> {
+    pub(crate) fn take_ready(&mut self) -> Option<Box<Event>> {
         let next = self.next_slot();
         self.buffer.remove(&next)
     }
 
     /// Takes every waiting event (their sequence timed out).
     pub(crate) fn drain(&mut self) -> Vec<Event> {
-        std::mem::take(&mut self.buffer).into_values().collect()
+        std::mem::take(&mut self.buffer).into_values().map(|event| *event).collect()
     }
 
     fn next_slot(&self) -> u64 {
@@ -186,7 +186,7 @@ mod tests {
     fn run(sequencer: &mut Sequencer, events: Vec<Event>) -> (Vec<u64>, Vec<(u64, ParkReason)>) {
         let (mut handled, mut parked) = (Vec::new(), Vec::new());
         for event in events {
-            match sequencer.offer(event, true) {
+            match sequencer.offer(Box::new(event), true) {
                 Offer::Ready(mut ready) => loop {
                     sequencer.advance(&ready);
                     handled.push(ready.position);

@@ -71,7 +71,7 @@ pub(super) struct Stream {
     /// The subscription's commit-order turns and this stream's grants, when it keeps them.
     turns: Option<(Arc<KeyTurns>, Arc<Grants>)>,
     /// Calls waiting for their key's turn, by processbook key (one per key: its worker is busy).
-    awaiting_turn: HashMap<String, (Event, u32)>,
+    awaiting_turn: HashMap<String, (Box<Event>, u32)>,
     /// The most events of a key one handler call takes: the handler's
     /// [`max_run`](crate::Handler::max_run) where a key's events are one sequence (ordered, and
     /// no commit-order turns across topics), else 1.
@@ -470,7 +470,7 @@ impl Stream {
             _ => key.clone(),
         };
         let item = if retry {
-            Item::Retry(ctx.read_event(position).await?)
+            Item::Retry(Box::new(ctx.read_event(position).await?))
         } else {
             Item::Discard(parked)
         };

@@ -17,7 +17,7 @@ use crate::{event::Event, limits::TIMER_DELAY_MAX};
 #[allow(clippy::large_enum_variant)] // transient, like `worker::Step`
 pub(super) enum Timer {
     /// Call the handler again.
-    Retry { book_key: String, event: Event, attempt: u32 },
+    Retry { book_key: String, event: Box<Event>, attempt: u32 },
     /// Check whether the key's waiting sequence timed out.
     Timeout { book_key: String },
 }
@@ -38,7 +38,13 @@ pub(super) fn later(at: Instant, delay: Duration) -> Instant {
 
 impl Timers {
     /// Calls the handler for `event` again after `delay`.
-    pub(super) fn retry(&mut self, delay: Duration, book_key: String, event: Event, attempt: u32) {
+    pub(super) fn retry(
+        &mut self,
+        delay: Duration,
+        book_key: String,
+        event: Box<Event>,
+        attempt: u32,
+    ) {
         self.queue.insert(Timer::Retry { book_key, event, attempt }, delay.min(TIMER_DELAY_MAX));
     }
 
@@ -83,8 +89,8 @@ mod tests {
         let event = Event::builder("t", "k", "a").build().unwrap();
         timers.arm_timeout("k", later(Instant::now(), Duration::from_secs(2)));
         timers.arm_timeout("k", later(Instant::now(), Duration::from_secs(1)));
-        timers.retry(Duration::MAX, "huge".into(), event.clone(), 2);
-        timers.retry(Duration::from_millis(1500), "k2".into(), event, 2);
+        timers.retry(Duration::MAX, "huge".into(), Box::new(event.clone()), 2);
+        timers.retry(Duration::from_millis(1500), "k2".into(), Box::new(event), 2);
         assert!(
             matches!(timers.next().await, Timer::Retry { ref book_key, .. } if book_key == "k2")
         );

@@ -67,23 +67,22 @@ pub(super) struct Record {
 #[derive(Debug)]
 pub(super) enum Item {
     /// A new event from the log.
-    Event(Event),
+    Event(Box<Event>),
     /// An operator retries this parked event.
-    Retry(Event),
+    Retry(Box<Event>),
     /// An operator discards this parked event.
     Discard(ParkedEvent),
 }
 
 /// What a key does next.
 #[derive(Debug)]
-#[allow(clippy::large_enum_variant)] // transient; boxing `Call`, the common case, would allocate per event
 pub(super) enum Step {
     /// Call the handler (attempt `attempt`).
-    Call { event: Event, attempt: u32 },
+    Call { event: Box<Event>, attempt: u32 },
     /// Call the handler once for these consecutive events (two or more, first attempts).
     CallRun { events: Vec<Event> },
     /// Call the handler (attempt `attempt`) after `delay`: an event of a run failed.
-    Retry { event: Event, attempt: u32, delay: Duration },
+    Retry { event: Box<Event>, attempt: u32, delay: Duration },
     /// These events are finished: record them (and the key's state) durably.
     Finished(Record),
     /// List the key's blocked followers after this position, then ask again.
@@ -97,7 +96,7 @@ pub(super) enum Step {
 #[allow(clippy::large_enum_variant)] // transient, like `Step`
 pub(super) enum AfterCall {
     /// Call again after `delay`.
-    Retry { event: Event, attempt: u32, delay: Duration },
+    Retry { event: Box<Event>, attempt: u32, delay: Duration },
     /// Record these (see [`Step::Finished`]).
     Finished(Record),
 }
@@ -117,7 +116,7 @@ pub(super) struct KeyWorker {
     /// When the sequencer started waiting for a missing event.
     waiting_since: Option<Instant>,
     /// Parked events to replay (blocked followers released by an unblock).
-    replay: VecDeque<Event>,
+    replay: VecDeque<Box<Event>>,
     /// More blocked followers may wait in storage after this position.
     followers_after: Option<u64>,
     /// Positions that were parked and are being retried (not pending in the stream).
@@ -215,7 +214,7 @@ impl KeyWorker {
         if let Some(failed) = self.failed.take() {
             let (event, error) = *failed;
             self.busy = true; // deciding a call's result, as after the call
-            return match self.handler_result(ctx, event, 1, Err(error)) {
+            return match self.handler_result(ctx, Box::new(event), 1, Err(error)) {
                 AfterCall::Retry { event, attempt, delay } => Step::Retry { event, attempt, delay },
                 AfterCall::Finished(record) => Step::Finished(record),
             };
@@ -273,7 +272,7 @@ impl KeyWorker {
             .queue
             .drain(..n)
             .filter_map(|item| match item {
-                Item::Event(event) => Some(event),
+                Item::Event(event) => Some(*event),
                 Item::Retry(_) | Item::Discard(_) => None,
             })
             .collect();
@@ -313,11 +312,11 @@ impl KeyWorker {
         };
         let rest: Vec<Event> = events.collect();
         for event in rest.into_iter().rev() {
-            self.queue.push_front(Item::Event(event));
+            self.queue.push_front(Item::Event(Box::new(event)));
         }
         if let Some((next, error)) = next {
             if items.is_empty() {
-                return self.handler_result(ctx, next, 1, Err(error));
+                return self.handler_result(ctx, Box::new(next), 1, Err(error));
             }
             self.failed = Some(Box::new((next, error)));
         }
@@ -326,11 +325,11 @@ impl KeyWorker {
     }
 
     /// Routes an event through the block check and the sequencer.
-    fn offer(&mut self, ctx: &StreamContext, event: Event, room: bool) -> Step {
+    fn offer(&mut self, ctx: &StreamContext, event: Box<Event>, room: bool) -> Step {
         if let Some(blocker) = self.state.blocked_by
             && blocker != event.position
         {
-            return self.park(ctx, vec![event], ParkReason::Blocked, None);
+            return self.park(ctx, vec![*event], ParkReason::Blocked, None);
         }
         let Some(sequencer) = self.sequencer.as_mut() else {
             return Step::Call { event, attempt: 1 };
@@ -342,7 +341,7 @@ impl KeyWorker {
                 Step::Wait
             }
             Offer::Park(event, reason, error) => {
-                self.park(ctx, vec![event], reason, error.as_deref())
+                self.park(ctx, vec![*event], reason, error.as_deref())
             }
         }
     }
@@ -351,7 +350,7 @@ impl KeyWorker {
     pub(super) fn handler_result(
         &mut self,
         ctx: &StreamContext,
-        event: Event,
+        event: Box<Event>,
         attempt: u32,
         result: Result<Reply, HandlerError>,
     ) -> AfterCall {
@@ -450,7 +449,7 @@ impl KeyWorker {
     }
 
     /// An operator retries a parked event.
-    fn retry(&mut self, ctx: &StreamContext, event: Event, room: bool) -> Step {
+    fn retry(&mut self, ctx: &StreamContext, event: Box<Event>, room: bool) -> Step {
         self.retried.insert(event.position);
         if self.state.blocked_by == Some(event.position) {
             // The key stays blocked until the call succeeds; then its followers run.
@@ -484,7 +483,7 @@ impl KeyWorker {
     pub(super) fn followers(&mut self, events: Vec<Event>, more_after: Option<u64>) {
         for event in events {
             self.retried.insert(event.position);
-            self.replay.push_back(event);
+            self.replay.push_back(Box::new(event));
         }
         self.followers_after = more_after;
     }
